@@ -1,0 +1,26 @@
+"""seqkern: Cython-accelerated CPU kernels for recurrent networks and attention.
+
+Every kernel has a plain-NumPy twin in :mod:`seqkern.reference` that it is
+tested against. Threads: :func:`get_num_threads`, :func:`set_num_threads` and
+the context manager :func:`threads`.
+"""
+
+__version__ = "0.1.0"
+
+from seqkern._config import show_config
+from seqkern._threads import get_num_threads, set_num_threads, threads
+from seqkern._types import RNNGrads
+from seqkern.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
+
+__all__ = [
+    "__version__",
+    "show_config",
+    "get_num_threads",
+    "set_num_threads",
+    "threads",
+    "RNNGrads",
+    "rnn_forward",
+    "rnn_backward",
+    "rnn_step_forward",
+    "rnn_step_backward",
+]

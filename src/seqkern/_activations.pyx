@@ -1,0 +1,53 @@
+"""Python hooks onto the kernels' activations, for tests and for measuring them.
+
+Not public API: ``seqkern._activations.tanh(x)`` applies exactly the function
+the recurrent kernels use, so its accuracy can be checked against NumPy.
+"""
+
+import numpy as np
+from cython cimport floating
+from seqkern._activations cimport tanh_, sigmoid_
+
+
+cdef void _tanh_loop(const floating[::1] x, floating[::1] out) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(x.shape[0]):
+        out[i] = tanh_(x[i])
+
+
+cdef void _sigmoid_loop(const floating[::1] x, floating[::1] out) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(x.shape[0]):
+        out[i] = sigmoid_(x[i])
+
+
+def _prepare(x):
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"x must be a float32 or float64 array, got dtype {x.dtype}")
+    flat = np.ascontiguousarray(x).reshape(-1)
+    return x, flat, np.empty_like(flat)
+
+
+def tanh(x):
+    """tanh as the kernels compute it; same shape and dtype as ``x``."""
+    x, flat, out = _prepare(x)
+    if flat.dtype == np.float32:
+        with nogil:
+            _tanh_loop[float](flat, out)
+    else:
+        with nogil:
+            _tanh_loop[double](flat, out)
+    return out.reshape(x.shape)
+
+
+def sigmoid(x):
+    """The logistic function as the kernels compute it."""
+    x, flat, out = _prepare(x)
+    if flat.dtype == np.float32:
+        with nogil:
+            _sigmoid_loop[float](flat, out)
+    else:
+        with nogil:
+            _sigmoid_loop[double](flat, out)
+    return out.reshape(x.shape)

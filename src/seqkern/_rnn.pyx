@@ -1,0 +1,330 @@
+# Elman RNN kernels: forward and backward through time.
+#
+# Axis legend: T = time steps, B = batch, I = input features, H = hidden units.
+# Every array is C-contiguous and time-major; the Python wrapper (rnn.py) checks
+# and prepares arguments, allocates outputs, and holds BLAS at one thread.
+#
+# Forward:   z_t = x_t W_ih^T + (b_ih + b_hh) + h_{t-1} W_hh^T,   h_t = act(z_t)
+# Backward:  dz_t = (dh_t + d_out_t) * act'(h_t),   dh_{t-1} = dz_t W_hh
+#            dW_ih = sum_t dz_t^T x_t,   dW_hh = sum_t dz_t^T h_{t-1},   db = sum_t dz_t,
+#            dx_t = dz_t W_ih
+#
+# Only what is truly sequential runs in the time loop (one GEMM per step plus a
+# fused element-wise pass); the input projection and all weight gradients are
+# large GEMMs over all T*B rows, outside it.
+#
+# Threads: work is cut into blocks whose boundaries depend only on the problem
+# size, never on the thread count, and no two blocks write the same element; the
+# threads only decide who runs which block. So the results are bitwise identical
+# for every thread count. Inside the time loop, one OpenMP parallel region spans
+# all steps and the end of each step's work-shared loop is the barrier between
+# steps.
+
+from cython cimport floating
+from cython.parallel cimport prange, parallel
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy, memset
+
+from seqkern._blas cimport gemm
+from seqkern._activations cimport tanh_
+
+# A step's recurrent product is split over blocks of COL_BLOCK hidden units once
+# B*H*H reaches PAR_MIN_STEP multiply-adds; below that the fork/join would cost
+# more than it saves.
+# The big GEMMs outside the time loop are cut in blocks of ROW_BLOCK rows.
+cdef enum:
+    COL_BLOCK = 64
+    PAR_MIN_STEP = 65536
+    ROW_BLOCK = 256
+
+
+cdef inline int _n_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:
+    return <int>((n + block - 1) // block)
+
+
+cdef inline int _col_block(int B, int H) noexcept nogil:
+    """Width of the hidden-unit blocks of one time step (a function of size only)."""
+    if <int64_t>B * H * H < PAR_MIN_STEP:
+        return H
+    return COL_BLOCK
+
+
+# ---------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------
+
+cdef void _project_rows(const floating* x, const floating* W, const floating* bias,
+                        floating* out, Py_ssize_t r0, Py_ssize_t r1,
+                        int I, int H) noexcept nogil:
+    """out[r0:r1] := x[r0:r1] @ W^T + bias; x (rows, I), W (H, I), out (rows, H)."""
+    cdef Py_ssize_t r
+    for r in range(r0, r1):
+        memcpy(out + r * H, bias, H * sizeof(floating))
+    gemm(False, True, <int>(r1 - r0), H, I, <floating>1, x + r0 * I, I, W, I,
+         <floating>1, out + r0 * H, H)
+
+
+cdef void _forward_cols(int B, int H, const floating* h_prev, const floating* W_hh,
+                        floating* out_t, const int64_t* lengths, Py_ssize_t t,
+                        bint relu, int c0, int c1) noexcept nogil:
+    """One step on hidden units [c0, c1):
+    out_t[:, c0:c1] := act(out_t[:, c0:c1] + h_prev @ W_hh[c0:c1]^T);
+    rows whose sequence has ended (t >= lengths[b]) are set to 0.
+    h_prev (B, H), W_hh (H, H), out_t (B, H) holds the input projection on entry."""
+    cdef int b, c
+    cdef floating v
+    cdef floating* row
+    gemm(False, True, B, c1 - c0, H, <floating>1, h_prev, H, W_hh + <Py_ssize_t>c0 * H, H,
+         <floating>1, out_t + c0, H)
+    for b in range(B):
+        row = out_t + <Py_ssize_t>b * H
+        if lengths != NULL and t >= lengths[b]:
+            for c in range(c0, c1):
+                row[c] = 0
+        elif relu:
+            for c in range(c0, c1):
+                v = row[c]
+                row[c] = 0 if v < 0 else v      # NaN stays NaN
+        else:
+            for c in range(c0, c1):
+                row[c] = tanh_(row[c])
+
+
+def forward(const floating[:, :, ::1] x,      # (T, B, I)
+            const floating[:, ::1] h0,        # (B, H)
+            const floating[:, ::1] W_ih,      # (H, I)
+            const floating[:, ::1] W_hh,      # (H, H)
+            const floating[::1] bias,         # (H,) = b_ih + b_hh
+            const int64_t[::1] lengths,       # (B,) or None
+            floating[:, :, ::1] out,          # (T, B, H) OUT: every h_t (0 past a length)
+            floating[:, ::1] h_n,             # (B, H) OUT: the state after each sequence's last step
+            bint relu, int n_threads):
+    """Elman RNN forward over a whole sequence. T, B, H >= 1 (the wrapper handles empties)."""
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = W_ih.shape[0]
+    cdef Py_ssize_t TB = <Py_ssize_t>T * B
+    cdef Py_ssize_t step = <Py_ssize_t>B * H
+    cdef const int64_t* lens = NULL if lengths is None else &lengths[0]
+    cdef floating* outp = &out[0, 0, 0]
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef const floating* h0p = &h0[0, 0]
+    cdef const floating* Wih = &W_ih[0, 0]
+    cdef const floating* Whh = &W_hh[0, 0]
+    cdef const floating* bp = &bias[0]
+    cdef const floating* h_prev
+    cdef int width = _col_block(B, H)
+    cdef int n_cols = _n_blocks(H, width)
+    cdef int n_rows = _n_blocks(TB, ROW_BLOCK)
+    cdef int i, blk, b
+    cdef Py_ssize_t t, L
+    cdef int nt = n_threads
+
+    t = 0
+    h_prev = NULL
+    with nogil:
+        # 1. The input projection of every step, in one pass of row blocks.
+        if nt > 1 and n_rows > 1:
+            for i in prange(n_rows, num_threads=nt, schedule='static'):
+                _project_rows(xp, Wih, bp, outp, <Py_ssize_t>i * ROW_BLOCK,
+                              min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, H)
+        else:
+            for i in range(n_rows):
+                _project_rows(xp, Wih, bp, outp, <Py_ssize_t>i * ROW_BLOCK,
+                              min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, H)
+
+        # 2. The recurrence: one GEMM and one fused element-wise pass per step.
+        if nt > 1 and n_cols > 1:
+            with parallel(num_threads=nt):
+                for t in range(T):
+                    h_prev = h0p if t == 0 else outp + (t - 1) * step
+                    for blk in prange(n_cols, schedule='static'):
+                        _forward_cols(B, H, h_prev, Whh, outp + t * step, lens, t, relu,
+                                      blk * width, min((blk + 1) * width, H))
+        else:
+            for t in range(T):
+                h_prev = h0p if t == 0 else outp + (t - 1) * step
+                for blk in range(n_cols):
+                    _forward_cols(B, H, h_prev, Whh, outp + t * step, lens, t, relu,
+                                  blk * width, min((blk + 1) * width, H))
+
+        # 3. The final state of each sequence.
+        for b in range(B):
+            L = T if lens == NULL else lens[b]
+            if L == 0:
+                memcpy(&h_n[b, 0], h0p + <Py_ssize_t>b * H, H * sizeof(floating))
+            else:
+                memcpy(&h_n[b, 0], outp + (L - 1) * step + <Py_ssize_t>b * H,
+                       H * sizeof(floating))
+
+
+# ---------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------
+
+cdef void _backward_cols(int B, int H, const floating* dz_next, const floating* W_hh,
+                         floating* carry, floating* dz_t, const floating* d_out_t,
+                         const floating* h_t, const int64_t* lengths, Py_ssize_t t,
+                         bint relu, int c0, int c1) noexcept nogil:
+    """One step back on hidden units [c0, c1).
+
+    carry (B, H) is the gradient reaching h_t from later steps and from d_h_n;
+    the rows that step t+1 consumed were zeroed, so adding dz_{t+1} @ W_hh (zero in
+    rows that ended before t+1) completes it: carry[:, c0:c1] += dz_next @ W_hh[:, c0:c1].
+    Then, if t >= 0, for rows still running at t:
+    dz_t = (carry + d_out_t) * act'(h_t), and their carry is consumed (set to 0).
+    dz_next (B, H) or NULL (t = T-1), d_out_t (B, H) or NULL, h_t (B, H)."""
+    cdef int b, c
+    cdef floating g, h
+    cdef floating* cr
+    cdef floating* dz
+    cdef const floating* go
+    cdef const floating* hr
+    if dz_next != NULL:
+        gemm(False, False, B, c1 - c0, H, <floating>1, dz_next, H, W_hh + c0, H,
+             <floating>1, carry + c0, H)
+    if t < 0:
+        return
+    for b in range(B):
+        cr = carry + <Py_ssize_t>b * H
+        dz = dz_t + <Py_ssize_t>b * H
+        if lengths != NULL and t >= lengths[b]:
+            for c in range(c0, c1):
+                dz[c] = 0
+            continue
+        hr = h_t + <Py_ssize_t>b * H
+        go = NULL if d_out_t == NULL else d_out_t + <Py_ssize_t>b * H
+        for c in range(c0, c1):
+            g = cr[c] if go == NULL else cr[c] + go[c]
+            h = hr[c]
+            if relu:
+                dz[c] = g if h > 0 else 0
+            else:
+                dz[c] = g * (1 - h * h)
+            cr[c] = 0
+
+
+cdef void _weight_grad_rows(const floating* dz, const floating* inp, floating* dW,
+                            Py_ssize_t rows, int K, int r0, int r1, int H) noexcept nogil:
+    """dW[r0:r1] += dz[:, r0:r1]^T @ inp; dz (rows, H), inp (rows, K), dW (H, K)."""
+    gemm(True, False, r1 - r0, K, <int>rows, <floating>1, dz + r0, H, inp, K,
+         <floating>1, dW + <Py_ssize_t>r0 * K, K)
+
+
+cdef void _bias_grad_cols(const floating* dz, floating* db, Py_ssize_t rows, int H,
+                          int c0, int c1) noexcept nogil:
+    """db[c0:c1] = sum over rows of dz[:, c0:c1] (rows summed in order)."""
+    cdef Py_ssize_t r
+    cdef int c
+    cdef const floating* row
+    for c in range(c0, c1):
+        db[c] = 0
+    for r in range(rows):
+        row = dz + r * H
+        for c in range(c0, c1):
+            db[c] += row[c]
+
+
+cdef void _input_grad_rows(const floating* dz, const floating* W_ih, floating* dx,
+                           Py_ssize_t r0, Py_ssize_t r1, int I, int H) noexcept nogil:
+    """dx[r0:r1] = dz[r0:r1] @ W_ih; dz (rows, H), W_ih (H, I), dx (rows, I)."""
+    gemm(False, False, <int>(r1 - r0), I, H, <floating>1, dz + r0 * H, H, W_ih, I,
+         <floating>0, dx + r0 * I, I)
+
+
+cdef void _grads_block(int blk, const floating* dzp, const floating* xp,
+                       const floating* h0p, const floating* outp, const floating* Wih,
+                       floating* dWih, floating* dWhh, floating* dbp, floating* dxp,
+                       int T, int B, int I, int H, int n_w, int n_x) noexcept nogil:
+    """Block ``blk`` of the work after the time loop; blocks write disjoint elements:
+    [0, n_w): rows of dW_ih, dW_hh and entries of db; [n_w, n_w + n_x): rows of dx."""
+    cdef Py_ssize_t TB = <Py_ssize_t>T * B
+    cdef int r0, r1
+    cdef Py_ssize_t q
+    if blk < n_w:
+        r0 = blk * COL_BLOCK
+        r1 = min(r0 + COL_BLOCK, H)
+        _weight_grad_rows(dzp, xp, dWih, TB, I, r0, r1, H)
+        # dW_hh = dz_0^T h0 + dz[1:]^T out[:-1]
+        _weight_grad_rows(dzp, h0p, dWhh, B, H, r0, r1, H)
+        if T > 1:
+            _weight_grad_rows(dzp + <Py_ssize_t>B * H, outp, dWhh, TB - B, H, r0, r1, H)
+        _bias_grad_cols(dzp, dbp, TB, H, r0, r1)
+    else:
+        q = blk - n_w
+        _input_grad_rows(dzp, Wih, dxp, q * ROW_BLOCK, min((q + 1) * ROW_BLOCK, TB), I, H)
+
+
+def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
+             const floating[:, ::1] d_h_n,       # (B, H) or None
+             const floating[:, :, ::1] x,        # (T, B, I)  from the forward
+             const floating[:, ::1] h0,          # (B, H)
+             const floating[:, :, ::1] out,      # (T, B, H)
+             const floating[:, ::1] W_ih,        # (H, I)
+             const floating[:, ::1] W_hh,        # (H, H)
+             const int64_t[::1] lengths,         # (B,) or None
+             floating[:, :, ::1] dz,             # (T, B, H) scratch: pre-activation gradients
+             floating[:, :, ::1] dx,             # (T, B, I) OUT
+             floating[:, ::1] dh0,               # (B, H) OUT
+             floating[:, ::1] dW_ih,             # (H, I) OUT
+             floating[:, ::1] dW_hh,             # (H, H) OUT
+             floating[::1] db,                   # (H,) OUT: gradient of either bias
+             bint relu, int n_threads):
+    """Elman RNN backward through time. T, B, H >= 1 (the wrapper handles empties)."""
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = W_ih.shape[0]
+    cdef Py_ssize_t step = <Py_ssize_t>B * H
+    cdef const int64_t* lens = NULL if lengths is None else &lengths[0]
+    cdef const floating* dop = NULL if d_out is None else &d_out[0, 0, 0]
+    cdef const floating* outp = &out[0, 0, 0]
+    cdef const floating* Whh = &W_hh[0, 0]
+    cdef floating* dzp = &dz[0, 0, 0]
+    cdef floating* carry = &dh0[0, 0]
+    cdef const floating* dz_next
+    cdef const floating* do_t
+    cdef int width = _col_block(B, H)
+    cdef int n_cols = _n_blocks(H, width)
+    cdef int n_w = _n_blocks(H, COL_BLOCK)
+    cdef int n_x = _n_blocks(<Py_ssize_t>T * B, ROW_BLOCK)
+    cdef int blk
+    cdef Py_ssize_t t
+    cdef int nt = n_threads
+
+    if d_h_n is None:
+        dh0[:, :] = 0
+    else:
+        dh0[:, :] = d_h_n
+    dW_ih[:, :] = 0
+    dW_hh[:, :] = 0
+
+    t = 0
+    dz_next = NULL
+    do_t = NULL
+    with nogil:
+        # 1. Through time: t = T-1 .. 0, then t = -1 finishes dh0 = carry.
+        if nt > 1 and n_cols > 1:
+            with parallel(num_threads=nt):
+                for t in range(T - 1, -2, -1):
+                    dz_next = NULL if t == T - 1 else dzp + (t + 1) * step
+                    do_t = NULL if (dop == NULL or t < 0) else dop + t * step
+                    for blk in prange(n_cols, schedule='static'):
+                        _backward_cols(B, H, dz_next, Whh, carry, dzp + t * step, do_t,
+                                       outp + t * step, lens, t, relu,
+                                       blk * width, min((blk + 1) * width, H))
+        else:
+            for t in range(T - 1, -2, -1):
+                dz_next = NULL if t == T - 1 else dzp + (t + 1) * step
+                do_t = NULL if (dop == NULL or t < 0) else dop + t * step
+                for blk in range(n_cols):
+                    _backward_cols(B, H, dz_next, Whh, carry, dzp + t * step, do_t,
+                                   outp + t * step, lens, t, relu,
+                                   blk * width, min((blk + 1) * width, H))
+
+        # 2. Weight, bias and input gradients: large GEMMs over all T*B rows.
+        if nt > 1:
+            for blk in prange(n_w + n_x, num_threads=nt, schedule='dynamic'):
+                _grads_block(blk, dzp, &x[0, 0, 0], &h0[0, 0], outp, &W_ih[0, 0],
+                             &dW_ih[0, 0], &dW_hh[0, 0], &db[0], &dx[0, 0, 0],
+                             T, B, I, H, n_w, n_x)
+        else:
+            for blk in range(n_w + n_x):
+                _grads_block(blk, dzp, &x[0, 0, 0], &h0[0, 0], outp, &W_ih[0, 0],
+                             &dW_ih[0, 0], &dW_hh[0, 0], &db[0], &dx[0, 0, 0],
+                             T, B, I, H, n_w, n_x)

@@ -1,0 +1,120 @@
+"""Thread control: how many threads seqkern's kernels use, and BLAS's share.
+
+seqkern parallelises with its own OpenMP loops, in which every BLAS call must
+run on one thread: two thread pools that fight over the cores (OpenMP's and
+OpenBLAS's) were measured to slow each other several-fold. So every public
+kernel runs inside :func:`blas_single_thread`, and splits its large products
+over its own threads itself.
+"""
+
+import os
+import threading
+from contextlib import contextmanager
+
+from seqkern._openmp_helpers import openmp_enabled
+
+
+def _default_num_threads():
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env:
+        try:
+            n = int(env)
+            if n >= 1:
+                return n
+        except ValueError:
+            pass
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+_num_threads = _default_num_threads()
+
+
+def get_num_threads():
+    """The number of threads seqkern's kernels use (default: the cores this
+    process may run on, or ``OMP_NUM_THREADS`` when it is set)."""
+    return _num_threads
+
+
+def set_num_threads(n):
+    """Set the number of threads seqkern's kernels use, for the whole process."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
+        raise TypeError(f"n must be a positive integer, got {type(n).__name__}")
+    n = int(n.__index__())
+    if n < 1:
+        raise ValueError(f"n must be a positive integer, got {n}")
+    _num_threads = n
+
+
+@contextmanager
+def threads(n):
+    """Context manager: run the enclosed kernels on ``n`` threads, then restore."""
+    old = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(old)
+
+
+def effective_num_threads():
+    """Threads a kernel really uses: get_num_threads(), or 1 without OpenMP."""
+    return _num_threads if openmp_enabled() else 1
+
+
+# --- BLAS's own thread pool -------------------------------------------------
+
+_blas_lock = threading.Lock()
+_blas_libs = None
+_blas_depth = 0
+_blas_saved = []
+
+
+def _blas_controllers():
+    global _blas_libs
+    if _blas_libs is None:
+        from threadpoolctl import ThreadpoolController
+
+        ctl = ThreadpoolController()
+        _blas_libs = [lc for lc in ctl.lib_controllers if lc.user_api == "blas"]
+    return _blas_libs
+
+
+@contextmanager
+def blas_single_thread():
+    """Hold every BLAS library in the process at one thread, then restore.
+
+    Re-entrant and cheap: the first entry reads and sets each library's count
+    (a few ctypes calls), nested entries do nothing.
+    """
+    global _blas_depth, _blas_saved
+    with _blas_lock:
+        if _blas_depth == 0:
+            saved = []
+            for lc in _blas_controllers():
+                n = lc.get_num_threads()
+                if n != 1:
+                    lc.set_num_threads(1)
+                    saved.append((lc, n))
+            _blas_saved = saved
+        _blas_depth += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_depth -= 1
+            if _blas_depth == 0:
+                for lc, n in _blas_saved:
+                    lc.set_num_threads(n)
+                _blas_saved = []
+
+
+def blas_info():
+    """[(internal_api, version, filepath, num_threads)] for each BLAS loaded."""
+    return [
+        (lc.internal_api, lc.version, lc.filepath, lc.get_num_threads())
+        for lc in _blas_controllers()
+    ]

@@ -1,0 +1,17 @@
+"""Result types shared by the kernels and their NumPy references."""
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+
+class RNNGrads(NamedTuple):
+    """Gradients of an Elman RNN: dx like x, dh0 (B, H), dW_ih (H, I), dW_hh (H, H),
+    db_ih and db_hh (H,) or None where the bias was None."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dW_ih: np.ndarray
+    dW_hh: np.ndarray
+    db_ih: Optional[np.ndarray]
+    db_hh: Optional[np.ndarray]
