@@ -32,22 +32,34 @@ def _prepare(x):
 def tanh(x):
     """tanh as the kernels compute it; same shape and dtype as ``x``."""
     x, flat, out = _prepare(x)
+    cdef const float[::1] xs
+    cdef float[::1] ys
+    cdef const double[::1] xd
+    cdef double[::1] yd
     if flat.dtype == np.float32:
+        xs, ys = flat, out
         with nogil:
-            _tanh_loop[float](flat, out)
+            _tanh_loop(xs, ys)
     else:
+        xd, yd = flat, out
         with nogil:
-            _tanh_loop[double](flat, out)
+            _tanh_loop(xd, yd)
     return out.reshape(x.shape)
 
 
 def sigmoid(x):
     """The logistic function as the kernels compute it."""
     x, flat, out = _prepare(x)
+    cdef const float[::1] xs
+    cdef float[::1] ys
+    cdef const double[::1] xd
+    cdef double[::1] yd
     if flat.dtype == np.float32:
+        xs, ys = flat, out
         with nogil:
-            _sigmoid_loop[float](flat, out)
+            _sigmoid_loop(xs, ys)
     else:
+        xd, yd = flat, out
         with nogil:
-            _sigmoid_loop[double](flat, out)
+            _sigmoid_loop(xd, yd)
     return out.reshape(x.shape)

@@ -253,9 +253,9 @@ cdef void _grads_block(int blk, const floating* dzp, const floating* xp,
         _input_grad_rows(dzp, Wih, dxp, q * ROW_BLOCK, min((q + 1) * ROW_BLOCK, TB), I, H)
 
 
-def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
+def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
+             const floating[:, :, ::1] d_out,    # (T, B, H) or None
              const floating[:, ::1] d_h_n,       # (B, H) or None
-             const floating[:, :, ::1] x,        # (T, B, I)  from the forward
              const floating[:, ::1] h0,          # (B, H)
              const floating[:, :, ::1] out,      # (T, B, H)
              const floating[:, ::1] W_ih,        # (H, I)

@@ -175,7 +175,7 @@ def _backward(cache, d_out, d_h_n):
     if T and B and H:
         dz = np.empty((T, B, H), dt)
         with blas_single_thread():
-            _rnn.backward(d_out, d_h_n, a.x, a.h0, out, a.W_ih, a.W_hh, a.lengths,
+            _rnn.backward(a.x, d_out, d_h_n, a.h0, out, a.W_ih, a.W_hh, a.lengths,
                           dz, dx, dh0, dW_ih, dW_hh, db,
                           a.nonlinearity == "relu", effective_num_threads())
     return RNNGrads(

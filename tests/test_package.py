@@ -1,0 +1,94 @@
+"""Thread control, configuration and packaging promises."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import seqkern
+
+
+def test_thread_count_api():
+    n0 = seqkern.get_num_threads()
+    assert n0 >= 1
+    with seqkern.threads(1):
+        assert seqkern.get_num_threads() == 1
+        with seqkern.threads(3):
+            assert seqkern.get_num_threads() == 3
+        assert seqkern.get_num_threads() == 1
+    assert seqkern.get_num_threads() == n0
+    seqkern.set_num_threads(2)
+    try:
+        assert seqkern.get_num_threads() == 2
+    finally:
+        seqkern.set_num_threads(n0)
+
+
+@pytest.mark.parametrize("bad,exc", [(0, ValueError), (-2, ValueError), (1.5, TypeError), ("2", TypeError), (True, TypeError)])
+def test_bad_thread_counts(bad, exc):
+    with pytest.raises(exc, match="n must be a positive integer"):
+        seqkern.set_num_threads(bad)
+
+
+def test_default_honours_omp_num_threads():
+    code = "import seqkern; print(seqkern.get_num_threads())"
+    env = dict(os.environ, OMP_NUM_THREADS="3")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3"
+
+
+def test_blas_held_at_one_thread_inside_kernels_and_restored():
+    from threadpoolctl import threadpool_info
+
+    from seqkern._threads import blas_single_thread
+
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    with blas_single_thread():
+        inside = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert inside and all(n == 1 for n in inside)
+    assert after == before
+
+
+def test_show_config(capsys):
+    seqkern.show_config()
+    text = capsys.readouterr().out
+    assert seqkern.__version__ in text
+    assert "-O3" in text
+    assert "openmp:" in text and "blas:" in text and "threads:" in text
+    assert "ffast-math" not in text and "finite-math" not in text
+
+
+def test_kernels_release_the_gil():
+    """A Python thread keeps running while a long kernel call is in flight."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(0)
+    T, B, I, H = 3000, 4, 64, 128
+    args = (rng.standard_normal((T, B, I)), None, rng.standard_normal((H, I)) * 0.1,
+            rng.standard_normal((H, H)) * 0.05)
+    ticks = []
+    done = threading.Event()
+
+    def ticker():
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.0005)
+
+    with seqkern.threads(1):
+        seqkern.rnn_forward(*args)                  # warm up
+        t = threading.Thread(target=ticker)
+        t.start()
+        time.sleep(0.01)
+        start = time.perf_counter()
+        seqkern.rnn_forward(*args, return_cache=False)
+        end = time.perf_counter()
+        done.set()
+        t.join()
+    during = [x for x in ticks if start < x < end]
+    # With the GIL held for the whole call the ticker could not tick at all.
+    assert end - start > 0.005
+    assert len(during) >= 2, f"{len(during)} ticks during a {1e3 * (end - start):.1f} ms call"
