@@ -31,11 +31,14 @@ from seqkern._activations cimport tanh_
 # A step's recurrent product is split over blocks of COL_BLOCK hidden units once
 # B*H*H reaches PAR_MIN_STEP multiply-adds; below that the fork/join would cost
 # more than it saves.
-# The big GEMMs outside the time loop are cut in blocks of ROW_BLOCK rows.
+# The big GEMMs outside the time loop are cut in blocks of ROW_BLOCK rows of
+# T*B (input projection, dx) or W_BLOCK rows of a weight gradient; blocks are
+# large because each GEMM call packs its shared operand again.
 cdef enum:
     COL_BLOCK = 64
     PAR_MIN_STEP = 65536
-    ROW_BLOCK = 256
+    ROW_BLOCK = 1024
+    W_BLOCK = 256
 
 
 cdef inline int _n_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:
@@ -234,22 +237,25 @@ cdef void _grads_block(int blk, const floating* dzp, const floating* xp,
                        const floating* h0p, const floating* outp, const floating* Wih,
                        floating* dWih, floating* dWhh, floating* dbp, floating* dxp,
                        int T, int B, int I, int H, int n_w, int n_x) noexcept nogil:
-    """Block ``blk`` of the work after the time loop; blocks write disjoint elements:
-    [0, n_w): rows of dW_ih, dW_hh and entries of db; [n_w, n_w + n_x): rows of dx."""
+    """Task ``blk`` of the work after the time loop; tasks write disjoint elements:
+    [0, n_w): W_BLOCK rows of dW_ih; [n_w, 2 n_w): the same rows of dW_hh and
+    entries of db; [2 n_w, 2 n_w + n_x): ROW_BLOCK rows of dx."""
     cdef Py_ssize_t TB = <Py_ssize_t>T * B
     cdef int r0, r1
     cdef Py_ssize_t q
-    if blk < n_w:
-        r0 = blk * COL_BLOCK
-        r1 = min(r0 + COL_BLOCK, H)
-        _weight_grad_rows(dzp, xp, dWih, TB, I, r0, r1, H)
-        # dW_hh = dz_0^T h0 + dz[1:]^T out[:-1]
-        _weight_grad_rows(dzp, h0p, dWhh, B, H, r0, r1, H)
-        if T > 1:
-            _weight_grad_rows(dzp + <Py_ssize_t>B * H, outp, dWhh, TB - B, H, r0, r1, H)
-        _bias_grad_cols(dzp, dbp, TB, H, r0, r1)
+    if blk < 2 * n_w:
+        r0 = (blk % n_w) * W_BLOCK
+        r1 = min(r0 + W_BLOCK, H)
+        if blk < n_w:
+            _weight_grad_rows(dzp, xp, dWih, TB, I, r0, r1, H)
+        else:
+            # dW_hh = dz_0^T h0 + dz[1:]^T out[:-1]
+            _weight_grad_rows(dzp, h0p, dWhh, B, H, r0, r1, H)
+            if T > 1:
+                _weight_grad_rows(dzp + <Py_ssize_t>B * H, outp, dWhh, TB - B, H, r0, r1, H)
+            _bias_grad_cols(dzp, dbp, TB, H, r0, r1)
     else:
-        q = blk - n_w
+        q = blk - 2 * n_w
         _input_grad_rows(dzp, Wih, dxp, q * ROW_BLOCK, min((q + 1) * ROW_BLOCK, TB), I, H)
 
 
@@ -281,7 +287,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef const floating* do_t
     cdef int width = _col_block(B, H)
     cdef int n_cols = _n_blocks(H, width)
-    cdef int n_w = _n_blocks(H, COL_BLOCK)
+    cdef int n_w = _n_blocks(H, W_BLOCK)
     cdef int n_x = _n_blocks(<Py_ssize_t>T * B, ROW_BLOCK)
     cdef int blk
     cdef Py_ssize_t t
@@ -319,12 +325,12 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
 
         # 2. Weight, bias and input gradients: large GEMMs over all T*B rows.
         if nt > 1:
-            for blk in prange(n_w + n_x, num_threads=nt, schedule='dynamic'):
+            for blk in prange(2 * n_w + n_x, num_threads=nt, schedule='dynamic'):
                 _grads_block(blk, dzp, &x[0, 0, 0], &h0[0, 0], outp, &W_ih[0, 0],
                              &dW_ih[0, 0], &dW_hh[0, 0], &db[0], &dx[0, 0, 0],
                              T, B, I, H, n_w, n_x)
         else:
-            for blk in range(n_w + n_x):
+            for blk in range(2 * n_w + n_x):
                 _grads_block(blk, dzp, &x[0, 0, 0], &h0[0, 0], outp, &W_ih[0, 0],
                              &dW_ih[0, 0], &dW_hh[0, 0], &db[0], &dx[0, 0, 0],
                              T, B, I, H, n_w, n_x)

@@ -1,0 +1,95 @@
+"""python -m seqkern.bench: time every kernel against NumPy and PyTorch.
+
+Prints one row per case, thread count and implementation as it finishes:
+median time, tokens/s, GFLOP/s, the fraction of the GEMM peak measured in the
+same run at that thread count, the speed-up against the NumPy reference and
+PyTorch (when installed), and the parallel efficiency against the first thread
+count.
+"""
+
+import argparse
+import sys
+import time
+
+from seqkern.bench import runner
+from seqkern.bench.cases import IMPLS, RECURRENT, grid
+
+
+def _int_list(s):
+    try:
+        vals = [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {s!r}")
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"thread counts must be positive, got {s!r}")
+    return vals
+
+
+def _choices(allowed):
+    def parse(s):
+        vals = [v.strip() for v in s.split(",") if v.strip()]
+        bad = [v for v in vals if v not in allowed]
+        if bad or not vals:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}; got {s!r}")
+        return vals
+    return parse
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="python -m seqkern.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="a small grid that ends in under a minute on 2 cores")
+    p.add_argument("--threads", type=_int_list, default=None,
+                   help="thread counts, e.g. 1,2,16 (default: 1, 2, 4, ... and the core count; "
+                        "--quick: 1 and the core count)")
+    p.add_argument("--kernels", type=_choices(RECURRENT + ("attention",)), default=None,
+                   help="comma-separated subset of rnn,lstm,gru,attention")
+    p.add_argument("--dtypes", type=_choices(("float32", "float64")), default=None,
+                   help="float32 (default), float64, or both")
+    p.add_argument("--impls", type=_choices(IMPLS), default=list(IMPLS),
+                   help="implementations to time (torch only when installed)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds of timed calls per implementation and case")
+    p.add_argument("--json", metavar="PATH", help="write every measurement and the machine to PATH")
+    p.add_argument("--compare", metavar="OLD.json", help="print the ratio of each case against an earlier --json run")
+    p.add_argument("--plot", metavar="DIR", help="write PNG charts to DIR (needs matplotlib: seqkern[plot])")
+    args = p.parse_args(argv)
+
+    threads = args.threads
+    if threads is None:
+        all_t = runner.default_threads()
+        threads = sorted({1, all_t[-1]}) if args.quick else all_t
+    dtypes = args.dtypes or (["float32"] if args.quick else ["float32", "float64"])
+    cases = grid(quick=args.quick, kernels=args.kernels, dtypes=dtypes)
+    if not cases:
+        p.error("no kernel selected is available in this build")
+    budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.6)
+
+    from seqkern._config import config
+
+    c = config()
+    print(f"seqkern {c['seqkern']} on {c['cpu']} ({c['cores']} cores), OpenMP "
+          f"{'on' if c['openmp'] else 'off'}, flags {c['compiler_flags']}")
+    t0 = time.perf_counter()
+    results, peaks = runner.run(cases, threads, impls=args.impls, budget_s=budget)
+    peak_txt = ", ".join(f"{d} {n} thr {g:.0f}" for (d, n), g in sorted(peaks.items()))
+    print(f"\nGEMM peak GFLOP/s measured in this run (1024^3 in SciPy's BLAS): {peak_txt}")
+    print(f"{len(results)} measurements in {time.perf_counter() - t0:.1f} s; "
+          "medians of interleaved calls; fwd = inference, fwd+bwd = training step")
+    if args.json:
+        runner.write_json(args.json, results, peaks, argv)
+        print(f"wrote {args.json}")
+    if args.compare:
+        runner.compare(args.compare, results)
+    if args.plot:
+        from seqkern.bench import plots
+
+        for path in plots.write_all(results, args.plot):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

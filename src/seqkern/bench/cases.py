@@ -1,0 +1,245 @@
+"""The one definition of the benchmark grid, shared by ``python -m seqkern.bench``
+and the pytest-benchmark suite in ``benchmarks/``.
+
+A :class:`Case` is a kernel, a shape, a direction and a dtype. For each case,
+:func:`make_runner` builds a zero-argument callable per implementation
+(``seqkern``, ``reference`` = seqkern.reference in NumPy, ``torch`` when it is
+importable), with all inputs prepared outside the timed call.
+
+Directions: ``fwd`` is an inference forward (seqkern and the reference with
+``return_cache=False``, PyTorch under ``torch.no_grad()``); ``fwd+bwd`` is a
+training step: a forward that keeps what the backward needs, then the backward
+to every input, initial state and weight.
+"""
+
+import importlib.util
+from dataclasses import dataclass
+
+import numpy as np
+
+RECURRENT = ("rnn", "lstm", "gru")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+IMPLS = ("seqkern", "reference", "torch")
+
+# (B, T, I, H) for the recurrent kernels, from the issues.
+RECURRENT_SHAPES = [(1, 100, 128, 128), (1, 1000, 64, 64), (32, 100, 256, 256), (64, 200, 512, 512)]
+# (B, H, T, D) for attention.
+ATTENTION_SHAPES = [(8, 8, 256, 64), (4, 8, 1024, 64), (1, 8, 4096, 64)]
+
+
+@dataclass(frozen=True)
+class Case:
+    kernel: str            # "rnn", "lstm", "gru" or "attention"
+    shape: tuple           # (B, T, I, H) recurrent; (B, H, T, D) attention
+    direction: str = "fwd"  # "fwd" or "fwd+bwd"
+    dtype: str = "float32"
+    causal: bool = False   # attention only
+
+    @property
+    def name(self):
+        s = "x".join(map(str, self.shape))
+        extra = " causal" if self.causal else ""
+        return f"{self.kernel} {s}{extra} {self.direction} {self.dtype}"
+
+    @property
+    def legend(self):
+        return "B,T,I,H" if self.kernel in RECURRENT else "B,H,T,D"
+
+    def tokens(self):
+        """Sequence positions processed per call (B * T)."""
+        if self.kernel in RECURRENT:
+            return self.shape[0] * self.shape[1]
+        return self.shape[0] * self.shape[2]
+
+    def flops(self):
+        """Floating-point operations of the matrix products (2 per multiply-add)."""
+        if self.kernel in RECURRENT:
+            B, T, I, H = self.shape
+            fwd = 2.0 * B * T * GATES[self.kernel] * H * (I + H)
+            # backward: dh_{t-1}, dW_hh, dW_ih and dx: twice the forward's products
+            return fwd * (3 if self.direction == "fwd+bwd" else 1)
+        B, H, T, D = self.shape
+        pairs = T * (T + 1) / 2 if self.causal else T * T
+        fwd = 4.0 * B * H * pairs * D
+        # backward: recompute S, then dV, dP, dQ, dK: 2.5x the forward's products
+        return fwd * (3.5 if self.direction == "fwd+bwd" else 1)
+
+    def as_dict(self):
+        return dict(kernel=self.kernel, shape=list(self.shape), legend=self.legend,
+                    direction=self.direction, dtype=self.dtype, causal=self.causal)
+
+
+def torch_available():
+    return importlib.util.find_spec("torch") is not None
+
+
+def kernel_available(kernel):
+    import seqkern
+
+    name = "attention_forward" if kernel == "attention" else f"{kernel}_forward"
+    return hasattr(seqkern, name)
+
+
+def grid(quick=False, kernels=None, dtypes=("float32",)):
+    """The benchmark cases: the issues' shapes, forward and forward+backward.
+
+    ``quick`` keeps one representative set that runs in well under a minute on
+    2 cores; the full grid adds every shape, causal attention and float64.
+    """
+    cases = []
+    for kernel in kernels or RECURRENT + ("attention",):
+        if not kernel_available(kernel):
+            continue
+        if kernel in RECURRENT:
+            shapes = RECURRENT_SHAPES if (kernel == "rnn" or not quick) else [RECURRENT_SHAPES[1], RECURRENT_SHAPES[2]]
+            causals = (False,)
+        else:
+            shapes = ATTENTION_SHAPES[:2] if quick else ATTENTION_SHAPES
+            causals = (False,) if quick else (False, True)
+        for shape in shapes:
+            for causal in causals:
+                for direction in ("fwd", "fwd+bwd"):
+                    for dtype in dtypes:
+                        cases.append(Case(kernel, tuple(shape), direction, dtype, causal))
+    return cases
+
+
+# ---------------------------------------------------------------------------
+# Runners
+# ---------------------------------------------------------------------------
+
+def _recurrent_inputs(case, rng):
+    B, T, I, H = case.shape
+    G = GATES[case.kernel] * H
+    dt = np.dtype(case.dtype)
+    s = 1.0 / np.sqrt(H)
+    return dict(
+        x=rng.standard_normal((T, B, I)).astype(dt),
+        h0=(rng.standard_normal((B, H)) * 0.5).astype(dt),
+        c0=(rng.standard_normal((B, H)) * 0.5).astype(dt),
+        W_ih=(rng.uniform(-s, s, (G, I))).astype(dt),
+        W_hh=(rng.uniform(-s, s, (G, H))).astype(dt),
+        b_ih=(rng.uniform(-s, s, G)).astype(dt),
+        b_hh=(rng.uniform(-s, s, G)).astype(dt),
+        d_out=rng.standard_normal((T, B, H)).astype(dt),
+    )
+
+
+def _numpy_recurrent(mod, kernel, a, direction):
+    w = (a["W_ih"], a["W_hh"], a["b_ih"], a["b_hh"])
+    fwd = getattr(mod, f"{kernel}_forward")
+    bwd = getattr(mod, f"{kernel}_backward")
+    states = (a["h0"], a["c0"]) if kernel == "lstm" else (a["h0"],)
+    if direction == "fwd":
+        return lambda: fwd(a["x"], *states, *w, return_cache=False)
+
+    def step():
+        res = fwd(a["x"], *states, *w)
+        nones = (None,) * (len(res) - 2)          # no gradient for h_n (and c_n)
+        return bwd(a["d_out"], *nones, res[-1])
+    return step
+
+
+def _torch_recurrent(kernel, a, direction):
+    import torch
+
+    B, H = a["h0"].shape
+    I = a["x"].shape[2]
+    dt = torch.float64 if a["x"].dtype == np.float64 else torch.float32
+    cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kernel]
+    m = cls(I, H, dtype=dt)
+    with torch.no_grad():
+        for p, name in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0),
+                           ("W_ih", "W_hh", "b_ih", "b_hh")):
+            p.copy_(torch.from_numpy(a[name]))
+    x = torch.from_numpy(a["x"])
+    h0 = torch.from_numpy(a["h0"])[None]
+    c0 = torch.from_numpy(a["c0"])[None]
+    d_out = torch.from_numpy(a["d_out"])
+
+    def state(grad):
+        h = h0.clone().requires_grad_(grad)
+        if kernel == "lstm":
+            return (h, c0.clone().requires_grad_(grad))
+        return h
+
+    if direction == "fwd":
+        def run():
+            with torch.no_grad():
+                return m(x, state(False))
+        return run
+
+    params = list(m.parameters())
+
+    def step():
+        for p in params:
+            p.grad = None
+        xg = x.clone().requires_grad_(True)
+        out, _ = m(xg, state(True))
+        out.backward(d_out)
+        return xg.grad
+    return step
+
+
+def _attention_inputs(case, rng):
+    B, H, T, D = case.shape
+    dt = np.dtype(case.dtype)
+    return {k: rng.standard_normal((B, H, T, D)).astype(dt) for k in ("q", "k", "v", "d_out")}
+
+
+def _numpy_attention(mod, a, case):
+    if case.direction == "fwd":
+        return lambda: mod.attention_forward(a["q"], a["k"], a["v"], causal=case.causal,
+                                             return_cache=False)
+
+    def step():
+        _, cache = mod.attention_forward(a["q"], a["k"], a["v"], causal=case.causal)
+        return mod.attention_backward(a["d_out"], cache)
+    return step
+
+
+def _torch_attention(a, case):
+    import torch
+    import torch.nn.functional as F
+
+    q, k, v, d_out = (torch.from_numpy(a[n]) for n in ("q", "k", "v", "d_out"))
+    if case.direction == "fwd":
+        def run():
+            with torch.no_grad():
+                return F.scaled_dot_product_attention(q, k, v, is_causal=case.causal)
+        return run
+
+    def step():
+        qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(qg, kg, vg, is_causal=case.causal)
+        out.backward(d_out)
+        return qg.grad
+    return step
+
+
+def make_runner(case, impl, seed=0):
+    """A zero-argument callable running ``case`` with ``impl``; inputs are built here."""
+    rng = np.random.default_rng(seed)
+    if impl == "torch" and not torch_available():
+        raise RuntimeError("PyTorch is not installed")
+    if case.kernel in RECURRENT:
+        a = _recurrent_inputs(case, rng)
+        if impl == "torch":
+            return _torch_recurrent(case.kernel, a, case.direction)
+        mod = _module(impl)
+        return _numpy_recurrent(mod, case.kernel, a, case.direction)
+    a = _attention_inputs(case, rng)
+    if impl == "torch":
+        return _torch_attention(a, case)
+    return _numpy_attention(_module(impl), a, case)
+
+
+def _module(impl):
+    import seqkern
+    import seqkern.reference
+
+    if impl == "seqkern":
+        return seqkern
+    if impl == "reference":
+        return seqkern.reference
+    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")

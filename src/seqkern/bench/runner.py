@@ -1,0 +1,195 @@
+"""Timing: medians of interleaved calls, the machine's GEMM peak, the table.
+
+Implementations of one case are timed in alternation (one call of each in
+turn, with a short pause between them), so that a slow moment of a shared
+machine hits all of them alike and two thread pools (OpenMP's, OpenBLAS's,
+PyTorch's) never spin against each other. Every figure is a median.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+
+import numpy as np
+
+from seqkern.bench.cases import IMPLS, make_runner, torch_available
+
+PAUSE_S = 0.002
+
+
+@contextmanager
+def thread_count(n):
+    """Run seqkern, NumPy's/SciPy's BLAS and PyTorch on ``n`` threads."""
+    import seqkern
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")
+    old_torch = torch.get_num_threads() if torch else None
+    with ExitStack() as stack:
+        stack.enter_context(threadpool_limits(limits=n, user_api="blas"))
+        stack.enter_context(seqkern.threads(n))
+        if torch:
+            torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            if torch:
+                torch.set_num_threads(old_torch)
+
+
+def time_interleaved(fns, budget_s=0.3, min_repeats=3, max_repeats=30):
+    """{name: [seconds, ...]} for each callable in ``fns``, run in alternation
+    after one warm-up call each; the repeat count fits ``budget_s`` per callable."""
+    first = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        fn()
+        first[name] = time.perf_counter() - t0
+        time.sleep(PAUSE_S)
+    slowest = max(first.values()) if first else 0.0
+    repeats = int(min(max_repeats, max(min_repeats, budget_s / max(slowest, 1e-9))))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+            time.sleep(PAUSE_S)
+    return times
+
+
+def gemm_peak(n_threads, dtype="float32", size=1024, repeats=5):
+    """GFLOP/s of a (size x size) @ (size x size) GEMM in SciPy's BLAS on ``n_threads``."""
+    from scipy.linalg import blas
+
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(0)
+    a = np.asfortranarray(rng.standard_normal((size, size)).astype(dt))
+    b = np.asfortranarray(rng.standard_normal((size, size)).astype(dt))
+    fn = blas.sgemm if dt == np.float32 else blas.dgemm
+    with thread_count(n_threads):
+        fn(1.0, a, b)
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(1.0, a, b)
+            ts.append(time.perf_counter() - t0)
+    return 2.0 * size ** 3 / statistics.median(ts) / 1e9
+
+
+def default_threads():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ts, n = [], 1
+    while n < cores:
+        ts.append(n)
+        n *= 2
+    ts.append(cores)
+    return ts
+
+
+def run(cases, threads, impls=IMPLS, budget_s=0.3, out=sys.stdout, progress=True):
+    """Measure every case at every thread count; print rows as they finish.
+
+    Returns the list of result dicts (one per case x threads x implementation).
+    """
+    impls = [i for i in impls if i != "torch" or torch_available()]
+    if "torch" in impls:
+        import torch  # noqa: F401  (so thread_count() sets its threads too)
+    peaks = {}
+    results = []
+    header = _header()
+    if progress:
+        print(header, file=out)
+        print("-" * len(header), file=out, flush=True)
+    for case in cases:
+        fns = {impl: make_runner(case, impl) for impl in impls}
+        base = {}
+        for n in threads:
+            key = (case.dtype, n)
+            if key not in peaks:
+                peaks[key] = gemm_peak(n, case.dtype)
+            with thread_count(n):
+                times = time_interleaved(fns, budget_s=budget_s)
+            med = {impl: statistics.median(ts) for impl, ts in times.items()}
+            if n == threads[0]:
+                base = {impl: (n, m) for impl, m in med.items()}
+            for impl in impls:
+                m = med[impl]
+                n0, m0 = base[impl]
+                r = dict(
+                    case=case.name, **case.as_dict(), impl=impl, threads=n,
+                    median_s=m, times_s=times[impl], repeats=len(times[impl]),
+                    tokens_per_s=case.tokens() / m, gflops=case.flops() / m / 1e9,
+                    gemm_peak_gflops=peaks[key],
+                    speedup_vs_reference=med["reference"] / m if "reference" in med else None,
+                    speedup_vs_torch=med["torch"] / m if "torch" in med else None,
+                    parallel_efficiency=(m0 / m) / (n / n0) if n != n0 else 1.0,
+                )
+                r["peak_fraction"] = r["gflops"] / r["gemm_peak_gflops"]
+                results.append(r)
+                if progress:
+                    print(format_row(r), file=out, flush=True)
+    return results, peaks
+
+
+def _header():
+    return (f"{'case':<34} {'impl':<9} {'thr':>3} {'median ms':>10} {'tokens/s':>10} "
+            f"{'GFLOP/s':>8} {'%peak':>6} {'vs ref':>7} {'vs torch':>8} {'par.eff':>7}")
+
+
+def _fmt_ratio(x):
+    return f"{x:.2f}x" if x is not None else "-"
+
+
+def format_row(r):
+    return (f"{r['case']:<34} {r['impl']:<9} {r['threads']:>3} {r['median_s'] * 1e3:>10.3f} "
+            f"{r['tokens_per_s']:>10.3g} {r['gflops']:>8.1f} {100 * r['peak_fraction']:>5.0f}% "
+            f"{_fmt_ratio(r['speedup_vs_reference']):>7} {_fmt_ratio(r['speedup_vs_torch']):>8} "
+            f"{r['parallel_efficiency']:>7.2f}")
+
+
+def write_json(path, results, peaks, argv):
+    from seqkern._config import config
+
+    doc = dict(
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        command="python -m seqkern.bench " + " ".join(argv),
+        machine=config(),
+        torch=_torch_version(),
+        gemm_peaks=[dict(dtype=d, threads=n, gflops=g) for (d, n), g in sorted(peaks.items())],
+        results=results,
+    )
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+
+
+def _torch_version():
+    if not torch_available():
+        return None
+    import torch
+
+    return torch.__version__
+
+
+def compare(old_path, results, out=sys.stdout):
+    """Print old median / new median for every (case, impl, threads) in both runs."""
+    with open(old_path) as f:
+        old = json.load(f)
+    before = {(r["case"], r["impl"], r["threads"]): r["median_s"] for r in old["results"]}
+    print(f"\nCompared with {old_path} ({old.get('date', '?')}): old median / new median "
+          "(> 1: faster now)", file=out)
+    print(f"{'case':<34} {'impl':<9} {'thr':>3} {'old ms':>10} {'new ms':>10} {'ratio':>7}", file=out)
+    rows = []
+    for r in results:
+        key = (r["case"], r["impl"], r["threads"])
+        if key in before:
+            ratio = before[key] / r["median_s"]
+            rows.append((key, ratio))
+            print(f"{r['case']:<34} {r['impl']:<9} {r['threads']:>3} {before[key] * 1e3:>10.3f} "
+                  f"{r['median_s'] * 1e3:>10.3f} {ratio:>6.2f}x", file=out)
+    if not rows:
+        print("(no case in common)", file=out)
+    return rows
