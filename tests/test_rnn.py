@@ -7,7 +7,7 @@ import pytest
 import seqkern
 from seqkern import reference as ref
 
-from conftest import DTYPES, assert_close, assert_grads_close, to64
+from helpers import DTYPES, assert_close, assert_grads_close, to64
 
 # (T, B, I, H): a single step, odd sizes, and one large enough that the kernel
 # takes its parallel paths (B*H*H >= 65536 and T*B > 256 rows).
