@@ -353,3 +353,15 @@ def test_matches_torch_when_installed(rng):
     g = seqkern.rnn_backward(d_out, None, cache)
     np.testing.assert_allclose(g.dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(g.dW_hh, m.weight_hh_l0.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("I,H", [(0, 4), (4, 0), (1, 1)])
+def test_degenerate_feature_sizes(rng, I, H):
+    T, B = 3, 2
+    x = rng.standard_normal((T, B, I))
+    W_ih, W_hh, b_ih = rng.standard_normal((H, I)), rng.standard_normal((H, H)) * 0.5, rng.standard_normal(H)
+    out, h_n, cache = seqkern.rnn_forward(x, None, W_ih, W_hh, b_ih, None)
+    rout, rh_n, rcache = ref.rnn_forward(x, None, W_ih, W_hh, b_ih, None)
+    assert_close(out, rout, np.float64, "out")
+    d_out = rng.standard_normal(out.shape)
+    assert_grads_close(seqkern.rnn_backward(d_out, None, cache), ref.rnn_backward(d_out, None, rcache), np.float64)

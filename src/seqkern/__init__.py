@@ -12,8 +12,11 @@ from seqkern._threads import get_num_threads, set_num_threads, threads
 from seqkern._types import RNNGrads
 from seqkern.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
 
+from seqkern import reference  # noqa: E402  (plain-NumPy twins of every kernel)
+
 __all__ = [
     "__version__",
+    "reference",
     "show_config",
     "get_num_threads",
     "set_num_threads",
