@@ -12,7 +12,7 @@ import sys
 import time
 
 from seqkern.bench import runner
-from seqkern.bench.cases import IMPLS, RECURRENT, grid
+from seqkern.bench.cases import IMPLS, RECURRENT, grid, sweep
 
 
 def _int_list(s):
@@ -50,6 +50,10 @@ def main(argv=None):
                    help="float32 (default), float64, or both")
     p.add_argument("--impls", type=_choices(IMPLS), default=list(IMPLS),
                    help="implementations to time (torch only when installed)")
+    p.add_argument("--sweep", action="store_true",
+                   help="also run the sequence-length study (LSTM vs attention, tokens/s and "
+                        "latency against T, seqkern only)")
+    p.add_argument("--no-grid", action="store_true", help="skip the comparison grid (with --sweep)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of timed calls per implementation and case")
     p.add_argument("--json", metavar="PATH", help="write every measurement and the machine to PATH")
@@ -62,8 +66,9 @@ def main(argv=None):
         all_t = runner.default_threads()
         threads = sorted({1, all_t[-1]}) if args.quick else all_t
     dtypes = args.dtypes or (["float32"] if args.quick else ["float32", "float64"])
-    cases = grid(quick=args.quick, kernels=args.kernels, dtypes=dtypes)
-    if not cases:
+    cases = [] if args.no_grid else grid(quick=args.quick, kernels=args.kernels, dtypes=dtypes)
+    sweep_cases = sweep(quick=args.quick) if args.sweep else []
+    if not cases and not sweep_cases:
         p.error("no kernel selected is available in this build")
     budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.6)
 
@@ -73,7 +78,13 @@ def main(argv=None):
     print(f"seqkern {c['seqkern']} on {c['cpu']} ({c['cores']} cores), OpenMP "
           f"{'on' if c['openmp'] else 'off'}, flags {c['compiler_flags']}")
     t0 = time.perf_counter()
-    results, peaks = runner.run(cases, threads, impls=args.impls, budget_s=budget)
+    results, peaks = runner.run(cases, threads, impls=args.impls, budget_s=budget) if cases else ([], {})
+    if sweep_cases:
+        print("\nSequence-length study (seqkern only): an RNN parallelises only across the batch "
+              "and hidden units, attention across positions too")
+        more, more_peaks = runner.run(sweep_cases, threads, impls=["seqkern"], budget_s=budget)
+        results += more
+        peaks.update(more_peaks)
     peak_txt = ", ".join(f"{d} {n} thr {g:.0f}" for (d, n), g in sorted(peaks.items()))
     print(f"\nGEMM peak GFLOP/s measured in this run (1024^3 in SciPy's BLAS): {peak_txt}")
     print(f"{len(results)} measurements in {time.perf_counter() - t0:.1f} s; "

@@ -34,6 +34,7 @@ class Case:
     direction: str = "fwd"  # "fwd" or "fwd+bwd"
     dtype: str = "float32"
     causal: bool = False   # attention only
+    suite: str = "grid"    # "grid" (comparisons) or "sweep" (the sequence-length study)
 
     @property
     def name(self):
@@ -66,7 +67,11 @@ class Case:
 
     def as_dict(self):
         return dict(kernel=self.kernel, shape=list(self.shape), legend=self.legend,
-                    direction=self.direction, dtype=self.dtype, causal=self.causal)
+                    direction=self.direction, dtype=self.dtype, causal=self.causal,
+                    suite=self.suite, batch=self.shape[0], seq_len=self.seq_len())
+
+    def seq_len(self):
+        return self.shape[1] if self.kernel in RECURRENT else self.shape[2]
 
 
 def torch_available():
@@ -101,6 +106,28 @@ def grid(quick=False, kernels=None, dtypes=("float32",)):
                 for direction in ("fwd", "fwd+bwd"):
                     for dtype in dtypes:
                         cases.append(Case(kernel, tuple(shape), direction, dtype, causal))
+    return cases
+
+
+SWEEP_LENGTHS = (64, 256, 1024, 4096)
+
+
+def sweep(quick=False):
+    """The sequence-length study behind the seed's claim: tokens/s and latency
+    against T for the LSTM (sequential in T) and attention (parallel in T), for one
+    sequence and for a batch, forward, float32.
+
+    LSTM (B, T, 256, 256) with B in (1, 32); attention (B, 8 heads, T, 64) with
+    B in (1, 4). ``quick`` stops at T = 1024.
+    """
+    lengths = SWEEP_LENGTHS[:3] if quick else SWEEP_LENGTHS
+    cases = []
+    if kernel_available("lstm"):
+        for B in (1, 32):
+            cases += [Case("lstm", (B, T, 256, 256), suite="sweep") for T in lengths]
+    if kernel_available("attention"):
+        for B in (1, 4):
+            cases += [Case("attention", (B, 8, T, 64), suite="sweep") for T in lengths]
     return cases
 
 

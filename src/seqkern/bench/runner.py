@@ -90,11 +90,12 @@ def default_threads():
     return ts
 
 
-def run(cases, threads, impls=IMPLS, budget_s=0.3, out=sys.stdout, progress=True):
+def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True):
     """Measure every case at every thread count; print rows as they finish.
 
     Returns the list of result dicts (one per case x threads x implementation).
     """
+    out = out or sys.stdout
     impls = [i for i in impls if i != "torch" or torch_available()]
     if "torch" in impls:
         import torch  # noqa: F401  (so thread_count() sets its threads too)
@@ -124,7 +125,7 @@ def run(cases, threads, impls=IMPLS, budget_s=0.3, out=sys.stdout, progress=True
                     median_s=m, times_s=times[impl], repeats=len(times[impl]),
                     tokens_per_s=case.tokens() / m, gflops=case.flops() / m / 1e9,
                     gemm_peak_gflops=peaks[key],
-                    speedup_vs_reference=med["reference"] / m if "reference" in med else None,
+                    speedup_vs_reference=med["reference"] / m if "reference" in med else None,  # noqa: E501
                     speedup_vs_torch=med["torch"] / m if "torch" in med else None,
                     parallel_efficiency=(m0 / m) / (n / n0) if n != n0 else 1.0,
                 )
@@ -174,8 +175,9 @@ def _torch_version():
     return torch.__version__
 
 
-def compare(old_path, results, out=sys.stdout):
+def compare(old_path, results, out=None):
     """Print old median / new median for every (case, impl, threads) in both runs."""
+    out = out or sys.stdout
     with open(old_path) as f:
         old = json.load(f)
     before = {(r["case"], r["impl"], r["threads"]): r["median_s"] for r in old["results"]}

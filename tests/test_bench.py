@@ -1,0 +1,69 @@
+"""The benchmark command: its grid, JSON, comparison and arguments."""
+
+import json
+
+import pytest
+
+from seqkern.bench import __main__ as cli
+from seqkern.bench import runner
+from seqkern.bench.cases import Case, grid, make_runner
+
+
+def test_flop_counts():
+    # RNN forward: two GEMMs per step, 2*B*H*(I+H) flops per step.
+    c = Case("rnn", (2, 3, 5, 7), "fwd")
+    assert c.flops() == 2 * 2 * 3 * 7 * (5 + 7)
+    assert Case("rnn", (2, 3, 5, 7), "fwd+bwd").flops() == 3 * c.flops()
+    assert Case("lstm", (2, 3, 5, 7), "fwd").flops() == 4 * c.flops()
+    assert Case("gru", (2, 3, 5, 7), "fwd").flops() == 3 * c.flops()
+    a = Case("attention", (2, 4, 16, 8), "fwd")
+    assert a.flops() == 4 * 2 * 4 * 16 * 16 * 8
+    assert Case("attention", (2, 4, 16, 8), "fwd", causal=True).flops() == 4 * 2 * 4 * (16 * 17 / 2) * 8
+    assert c.tokens() == 6 and a.tokens() == 32
+
+
+def test_runner_results_are_real_calls():
+    case = Case("rnn", (2, 5, 3, 4), "fwd+bwd")
+    grads = make_runner(case, "seqkern")()
+    ref = make_runner(case, "reference")()
+    for g, r in zip(grads, ref):
+        assert g.shape == r.shape
+        assert abs(g - r).max() < 1e-3
+
+
+def test_quick_cli_json_has_every_case(tmp_path, capsys):
+    path = tmp_path / "run.json"
+    rc = cli.main(["--quick", "--kernels", "rnn", "--threads", "1", "--budget", "0",
+                   "--impls", "seqkern,reference", "--json", str(path)])
+    assert rc == 0
+    doc = json.loads(path.read_text())
+    expected = {c.name for c in grid(quick=True, kernels=["rnn"])}
+    got = {r["case"] for r in doc["results"]}
+    assert got == expected
+    for r in doc["results"]:
+        assert r["median_s"] > 0 and r["gflops"] > 0 and r["threads"] == 1
+        assert r["speedup_vs_reference"] > 0
+    assert doc["machine"]["cores"] >= 1 and "compiler_flags" in doc["machine"]
+    printed = capsys.readouterr().out
+    assert "GFLOP/s" in printed and "rnn 1x100x128x128 fwd float32" in printed
+
+    # --compare against itself: every case in common, ratios are old/new medians.
+    rows = runner.compare(str(path), doc["results"])
+    assert len(rows) == len(doc["results"])
+    assert all(abs(ratio - 1) < 1e-12 for _, ratio in rows)
+
+
+@pytest.mark.parametrize("argv", [["--threads", "0"], ["--threads", "a"], ["--kernels", "cnn"],
+                                  ["--dtypes", "float16"], ["--impls", "jax"]])
+def test_bad_arguments(argv):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+
+
+def test_time_interleaved_alternates():
+    order = []
+    times = runner.time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                                    budget_s=0, min_repeats=3)
+    assert order == ["a", "b"] * 4          # one warm-up each, then 3 rounds in turn
+    assert len(times["a"]) == len(times["b"]) == 3
