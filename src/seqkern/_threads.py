@@ -70,7 +70,7 @@ def effective_num_threads():
 _blas_lock = threading.Lock()
 _blas_libs = None
 _blas_depth = 0
-_blas_saved = []
+_blas_saved: list = []
 
 
 def _blas_controllers():

@@ -14,7 +14,10 @@ work is split in blocks fixed by the problem size, so 1 and N threads give
 bitwise-identical results.
 """
 
+from typing import Literal, Optional, Tuple
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from seqkern import _rnn
 from seqkern._threads import blas_single_thread, effective_num_threads
@@ -126,8 +129,14 @@ def _forward(a, return_cache):
     return out, h_n, cache
 
 
-def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
-                lengths=None, batch_first=False, return_cache=True):
+Array = NDArray[np.floating]
+
+
+def rnn_forward(x: ArrayLike, h0: Optional[ArrayLike], W_ih: ArrayLike, W_hh: ArrayLike,
+                b_ih: Optional[ArrayLike] = None, b_hh: Optional[ArrayLike] = None, *,
+                nonlinearity: Literal["tanh", "relu"] = "tanh",
+                lengths: Optional[ArrayLike] = None, batch_first: bool = False,
+                return_cache: bool = True) -> Tuple[Array, Array, Optional[RNNCache]]:
     """Run an Elman RNN over a whole sequence.
 
     Parameters
@@ -185,7 +194,8 @@ def _backward(cache, d_out, d_h_n):
     )
 
 
-def rnn_backward(d_out, d_h_n, cache):
+def rnn_backward(d_out: Optional[ArrayLike], d_h_n: Optional[ArrayLike],
+                 cache: RNNCache) -> RNNGrads:
     """Backpropagate through time.
 
     Parameters
@@ -202,32 +212,36 @@ def rnn_backward(d_out, d_h_n, cache):
     cache = check_cache(cache, RNNCache, "rnn_forward (with return_cache=True)")
     a = cache.args
     T, B, H = a.T, a.B, a.H
+    g_out = None
     if d_out is not None:
         if a.batch_first:
-            d_out = _grad_array("d_out", d_out, (B, T, H), "(B, T, H)", a.dtype)
-            d_out = np.ascontiguousarray(d_out.transpose(1, 0, 2))
+            g_out = _grad_array("d_out", d_out, (B, T, H), "(B, T, H)", a.dtype)
+            g_out = np.ascontiguousarray(g_out.transpose(1, 0, 2))
         else:
-            d_out = _grad_array("d_out", d_out, (T, B, H), "(T, B, H)", a.dtype)
-    d_h_n = _grad_array("d_h_n", d_h_n, (B, H), "(B, H)", a.dtype)
-    g = _backward(cache, d_out, d_h_n)
+            g_out = _grad_array("d_out", d_out, (T, B, H), "(T, B, H)", a.dtype)
+    g_h_n = _grad_array("d_h_n", d_h_n, (B, H), "(B, H)", a.dtype)
+    g = _backward(cache, g_out, g_h_n)
     if a.batch_first:
         g = g._replace(dx=g.dx.transpose(1, 0, 2))
     return g
 
 
-def rnn_step_forward(x, h_prev, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh"):
+def rnn_step_forward(x: ArrayLike, h_prev: Optional[ArrayLike], W_ih: ArrayLike, W_hh: ArrayLike,
+                     b_ih: Optional[ArrayLike] = None, b_hh: Optional[ArrayLike] = None, *,
+                     nonlinearity: Literal["tanh", "relu"] = "tanh") -> Tuple[Array, RNNStepCache]:
     """One RNN step: x (B, I), h_prev (B, H) or None for zeros -> (h_next (B, H), cache)."""
     a = RNNArgs(x, h_prev, W_ih, W_hh, b_ih, b_hh, nonlinearity, None, False, x_ndim=2)
     out, _, seq = _forward(a, True)
     return out[0], RNNStepCache(seq)
 
 
-def rnn_step_backward(dh_next, cache):
+def rnn_step_backward(dh_next: ArrayLike, cache: RNNStepCache) -> RNNGrads:
     """Backward of one step: dh_next (B, H) -> RNNGrads (dx (B, I), dh0 = gradient of h_prev)."""
     cache = check_cache(cache, RNNStepCache, "rnn_step_forward")
     a = cache.seq.args
-    dh_next = _grad_array("dh_next", dh_next, (a.B, a.H), "(B, H)", a.dtype)
     if dh_next is None:
         raise TypeError("dh_next must be a float32 or float64 array, got None")
-    g = _backward(cache.seq, dh_next[None], None)
+    dh = float_array("dh_next", dh_next, 2, a.dtype)
+    check_shape("dh_next", dh, (a.B, a.H), "(B, H)")
+    g = _backward(cache.seq, dh[None], None)
     return g._replace(dx=g.dx[0])
