@@ -28,14 +28,16 @@ from libc.string cimport memcpy, memset
 from seqkern._blas cimport gemm
 from seqkern._activations cimport tanh_
 
-# A step's recurrent product is split over blocks of COL_BLOCK hidden units once
-# B*H*H reaches PAR_MIN_STEP multiply-adds; below that the fork/join would cost
-# more than it saves.
+# A step's recurrent product is split over `n_parts` blocks of hidden units
+# (n_parts: the machine's core count, fixed per process, so that the blocks do not
+# depend on the thread count), each at least MIN_COL wide, once B*H*H reaches
+# PAR_MIN_STEP multiply-adds; below that the fork/join would cost more than it
+# saves. Fewer, wider blocks matter: each GEMM call packs h_{t-1} again.
 # The big GEMMs outside the time loop are cut in blocks of ROW_BLOCK rows of
 # T*B (input projection, dx) or W_BLOCK rows of a weight gradient; blocks are
 # large because each GEMM call packs its shared operand again.
 cdef enum:
-    COL_BLOCK = 64
+    MIN_COL = 32
     PAR_MIN_STEP = 65536
     ROW_BLOCK = 1024
     W_BLOCK = 256
@@ -45,11 +47,14 @@ cdef inline int _n_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:
     return <int>((n + block - 1) // block)
 
 
-cdef inline int _col_block(int B, int H) noexcept nogil:
+cdef inline int _col_block(int B, int H, int n_parts) noexcept nogil:
     """Width of the hidden-unit blocks of one time step (a function of size only)."""
-    if <int64_t>B * H * H < PAR_MIN_STEP:
+    cdef int width
+    if <int64_t>B * H * H < PAR_MIN_STEP or n_parts <= 1:
         return H
-    return COL_BLOCK
+    width = (H + n_parts - 1) // n_parts
+    width = ((width + 15) // 16) * 16          # whole cache lines of float32
+    return max(width, <int>MIN_COL)
 
 
 # ---------------------------------------------------------------------------
@@ -101,7 +106,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             const int64_t[::1] lengths,       # (B,) or None
             floating[:, :, ::1] out,          # (T, B, H) OUT: every h_t (0 past a length)
             floating[:, ::1] h_n,             # (B, H) OUT: the state after each sequence's last step
-            bint relu, int n_threads):
+            bint relu, int n_threads, int n_parts):
     """Elman RNN forward over a whole sequence. T, B, H >= 1 (the wrapper handles empties)."""
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = W_ih.shape[0]
     cdef Py_ssize_t TB = <Py_ssize_t>T * B
@@ -114,7 +119,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef const floating* Whh = &W_hh[0, 0]
     cdef const floating* bp = &bias[0]
     cdef const floating* h_prev
-    cdef int width = _col_block(B, H)
+    cdef int width = _col_block(B, H, n_parts)
     cdef int n_cols = _n_blocks(H, width)
     cdef int n_rows = _n_blocks(TB, ROW_BLOCK)
     cdef int i, blk, b
@@ -273,7 +278,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
              floating[:, ::1] dW_ih,             # (H, I) OUT
              floating[:, ::1] dW_hh,             # (H, H) OUT
              floating[::1] db,                   # (H,) OUT: gradient of either bias
-             bint relu, int n_threads):
+             bint relu, int n_threads, int n_parts):
     """Elman RNN backward through time. T, B, H >= 1 (the wrapper handles empties)."""
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = W_ih.shape[0]
     cdef Py_ssize_t step = <Py_ssize_t>B * H
@@ -285,7 +290,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef floating* carry = &dh0[0, 0]
     cdef const floating* dz_next
     cdef const floating* do_t
-    cdef int width = _col_block(B, H)
+    cdef int width = _col_block(B, H, n_parts)
     cdef int n_cols = _n_blocks(H, width)
     cdef int n_w = _n_blocks(H, W_BLOCK)
     cdef int n_x = _n_blocks(<Py_ssize_t>T * B, ROW_BLOCK)

@@ -65,6 +65,16 @@ def effective_num_threads():
     return _num_threads if openmp_enabled() else 1
 
 
+def block_count():
+    """How many blocks a kernel cuts a parallel step into: the machine's core
+    count, a constant of the process, never the thread count, so that results do
+    not depend on how many threads run the blocks."""
+    return _BLOCKS
+
+
+_BLOCKS = max(1, os.cpu_count() or 1)
+
+
 # --- BLAS's own thread pool -------------------------------------------------
 
 _blas_lock = threading.Lock()
