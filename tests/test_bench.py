@@ -61,9 +61,17 @@ def test_bad_arguments(argv):
     assert e.value.code == 2
 
 
-def test_time_interleaved_alternates():
+def test_time_interleaved_alternates(monkeypatch):
+    import time
+
+    monkeypatch.setattr(runner, "SAMPLE_S", 0.0)      # one call per sample
+    monkeypatch.setattr(runner, "PAUSE_S", 0.0)
     order = []
     times = runner.time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
                                     budget_s=0, min_repeats=3)
     assert order == ["a", "b"] * 4          # one warm-up each, then 3 rounds in turn
     assert len(times["a"]) == len(times["b"]) == 3
+    # A sample of several calls reports the time per call.
+    monkeypatch.setattr(runner, "SAMPLE_S", 0.01)
+    t = runner.time_interleaved({"sleep": lambda: time.sleep(0.002)}, budget_s=0, min_repeats=2)
+    assert all(0.0015 < x < 0.01 for x in t["sleep"])

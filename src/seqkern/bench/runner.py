@@ -17,7 +17,12 @@ import numpy as np
 
 from seqkern.bench.cases import IMPLS, make_runner, torch_available
 
-PAUSE_S = 0.002
+# Between two implementations: long enough for the idle workers of one thread
+# pool (libgomp spins for a few ms before it sleeps) to stop competing with the next.
+PAUSE_S = 0.02
+# One timed sample: back-to-back calls of one implementation filling about this
+# long, so that a sample measures steady state, not a wake-up after the pause.
+SAMPLE_S = 0.02
 
 
 @contextmanager
@@ -41,22 +46,29 @@ def thread_count(n):
 
 
 def time_interleaved(fns, budget_s=0.3, min_repeats=3, max_repeats=30):
-    """{name: [seconds, ...]} for each callable in ``fns``, run in alternation
-    after one warm-up call each; the repeat count fits ``budget_s`` per callable."""
+    """{name: [seconds per call, ...]} for each callable in ``fns``.
+
+    After one warm-up call each, the implementations take turns: each turn is
+    one sample of back-to-back calls (enough to fill SAMPLE_S), then a pause.
+    The number of samples fits ``budget_s`` per implementation.
+    """
     first = {}
     for name, fn in fns.items():
         t0 = time.perf_counter()
         fn()
         first[name] = time.perf_counter() - t0
         time.sleep(PAUSE_S)
-    slowest = max(first.values()) if first else 0.0
-    repeats = int(min(max_repeats, max(min_repeats, budget_s / max(slowest, 1e-9))))
+    calls = {name: max(1, int(SAMPLE_S / max(t, 1e-9))) for name, t in first.items()}
+    sample = max((first[n] * calls[n] for n in fns), default=0.0)
+    repeats = int(min(max_repeats, max(min_repeats, budget_s / max(sample, 1e-9))))
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            n = calls[name]
             t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - t0) / n)
             time.sleep(PAUSE_S)
     return times
 
