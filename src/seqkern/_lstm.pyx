@@ -41,7 +41,34 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
-from seqkern._activations cimport tanh_, sigmoid_
+
+cdef extern from "_lstm_cell.h" nogil:
+    void sk_lstm_cell_fwd_f(float* z, const float* c_prev, float* c, float* h, int n)
+    void sk_lstm_cell_fwd_d(double* z, const double* c_prev, double* c, double* h, int n)
+    void sk_lstm_cell_bwd_f(const float* z, const float* c, const float* c_prev,
+                            const float* d_out, float* carry_h, float* carry_c,
+                            float* dz, int n)
+    void sk_lstm_cell_bwd_d(const double* z, const double* c, const double* c_prev,
+                            const double* d_out, double* carry_h, double* carry_c,
+                            double* dz, int n)
+
+
+cdef inline void cell_forward(floating* z, const floating* c_prev, floating* c, floating* h,
+                              int n) noexcept nogil:
+    if floating is float:
+        sk_lstm_cell_fwd_f(z, c_prev, c, h, n)
+    else:
+        sk_lstm_cell_fwd_d(z, c_prev, c, h, n)
+
+
+cdef inline void cell_backward(const floating* z, const floating* c, const floating* c_prev,
+                               const floating* d_out, floating* carry_h, floating* carry_c,
+                               floating* dz, int n) noexcept nogil:
+    if floating is float:
+        sk_lstm_cell_bwd_f(z, c, c_prev, d_out, carry_h, carry_c, dz, n)
+    else:
+        sk_lstm_cell_bwd_d(z, c, c_prev, d_out, carry_h, carry_c, dz, n)
+
 
 # A step is split over blocks of UNIT_BLOCK hidden units once its recurrent
 # product (B * 4H * H multiply-adds) reaches PAR_MIN_STEP; below that a single
@@ -113,16 +140,10 @@ cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
     cdef int G = 4 * H
     cdef int u0 = k * U
     cdef int uk = min(U, H - u0)
-    cdef int b, j
+    cdef int b
     cdef Py_ssize_t L
-    cdef floating* zi
-    cdef floating* zf
-    cdef floating* zg
-    cdef floating* zo
-    cdef const floating* cp
     cdef floating* cn
     cdef floating* hn
-    cdef floating vi, vf, vg, vo, c
     gemm(False, True, B, 4 * uk, H, <floating>1, h_prev, H,
          Whh_p + <Py_ssize_t>4 * u0 * H, H, <floating>1, z_t + 4 * u0, G)
     for b in range(B):
@@ -133,23 +154,8 @@ cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
             memset(cn, 0, uk * sizeof(floating))
             memset(hn, 0, uk * sizeof(floating))
             continue
-        zi = z_t + <Py_ssize_t>b * G + 4 * u0
-        zf = zi + uk
-        zg = zf + uk
-        zo = zg + uk
-        cp = c_prev + <Py_ssize_t>b * H + u0
-        for j in range(uk):
-            vi = sigmoid_(zi[j])
-            vf = sigmoid_(zf[j])
-            vg = tanh_(zg[j])
-            vo = sigmoid_(zo[j])
-            c = vf * cp[j] + vi * vg
-            zi[j] = vi
-            zf[j] = vf
-            zg[j] = vg
-            zo[j] = vo
-            cn[j] = c
-            hn[j] = vo * tanh_(c)
+        cell_forward(z_t + <Py_ssize_t>b * G + 4 * u0, c_prev + <Py_ssize_t>b * H + u0,
+                     cn, hn, uk)
         if t == L - 1:
             memcpy(h_n + <Py_ssize_t>b * H + u0, hn, uk * sizeof(floating))
             memcpy(c_n + <Py_ssize_t>b * H + u0, cn, uk * sizeof(floating))
@@ -267,15 +273,9 @@ cdef void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
     cdef int G = 4 * H
     cdef int u0 = k * U
     cdef int uk = min(U, H - u0)
-    cdef int b, j
-    cdef floating* ch
-    cdef floating* cc
+    cdef int b
+    cdef Py_ssize_t off
     cdef floating* di
-    cdef const floating* zi
-    cdef const floating* go
-    cdef const floating* cr
-    cdef const floating* cpr
-    cdef floating vi, vf, vg, vo, tc, dh, dc
     if dz_next != NULL:
         gemm(False, False, B, uk, G, <floating>1, dz_next, G, Whh_p + u0, H,
              <floating>1, carry_h + u0, H)
@@ -286,26 +286,10 @@ cdef void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
         if lengths != NULL and t >= lengths[b]:
             memset(di, 0, 4 * uk * sizeof(floating))
             continue
-        zi = z_t + <Py_ssize_t>b * G + 4 * u0
-        ch = carry_h + <Py_ssize_t>b * H + u0
-        cc = carry_c + <Py_ssize_t>b * H + u0
-        cr = c_t + <Py_ssize_t>b * H + u0
-        cpr = c_prev + <Py_ssize_t>b * H + u0
-        go = NULL if d_out_t == NULL else d_out_t + <Py_ssize_t>b * H + u0
-        for j in range(uk):
-            dh = ch[j] if go == NULL else ch[j] + go[j]
-            vi = zi[j]
-            vf = zi[uk + j]
-            vg = zi[2 * uk + j]
-            vo = zi[3 * uk + j]
-            tc = tanh_(cr[j])
-            dc = cc[j] + dh * vo * (1 - tc * tc)
-            di[j] = dc * vg * vi * (1 - vi)
-            di[uk + j] = dc * cpr[j] * vf * (1 - vf)
-            di[2 * uk + j] = dc * vi * (1 - vg * vg)
-            di[3 * uk + j] = dh * tc * vo * (1 - vo)
-            cc[j] = dc * vf
-            ch[j] = 0
+        off = <Py_ssize_t>b * H + u0
+        cell_backward(z_t + <Py_ssize_t>b * G + 4 * u0, c_t + off, c_prev + off,
+                      NULL if d_out_t == NULL else d_out_t + off,
+                      carry_h + off, carry_c + off, di, uk)
 
 
 cdef void _weight_grad_job(int q, int u0, int u1, int U, int T, int B, int I, int H,
@@ -365,10 +349,10 @@ cdef void _grads_block(int blk, int n_w, int n_chunks, int U, int T, int B, int 
              <floating>0, dxp + r0 * I, I)
 
 
-def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
+def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
+             const floating[:, :, ::1] d_out,    # (T, B, H) or None
              const floating[:, ::1] d_h_n,       # (B, H) or None
              const floating[:, ::1] d_c_n,       # (B, H) or None
-             const floating[:, :, ::1] x,        # (T, B, I)  from the forward
              const floating[:, ::1] h0,          # (B, H)
              const floating[:, ::1] c0,          # (B, H)
              const floating[:, :, ::1] out,      # (T, B, H)
@@ -385,7 +369,9 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
              floating[:, ::1] dW_hh,             # (4H, H) OUT
              floating[::1] db,                   # (4H,) OUT: gradient of either bias
              int n_threads):
-    """LSTM backward through time. T, B, H >= 1 (the wrapper handles empties)."""
+    """LSTM backward through time. T, B, H >= 1 (the wrapper handles empties).
+    x comes first: Cython picks the fused type from the first argument, which
+    must not be None."""
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = Whh_p.shape[1]
     cdef int G = 4 * H
     cdef Py_ssize_t step = <Py_ssize_t>B * H

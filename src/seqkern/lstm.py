@@ -203,7 +203,7 @@ def _backward(cache, d_out, d_h_n, d_c_n):
     if T and B and H:
         dz = np.empty((T, B, 4 * H), dt)
         with blas_single_thread():
-            _lstm.backward(d_out, d_h_n, d_c_n, a.x, a.h0, a.c0, cache.out, cache.z,
+            _lstm.backward(a.x, d_out, d_h_n, d_c_n, a.h0, a.c0, cache.out, cache.z,
                            cache.cs, cache.Wih_p, cache.Whh_p, a.lengths,
                            dz, dx, dh0, dc0, dW_ih, dW_hh, db, effective_num_threads())
     return LSTMGrads(
