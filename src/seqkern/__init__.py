@@ -11,6 +11,8 @@ from seqkern._config import show_config
 from seqkern._threads import get_num_threads, set_num_threads, threads
 from seqkern._types import RNNGrads
 from seqkern.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
+from seqkern._types import LSTMGrads
+from seqkern.lstm import lstm_backward, lstm_forward, lstm_step_backward, lstm_step_forward
 
 from seqkern import reference  # noqa: E402  (plain-NumPy twins of every kernel)
 
@@ -26,4 +28,9 @@ __all__ = [
     "rnn_backward",
     "rnn_step_forward",
     "rnn_step_backward",
+    "LSTMGrads",
+    "lstm_forward",
+    "lstm_backward",
+    "lstm_step_forward",
+    "lstm_step_backward",
 ]

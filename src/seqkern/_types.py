@@ -15,3 +15,16 @@ class RNNGrads(NamedTuple):
     dW_hh: np.ndarray
     db_ih: Optional[np.ndarray]
     db_hh: Optional[np.ndarray]
+
+
+class LSTMGrads(NamedTuple):
+    """Gradients of an LSTM: dx like x, dh0 and dc0 (B, H), dW_ih (4H, I), dW_hh (4H, H),
+    db_ih and db_hh (4H,) or None where the bias was None."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dW_ih: np.ndarray
+    dW_hh: np.ndarray
+    db_ih: Optional[np.ndarray]
+    db_hh: Optional[np.ndarray]

@@ -7,6 +7,8 @@ tests check the kernels against and the baseline the benchmarks compare with.
 
 from seqkern._types import RNNGrads
 from seqkern.reference.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
+from seqkern._types import LSTMGrads
+from seqkern.reference.lstm import lstm_backward, lstm_forward, lstm_step_backward, lstm_step_forward
 
 __all__ = [
     "RNNGrads",
@@ -14,4 +16,9 @@ __all__ = [
     "rnn_backward",
     "rnn_step_forward",
     "rnn_step_backward",
+    "LSTMGrads",
+    "lstm_forward",
+    "lstm_backward",
+    "lstm_step_forward",
+    "lstm_step_backward",
 ]

@@ -1,0 +1,445 @@
+# LSTM kernels: forward and backward through time.
+#
+# Axis legend: T = time steps, B = batch, I = input features, H = hidden units,
+# G = 4H gate pre-activations. Every array is C-contiguous and time-major; the
+# Python wrapper (lstm.py) checks and prepares arguments, allocates outputs and
+# scratch, and holds BLAS at one thread.
+#
+# Forward:   z_t = x_t W_ih^T + (b_ih + b_hh) + h_{t-1} W_hh^T        (B, 4H)
+#            i, f, g, o = sig(z_i), sig(z_f), tanh(z_g), sig(z_o)
+#            c_t = f c_{t-1} + i g,   h_t = o tanh(c_t)
+# Backward:  dh = carry_h + d_out_t,   dc = carry_c + dh o (1 - tanh(c_t)^2)
+#            dz_i = dc g i(1-i),  dz_f = dc c_{t-1} f(1-f),  dz_g = dc i (1-g^2),
+#            dz_o = dh tanh(c_t) o(1-o);   carry_c = dc f,   carry_h = dz_t W_hh
+#            dW_ih = sum_t dz_t^T x_t,  dW_hh = sum_t dz_t^T h_{t-1},  db = sum_t dz_t,
+#            dx_t = dz_t W_ih
+#
+# Gate layout. The hidden units are cut into blocks of U units (U depends only on
+# B and H). The weights and bias are repacked once per call so that block k's
+# rows are [i rows | f rows | g rows | o rows] of its units, one after the other:
+# one GEMM per block then yields all four gates of its units side by side in the
+# (B, 4H) gate buffer, and the fused element-wise pass of that block needs
+# nothing from any other block. Inside the gate buffer, block k starts at column
+# 4 k U and gate q of unit k U + j sits at column 4 k U + q U_k + j, where
+# U_k = min(U, H - k U). The weight gradients are written straight back in
+# PyTorch's row order.
+#
+# Only what is truly sequential runs in the time loop (one GEMM per step plus one
+# fused element-wise pass); the input projection and all weight gradients are
+# large GEMMs over all T*B rows, outside it.
+#
+# Threads: work is cut into blocks whose boundaries depend only on the problem
+# size, never on the thread count, and no two blocks write the same element; the
+# threads only decide who runs which block. So the results are bitwise identical
+# for every thread count. Inside the time loop, one OpenMP parallel region spans
+# all steps and the end of each step's work-shared loop is the barrier between
+# steps.
+
+from cython cimport floating
+from cython.parallel cimport prange, parallel
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy, memset
+
+from seqkern._blas cimport gemm
+
+cdef extern from "_lstm_cell.h" nogil:
+    void sk_lstm_cell_fwd_f(float* z, const float* c_prev, float* c, float* h, int n)
+    void sk_lstm_cell_fwd_d(double* z, const double* c_prev, double* c, double* h, int n)
+    void sk_lstm_cell_bwd_f(const float* z, const float* c, const float* c_prev,
+                            const float* d_out, float* carry_h, float* carry_c,
+                            float* dz, int n)
+    void sk_lstm_cell_bwd_d(const double* z, const double* c, const double* c_prev,
+                            const double* d_out, double* carry_h, double* carry_c,
+                            double* dz, int n)
+
+
+cdef inline void cell_forward(floating* z, const floating* c_prev, floating* c, floating* h,
+                              int n) noexcept nogil:
+    if floating is float:
+        sk_lstm_cell_fwd_f(z, c_prev, c, h, n)
+    else:
+        sk_lstm_cell_fwd_d(z, c_prev, c, h, n)
+
+
+cdef inline void cell_backward(const floating* z, const floating* c, const floating* c_prev,
+                               const floating* d_out, floating* carry_h, floating* carry_c,
+                               floating* dz, int n) noexcept nogil:
+    if floating is float:
+        sk_lstm_cell_bwd_f(z, c, c_prev, d_out, carry_h, carry_c, dz, n)
+    else:
+        sk_lstm_cell_bwd_d(z, c, c_prev, d_out, carry_h, carry_c, dz, n)
+
+
+# A step is split over blocks of UNIT_BLOCK hidden units once its recurrent
+# product (B * 4H * H multiply-adds) reaches PAR_MIN_STEP; below that a single
+# block (U = H) is used and the fork/join would cost more than it saves.
+# The big GEMMs outside the time loop are cut in blocks of ROW_BLOCK rows (dx,
+# input projection) and of UNIT_BLOCK rows of one gate (weight gradients).
+cdef enum:
+    UNIT_BLOCK = 64
+    PAR_MIN_STEP = 262144
+    ROW_BLOCK = 256
+
+
+cdef inline int _n_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:
+    return <int>((n + block - 1) // block)
+
+
+cdef inline int _unit_block(int B, int H) noexcept nogil:
+    """Units per block of one time step (a function of the sizes only)."""
+    if <int64_t>B * 4 * H * H < PAR_MIN_STEP or H <= UNIT_BLOCK:
+        return H
+    return UNIT_BLOCK
+
+
+def unit_block(int B, int H):
+    """Units per gate block for a batch of B and H hidden units (for tests)."""
+    return _unit_block(B, H)
+
+
+cdef void _repack_rows(const floating* W, floating* Wp, int H, int K, int U) noexcept nogil:
+    """Wp := W with its rows reordered into the block layout; W, Wp (4H, K).
+    Rows q*H + u (gate q, unit u) go to 4 k U + q U_k + (u - k U), k = u // U."""
+    cdef int k, q, u0, uk
+    for k in range(_n_blocks(H, U)):
+        u0 = k * U
+        uk = min(U, H - u0)
+        for q in range(4):
+            memcpy(Wp + (<Py_ssize_t>4 * u0 + q * uk) * K,
+                   W + (<Py_ssize_t>q * H + u0) * K,
+                   <size_t>uk * K * sizeof(floating))
+
+
+# ---------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------
+
+cdef void _project_rows(const floating* x, const floating* Wp, const floating* bias_p,
+                        floating* z, Py_ssize_t r0, Py_ssize_t r1,
+                        int I, int G) noexcept nogil:
+    """z[r0:r1] := x[r0:r1] @ Wp^T + bias_p; x (rows, I), Wp (G, I), z (rows, G)."""
+    cdef Py_ssize_t r
+    for r in range(r0, r1):
+        memcpy(z + r * G, bias_p, G * sizeof(floating))
+    gemm(False, True, <int>(r1 - r0), G, I, <floating>1, x + r0 * I, I, Wp, I,
+         <floating>1, z + r0 * G, G)
+
+
+cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
+                         const floating* h_prev, const floating* c_prev,
+                         const floating* Whh_p, floating* z_t, floating* c_t,
+                         floating* h_t, floating* h_n, floating* c_n,
+                         const int64_t* lengths) noexcept nogil:
+    """Step t on the units of block k.
+
+    z_t (B, 4H) holds the input projection of step t on entry and the gate
+    activations i, f, g, o on exit (block layout). h_prev, c_prev (B, H) are the
+    states after step t-1; c_t (B, H) and h_t (B, H, the output of step t) are
+    written. Rows whose sequence has ended (t >= lengths[b]) get h_t = c_t = 0;
+    rows at their last step also copy h_t, c_t into h_n, c_n."""
+    cdef int G = 4 * H
+    cdef int u0 = k * U
+    cdef int uk = min(U, H - u0)
+    cdef int b
+    cdef Py_ssize_t L
+    cdef floating* cn
+    cdef floating* hn
+    gemm(False, True, B, 4 * uk, H, <floating>1, h_prev, H,
+         Whh_p + <Py_ssize_t>4 * u0 * H, H, <floating>1, z_t + 4 * u0, G)
+    for b in range(B):
+        cn = c_t + <Py_ssize_t>b * H + u0
+        hn = h_t + <Py_ssize_t>b * H + u0
+        L = T if lengths == NULL else lengths[b]
+        if t >= L:
+            memset(cn, 0, uk * sizeof(floating))
+            memset(hn, 0, uk * sizeof(floating))
+            continue
+        cell_forward(z_t + <Py_ssize_t>b * G + 4 * u0, c_prev + <Py_ssize_t>b * H + u0,
+                     cn, hn, uk)
+        if t == L - 1:
+            memcpy(h_n + <Py_ssize_t>b * H + u0, hn, uk * sizeof(floating))
+            memcpy(c_n + <Py_ssize_t>b * H + u0, cn, uk * sizeof(floating))
+
+
+def forward(const floating[:, :, ::1] x,      # (T, B, I)
+            const floating[:, ::1] h0,        # (B, H)
+            const floating[:, ::1] c0,        # (B, H)
+            const floating[:, ::1] W_ih,      # (4H, I)
+            const floating[:, ::1] W_hh,      # (4H, H)
+            const floating[::1] bias,         # (4H,) = b_ih + b_hh
+            const int64_t[::1] lengths,       # (B,) or None
+            floating[:, ::1] Wih_p,           # (4H, I) OUT: W_ih in the block layout
+            floating[:, ::1] Whh_p,           # (4H, H) OUT: W_hh in the block layout
+            floating[::1] bias_p,             # (4H,) scratch: bias in the block layout
+            floating[:, :, ::1] z,            # (T, B, 4H) OUT: gate activations
+            floating[:, :, ::1] cs,           # (T or 2, B, H) OUT: c_t (step t in slot t % len)
+            floating[:, :, ::1] out,          # (T, B, H) OUT: every h_t (0 past a length)
+            floating[:, ::1] h_n,             # (B, H) OUT: the state after each sequence's last step
+            floating[:, ::1] c_n,             # (B, H) OUT: the cell after each sequence's last step
+            int n_threads):
+    """LSTM forward over a whole sequence. T, B, H >= 1 (the wrapper handles empties)."""
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = W_hh.shape[1]
+    cdef int G = 4 * H
+    cdef Py_ssize_t TB = <Py_ssize_t>T * B
+    cdef Py_ssize_t step = <Py_ssize_t>B * H
+    cdef Py_ssize_t zstep = <Py_ssize_t>B * G
+    cdef int n_slots = cs.shape[0]
+    cdef const int64_t* lens = NULL if lengths is None else &lengths[0]
+    cdef floating* outp = &out[0, 0, 0]
+    cdef floating* zp = &z[0, 0, 0]
+    cdef floating* csp = &cs[0, 0, 0]
+    cdef floating* hnp = &h_n[0, 0]
+    cdef floating* cnp = &c_n[0, 0]
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef const floating* h0p = &h0[0, 0]
+    cdef const floating* c0p = &c0[0, 0]
+    cdef floating* Wih = &Wih_p[0, 0]
+    cdef floating* Whh = &Whh_p[0, 0]
+    cdef floating* bp = &bias_p[0]
+    cdef const floating* h_prev
+    cdef const floating* c_prev
+    cdef int U = _unit_block(B, H)
+    cdef int n_units = _n_blocks(H, U)
+    cdef int n_rows = _n_blocks(TB, ROW_BLOCK)
+    cdef int i, blk, b
+    cdef Py_ssize_t t
+    cdef int nt = n_threads
+
+    t = 0
+    h_prev = NULL
+    c_prev = NULL
+    with nogil:
+        _repack_rows(&W_ih[0, 0], Wih, H, I, U)
+        _repack_rows(&W_hh[0, 0], Whh, H, H, U)
+        _repack_rows(&bias[0], bp, H, 1, U)
+
+        # 1. The input projection of every step, in one pass of row blocks.
+        if nt > 1 and n_rows > 1:
+            for i in prange(n_rows, num_threads=nt, schedule='static'):
+                _project_rows(xp, Wih, bp, zp, <Py_ssize_t>i * ROW_BLOCK,
+                              min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
+        else:
+            for i in range(n_rows):
+                _project_rows(xp, Wih, bp, zp, <Py_ssize_t>i * ROW_BLOCK,
+                              min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
+
+        # 2. The recurrence: one GEMM and one fused element-wise pass per step.
+        if nt > 1 and n_units > 1:
+            with parallel(num_threads=nt):
+                for t in range(T):
+                    h_prev = h0p if t == 0 else outp + (t - 1) * step
+                    c_prev = c0p if t == 0 else csp + ((t - 1) % n_slots) * step
+                    for blk in prange(n_units, schedule='static'):
+                        _forward_block(B, H, U, blk, t, T, h_prev, c_prev, Whh,
+                                       zp + t * zstep, csp + (t % n_slots) * step,
+                                       outp + t * step, hnp, cnp, lens)
+        else:
+            for t in range(T):
+                h_prev = h0p if t == 0 else outp + (t - 1) * step
+                c_prev = c0p if t == 0 else csp + ((t - 1) % n_slots) * step
+                for blk in range(n_units):
+                    _forward_block(B, H, U, blk, t, T, h_prev, c_prev, Whh,
+                                   zp + t * zstep, csp + (t % n_slots) * step,
+                                   outp + t * step, hnp, cnp, lens)
+
+        # 3. Sequences of length 0 keep their initial state.
+        if lens != NULL:
+            for b in range(B):
+                if lens[b] == 0:
+                    memcpy(hnp + <Py_ssize_t>b * H, h0p + <Py_ssize_t>b * H, H * sizeof(floating))
+                    memcpy(cnp + <Py_ssize_t>b * H, c0p + <Py_ssize_t>b * H, H * sizeof(floating))
+
+
+# ---------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------
+
+cdef void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
+                          const floating* dz_next, const floating* Whh_p,
+                          floating* carry_h, floating* carry_c, floating* dz_t,
+                          const floating* d_out_t, const floating* z_t,
+                          const floating* c_t, const floating* c_prev,
+                          const int64_t* lengths) noexcept nogil:
+    """One step back on the units of block k.
+
+    carry_h (B, H) is the gradient reaching h_t from later steps and from d_h_n;
+    the rows that step t+1 consumed were zeroed, so adding dz_{t+1} @ W_hh (zero
+    in rows that ended before t+1) completes it. carry_c (B, H) is the gradient
+    reaching c_t. Then, if t >= 0, for rows still running at t: dz_t (B, 4H, block
+    layout) is computed from the gate activations z_t, c_t and c_prev; carry_h of
+    those rows is consumed (set to 0) and carry_c becomes the gradient of c_{t-1}.
+    Rows already ended get dz_t = 0 and keep their carries.
+    dz_next (B, 4H) or NULL (t = T-1), d_out_t (B, H) or NULL."""
+    cdef int G = 4 * H
+    cdef int u0 = k * U
+    cdef int uk = min(U, H - u0)
+    cdef int b
+    cdef Py_ssize_t off
+    cdef floating* di
+    if dz_next != NULL:
+        gemm(False, False, B, uk, G, <floating>1, dz_next, G, Whh_p + u0, H,
+             <floating>1, carry_h + u0, H)
+    if t < 0:
+        return
+    for b in range(B):
+        di = dz_t + <Py_ssize_t>b * G + 4 * u0
+        if lengths != NULL and t >= lengths[b]:
+            memset(di, 0, 4 * uk * sizeof(floating))
+            continue
+        off = <Py_ssize_t>b * H + u0
+        cell_backward(z_t + <Py_ssize_t>b * G + 4 * u0, c_t + off, c_prev + off,
+                      NULL if d_out_t == NULL else d_out_t + off,
+                      carry_h + off, carry_c + off, di, uk)
+
+
+cdef void _weight_grad_job(int q, int u0, int u1, int U, int T, int B, int I, int H,
+                           const floating* dzp, const floating* xp, const floating* h0p,
+                           const floating* outp, floating* dWih, floating* dWhh,
+                           floating* dbp) noexcept nogil:
+    """Rows q*H + [u0, u1) (gate q, units u0..u1, inside one unit block) of dW_ih,
+    dW_hh and db: dW[r] = sum over all T*B rows of dz[:, col(r)] * input row;
+    db summed over rows in order."""
+    cdef int G = 4 * H
+    cdef Py_ssize_t TB = <Py_ssize_t>T * B
+    cdef int k = u0 // U
+    cdef int uk = min(U, H - k * U)
+    cdef int col = 4 * k * U + q * uk + (u0 - k * U)
+    cdef int n = u1 - u0
+    cdef int r = q * H + u0
+    cdef Py_ssize_t s
+    cdef int j
+    cdef const floating* row
+    cdef floating* db = dbp + r
+    gemm(True, False, n, I, <int>TB, <floating>1, dzp + col, G, xp, I,
+         <floating>0, dWih + <Py_ssize_t>r * I, I)
+    # dW_hh = dz_0^T h0 + dz[1:]^T out[:-1]
+    gemm(True, False, n, H, B, <floating>1, dzp + col, G, h0p, H,
+         <floating>0, dWhh + <Py_ssize_t>r * H, H)
+    if T > 1:
+        gemm(True, False, n, H, <int>(TB - B), <floating>1, dzp + <Py_ssize_t>B * G + col, G,
+             outp, H, <floating>1, dWhh + <Py_ssize_t>r * H, H)
+    for j in range(n):
+        db[j] = 0
+    for s in range(TB):
+        row = dzp + s * G + col
+        for j in range(n):
+            db[j] += row[j]
+
+
+cdef void _grads_block(int blk, int n_w, int n_chunks, int U, int T, int B, int I, int H,
+                       const floating* dzp, const floating* xp, const floating* h0p,
+                       const floating* outp, const floating* Wih_p, floating* dWih,
+                       floating* dWhh, floating* dbp, floating* dxp) noexcept nogil:
+    """Block ``blk`` of the work after the time loop; blocks write disjoint elements:
+    [0, n_w): UNIT_BLOCK rows of one gate of dW_ih, dW_hh and db;
+    [n_w, ...): ROW_BLOCK rows of dx = dz @ Wih_p."""
+    cdef Py_ssize_t TB = <Py_ssize_t>T * B
+    cdef int G = 4 * H
+    cdef int q, u0
+    cdef Py_ssize_t r0, r1
+    if blk < n_w:
+        q = blk // n_chunks
+        u0 = (blk % n_chunks) * UNIT_BLOCK
+        _weight_grad_job(q, u0, min(u0 + UNIT_BLOCK, H), U, T, B, I, H,
+                         dzp, xp, h0p, outp, dWih, dWhh, dbp)
+    else:
+        r0 = <Py_ssize_t>(blk - n_w) * ROW_BLOCK
+        r1 = min(r0 + ROW_BLOCK, TB)
+        gemm(False, False, <int>(r1 - r0), I, G, <floating>1, dzp + r0 * G, G, Wih_p, I,
+             <floating>0, dxp + r0 * I, I)
+
+
+def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
+             const floating[:, :, ::1] d_out,    # (T, B, H) or None
+             const floating[:, ::1] d_h_n,       # (B, H) or None
+             const floating[:, ::1] d_c_n,       # (B, H) or None
+             const floating[:, ::1] h0,          # (B, H)
+             const floating[:, ::1] c0,          # (B, H)
+             const floating[:, :, ::1] out,      # (T, B, H)
+             const floating[:, :, ::1] z,        # (T, B, 4H) gate activations
+             const floating[:, :, ::1] cs,       # (T, B, H) cell states
+             const floating[:, ::1] Wih_p,       # (4H, I) block layout
+             const floating[:, ::1] Whh_p,       # (4H, H) block layout
+             const int64_t[::1] lengths,         # (B,) or None
+             floating[:, :, ::1] dz,             # (T, B, 4H) scratch: pre-activation gradients
+             floating[:, :, ::1] dx,             # (T, B, I) OUT
+             floating[:, ::1] dh0,               # (B, H) OUT
+             floating[:, ::1] dc0,               # (B, H) OUT
+             floating[:, ::1] dW_ih,             # (4H, I) OUT
+             floating[:, ::1] dW_hh,             # (4H, H) OUT
+             floating[::1] db,                   # (4H,) OUT: gradient of either bias
+             int n_threads):
+    """LSTM backward through time. T, B, H >= 1 (the wrapper handles empties).
+    x comes first: Cython picks the fused type from the first argument, which
+    must not be None."""
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = Whh_p.shape[1]
+    cdef int G = 4 * H
+    cdef Py_ssize_t step = <Py_ssize_t>B * H
+    cdef Py_ssize_t zstep = <Py_ssize_t>B * G
+    cdef const int64_t* lens = NULL if lengths is None else &lengths[0]
+    cdef const floating* dop = NULL if d_out is None else &d_out[0, 0, 0]
+    cdef const floating* zp = &z[0, 0, 0]
+    cdef const floating* csp = &cs[0, 0, 0]
+    cdef const floating* c0p = &c0[0, 0]
+    cdef const floating* Whh = &Whh_p[0, 0]
+    cdef floating* dzp = &dz[0, 0, 0]
+    cdef floating* carry_h = &dh0[0, 0]
+    cdef floating* carry_c = &dc0[0, 0]
+    cdef const floating* dz_next
+    cdef const floating* do_t
+    cdef const floating* c_prev
+    cdef int U = _unit_block(B, H)
+    cdef int n_units = _n_blocks(H, U)
+    cdef int n_chunks = _n_blocks(H, UNIT_BLOCK)
+    cdef int n_w = 4 * n_chunks
+    cdef int n_x = _n_blocks(<Py_ssize_t>T * B, ROW_BLOCK)
+    cdef int blk
+    cdef Py_ssize_t t
+    cdef int nt = n_threads
+
+    if d_h_n is None:
+        dh0[:, :] = 0
+    else:
+        dh0[:, :] = d_h_n
+    if d_c_n is None:
+        dc0[:, :] = 0
+    else:
+        dc0[:, :] = d_c_n
+
+    t = 0
+    dz_next = NULL
+    do_t = NULL
+    c_prev = NULL
+    with nogil:
+        # 1. Through time: t = T-1 .. 0, then t = -1 finishes dh0 = carry_h.
+        if nt > 1 and n_units > 1:
+            with parallel(num_threads=nt):
+                for t in range(T - 1, -2, -1):
+                    dz_next = NULL if t == T - 1 else dzp + (t + 1) * zstep
+                    do_t = NULL if (dop == NULL or t < 0) else dop + t * step
+                    c_prev = c0p if t <= 0 else csp + (t - 1) * step
+                    for blk in prange(n_units, schedule='static'):
+                        _backward_block(B, H, U, blk, t, dz_next, Whh, carry_h, carry_c,
+                                        dzp + t * zstep, do_t, zp + t * zstep,
+                                        csp + t * step, c_prev, lens)
+        else:
+            for t in range(T - 1, -2, -1):
+                dz_next = NULL if t == T - 1 else dzp + (t + 1) * zstep
+                do_t = NULL if (dop == NULL or t < 0) else dop + t * step
+                c_prev = c0p if t <= 0 else csp + (t - 1) * step
+                for blk in range(n_units):
+                    _backward_block(B, H, U, blk, t, dz_next, Whh, carry_h, carry_c,
+                                    dzp + t * zstep, do_t, zp + t * zstep,
+                                    csp + t * step, c_prev, lens)
+
+        # 2. Weight, bias and input gradients: large GEMMs over all T*B rows.
+        if nt > 1:
+            for blk in prange(n_w + n_x, num_threads=nt, schedule='dynamic'):
+                _grads_block(blk, n_w, n_chunks, U, T, B, I, H, dzp, &x[0, 0, 0],
+                             &h0[0, 0], &out[0, 0, 0], &Wih_p[0, 0], &dW_ih[0, 0],
+                             &dW_hh[0, 0], &db[0], &dx[0, 0, 0])
+        else:
+            for blk in range(n_w + n_x):
+                _grads_block(blk, n_w, n_chunks, U, T, B, I, H, dzp, &x[0, 0, 0],
+                             &h0[0, 0], &out[0, 0, 0], &Wih_p[0, 0], &dW_ih[0, 0],
+                             &dW_hh[0, 0], &db[0], &dx[0, 0, 0])

@@ -1,0 +1,265 @@
+"""LSTM: forward and backward through time, one step or a whole sequence.
+
+PyTorch's layout and conventions (``torch.nn.LSTM`` with one layer), gates in
+the order i, f, g, o:
+
+    i = sigmoid(x W_ii^T + b_ii + h W_hi^T + b_hi)     f = sigmoid(... f rows ...)
+    g = tanh(... g rows ...)                            o = sigmoid(... o rows ...)
+    c' = f * c + i * g                                  h' = o * tanh(c')
+
+with W_ih (4H, I), W_hh (4H, H), b_ih (4H,), b_hh (4H,) stacked i, f, g, o;
+either bias may be None. Arrays are time-major, x (T, B, I), unless
+``batch_first=True``, x (B, T, I). All floating arrays of one call share one
+dtype, float32 or float64.
+
+The kernels are in ``_lstm.pyx``; the same functions in plain NumPy are in
+``seqkern.reference.lstm``. Results do not depend on the number of threads: the
+work is split in blocks fixed by the problem size, so 1 and N threads give
+bitwise-identical results.
+"""
+
+import numpy as np
+
+from seqkern import _lstm
+from seqkern._threads import blas_single_thread, effective_num_threads
+from seqkern._types import LSTMGrads
+from seqkern._validation import (
+    check_bool,
+    check_cache,
+    check_shape,
+    float_array,
+    lengths_array,
+    optional_float_array,
+)
+
+__all__ = [
+    "LSTMCache",
+    "LSTMStepCache",
+    "LSTMGrads",
+    "lstm_forward",
+    "lstm_backward",
+    "lstm_step_forward",
+    "lstm_step_backward",
+]
+
+
+class LSTMArgs:
+    """Checked, time-major, C-contiguous arguments of an LSTM call (shared by the
+    kernel wrappers and the references so that both reject the same inputs)."""
+
+    __slots__ = ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "lengths",
+                 "batch_first", "T", "B", "I", "H", "dtype")
+
+    def __init__(self, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim=3):
+        self.batch_first = check_bool("batch_first", batch_first)
+        x = float_array("x", x, x_ndim)
+        if x_ndim == 2:           # one step: x (B, I)
+            x = x[None]
+        elif self.batch_first:    # (B, T, I) -> (T, B, I)
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        self.x = x
+        self.dtype = dt = x.dtype
+        self.T, self.B, self.I = T, B, I = x.shape
+        self.W_ih = float_array("W_ih", W_ih, 2, dt)
+        if self.W_ih.shape[0] % 4:
+            raise ValueError(
+                f"W_ih must have shape (4H, I) with rows stacked i, f, g, o, "
+                f"got {self.W_ih.shape}: {self.W_ih.shape[0]} rows is not a multiple of 4")
+        H = self.H = self.W_ih.shape[0] // 4
+        check_shape("W_ih", self.W_ih, (4 * H, I), f"(4H, I) = ({4 * H}, {I})")
+        self.W_hh = float_array("W_hh", W_hh, 2, dt)
+        check_shape("W_hh", self.W_hh, (4 * H, H), "(4H, H)")
+        self.b_ih = optional_float_array("b_ih", b_ih, 1, dt)
+        if self.b_ih is not None:
+            check_shape("b_ih", self.b_ih, (4 * H,), "(4H,)")
+        self.b_hh = optional_float_array("b_hh", b_hh, 1, dt)
+        if self.b_hh is not None:
+            check_shape("b_hh", self.b_hh, (4 * H,), "(4H,)")
+        step = x_ndim == 2
+        self.h0 = self._state("h_prev" if step else "h0", h0, B, H, dt)
+        self.c0 = self._state("c_prev" if step else "c0", c0, B, H, dt)
+        self.lengths = lengths_array(lengths, B, T)
+
+    @staticmethod
+    def _state(name, s, B, H, dt):
+        if s is None:
+            return np.zeros((B, H), dt)
+        s = float_array(name, s, 2, dt)
+        check_shape(name, s, (B, H), "(B, H)")
+        return s
+
+    def bias(self):
+        """b_ih + b_hh (zeros where both are None), shape (4H,)."""
+        b = np.zeros(4 * self.H, self.dtype)
+        if self.b_ih is not None:
+            b += self.b_ih
+        if self.b_hh is not None:
+            b += self.b_hh
+        return b
+
+
+class LSTMCache:
+    """What :func:`lstm_backward` needs from :func:`lstm_forward`.
+
+    Per token (one time step of one sequence) it keeps the four gate activations
+    and the cell state: 5 H values, i.e. ``20 H`` bytes in float32 and ``40 H``
+    in float64, beside ``out`` (the hidden states, returned anyway and held by
+    reference). It also holds the weights repacked in the kernel's gate layout
+    (4H (I + H) values, once per call) and references, not copies, to x, h0, c0
+    and the weights: do not modify those arrays in place between forward and
+    backward.
+    """
+
+    __slots__ = ("args", "out", "z", "cs", "Wih_p", "Whh_p")
+
+    def __init__(self, args, out, z, cs, Wih_p, Whh_p):
+        self.args = args
+        self.out = out        # (T, B, H), time-major: every h_t
+        self.z = z            # (T, B, 4H): gate activations, kernel's block layout
+        self.cs = cs          # (T, B, H): every c_t
+        self.Wih_p = Wih_p    # (4H, I): W_ih in the block layout
+        self.Whh_p = Whh_p    # (4H, H): W_hh in the block layout
+
+
+class LSTMStepCache:
+    """What :func:`lstm_step_backward` needs from :func:`lstm_step_forward`."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self, seq):
+        self.seq = seq
+
+
+def _forward(a, return_cache):
+    T, B, I, H = a.T, a.B, a.I, a.H
+    dt = a.dtype
+    out = np.zeros((T, B, H), dt)
+    h_n = a.h0.copy()
+    c_n = a.c0.copy()
+    if not (T and B and H):
+        z = np.zeros((T, B, 4 * H), dt)
+        cs = np.zeros((T, B, H), dt)
+        Wih_p, Whh_p = a.W_ih, a.W_hh       # any layout fits zero gradients
+    else:
+        z = np.empty((T, B, 4 * H), dt)
+        # Without a cache the cells only need the previous step: two slots.
+        cs = np.empty((T if return_cache else min(T, 2), B, H), dt)
+        Wih_p = np.empty((4 * H, I), dt)
+        Whh_p = np.empty((4 * H, H), dt)
+        with blas_single_thread():
+            _lstm.forward(a.x, a.h0, a.c0, a.W_ih, a.W_hh, a.bias(), a.lengths,
+                          Wih_p, Whh_p, np.empty(4 * H, dt), z, cs, out, h_n, c_n,
+                          effective_num_threads())
+    cache = LSTMCache(a, out, z, cs, Wih_p, Whh_p) if return_cache else None
+    return out, h_n, c_n, cache
+
+
+def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None,
+                 batch_first=False, return_cache=True):
+    """Run an LSTM over a whole sequence.
+
+    Parameters
+    ----------
+    x : (T, B, I) array, or (B, T, I) with ``batch_first``
+    h0, c0 : (B, H) arrays, or None for zeros
+    W_ih : (4H, I);  W_hh : (4H, H);  b_ih, b_hh : (4H,) or None; rows i, f, g, o
+    lengths : (B,) integers in [0, T], or None for all T. Sequence b stops after
+        lengths[b] steps: its later outputs are 0 and h_n[b], c_n[b] are its
+        states after lengths[b] steps (PyTorch's packed sequences give the same).
+    return_cache : False keeps nothing for the backward (inference); cache is None.
+
+    Returns
+    -------
+    out : (T, B, H) (or (B, T, H) with ``batch_first``), every h_t
+    h_n, c_n : (B, H), the final states
+    cache : LSTMCache for :func:`lstm_backward` (5 H values per token), or None
+    """
+    return_cache = check_bool("return_cache", return_cache)
+    a = LSTMArgs(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, batch_first)
+    out, h_n, c_n, cache = _forward(a, return_cache)
+    if a.batch_first:
+        out = out.transpose(1, 0, 2)
+    return out, h_n, c_n, cache
+
+
+def _grad_array(name, g, expected, legend, dtype):
+    if g is None:
+        return None
+    g = float_array(name, g, len(expected), dtype)
+    check_shape(name, g, expected, legend)
+    return g
+
+
+def _backward(cache, d_out, d_h_n, d_c_n):
+    a = cache.args
+    T, B, I, H = a.T, a.B, a.I, a.H
+    dt = a.dtype
+    dx = np.zeros((T, B, I), dt)
+    dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
+    dc0 = np.zeros((B, H), dt) if d_c_n is None else d_c_n.copy()
+    dW_ih = np.zeros((4 * H, I), dt)
+    dW_hh = np.zeros((4 * H, H), dt)
+    db = np.zeros(4 * H, dt)
+    if T and B and H:
+        dz = np.empty((T, B, 4 * H), dt)
+        with blas_single_thread():
+            _lstm.backward(a.x, d_out, d_h_n, d_c_n, a.h0, a.c0, cache.out, cache.z,
+                           cache.cs, cache.Wih_p, cache.Whh_p, a.lengths,
+                           dz, dx, dh0, dc0, dW_ih, dW_hh, db, effective_num_threads())
+    return LSTMGrads(
+        dx, dh0, dc0, dW_ih, dW_hh,
+        None if a.b_ih is None else db,
+        None if a.b_hh is None else db.copy(),
+    )
+
+
+def lstm_backward(d_out, d_h_n, d_c_n, cache):
+    """Backpropagate through time.
+
+    Parameters
+    ----------
+    d_out : gradient of the loss with respect to ``out``, shaped like it, or None
+    d_h_n, d_c_n : (B, H) gradients with respect to ``h_n`` and ``c_n``, or None
+    cache : the LSTMCache from :func:`lstm_forward`
+
+    Returns
+    -------
+    LSTMGrads(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh), dx shaped like x;
+    db_ih / db_hh are None where that bias was None.
+    """
+    cache = check_cache(cache, LSTMCache, "lstm_forward (with return_cache=True)")
+    a = cache.args
+    T, B, H = a.T, a.B, a.H
+    if d_out is not None:
+        if a.batch_first:
+            d_out = _grad_array("d_out", d_out, (B, T, H), "(B, T, H)", a.dtype)
+            d_out = np.ascontiguousarray(d_out.transpose(1, 0, 2))
+        else:
+            d_out = _grad_array("d_out", d_out, (T, B, H), "(T, B, H)", a.dtype)
+    d_h_n = _grad_array("d_h_n", d_h_n, (B, H), "(B, H)", a.dtype)
+    d_c_n = _grad_array("d_c_n", d_c_n, (B, H), "(B, H)", a.dtype)
+    g = _backward(cache, d_out, d_h_n, d_c_n)
+    if a.batch_first:
+        g = g._replace(dx=g.dx.transpose(1, 0, 2))
+    return g
+
+
+def lstm_step_forward(x, h_prev, c_prev, W_ih, W_hh, b_ih=None, b_hh=None):
+    """One LSTM step: x (B, I), h_prev and c_prev (B, H) or None for zeros
+    -> (h_next (B, H), c_next (B, H), cache)."""
+    a = LSTMArgs(x, h_prev, c_prev, W_ih, W_hh, b_ih, b_hh, None, False, x_ndim=2)
+    out, _, c_n, seq = _forward(a, True)
+    return out[0], c_n, LSTMStepCache(seq)
+
+
+def lstm_step_backward(dh_next, dc_next, cache):
+    """Backward of one step: dh_next (B, H), dc_next (B, H) or None -> LSTMGrads
+    (dx (B, I), dh0 and dc0 = gradients of h_prev and c_prev)."""
+    cache = check_cache(cache, LSTMStepCache, "lstm_step_forward")
+    a = cache.seq.args
+    if dh_next is None:
+        raise TypeError("dh_next must be a float32 or float64 array, got None")
+    dh_next = _grad_array("dh_next", dh_next, (a.B, a.H), "(B, H)", a.dtype)
+    dc_next = _grad_array("dc_next", dc_next, (a.B, a.H), "(B, H)", a.dtype)
+    g = _backward(cache.seq, dh_next[None], None, dc_next)
+    return g._replace(dx=g.dx[0])
