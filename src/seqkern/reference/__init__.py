@@ -15,3 +15,14 @@ __all__ = [
     "rnn_step_forward",
     "rnn_step_backward",
 ]
+
+from seqkern._types import GRUGrads
+from seqkern.reference.gru import gru_backward, gru_forward, gru_step_backward, gru_step_forward
+
+__all__ += [
+    "GRUGrads",
+    "gru_forward",
+    "gru_backward",
+    "gru_step_forward",
+    "gru_step_backward",
+]

@@ -1,0 +1,396 @@
+# GRU kernels: forward and backward through time.
+#
+# Axis legend: T = time steps, B = batch, I = input features, H = hidden units,
+# G = 3H gate columns. Every array is C-contiguous and time-major; the Python
+# wrapper (gru.py) checks and prepares arguments, packs the weights, allocates
+# outputs and scratch, and holds BLAS at one thread.
+#
+# Forward (gate order r, z, n as in PyTorch):
+#   r = sigmoid(gi_r + gh_r)   z = sigmoid(gi_z + gh_z)   hn = gh_n (with b_hn)
+#   n = tanh(gi_n + r * hn)    h' = (1 - z) * n + z * h
+#   where gi = x W_ih^T + b_ih (+ b_hr, b_hz folded in), gh = h W_hh^T.
+# Backward, with g the gradient reaching h':
+#   da_n = g (1 - z)(1 - n^2)       da_z = g (h - n) z (1 - z)
+#   da_r = da_n hn r (1 - r)        dgi = [da_r, da_z, da_n]   dgh = [da_r, da_z, da_n r]
+#   dh = dgh W_hh + g z,   dW_ih = sum dgi^T x,   dW_hh = sum dgh^T h,   dx = dgi W_ih
+#
+# Packed gate layout. The hidden units are cut in blocks [c0, c1) of width w
+# (the last may be narrower) and the G = 3H gate rows of W_ih, W_hh, the biases
+# and every (.., G) buffer are stored block after block, each block holding its
+# r rows, then its z rows, then its n rows: packed column 3*c0 + k*(c1-c0) + j is
+# gate k of unit c0 + j. So one GEMM per block gives all three gates of its units
+# side by side, and a block of a time step is independent of the other blocks.
+# The wrapper does the packing (once per call) and the unpacking of gradients.
+#
+# Threads: blocks (of units in a step, of rows in the big GEMMs) have boundaries
+# that depend only on the problem size, never on the thread count, and no two
+# blocks write the same element; threads only pick which blocks they run. So
+# results are bitwise identical for every thread count. Inside the time loop,
+# one OpenMP parallel region spans all steps and the implicit barrier at the end
+# of each step's work-shared loop separates the steps.
+
+from cython cimport floating
+from cython.parallel cimport prange, parallel
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy, memset
+
+from seqkern._blas cimport gemm
+from seqkern._activations cimport tanh_, sigmoid_
+
+# A step is split over blocks of UNIT_BLOCK hidden units once its recurrent
+# product B*3H*H reaches PAR_MIN_STEP multiply-adds; below that one block does it
+# all (the fork/join would cost more than it saves). The big GEMMs outside the
+# time loop are cut in blocks of ROW_BLOCK rows (of T*B) or W_ROWS rows (of G).
+cdef enum:
+    UNIT_BLOCK = 64
+    PAR_MIN_STEP = 65536
+    ROW_BLOCK = 256
+    W_ROWS = 64
+
+
+def unit_block(Py_ssize_t B, Py_ssize_t H):
+    """Width of the blocks of hidden units (a function of the problem size only);
+    the packed layout of the weights depends on it."""
+    if B * 3 * H * H < PAR_MIN_STEP or H <= UNIT_BLOCK:
+        return H
+    return UNIT_BLOCK
+
+
+cdef inline int _n_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:
+    return <int>((n + block - 1) // block)
+
+
+# ---------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------
+
+cdef void _project_rows(const floating* x, const floating* W, const floating* bias,
+                        floating* out, Py_ssize_t r0, Py_ssize_t r1,
+                        int I, int G) noexcept nogil:
+    """out[r0:r1] := x[r0:r1] @ W^T + bias; x (rows, I), W (G, I), out (rows, G)."""
+    cdef Py_ssize_t r
+    for r in range(r0, r1):
+        memcpy(out + r * G, bias, G * sizeof(floating))
+    gemm(False, True, <int>(r1 - r0), G, I, <floating>1, x + r0 * I, I, W, I,
+         <floating>1, out + r0 * G, G)
+
+
+cdef void _forward_block(int B, int H, const floating* h_prev, const floating* W_hh,
+                         const floating* b_hn, floating* gh, floating* gates_t,
+                         floating* hn_t, floating* out_t, const int64_t* lengths,
+                         Py_ssize_t t, int c0, int c1) noexcept nogil:
+    """One step on hidden units [c0, c1) (packed gate columns [3c0, 3c1)).
+
+    gh[:, 3c0:3c1] := h_prev @ W_hh[3c0:3c1]^T, then for each row still running:
+    gates_t (input projection on entry) := r, z, n; hn_t := gh_n + b_hn;
+    out_t := h'. Rows whose sequence has ended get out_t = 0.
+    h_prev (B, H), W_hh (G, H) packed, gh (B, G), gates_t (B, G), hn_t, out_t (B, H)."""
+    cdef int G = 3 * H, w = c1 - c0, p = 3 * c0
+    cdef int b, j
+    cdef floating r, z, n, a
+    cdef floating* g
+    cdef const floating* q
+    cdef const floating* hp
+    cdef const floating* bh = b_hn + c0
+    cdef floating* hr
+    cdef floating* o
+    gemm(False, True, B, 3 * w, H, <floating>1, h_prev, H, W_hh + <Py_ssize_t>p * H, H,
+         <floating>0, gh + p, G)
+    for b in range(B):
+        o = out_t + <Py_ssize_t>b * H + c0
+        if lengths != NULL and t >= lengths[b]:
+            for j in range(w):
+                o[j] = 0
+            continue
+        g = gates_t + <Py_ssize_t>b * G + p
+        q = gh + <Py_ssize_t>b * G + p
+        hp = h_prev + <Py_ssize_t>b * H + c0
+        hr = hn_t + <Py_ssize_t>b * H + c0
+        for j in range(w):
+            r = sigmoid_(g[j] + q[j])
+            z = sigmoid_(g[w + j] + q[w + j])
+            a = q[2 * w + j] + bh[j]
+            n = tanh_(g[2 * w + j] + r * a)
+            o[j] = (1 - z) * n + z * hp[j]
+            g[j] = r
+            g[w + j] = z
+            g[2 * w + j] = n
+            hr[j] = a
+
+
+def forward(const floating[:, :, ::1] x,      # (T, B, I)
+            const floating[:, ::1] h0,        # (B, H)
+            const floating[:, ::1] W_ih,      # (G, I) packed
+            const floating[:, ::1] W_hh,      # (G, H) packed
+            const floating[::1] bias,         # (G,) packed: b_ih + (b_hr, b_hz, 0)
+            const floating[::1] b_hn,         # (H,)
+            const int64_t[::1] lengths,       # (B,) or None
+            floating[:, :, ::1] gates,        # (T, B, G) OUT: r, z, n (packed)
+            floating[:, :, ::1] hn,           # (T, B, H) OUT: h W_hn^T + b_hn, or (1, B, H) scratch
+            floating[:, ::1] gh,              # (B, G) scratch
+            floating[:, :, ::1] out,          # (T, B, H) OUT: every h_t (0 past a length)
+            floating[:, ::1] h_n,             # (B, H) OUT: the state after each sequence's last step
+            int width, int n_threads):
+    """GRU forward over a whole sequence. T, B, H >= 1 (the wrapper handles empties);
+    ``width`` is the unit-block width the weights were packed with."""
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef int G = 3 * H
+    cdef Py_ssize_t TB = <Py_ssize_t>T * B
+    cdef Py_ssize_t step = <Py_ssize_t>B * H
+    cdef Py_ssize_t gstep = <Py_ssize_t>B * G
+    cdef Py_ssize_t hstep = step if hn.shape[0] == T else 0
+    cdef const int64_t* lens = NULL if lengths is None else &lengths[0]
+    cdef floating* outp = &out[0, 0, 0]
+    cdef floating* gp = &gates[0, 0, 0]
+    cdef floating* hnp = &hn[0, 0, 0]
+    cdef floating* ghp = &gh[0, 0]
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef const floating* h0p = &h0[0, 0]
+    cdef const floating* Wih = &W_ih[0, 0]
+    cdef const floating* Whh = &W_hh[0, 0]
+    cdef const floating* bp = &bias[0]
+    cdef const floating* bhn = &b_hn[0]
+    cdef const floating* h_prev
+    cdef int n_cols = _n_blocks(H, width)
+    cdef int n_rows = _n_blocks(TB, ROW_BLOCK)
+    cdef int i, blk, b
+    cdef Py_ssize_t t, L
+    cdef int nt = n_threads
+
+    t = 0
+    h_prev = NULL
+    with nogil:
+        # 1. The input projection of every step, in one pass of row blocks.
+        if nt > 1 and n_rows > 1:
+            for i in prange(n_rows, num_threads=nt, schedule='static'):
+                _project_rows(xp, Wih, bp, gp, <Py_ssize_t>i * ROW_BLOCK,
+                              min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
+        else:
+            for i in range(n_rows):
+                _project_rows(xp, Wih, bp, gp, <Py_ssize_t>i * ROW_BLOCK,
+                              min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
+
+        # 2. The recurrence: per step and block one GEMM and one fused pass.
+        if nt > 1 and n_cols > 1:
+            with parallel(num_threads=nt):
+                for t in range(T):
+                    h_prev = h0p if t == 0 else outp + (t - 1) * step
+                    for blk in prange(n_cols, schedule='static'):
+                        _forward_block(B, H, h_prev, Whh, bhn, ghp, gp + t * gstep,
+                                       hnp + t * hstep, outp + t * step, lens, t,
+                                       blk * width, min((blk + 1) * width, H))
+        else:
+            for t in range(T):
+                h_prev = h0p if t == 0 else outp + (t - 1) * step
+                for blk in range(n_cols):
+                    _forward_block(B, H, h_prev, Whh, bhn, ghp, gp + t * gstep,
+                                   hnp + t * hstep, outp + t * step, lens, t,
+                                   blk * width, min((blk + 1) * width, H))
+
+        # 3. The final state of each sequence.
+        for b in range(B):
+            L = T if lens == NULL else lens[b]
+            if L == 0:
+                memcpy(&h_n[b, 0], h0p + <Py_ssize_t>b * H, H * sizeof(floating))
+            else:
+                memcpy(&h_n[b, 0], outp + (L - 1) * step + <Py_ssize_t>b * H,
+                       H * sizeof(floating))
+
+
+# ---------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------
+
+cdef void _backward_block(int B, int H, const floating* dgh_next, const floating* W_hh,
+                          floating* carry, floating* dgi_t, floating* dgh_t,
+                          const floating* d_out_t, const floating* gates_t,
+                          const floating* hn_t, const floating* h_prev,
+                          const int64_t* lengths, Py_ssize_t t, int c0, int c1) noexcept nogil:
+    """One step back on hidden units [c0, c1).
+
+    carry (B, H) is the gradient reaching h_t from later steps and from d_h_n. Step
+    t+1 left g*z in the rows it consumed (the direct path h' = ... + z h), so adding
+    dgh_{t+1} @ W_hh (zero in rows that ended before t+1) completes it:
+    carry[:, c0:c1] += dgh_next @ W_hh[:, c0:c1]. Then, if t >= 0, for rows still
+    running at t: g = carry + d_out_t, dgi_t and dgh_t get the gate gradients and
+    carry := g*z; rows that have ended get zero gate gradients and keep their carry.
+    dgh_next (B, G) or NULL (t = T-1), d_out_t (B, H) or NULL, gates_t (B, G),
+    hn_t and h_prev (B, H)."""
+    cdef int G = 3 * H, w = c1 - c0, p = 3 * c0
+    cdef int b, j
+    cdef floating gg, r, z, n, dan, dar, daz
+    cdef floating* cr
+    cdef floating* di
+    cdef floating* dh
+    cdef const floating* go
+    cdef const floating* g
+    cdef const floating* a
+    cdef const floating* hp
+    if dgh_next != NULL:
+        gemm(False, False, B, w, G, <floating>1, dgh_next, G, W_hh + c0, H,
+             <floating>1, carry + c0, H)
+    if t < 0:
+        return
+    for b in range(B):
+        di = dgi_t + <Py_ssize_t>b * G + p
+        dh = dgh_t + <Py_ssize_t>b * G + p
+        if lengths != NULL and t >= lengths[b]:
+            memset(di, 0, 3 * w * sizeof(floating))
+            memset(dh, 0, 3 * w * sizeof(floating))
+            continue
+        cr = carry + <Py_ssize_t>b * H + c0
+        go = NULL if d_out_t == NULL else d_out_t + <Py_ssize_t>b * H + c0
+        g = gates_t + <Py_ssize_t>b * G + p
+        a = hn_t + <Py_ssize_t>b * H + c0
+        hp = h_prev + <Py_ssize_t>b * H + c0
+        if go != NULL:
+            for j in range(w):
+                cr[j] += go[j]
+        for j in range(w):
+            gg = cr[j]
+            r = g[j]
+            z = g[w + j]
+            n = g[2 * w + j]
+            dan = gg * (1 - z) * (1 - n * n)
+            daz = gg * (hp[j] - n) * (z * (1 - z))
+            dar = dan * a[j] * (r * (1 - r))
+            di[j] = dar
+            di[w + j] = daz
+            di[2 * w + j] = dan
+            dh[j] = dar
+            dh[w + j] = daz
+            dh[2 * w + j] = dan * r
+            cr[j] = gg * z
+
+
+cdef void _grads_block(int blk, const floating* dgi, const floating* dgh,
+                       const floating* xp, const floating* h0p, const floating* outp,
+                       const floating* Wih, floating* dWih, floating* dWhh,
+                       floating* dbi, floating* dbh, floating* dxp,
+                       int T, int B, int I, int H, int n_w) noexcept nogil:
+    """Block ``blk`` of the work after the time loop; blocks write disjoint elements.
+    [0, n_w): packed rows [r0, r1) of dW_ih, dW_hh and entries of db_ih, db_hh;
+    [n_w, ...): rows of dx (ROW_BLOCK of the T*B rows each)."""
+    cdef int G = 3 * H
+    cdef Py_ssize_t TB = <Py_ssize_t>T * B
+    cdef Py_ssize_t q, r, r0, r1
+    cdef int c, c0, c1
+    cdef const floating* row
+    if blk < n_w:
+        c0 = blk * W_ROWS
+        c1 = min(c0 + W_ROWS, G)
+        # dW_ih[c0:c1] = dgi[:, c0:c1]^T @ x
+        gemm(True, False, c1 - c0, I, <int>TB, <floating>1, dgi + c0, G, xp, I,
+             <floating>0, dWih + <Py_ssize_t>c0 * I, I)
+        # dW_hh[c0:c1] = dgh_0^T @ h0 + dgh[1:]^T @ out[:-1]
+        gemm(True, False, c1 - c0, H, B, <floating>1, dgh + c0, G, h0p, H,
+             <floating>0, dWhh + <Py_ssize_t>c0 * H, H)
+        if T > 1:
+            gemm(True, False, c1 - c0, H, <int>(TB - B), <floating>1,
+                 dgh + <Py_ssize_t>B * G + c0, G, outp, H,
+                 <floating>1, dWhh + <Py_ssize_t>c0 * H, H)
+        # db[c0:c1] = column sums, rows in order
+        for c in range(c0, c1):
+            dbi[c] = 0
+            dbh[c] = 0
+        for r in range(TB):
+            row = dgi + r * G
+            for c in range(c0, c1):
+                dbi[c] += row[c]
+            row = dgh + r * G
+            for c in range(c0, c1):
+                dbh[c] += row[c]
+    else:
+        q = blk - n_w
+        r0 = q * ROW_BLOCK
+        r1 = min(r0 + ROW_BLOCK, TB)
+        # dx[r0:r1] = dgi[r0:r1] @ W_ih
+        gemm(False, False, <int>(r1 - r0), I, G, <floating>1, dgi + r0 * G, G, Wih, I,
+             <floating>0, dxp + r0 * I, I)
+
+
+def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
+             const floating[:, :, ::1] x,        # (T, B, I)  from the forward
+             const floating[:, ::1] h0,          # (B, H)
+             const floating[:, :, ::1] out,      # (T, B, H)
+             const floating[:, ::1] W_ih,        # (G, I) packed
+             const floating[:, ::1] W_hh,        # (G, H) packed
+             const floating[:, :, ::1] gates,    # (T, B, G) r, z, n (packed)
+             const floating[:, :, ::1] hn,       # (T, B, H)
+             const int64_t[::1] lengths,         # (B,) or None
+             floating[:, :, ::1] dgi,            # (T, B, G) scratch: d(x W_ih^T + b_ih)
+             floating[:, :, ::1] dgh,            # (T, B, G) scratch: d(h W_hh^T + b_hh)
+             floating[:, :, ::1] dx,             # (T, B, I) OUT
+             floating[:, ::1] dh0,               # (B, H) IN: d_h_n (or 0), OUT: dh0
+             floating[:, ::1] dW_ih,             # (G, I) OUT packed
+             floating[:, ::1] dW_hh,             # (G, H) OUT packed
+             floating[::1] db_ih,                # (G,) OUT packed
+             floating[::1] db_hh,                # (G,) OUT packed
+             int width, int n_threads):
+    """GRU backward through time. T, B, H >= 1 (the wrapper handles empties)."""
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef int G = 3 * H
+    cdef Py_ssize_t step = <Py_ssize_t>B * H
+    cdef Py_ssize_t gstep = <Py_ssize_t>B * G
+    cdef const int64_t* lens = NULL if lengths is None else &lengths[0]
+    cdef const floating* dop = NULL if d_out is None else &d_out[0, 0, 0]
+    cdef const floating* outp = &out[0, 0, 0]
+    cdef const floating* h0p = &h0[0, 0]
+    cdef const floating* Whh = &W_hh[0, 0]
+    cdef const floating* gp = &gates[0, 0, 0]
+    cdef const floating* hnp = &hn[0, 0, 0]
+    cdef floating* dgip = &dgi[0, 0, 0]
+    cdef floating* dghp = &dgh[0, 0, 0]
+    cdef floating* carry = &dh0[0, 0]
+    cdef const floating* dgh_next
+    cdef const floating* do_t
+    cdef const floating* h_prev
+    cdef int n_cols = _n_blocks(H, width)
+    cdef int n_w = _n_blocks(G, W_ROWS)
+    cdef int n_x = _n_blocks(<Py_ssize_t>T * B, ROW_BLOCK)
+    cdef int blk
+    cdef Py_ssize_t t, tt
+    cdef int nt = n_threads
+
+    t = 0
+    tt = 0
+    dgh_next = NULL
+    do_t = NULL
+    h_prev = NULL
+    with nogil:
+        # 1. Through time: t = T-1 .. 0, then t = -1 finishes dh0 = carry.
+        if nt > 1 and n_cols > 1:
+            with parallel(num_threads=nt):
+                for t in range(T - 1, -2, -1):
+                    dgh_next = NULL if t == T - 1 else dghp + (t + 1) * gstep
+                    do_t = NULL if (dop == NULL or t < 0) else dop + t * step
+                    tt = 0 if t < 0 else t
+                    h_prev = h0p if t <= 0 else outp + (t - 1) * step
+                    for blk in prange(n_cols, schedule='static'):
+                        _backward_block(B, H, dgh_next, Whh, carry, dgip + tt * gstep,
+                                        dghp + tt * gstep, do_t, gp + tt * gstep,
+                                        hnp + tt * step, h_prev, lens, t,
+                                        blk * width, min((blk + 1) * width, H))
+        else:
+            for t in range(T - 1, -2, -1):
+                dgh_next = NULL if t == T - 1 else dghp + (t + 1) * gstep
+                do_t = NULL if (dop == NULL or t < 0) else dop + t * step
+                tt = 0 if t < 0 else t
+                h_prev = h0p if t <= 0 else outp + (t - 1) * step
+                for blk in range(n_cols):
+                    _backward_block(B, H, dgh_next, Whh, carry, dgip + tt * gstep,
+                                    dghp + tt * gstep, do_t, gp + tt * gstep,
+                                    hnp + tt * step, h_prev, lens, t,
+                                    blk * width, min((blk + 1) * width, H))
+
+        # 2. Weight, bias and input gradients: large GEMMs over all T*B rows.
+        if nt > 1:
+            for blk in prange(n_w + n_x, num_threads=nt, schedule='dynamic'):
+                _grads_block(blk, dgip, dghp, &x[0, 0, 0], h0p, outp, &W_ih[0, 0],
+                             &dW_ih[0, 0], &dW_hh[0, 0], &db_ih[0], &db_hh[0],
+                             &dx[0, 0, 0], T, B, I, H, n_w)
+        else:
+            for blk in range(n_w + n_x):
+                _grads_block(blk, dgip, dghp, &x[0, 0, 0], h0p, outp, &W_ih[0, 0],
+                             &dW_ih[0, 0], &dW_hh[0, 0], &db_ih[0], &db_hh[0],
+                             &dx[0, 0, 0], T, B, I, H, n_w)
