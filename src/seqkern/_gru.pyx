@@ -14,6 +14,9 @@
 #   da_r = da_n hn r (1 - r)        dgi = [da_r, da_z, da_n]   dgh = [da_r, da_z, da_n r]
 #   dh = dgh W_hh + g z,   dW_ih = sum dgi^T x,   dW_hh = sum dgh^T h,   dx = dgi W_ih
 #
+# The element-wise passes live in _gru_cell.h (C, for `restrict`, so that GCC
+# vectorises them); this file does the blocking, the GEMMs and the threads.
+#
 # Packed gate layout. The hidden units are cut in blocks [c0, c1) of width w
 # (the last may be narrower) and the G = 3H gate rows of W_ih, W_hh, the biases
 # and every (.., G) buffer are stored block after block, each block holding its
@@ -35,7 +38,36 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
-from seqkern._activations cimport tanh_, sigmoid_
+
+cdef extern from "_gru_cell.h" nogil:
+    void sk_gru_fwd_row_f(int w, float* gr, float* gz, float* gn, const float* qr,
+                          const float* qz, const float* qn, const float* bhn,
+                          const float* hp, float* out, float* hn)
+    void sk_gru_fwd_row_d(int w, double* gr, double* gz, double* gn, const double* qr,
+                          const double* qz, const double* qn, const double* bhn,
+                          const double* hp, double* out, double* hn)
+    void sk_gru_bwd_row_f(int w, float* carry, const float* d_out, const float* gr,
+                          const float* gz, const float* gn, const float* hn,
+                          const float* hp, float* dir, float* diz, float* din,
+                          float* dhr, float* dhz, float* dhn)
+    void sk_gru_bwd_row_d(int w, double* carry, const double* d_out, const double* gr,
+                          const double* gz, const double* gn, const double* hn,
+                          const double* hp, double* dir, double* diz, double* din,
+                          double* dhr, double* dhz, double* dhn)
+    void sk_gru_vecmat_f(int n, int K, const float* x, const float* A, int lda, int beta,
+                         float* y)
+    void sk_gru_vecmat_d(int n, int K, const double* x, const double* A, int lda, int beta,
+                         double* y)
+
+
+cdef inline void _vecmat(int n, int K, const floating* x, const floating* A, int lda,
+                         bint beta, floating* y) noexcept nogil:
+    """y[0:n] := beta * y + x @ A[:, 0:n]; x (K,), A (K, lda) row-major. For batch 1,
+    where it beats BLAS's GEMV (see _gru_cell.h); sums in a fixed order."""
+    if floating is float:
+        sk_gru_vecmat_f(n, K, x, A, lda, beta, y)
+    else:
+        sk_gru_vecmat_d(n, K, x, A, lda, beta, y)
 
 # A step is split over blocks of UNIT_BLOCK hidden units once its recurrent
 # product B*3H*H reaches PAR_MIN_STEP multiply-adds; below that one block does it
@@ -76,26 +108,28 @@ cdef void _project_rows(const floating* x, const floating* W, const floating* bi
 
 
 cdef void _forward_block(int B, int H, const floating* h_prev, const floating* W_hh,
-                         const floating* b_hn, floating* gh, floating* gates_t,
+                         const floating* W_hh_T, const floating* b_hn, floating* gh, floating* gates_t,
                          floating* hn_t, floating* out_t, const int64_t* lengths,
                          Py_ssize_t t, int c0, int c1) noexcept nogil:
     """One step on hidden units [c0, c1) (packed gate columns [3c0, 3c1)).
 
-    gh[:, 3c0:3c1] := h_prev @ W_hh[3c0:3c1]^T, then for each row still running:
+    gh[:, 3c0:3c1] := h_prev @ W_hh[3c0:3c1]^T (with W_hh_T = W_hh^T (H, G) when B = 1), then for each row still running:
     gates_t (input projection on entry) := r, z, n; hn_t := gh_n + b_hn;
     out_t := h'. Rows whose sequence has ended get out_t = 0.
     h_prev (B, H), W_hh (G, H) packed, gh (B, G), gates_t (B, G), hn_t, out_t (B, H)."""
     cdef int G = 3 * H, w = c1 - c0, p = 3 * c0
     cdef int b, j
-    cdef floating r, z, n, a
     cdef floating* g
     cdef const floating* q
     cdef const floating* hp
     cdef const floating* bh = b_hn + c0
     cdef floating* hr
     cdef floating* o
-    gemm(False, True, B, 3 * w, H, <floating>1, h_prev, H, W_hh + <Py_ssize_t>p * H, H,
-         <floating>0, gh + p, G)
+    if B == 1:
+        _vecmat(3 * w, H, h_prev, W_hh_T + p, G, False, gh + p)
+    else:
+        gemm(False, True, B, 3 * w, H, <floating>1, h_prev, H, W_hh + <Py_ssize_t>p * H, H,
+             <floating>0, gh + p, G)
     for b in range(B):
         o = out_t + <Py_ssize_t>b * H + c0
         if lengths != NULL and t >= lengths[b]:
@@ -106,22 +140,17 @@ cdef void _forward_block(int B, int H, const floating* h_prev, const floating* W
         q = gh + <Py_ssize_t>b * G + p
         hp = h_prev + <Py_ssize_t>b * H + c0
         hr = hn_t + <Py_ssize_t>b * H + c0
-        for j in range(w):
-            r = sigmoid_(g[j] + q[j])
-            z = sigmoid_(g[w + j] + q[w + j])
-            a = q[2 * w + j] + bh[j]
-            n = tanh_(g[2 * w + j] + r * a)
-            o[j] = (1 - z) * n + z * hp[j]
-            g[j] = r
-            g[w + j] = z
-            g[2 * w + j] = n
-            hr[j] = a
+        if floating is float:
+            sk_gru_fwd_row_f(w, g, g + w, g + 2 * w, q, q + w, q + 2 * w, bh, hp, o, hr)
+        else:
+            sk_gru_fwd_row_d(w, g, g + w, g + 2 * w, q, q + w, q + 2 * w, bh, hp, o, hr)
 
 
 def forward(const floating[:, :, ::1] x,      # (T, B, I)
             const floating[:, ::1] h0,        # (B, H)
             const floating[:, ::1] W_ih,      # (G, I) packed
             const floating[:, ::1] W_hh,      # (G, H) packed
+            const floating[:, ::1] W_hh_T,    # (H, G) W_hh^T (used when B = 1)
             const floating[::1] bias,         # (G,) packed: b_ih + (b_hr, b_hz, 0)
             const floating[::1] b_hn,         # (H,)
             const int64_t[::1] lengths,       # (B,) or None
@@ -148,6 +177,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef const floating* h0p = &h0[0, 0]
     cdef const floating* Wih = &W_ih[0, 0]
     cdef const floating* Whh = &W_hh[0, 0]
+    cdef const floating* WhhT = &W_hh_T[0, 0]
     cdef const floating* bp = &bias[0]
     cdef const floating* bhn = &b_hn[0]
     cdef const floating* h_prev
@@ -176,14 +206,14 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                 for t in range(T):
                     h_prev = h0p if t == 0 else outp + (t - 1) * step
                     for blk in prange(n_cols, schedule='static'):
-                        _forward_block(B, H, h_prev, Whh, bhn, ghp, gp + t * gstep,
+                        _forward_block(B, H, h_prev, Whh, WhhT, bhn, ghp, gp + t * gstep,
                                        hnp + t * hstep, outp + t * step, lens, t,
                                        blk * width, min((blk + 1) * width, H))
         else:
             for t in range(T):
                 h_prev = h0p if t == 0 else outp + (t - 1) * step
                 for blk in range(n_cols):
-                    _forward_block(B, H, h_prev, Whh, bhn, ghp, gp + t * gstep,
+                    _forward_block(B, H, h_prev, Whh, WhhT, bhn, ghp, gp + t * gstep,
                                    hnp + t * hstep, outp + t * step, lens, t,
                                    blk * width, min((blk + 1) * width, H))
 
@@ -218,7 +248,6 @@ cdef void _backward_block(int B, int H, const floating* dgh_next, const floating
     hn_t and h_prev (B, H)."""
     cdef int G = 3 * H, w = c1 - c0, p = 3 * c0
     cdef int b, j
-    cdef floating gg, r, z, n, dan, dar, daz
     cdef floating* cr
     cdef floating* di
     cdef floating* dh
@@ -227,8 +256,11 @@ cdef void _backward_block(int B, int H, const floating* dgh_next, const floating
     cdef const floating* a
     cdef const floating* hp
     if dgh_next != NULL:
-        gemm(False, False, B, w, G, <floating>1, dgh_next, G, W_hh + c0, H,
-             <floating>1, carry + c0, H)
+        if B == 1:
+            _vecmat(w, G, dgh_next, W_hh + c0, H, True, carry + c0)
+        else:
+            gemm(False, False, B, w, G, <floating>1, dgh_next, G, W_hh + c0, H,
+                 <floating>1, carry + c0, H)
     if t < 0:
         return
     for b in range(B):
@@ -243,24 +275,12 @@ cdef void _backward_block(int B, int H, const floating* dgh_next, const floating
         g = gates_t + <Py_ssize_t>b * G + p
         a = hn_t + <Py_ssize_t>b * H + c0
         hp = h_prev + <Py_ssize_t>b * H + c0
-        if go != NULL:
-            for j in range(w):
-                cr[j] += go[j]
-        for j in range(w):
-            gg = cr[j]
-            r = g[j]
-            z = g[w + j]
-            n = g[2 * w + j]
-            dan = gg * (1 - z) * (1 - n * n)
-            daz = gg * (hp[j] - n) * (z * (1 - z))
-            dar = dan * a[j] * (r * (1 - r))
-            di[j] = dar
-            di[w + j] = daz
-            di[2 * w + j] = dan
-            dh[j] = dar
-            dh[w + j] = daz
-            dh[2 * w + j] = dan * r
-            cr[j] = gg * z
+        if floating is float:
+            sk_gru_bwd_row_f(w, cr, go, g, g + w, g + 2 * w, a, hp,
+                             di, di + w, di + 2 * w, dh, dh + w, dh + 2 * w)
+        else:
+            sk_gru_bwd_row_d(w, cr, go, g, g + w, g + 2 * w, a, hp,
+                             di, di + w, di + 2 * w, dh, dh + w, dh + 2 * w)
 
 
 cdef void _grads_block(int blk, const floating* dgi, const floating* dgh,

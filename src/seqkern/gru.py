@@ -163,11 +163,13 @@ def _forward(a, return_cache):
         b_hn[:] = a.b_hh[2 * H:]           # b_hn sits inside r * (...): kept apart
     W_ih = _pack(a.W_ih, order)
     W_hh = _pack(a.W_hh, order)
+    # batch 1 runs its steps as vector @ W_hh^T (see _gru_cell.h)
+    W_hh_T = np.ascontiguousarray(W_hh.T) if B == 1 else np.empty((1, 1), dt)
     gates = np.empty((T, B, 3 * H), dt)
     hn = np.empty((T if return_cache else 1, B, H), dt)
     gh = np.empty((B, 3 * H), dt)
     with blas_single_thread():
-        _gru.forward(a.x, a.h0, W_ih, W_hh, _pack(bias, order), b_hn, a.lengths,
+        _gru.forward(a.x, a.h0, W_ih, W_hh, W_hh_T, _pack(bias, order), b_hn, a.lengths,
                      gates, hn, gh, out, h_n, width, effective_num_threads())
     cache = GRUCache(a, out, W_ih, W_hh, gates, hn, width) if return_cache else None
     return out, h_n, cache
