@@ -276,6 +276,24 @@ def test_return_cache_false(dtype):
     assert_close("out", out2, r_out, dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_return_cache_false_in_chunks(dtype):
+    """Without a cache the kernel runs the steps in chunks of ~512 rows of T*B
+    (here 5 steps of B = 100): several chunks, the last one partial, with lengths."""
+    T, B, I, H = 12, 100, 3, 5
+    args = make(T, B, I, H, dtype)
+    lengths = np.arange(B) % (T + 1)
+    for lens in (None, lengths):
+        out, h_n, cache = gru_forward(*args, lengths=lens, return_cache=False)
+        assert cache is None
+        r_out, r_h_n, _ = ref.gru_forward(*ref64(args), lengths=lens)
+        assert_close("out", out, r_out, dtype)
+        assert_close("h_n", h_n, r_h_n, dtype)
+        with seqkern.threads(2):
+            out2, h_n2, _ = gru_forward(*args, lengths=lens, return_cache=False)
+        assert np.array_equal(out, out2) and np.array_equal(h_n, h_n2)
+
+
 @pytest.mark.parametrize("shape", [(0, 3, 4, 5), (4, 0, 4, 5), (4, 3, 4, 0), (3, 2, 0, 4)])
 @pytest.mark.parametrize("module", ["kernel", "reference"])
 def test_empty(shape, module):

@@ -69,23 +69,32 @@ cdef inline void _vecmat(int n, int K, const floating* x, const floating* A, int
     else:
         sk_gru_vecmat_d(n, K, x, A, lda, beta, y)
 
-# A step is split over blocks of UNIT_BLOCK hidden units once its recurrent
-# product B*3H*H reaches PAR_MIN_STEP multiply-adds; below that one block does it
-# all (the fork/join would cost more than it saves). The big GEMMs outside the
-# time loop are cut in blocks of ROW_BLOCK rows (of T*B) or W_ROWS rows (of G).
+# Every split is into at most PARTS blocks, aligned to ALIGN, whatever the thread
+# count: few large BLAS calls, because each GEMM call re-packs its operands (one
+# packing of x per block of weight-gradient rows, of W_ih per block of rows...),
+# and enough blocks to keep a few threads busy. A step is split over blocks of
+# hidden units only once its recurrent product B*3H*H reaches PAR_MIN_STEP
+# multiply-adds; below that one block does it all (the fork/join would cost more
+# than it saves).
 cdef enum:
-    UNIT_BLOCK = 64
+    PARTS = 4
+    ALIGN = 16
     PAR_MIN_STEP = 65536
-    ROW_BLOCK = 256
-    W_ROWS = 64
+
+
+cdef inline Py_ssize_t _block(Py_ssize_t n) noexcept nogil:
+    """Size of the blocks that cut n items into at most PARTS (a function of n only)."""
+    cdef Py_ssize_t b = (n + PARTS - 1) // PARTS
+    b = (b + ALIGN - 1) // ALIGN * ALIGN
+    return b if b > 0 else 1
 
 
 def unit_block(Py_ssize_t B, Py_ssize_t H):
     """Width of the blocks of hidden units (a function of the problem size only);
     the packed layout of the weights depends on it."""
-    if B * 3 * H * H < PAR_MIN_STEP or H <= UNIT_BLOCK:
+    if B * 3 * H * H < PAR_MIN_STEP:
         return H
-    return UNIT_BLOCK
+    return min(H, _block(H))
 
 
 cdef inline int _n_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:
@@ -154,14 +163,19 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             const floating[::1] bias,         # (G,) packed: b_ih + (b_hr, b_hz, 0)
             const floating[::1] b_hn,         # (H,)
             const int64_t[::1] lengths,       # (B,) or None
-            floating[:, :, ::1] gates,        # (T, B, G) OUT: r, z, n (packed)
+            floating[:, :, ::1] gates,        # (Tc, B, G) OUT: r, z, n (packed); see below
             floating[:, :, ::1] hn,           # (T, B, H) OUT: h W_hn^T + b_hn, or (1, B, H) scratch
             floating[:, ::1] gh,              # (B, G) scratch
             floating[:, :, ::1] out,          # (T, B, H) OUT: every h_t (0 past a length)
             floating[:, ::1] h_n,             # (B, H) OUT: the state after each sequence's last step
             int width, int n_threads):
     """GRU forward over a whole sequence. T, B, H >= 1 (the wrapper handles empties);
-    ``width`` is the unit-block width the weights were packed with."""
+    ``width`` is the unit-block width the weights were packed with.
+
+    The steps run in chunks of Tc = gates.shape[0] steps: the input projection of a
+    chunk, then its recurrence. With Tc = T, ``gates`` keeps r, z, n of every step
+    (for the backward); without a cache a short Tc keeps the buffer in cache and
+    spares allocating (T, B, G)."""
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef int G = 3 * H
     cdef Py_ssize_t TB = <Py_ssize_t>T * B
@@ -182,40 +196,51 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef const floating* bhn = &b_hn[0]
     cdef const floating* h_prev
     cdef int n_cols = _n_blocks(H, width)
-    cdef int n_rows = _n_blocks(TB, ROW_BLOCK)
+    cdef Py_ssize_t Tc = gates.shape[0]
+    cdef Py_ssize_t rb = _block(Tc * B)
+    cdef Py_ssize_t rows
+    cdef int n_rows
     cdef int i, blk, b
-    cdef Py_ssize_t t, L
+    cdef Py_ssize_t t, t0, t1, L
     cdef int nt = n_threads
 
     t = 0
     h_prev = NULL
     with nogil:
-        # 1. The input projection of every step, in one pass of row blocks.
-        if nt > 1 and n_rows > 1:
-            for i in prange(n_rows, num_threads=nt, schedule='static'):
-                _project_rows(xp, Wih, bp, gp, <Py_ssize_t>i * ROW_BLOCK,
-                              min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
-        else:
-            for i in range(n_rows):
-                _project_rows(xp, Wih, bp, gp, <Py_ssize_t>i * ROW_BLOCK,
-                              min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
+        t0 = 0
+        while t0 < T:
+            t1 = min(t0 + Tc, T)
+            # 1. The input projection of the chunk's steps, in row blocks.
+            rows = (t1 - t0) * B
+            n_rows = _n_blocks(rows, rb)
+            if nt > 1 and n_rows > 1:
+                for i in prange(n_rows, num_threads=nt, schedule='static'):
+                    _project_rows(xp + t0 * B * I, Wih, bp, gp, i * rb,
+                                  min((i + 1) * rb, rows), I, G)
+            else:
+                for i in range(n_rows):
+                    _project_rows(xp + t0 * B * I, Wih, bp, gp, i * rb,
+                                  min((i + 1) * rb, rows), I, G)
 
-        # 2. The recurrence: per step and block one GEMM and one fused pass.
-        if nt > 1 and n_cols > 1:
-            with parallel(num_threads=nt):
-                for t in range(T):
+            # 2. The recurrence: per step and block one GEMM and one fused pass.
+            if nt > 1 and n_cols > 1:
+                with parallel(num_threads=nt):
+                    for t in range(t0, t1):
+                        h_prev = h0p if t == 0 else outp + (t - 1) * step
+                        for blk in prange(n_cols, schedule='static'):
+                            _forward_block(B, H, h_prev, Whh, WhhT, bhn, ghp,
+                                           gp + (t - t0) * gstep, hnp + t * hstep,
+                                           outp + t * step, lens, t,
+                                           blk * width, min((blk + 1) * width, H))
+            else:
+                for t in range(t0, t1):
                     h_prev = h0p if t == 0 else outp + (t - 1) * step
-                    for blk in prange(n_cols, schedule='static'):
-                        _forward_block(B, H, h_prev, Whh, WhhT, bhn, ghp, gp + t * gstep,
-                                       hnp + t * hstep, outp + t * step, lens, t,
+                    for blk in range(n_cols):
+                        _forward_block(B, H, h_prev, Whh, WhhT, bhn, ghp,
+                                       gp + (t - t0) * gstep, hnp + t * hstep,
+                                       outp + t * step, lens, t,
                                        blk * width, min((blk + 1) * width, H))
-        else:
-            for t in range(T):
-                h_prev = h0p if t == 0 else outp + (t - 1) * step
-                for blk in range(n_cols):
-                    _forward_block(B, H, h_prev, Whh, WhhT, bhn, ghp, gp + t * gstep,
-                                   hnp + t * hstep, outp + t * step, lens, t,
-                                   blk * width, min((blk + 1) * width, H))
+            t0 = t1
 
         # 3. The final state of each sequence.
         for b in range(B):
@@ -287,18 +312,19 @@ cdef void _grads_block(int blk, const floating* dgi, const floating* dgh,
                        const floating* xp, const floating* h0p, const floating* outp,
                        const floating* Wih, floating* dWih, floating* dWhh,
                        floating* dbi, floating* dbh, floating* dxp,
-                       int T, int B, int I, int H, int n_w) noexcept nogil:
+                       int T, int B, int I, int H, int n_w, int wb,
+                       Py_ssize_t rb) noexcept nogil:
     """Block ``blk`` of the work after the time loop; blocks write disjoint elements.
     [0, n_w): packed rows [r0, r1) of dW_ih, dW_hh and entries of db_ih, db_hh;
-    [n_w, ...): rows of dx (ROW_BLOCK of the T*B rows each)."""
+    [n_w, ...): rows of dx. Block sizes: wb rows of G, rb rows of T*B."""
     cdef int G = 3 * H
     cdef Py_ssize_t TB = <Py_ssize_t>T * B
     cdef Py_ssize_t q, r, r0, r1
     cdef int c, c0, c1
     cdef const floating* row
     if blk < n_w:
-        c0 = blk * W_ROWS
-        c1 = min(c0 + W_ROWS, G)
+        c0 = blk * wb
+        c1 = min(c0 + wb, G)
         # dW_ih[c0:c1] = dgi[:, c0:c1]^T @ x
         gemm(True, False, c1 - c0, I, <int>TB, <floating>1, dgi + c0, G, xp, I,
              <floating>0, dWih + <Py_ssize_t>c0 * I, I)
@@ -322,8 +348,8 @@ cdef void _grads_block(int blk, const floating* dgi, const floating* dgh,
                 dbh[c] += row[c]
     else:
         q = blk - n_w
-        r0 = q * ROW_BLOCK
-        r1 = min(r0 + ROW_BLOCK, TB)
+        r0 = q * rb
+        r1 = min(r0 + rb, TB)
         # dx[r0:r1] = dgi[r0:r1] @ W_ih
         gemm(False, False, <int>(r1 - r0), I, G, <floating>1, dgi + r0 * G, G, Wih, I,
              <floating>0, dxp + r0 * I, I)
@@ -366,8 +392,10 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
     cdef const floating* do_t
     cdef const floating* h_prev
     cdef int n_cols = _n_blocks(H, width)
-    cdef int n_w = _n_blocks(G, W_ROWS)
-    cdef int n_x = _n_blocks(<Py_ssize_t>T * B, ROW_BLOCK)
+    cdef int wb = <int>_block(G)
+    cdef int n_w = _n_blocks(G, wb)
+    cdef Py_ssize_t rb = _block(<Py_ssize_t>T * B)
+    cdef int n_x = _n_blocks(<Py_ssize_t>T * B, rb)
     cdef int blk
     cdef Py_ssize_t t, tt
     cdef int nt = n_threads
@@ -408,9 +436,9 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
             for blk in prange(n_w + n_x, num_threads=nt, schedule='dynamic'):
                 _grads_block(blk, dgip, dghp, &x[0, 0, 0], h0p, outp, &W_ih[0, 0],
                              &dW_ih[0, 0], &dW_hh[0, 0], &db_ih[0], &db_hh[0],
-                             &dx[0, 0, 0], T, B, I, H, n_w)
+                             &dx[0, 0, 0], T, B, I, H, n_w, wb, rb)
         else:
             for blk in range(n_w + n_x):
                 _grads_block(blk, dgip, dghp, &x[0, 0, 0], h0p, outp, &W_ih[0, 0],
                              &dW_ih[0, 0], &dW_hh[0, 0], &db_ih[0], &db_hh[0],
-                             &dx[0, 0, 0], T, B, I, H, n_w)
+                             &dx[0, 0, 0], T, B, I, H, n_w, wb, rb)

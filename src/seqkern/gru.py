@@ -83,6 +83,7 @@ class GRUArgs:
         self.lengths = lengths_array(lengths, B, T)
 
 
+_CHUNK_ROWS = 512
 _FUSED = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
@@ -165,7 +166,10 @@ def _forward(a, return_cache):
     W_hh = _pack(a.W_hh, order)
     # batch 1 runs its steps as vector @ W_hh^T (see _gru_cell.h)
     W_hh_T = np.ascontiguousarray(W_hh.T) if B == 1 else np.empty((1, 1), dt)
-    gates = np.empty((T, B, 3 * H), dt)
+    # Without a cache the steps run in chunks of about _CHUNK_ROWS rows (T*B), so
+    # the gate buffer stays small (see _gru.forward).
+    Tc = T if return_cache else min(T, max(1, _CHUNK_ROWS // B))
+    gates = np.empty((Tc, B, 3 * H), dt)
     hn = np.empty((T if return_cache else 1, B, H), dt)
     gh = np.empty((B, 3 * H), dt)
     with blas_single_thread():
