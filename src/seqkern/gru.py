@@ -165,7 +165,11 @@ def _forward(a, return_cache):
     W_ih = _pack(a.W_ih, order)
     W_hh = _pack(a.W_hh, order)
     # batch 1 runs its steps as vector @ W_hh^T (see _gru_cell.h)
-    W_hh_T = np.ascontiguousarray(W_hh.T) if B == 1 else np.empty((1, 1), dt)
+    if B == 1:
+        W_hh_T = np.empty((H, 3 * H), dt)
+        _gru.transpose(W_hh, W_hh_T)
+    else:
+        W_hh_T = np.empty((1, 1), dt)
     # Without a cache the steps run in chunks of about _CHUNK_ROWS rows (T*B), so
     # the gate buffer stays small (see _gru.forward).
     Tc = T if return_cache else min(T, max(1, _CHUNK_ROWS // B))
