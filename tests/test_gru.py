@@ -245,7 +245,9 @@ def test_step_vs_reference_and_none_h():
 # --- threads --------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(20, 16, 8, 70), (3, 40, 300, 130), (4, 1, 4, 300)])
+# the last shape is large enough for the GEMMs outside the time loop to go parallel
+@pytest.mark.parametrize("shape", [(20, 16, 8, 70), (3, 40, 300, 130), (4, 1, 4, 300),
+                                   (20, 64, 256, 80)])
 def test_threads_bitwise(shape, dtype):
     T, B, I, H = shape
     args = make(T, B, I, H, dtype)

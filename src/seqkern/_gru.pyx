@@ -75,11 +75,15 @@ cdef inline void _vecmat(int n, int K, const floating* x, const floating* A, int
 # and enough blocks to keep a few threads busy. A step is split over blocks of
 # hidden units only once its recurrent product B*3H*H reaches PAR_MIN_STEP
 # multiply-adds; below that one block does it all (the fork/join would cost more
-# than it saves).
+# than it saves). The GEMMs outside the time loop go parallel only from
+# PAR_MIN_GEMM multiply-adds: an idle OpenMP worker spins for milliseconds after a
+# parallel loop (libgomp's default), which was measured to slow the serial time
+# loop that follows several-fold on a machine whose cores are shared.
 cdef enum:
     PARTS = 4
     ALIGN = 16
     PAR_MIN_STEP = 65536
+    PAR_MIN_GEMM = 1 << 25
 
 
 cdef inline Py_ssize_t _block(Py_ssize_t n) noexcept nogil:
@@ -225,7 +229,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             # 1. The input projection of the chunk's steps, in row blocks.
             rows = (t1 - t0) * B
             n_rows = _n_blocks(rows, rb)
-            if nt > 1 and n_rows > 1:
+            if nt > 1 and n_rows > 1 and rows * G * I >= PAR_MIN_GEMM:
                 for i in prange(n_rows, num_threads=nt, schedule='static'):
                     _project_rows(xp + t0 * B * I, Wih, bp, gp, i * rb,
                                   min((i + 1) * rb, rows), I, G)
@@ -444,7 +448,7 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
                                     blk * width, min((blk + 1) * width, H))
 
         # 2. Weight, bias and input gradients: large GEMMs over all T*B rows.
-        if nt > 1:
+        if nt > 1 and <Py_ssize_t>T * B * G * (I + H) >= PAR_MIN_GEMM:
             for blk in prange(n_w + n_x, num_threads=nt, schedule='dynamic'):
                 _grads_block(blk, dgip, dghp, &x[0, 0, 0], h0p, outp, &W_ih[0, 0],
                              &dW_ih[0, 0], &dW_hh[0, 0], &db_ih[0], &db_hh[0],
