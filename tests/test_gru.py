@@ -115,6 +115,27 @@ def test_lengths(shape, dtype):
     np.testing.assert_array_equal(h_n[full], h_all[full])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_in_chunks(dtype):
+    """The backward runs in chunks of ~2048 rows of T*B: with B = 700 that is 2
+    steps, so T = 5 gives three chunks, the first one (in time order) partial."""
+    T, B, I, H = 5, 700, 2, 3
+    args = make(T, B, I, H, dtype)
+    lengths = np.arange(B) % (T + 1)
+    d_out, d_h_n = upstream(T, B, H, dtype)
+    res = []
+    for n in (1, 2):
+        with seqkern.threads(n):
+            out, h_n, cache = gru_forward(*args, lengths=lengths)
+            g = gru_backward(d_out, d_h_n, cache)
+        res.append(g)
+    _, _, r_cache = ref.gru_forward(*ref64(args), lengths=lengths)
+    r = ref.gru_backward(d_out.astype(np.float64), d_h_n.astype(np.float64), r_cache)
+    assert_grads_close(res[0], r, dtype)
+    for name, a, b in zip(GRAD_NAMES, *res):
+        assert np.array_equal(a, b), f"{name} differs between 1 and 2 threads"
+
+
 def test_lengths_match_separate_runs():
     """Sequence b with lengths[b] = L behaves like running x[:L, b] alone."""
     T, B, I, H = 6, 4, 3, 5

@@ -273,6 +273,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 # ---------------------------------------------------------------------------
 
 cdef void _backward_block(int B, int H, const floating* dgh_next, const floating* W_hh,
+                          const floating* W_hh_T,
                           floating* carry, floating* dgi_t, floating* dgh_t,
                           const floating* d_out_t, const floating* gates_t,
                           const floating* hn_t, const floating* h_prev,
@@ -282,7 +283,7 @@ cdef void _backward_block(int B, int H, const floating* dgh_next, const floating
     carry (B, H) is the gradient reaching h_t from later steps and from d_h_n. Step
     t+1 left g*z in the rows it consumed (the direct path h' = ... + z h), so adding
     dgh_{t+1} @ W_hh (zero in rows that ended before t+1) completes it:
-    carry[:, c0:c1] += dgh_next @ W_hh[:, c0:c1]. Then, if t >= 0, for rows still
+    carry[:, c0:c1] += dgh_next @ W_hh[:, c0:c1] (W_hh_T = W_hh^T used when B > 1). Then, if t >= 0, for rows still
     running at t: g = carry + d_out_t, dgi_t and dgh_t get the gate gradients and
     carry := g*z; rows that have ended get zero gate gradients and keep their carry.
     dgh_next (B, G) or NULL (t = T-1), d_out_t (B, H) or NULL, gates_t (B, G),
@@ -300,7 +301,9 @@ cdef void _backward_block(int B, int H, const floating* dgh_next, const floating
         if B == 1:
             _vecmat(w, G, dgh_next, W_hh + c0, H, True, carry + c0)
         else:
-            gemm(False, False, B, w, G, <floating>1, dgh_next, G, W_hh + c0, H,
+            # through W_hh^T (H, G): rows c0:c1 are contiguous, which BLAS packs
+            # much faster than the strided columns c0:c1 of W_hh (measured)
+            gemm(False, True, B, w, G, <floating>1, dgh_next, G, W_hh_T + <Py_ssize_t>c0 * G, G,
                  <floating>1, carry + c0, H)
     if t < 0:
         return
@@ -325,37 +328,38 @@ cdef void _backward_block(int B, int H, const floating* dgh_next, const floating
 
 
 cdef void _grads_block(int blk, const floating* dgi, const floating* dgh,
-                       const floating* xp, const floating* h0p, const floating* outp,
+                       const floating* x_c, const floating* hp0, const floating* hp_c,
                        const floating* Wih, floating* dWih, floating* dWhh,
-                       floating* dbi, floating* dbh, floating* dxp,
-                       int T, int B, int I, int H, int n_w, int wb,
-                       Py_ssize_t rb) noexcept nogil:
-    """Block ``blk`` of the work after the time loop; blocks write disjoint elements.
-    [0, n_w): packed rows [r0, r1) of dW_ih, dW_hh and entries of db_ih, db_hh;
-    [n_w, ...): rows of dx. Block sizes: wb rows of G, rb rows of T*B."""
+                       floating* dbi, floating* dbh, floating* dx_c, Py_ssize_t rows,
+                       int B, int I, int H, int n_w, int wb, Py_ssize_t rb) noexcept nogil:
+    """Block ``blk`` of the weight and input gradients of one chunk of steps, whose
+    ``rows`` rows (steps x B) have gate gradients dgi, dgh (rows, G), inputs x_c
+    (rows, I) and previous states hp_c (rows, H), or, where hp0 is given, hp0 (B, H)
+    for the first B rows and hp_c (rows - B, H) for the others. Blocks write disjoint elements:
+    [0, n_w): packed rows [c0, c1) of dW_ih, dW_hh and entries of db_ih, db_hh
+    (accumulated over chunks); [n_w, ...): rows of dx_c. Block sizes: wb rows of G,
+    rb rows of the chunk."""
     cdef int G = 3 * H
-    cdef Py_ssize_t TB = <Py_ssize_t>T * B
     cdef Py_ssize_t q, r, r0, r1
     cdef int c, c0, c1
     cdef const floating* row
     if blk < n_w:
         c0 = blk * wb
         c1 = min(c0 + wb, G)
-        # dW_ih[c0:c1] = dgi[:, c0:c1]^T @ x
-        gemm(True, False, c1 - c0, I, <int>TB, <floating>1, dgi + c0, G, xp, I,
-             <floating>0, dWih + <Py_ssize_t>c0 * I, I)
-        # dW_hh[c0:c1] = dgh_0^T @ h0 + dgh[1:]^T @ out[:-1]
-        gemm(True, False, c1 - c0, H, B, <floating>1, dgh + c0, G, h0p, H,
-             <floating>0, dWhh + <Py_ssize_t>c0 * H, H)
-        if T > 1:
-            gemm(True, False, c1 - c0, H, <int>(TB - B), <floating>1,
-                 dgh + <Py_ssize_t>B * G + c0, G, outp, H,
+        # dW_ih[c0:c1] += dgi[:, c0:c1]^T @ x;  dW_hh[c0:c1] += dgh[:, c0:c1]^T @ h_prev
+        gemm(True, False, c1 - c0, I, <int>rows, <floating>1, dgi + c0, G, x_c, I,
+             <floating>1, dWih + <Py_ssize_t>c0 * I, I)
+        if hp0 == NULL:
+            gemm(True, False, c1 - c0, H, <int>rows, <floating>1, dgh + c0, G, hp_c, H,
                  <floating>1, dWhh + <Py_ssize_t>c0 * H, H)
-        # db[c0:c1] = column sums, rows in order
-        for c in range(c0, c1):
-            dbi[c] = 0
-            dbh[c] = 0
-        for r in range(TB):
+        else:
+            gemm(True, False, c1 - c0, H, B, <floating>1, dgh + c0, G, hp0, H,
+                 <floating>1, dWhh + <Py_ssize_t>c0 * H, H)
+            gemm(True, False, c1 - c0, H, <int>(rows - B), <floating>1,
+                 dgh + <Py_ssize_t>B * G + c0, G, hp_c, H,
+                 <floating>1, dWhh + <Py_ssize_t>c0 * H, H)
+        # db[c0:c1] += column sums, rows in order
+        for r in range(rows):
             row = dgi + r * G
             for c in range(c0, c1):
                 dbi[c] += row[c]
@@ -365,10 +369,10 @@ cdef void _grads_block(int blk, const floating* dgi, const floating* dgh,
     else:
         q = blk - n_w
         r0 = q * rb
-        r1 = min(r0 + rb, TB)
+        r1 = min(r0 + rb, rows)
         # dx[r0:r1] = dgi[r0:r1] @ W_ih
         gemm(False, False, <int>(r1 - r0), I, G, <floating>1, dgi + r0 * G, G, Wih, I,
-             <floating>0, dxp + r0 * I, I)
+             <floating>0, dx_c + r0 * I, I)
 
 
 def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
@@ -377,84 +381,116 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
              const floating[:, :, ::1] out,      # (T, B, H)
              const floating[:, ::1] W_ih,        # (G, I) packed
              const floating[:, ::1] W_hh,        # (G, H) packed
+             const floating[:, ::1] W_hh_T,      # (H, G) W_hh^T (used when B > 1)
              const floating[:, :, ::1] gates,    # (T, B, G) r, z, n (packed)
              const floating[:, :, ::1] hn,       # (T, B, H)
              const int64_t[::1] lengths,         # (B,) or None
-             floating[:, :, ::1] dgi,            # (T, B, G) scratch: d(x W_ih^T + b_ih)
-             floating[:, :, ::1] dgh,            # (T, B, G) scratch: d(h W_hh^T + b_hh)
+             floating[:, :, ::1] dgi,            # (Tc, B, G) scratch: d(x W_ih^T + b_ih)
+             floating[:, :, ::1] dgh,            # (Tc, B, G) scratch: d(h W_hh^T + b_hh)
              floating[:, :, ::1] dx,             # (T, B, I) OUT
              floating[:, ::1] dh0,               # (B, H) IN: d_h_n (or 0), OUT: dh0
-             floating[:, ::1] dW_ih,             # (G, I) OUT packed
-             floating[:, ::1] dW_hh,             # (G, H) OUT packed
-             floating[::1] db_ih,                # (G,) OUT packed
-             floating[::1] db_hh,                # (G,) OUT packed
+             floating[:, ::1] dW_ih,             # (G, I) IN: 0, OUT packed
+             floating[:, ::1] dW_hh,             # (G, H) IN: 0, OUT packed
+             floating[::1] db_ih,                # (G,) IN: 0, OUT packed
+             floating[::1] db_hh,                # (G,) IN: 0, OUT packed
              int width, int n_threads):
-    """GRU backward through time. T, B, H >= 1 (the wrapper handles empties)."""
+    """GRU backward through time. T, B, H >= 1 (the wrapper handles empties).
+
+    Time runs backwards in chunks of Tc = dgi.shape[0] steps (Tc >= 2 or Tc >= T),
+    aligned on multiples of Tc: the gate gradients of a chunk's steps, then its share
+    of dW_ih, dW_hh, db and dx as GEMMs over its Tc*B rows. The gate gradients of
+    step t sit in slot t mod Tc, so step t0 - 1 (next chunk) still finds those of
+    step t0. The chunks depend only on the problem size, so does the summation
+    order of the weight gradients."""
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef int G = 3 * H
     cdef Py_ssize_t step = <Py_ssize_t>B * H
     cdef Py_ssize_t gstep = <Py_ssize_t>B * G
+    cdef Py_ssize_t Tc = dgi.shape[0]
     cdef const int64_t* lens = NULL if lengths is None else &lengths[0]
     cdef const floating* dop = NULL if d_out is None else &d_out[0, 0, 0]
     cdef const floating* outp = &out[0, 0, 0]
+    cdef const floating* xp = &x[0, 0, 0]
     cdef const floating* h0p = &h0[0, 0]
+    cdef const floating* Wih = &W_ih[0, 0]
     cdef const floating* Whh = &W_hh[0, 0]
+    cdef const floating* WhhT = &W_hh_T[0, 0]
     cdef const floating* gp = &gates[0, 0, 0]
     cdef const floating* hnp = &hn[0, 0, 0]
     cdef floating* dgip = &dgi[0, 0, 0]
     cdef floating* dghp = &dgh[0, 0, 0]
+    cdef floating* dxp = &dx[0, 0, 0]
     cdef floating* carry = &dh0[0, 0]
     cdef const floating* dgh_next
     cdef const floating* do_t
     cdef const floating* h_prev
+    cdef const floating* hp_c
+    cdef const floating* hp0
     cdef int n_cols = _n_blocks(H, width)
     cdef int wb = <int>_block(G)
     cdef int n_w = _n_blocks(G, wb)
-    cdef Py_ssize_t rb = _block(<Py_ssize_t>T * B)
-    cdef int n_x = _n_blocks(<Py_ssize_t>T * B, rb)
+    cdef Py_ssize_t rb = _block(Tc * B)
+    cdef Py_ssize_t rows
+    cdef int n_x
     cdef int blk
-    cdef Py_ssize_t t, tt
+    cdef Py_ssize_t t, t0, t1
     cdef int nt = n_threads
+    cdef bint par_steps = nt > 1 and n_cols > 1
+    cdef bint par_grads = nt > 1 and <Py_ssize_t>T * B * G * (I + H) >= PAR_MIN_GEMM
 
     t = 0
-    tt = 0
     dgh_next = NULL
     do_t = NULL
     h_prev = NULL
+    hp_c = NULL
+    hp0 = NULL
     with nogil:
-        # 1. Through time: t = T-1 .. 0, then t = -1 finishes dh0 = carry.
-        if nt > 1 and n_cols > 1:
-            with parallel(num_threads=nt):
-                for t in range(T - 1, -2, -1):
-                    dgh_next = NULL if t == T - 1 else dghp + (t + 1) * gstep
-                    do_t = NULL if (dop == NULL or t < 0) else dop + t * step
-                    tt = 0 if t < 0 else t
-                    h_prev = h0p if t <= 0 else outp + (t - 1) * step
-                    for blk in prange(n_cols, schedule='static'):
-                        _backward_block(B, H, dgh_next, Whh, carry, dgip + tt * gstep,
-                                        dghp + tt * gstep, do_t, gp + tt * gstep,
-                                        hnp + tt * step, h_prev, lens, t,
-                                        blk * width, min((blk + 1) * width, H))
-        else:
-            for t in range(T - 1, -2, -1):
-                dgh_next = NULL if t == T - 1 else dghp + (t + 1) * gstep
-                do_t = NULL if (dop == NULL or t < 0) else dop + t * step
-                tt = 0 if t < 0 else t
-                h_prev = h0p if t <= 0 else outp + (t - 1) * step
-                for blk in range(n_cols):
-                    _backward_block(B, H, dgh_next, Whh, carry, dgip + tt * gstep,
-                                    dghp + tt * gstep, do_t, gp + tt * gstep,
-                                    hnp + tt * step, h_prev, lens, t,
-                                    blk * width, min((blk + 1) * width, H))
+        t1 = T
+        while t1 > 0:
+            t0 = (t1 - 1) // Tc * Tc
+            # 1. Through the chunk's steps: t = t1-1 .. t0.
+            if par_steps:
+                with parallel(num_threads=nt):
+                    for t in range(t1 - 1, t0 - 1, -1):
+                        dgh_next = NULL if t == T - 1 else dghp + ((t + 1) % Tc) * gstep
+                        do_t = NULL if dop == NULL else dop + t * step
+                        h_prev = h0p if t == 0 else outp + (t - 1) * step
+                        for blk in prange(n_cols, schedule='static'):
+                            _backward_block(B, H, dgh_next, Whh, WhhT, carry,
+                                            dgip + (t - t0) * gstep, dghp + (t - t0) * gstep,
+                                            do_t, gp + t * gstep, hnp + t * step, h_prev,
+                                            lens, t, blk * width, min((blk + 1) * width, H))
+            else:
+                for t in range(t1 - 1, t0 - 1, -1):
+                    dgh_next = NULL if t == T - 1 else dghp + ((t + 1) % Tc) * gstep
+                    do_t = NULL if dop == NULL else dop + t * step
+                    h_prev = h0p if t == 0 else outp + (t - 1) * step
+                    for blk in range(n_cols):
+                        _backward_block(B, H, dgh_next, Whh, WhhT, carry,
+                                        dgip + (t - t0) * gstep, dghp + (t - t0) * gstep,
+                                        do_t, gp + t * gstep, hnp + t * step, h_prev,
+                                        lens, t, blk * width, min((blk + 1) * width, H))
 
-        # 2. Weight, bias and input gradients: large GEMMs over all T*B rows.
-        if nt > 1 and <Py_ssize_t>T * B * G * (I + H) >= PAR_MIN_GEMM:
-            for blk in prange(n_w + n_x, num_threads=nt, schedule='dynamic'):
-                _grads_block(blk, dgip, dghp, &x[0, 0, 0], h0p, outp, &W_ih[0, 0],
-                             &dW_ih[0, 0], &dW_hh[0, 0], &db_ih[0], &db_hh[0],
-                             &dx[0, 0, 0], T, B, I, H, n_w, wb, rb)
-        else:
-            for blk in range(n_w + n_x):
-                _grads_block(blk, dgip, dghp, &x[0, 0, 0], h0p, outp, &W_ih[0, 0],
-                             &dW_ih[0, 0], &dW_hh[0, 0], &db_ih[0], &db_hh[0],
-                             &dx[0, 0, 0], T, B, I, H, n_w, wb, rb)
+            # 2. The chunk's weight, bias and input gradients: GEMMs over its rows.
+            rows = (t1 - t0) * B
+            n_x = _n_blocks(rows, rb)
+            # Previous states of the chunk's rows: out[t0-1 : t1-1], or for the chunk
+            # at t0 = 0, h0 for step 0's rows and out[0 : t1-1] for the rest.
+            hp0 = h0p if t0 == 0 else NULL
+            hp_c = outp if t0 == 0 else outp + (t0 - 1) * step
+            if par_grads:
+                for blk in prange(n_w + n_x, num_threads=nt, schedule='dynamic'):
+                    _grads_block(blk, dgip, dghp, xp + t0 * B * I, hp0, hp_c, Wih,
+                                 &dW_ih[0, 0], &dW_hh[0, 0], &db_ih[0], &db_hh[0],
+                                 dxp + t0 * B * I, rows, B, I, H, n_w, wb, rb)
+            else:
+                for blk in range(n_w + n_x):
+                    _grads_block(blk, dgip, dghp, xp + t0 * B * I, hp0, hp_c, Wih,
+                                 &dW_ih[0, 0], &dW_hh[0, 0], &db_ih[0], &db_hh[0],
+                                 dxp + t0 * B * I, rows, B, I, H, n_w, wb, rb)
+            t1 = t0
+
+        # 3. dh0 = carry + dgh_0 @ W_hh (slot 0 holds step 0).
+        for blk in range(n_cols):
+            _backward_block(B, H, dghp, Whh, WhhT, carry, NULL, NULL, NULL, NULL, NULL, NULL,
+                            lens, -1, blk * width, min((blk + 1) * width, H))

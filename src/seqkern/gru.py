@@ -84,6 +84,7 @@ class GRUArgs:
 
 
 _CHUNK_ROWS = 512
+_BWD_CHUNK_ROWS = 2048
 _FUSED = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
@@ -232,11 +233,18 @@ def _backward(c, d_out, d_h_n):
     db_hh = np.zeros(3 * H, dt)
     if T and B and H:
         order = _gate_order(H, c.width)
-        dgi = np.empty((T, B, 3 * H), dt)
-        dgh = np.empty((T, B, 3 * H), dt)
+        # the backward runs in chunks of about _BWD_CHUNK_ROWS rows (see _gru.backward)
+        Tc = min(T, max(2, _BWD_CHUNK_ROWS // B))
+        dgi = np.empty((Tc, B, 3 * H), dt)
+        dgh = np.empty((Tc, B, 3 * H), dt)
+        if B > 1:
+            W_hh_T = np.empty((H, 3 * H), dt)
+            _gru.transpose(c.W_hh, W_hh_T)
+        else:
+            W_hh_T = np.empty((1, 1), dt)
         with blas_single_thread():
             # d_out may be None: pick the fused specialisation by dtype, not by argument
-            _gru.backward[_FUSED[dt]](d_out, a.x, a.h0, c.out, c.W_ih, c.W_hh, c.gates, c.hn, a.lengths,
+            _gru.backward[_FUSED[dt]](d_out, a.x, a.h0, c.out, c.W_ih, c.W_hh, W_hh_T, c.gates, c.hn, a.lengths,
                                       dgi, dgh, dx, dh0, dW_ih, dW_hh, db_ih, db_hh,
                                       c.width, effective_num_threads())
         dW_ih, dW_hh = _unpack(dW_ih, order), _unpack(dW_hh, order)
