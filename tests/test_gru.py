@@ -117,7 +117,7 @@ def test_lengths(shape, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_backward_in_chunks(dtype):
-    """The backward runs in chunks of ~2048 rows of T*B: with B = 700 that is 2
+    """The backward runs in chunks of ~1024 rows of T*B, at least 2 steps: with B = 700, 2
     steps, so T = 5 gives three chunks, the first one (in time order) partial."""
     T, B, I, H = 5, 700, 2, 3
     args = make(T, B, I, H, dtype)

@@ -15,7 +15,13 @@
 #   dh = dgh W_hh + g z,   dW_ih = sum dgi^T x,   dW_hh = sum dgh^T h,   dx = dgi W_ih
 #
 # The element-wise passes live in _gru_cell.h (C, for `restrict`, so that GCC
-# vectorises them); this file does the blocking, the GEMMs and the threads.
+# vectorises them), with the batch-1 vector-matrix product that replaces BLAS's
+# GEMV; this file does the blocking, the GEMMs and the threads.
+#
+# Chunks of time: the backward walks back through chunks of about a thousand rows
+# (steps x B); after a chunk's steps it adds the chunk's share of dW_ih, dW_hh and
+# db and computes its dx, so its scratch is O(chunk) not O(T B G). The forward
+# without a cache does the same with the input projection.
 #
 # Packed gate layout. The hidden units are cut in blocks [c0, c1) of width w
 # (the last may be narrower) and the G = 3H gate rows of W_ih, W_hh, the biases
@@ -68,6 +74,7 @@ cdef inline void _vecmat(int n, int K, const floating* x, const floating* A, int
         sk_gru_vecmat_f(n, K, x, A, lda, beta, y)
     else:
         sk_gru_vecmat_d(n, K, x, A, lda, beta, y)
+
 
 # Every split is into at most PARTS blocks, aligned to ALIGN, whatever the thread
 # count: few large BLAS calls, because each GEMM call re-packs its operands (one

@@ -84,7 +84,7 @@ class GRUArgs:
 
 
 _CHUNK_ROWS = 512
-_BWD_CHUNK_ROWS = 2048
+_BWD_CHUNK_ROWS = 1024
 _FUSED = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
