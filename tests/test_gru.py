@@ -340,6 +340,17 @@ def test_empty(shape, module):
         assert not np.any(g.dW_ih) and not np.any(g.db_hh)
 
 
+def test_h0_none_is_zeros():
+    x, h0, W_ih, W_hh, b_ih, b_hh = make(4, 3, 2, 5)
+    zeros = np.zeros_like(h0)
+    for m in (seqkern, ref):
+        out, h_n, _ = m.gru_forward(x, None, W_ih, W_hh, b_ih, b_hh)
+        out0, h_n0, _ = m.gru_forward(x, zeros, W_ih, W_hh, b_ih, b_hh)
+        np.testing.assert_array_equal(out, out0)
+        np.testing.assert_array_equal(h_n, h_n0)
+    assert np.any(out != gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh)[0])
+
+
 def test_none_gradients():
     T, B, I, H = 4, 3, 2, 5
     args = make(T, B, I, H)
