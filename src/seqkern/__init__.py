@@ -9,10 +9,10 @@ __version__ = "0.1.0"
 
 from seqkern._config import show_config
 from seqkern._threads import get_num_threads, set_num_threads, threads
-from seqkern._types import RNNGrads
-from seqkern.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
-from seqkern._types import LSTMGrads
+from seqkern._types import GRUGrads, LSTMGrads, RNNGrads
+from seqkern.gru import gru_backward, gru_forward, gru_step_backward, gru_step_forward
 from seqkern.lstm import lstm_backward, lstm_forward, lstm_step_backward, lstm_step_forward
+from seqkern.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
 
 from seqkern import reference  # noqa: E402  (plain-NumPy twins of every kernel)
 
@@ -33,4 +33,9 @@ __all__ = [
     "lstm_backward",
     "lstm_step_forward",
     "lstm_step_backward",
+    "GRUGrads",
+    "gru_forward",
+    "gru_backward",
+    "gru_step_forward",
+    "gru_step_backward",
 ]

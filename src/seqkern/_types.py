@@ -28,3 +28,15 @@ class LSTMGrads(NamedTuple):
     dW_hh: np.ndarray
     db_ih: Optional[np.ndarray]
     db_hh: Optional[np.ndarray]
+
+
+class GRUGrads(NamedTuple):
+    """Gradients of a GRU: dx like x, dh0 (B, H), dW_ih (3H, I), dW_hh (3H, H),
+    db_ih and db_hh (3H,) or None where the bias was None."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dW_ih: np.ndarray
+    dW_hh: np.ndarray
+    db_ih: Optional[np.ndarray]
+    db_hh: Optional[np.ndarray]

@@ -5,10 +5,10 @@ comments, one line of backward per line of forward. They are the oracle the
 tests check the kernels against and the baseline the benchmarks compare with.
 """
 
-from seqkern._types import RNNGrads
-from seqkern.reference.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
-from seqkern._types import LSTMGrads
+from seqkern._types import GRUGrads, LSTMGrads, RNNGrads
+from seqkern.reference.gru import gru_backward, gru_forward, gru_step_backward, gru_step_forward
 from seqkern.reference.lstm import lstm_backward, lstm_forward, lstm_step_backward, lstm_step_forward
+from seqkern.reference.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
 
 __all__ = [
     "RNNGrads",
@@ -21,4 +21,9 @@ __all__ = [
     "lstm_backward",
     "lstm_step_forward",
     "lstm_step_backward",
+    "GRUGrads",
+    "gru_forward",
+    "gru_backward",
+    "gru_step_forward",
+    "gru_step_backward",
 ]

@@ -1,0 +1,304 @@
+"""GRU: forward and backward through time, one step or a whole sequence.
+
+PyTorch's layout and conventions (``torch.nn.GRU`` with one layer), gate order r, z, n:
+
+    r  = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr)
+    z  = sigmoid(x W_iz^T + b_iz + h W_hz^T + b_hz)
+    n  = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
+    h' = (1 - z) * n + z * h
+
+with W_ih (3H, I), W_hh (3H, H), b_ih (3H,), b_hh (3H,) (rows stacked r, z, n);
+either bias may be None. Arrays are time-major, x (T, B, I), unless
+``batch_first=True``, x (B, T, I). All floating arrays of one call share one
+dtype, float32 or float64.
+
+The kernels are in ``_gru.pyx``; the same functions in plain NumPy are in
+``seqkern.reference.gru``. Results do not depend on the number of threads: the
+work is split in blocks fixed by the problem size, so 1 and N threads give
+bitwise-identical results.
+"""
+
+from functools import lru_cache
+
+import numpy as np
+
+from seqkern import _gru
+from seqkern._threads import blas_single_thread, effective_num_threads
+from seqkern._types import GRUGrads
+from seqkern._validation import (
+    check_bool,
+    check_cache,
+    check_shape,
+    float_array,
+    lengths_array,
+    optional_float_array,
+)
+
+__all__ = [
+    "GRUCache",
+    "GRUStepCache",
+    "GRUGrads",
+    "gru_forward",
+    "gru_backward",
+    "gru_step_forward",
+    "gru_step_backward",
+]
+
+
+class GRUArgs:
+    """Checked, time-major, C-contiguous arguments of a GRU call (shared by the
+    kernel wrappers and the references so that both reject the same inputs)."""
+
+    __slots__ = ("x", "h0", "W_ih", "W_hh", "b_ih", "b_hh", "lengths", "batch_first",
+                 "T", "B", "I", "H", "dtype")
+
+    def __init__(self, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim=3):
+        self.batch_first = check_bool("batch_first", batch_first)
+        x = float_array("x", x, x_ndim)
+        if x_ndim == 2:           # one step: x (B, I)
+            x = x[None]
+        elif self.batch_first:    # (B, T, I) -> (T, B, I)
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        self.x = x
+        self.dtype = dt = x.dtype
+        self.T, self.B, self.I = T, B, I = x.shape
+        self.W_ih = float_array("W_ih", W_ih, 2, dt)
+        self.W_hh = float_array("W_hh", W_hh, 2, dt)
+        H = self.H = self.W_hh.shape[1]    # W_hh (3H, H) fixes H
+        G = 3 * H
+        check_shape("W_hh", self.W_hh, (G, H), f"(3H, H) with H = {H}")
+        check_shape("W_ih", self.W_ih, (G, I), f"(3H, I) with H = {H}, I = {I}")
+        self.b_ih = optional_float_array("b_ih", b_ih, 1, dt)
+        if self.b_ih is not None:
+            check_shape("b_ih", self.b_ih, (G,), "(3H,)")
+        self.b_hh = optional_float_array("b_hh", b_hh, 1, dt)
+        if self.b_hh is not None:
+            check_shape("b_hh", self.b_hh, (G,), "(3H,)")
+        name = "h_prev" if x_ndim == 2 else "h0"
+        if h0 is None:
+            self.h0 = np.zeros((B, H), dt)
+        else:
+            self.h0 = float_array(name, h0, 2, dt)
+            check_shape(name, self.h0, (B, H), "(B, H)")
+        self.lengths = lengths_array(lengths, B, T)
+
+
+_CHUNK_ROWS = 512
+_BWD_CHUNK_ROWS = 1024
+_FUSED = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+@lru_cache(maxsize=64)
+def _gate_order(H, width):
+    """Row permutation of the packed gate layout (see _gru.pyx): packed row k is
+    row order[k] of PyTorch's (r; z; n) stacking. None when it is the identity."""
+    if width >= H:
+        return None
+    parts = []
+    for c0 in range(0, H, width):
+        c1 = min(c0 + width, H)
+        for gate in range(3):
+            parts.append(np.arange(gate * H + c0, gate * H + c1))
+    order = np.concatenate(parts)
+    order.setflags(write=False)
+    return order
+
+
+def _pack(a, order):
+    return a if order is None else a[order]
+
+
+def _unpack(a, order):
+    if order is None:
+        return a
+    out = np.empty_like(a)
+    out[order] = a
+    return out
+
+
+class GRUCache:
+    """What :func:`gru_backward` needs from :func:`gru_forward`.
+
+    Per token (one time step of one sequence) it keeps the gates r, z, n and
+    h W_hn^T + b_hn: 4H numbers, i.e. 16H bytes in float32 and 32H in float64.
+    Beyond that it holds references, not copies, to x, h0 and ``out`` (which
+    doubles as the saved hidden states), and the packed weights (O(H(I+H)), once
+    per call). Do not modify those arrays in place between forward and backward.
+    """
+
+    __slots__ = ("args", "out", "W_ih", "W_hh", "gates", "hn", "width")
+
+    def __init__(self, args, out, W_ih, W_hh, gates, hn, width):
+        self.args = args
+        self.out = out        # (T, B, H), time-major
+        self.W_ih = W_ih      # (3H, I) packed
+        self.W_hh = W_hh      # (3H, H) packed
+        self.gates = gates    # (T, B, 3H) packed r, z, n
+        self.hn = hn          # (T, B, H)
+        self.width = width    # unit-block width of the packing
+
+
+class GRUStepCache:
+    """What :func:`gru_step_backward` needs from :func:`gru_step_forward`."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self, seq):
+        self.seq = seq
+
+
+def _forward(a, return_cache):
+    T, B, I, H = a.T, a.B, a.I, a.H
+    dt = a.dtype
+    out = np.zeros((T, B, H), dt)
+    h_n = a.h0.copy()
+    if not (T and B and H):
+        cache = GRUCache(a, out, None, None, np.zeros((T, B, 3 * H), dt),
+                         np.zeros((T, B, H), dt), H) if return_cache else None
+        return out, h_n, cache
+    width = _gru.unit_block(B, H)
+    order = _gate_order(H, width)
+    bias = np.zeros(3 * H, dt) if a.b_ih is None else a.b_ih.copy()
+    b_hn = np.zeros(H, dt)
+    if a.b_hh is not None:
+        bias[:2 * H] += a.b_hh[:2 * H]     # b_hr, b_hz fold into the input projection
+        b_hn[:] = a.b_hh[2 * H:]           # b_hn sits inside r * (...): kept apart
+    W_ih = _pack(a.W_ih, order)
+    W_hh = _pack(a.W_hh, order)
+    # batch 1 runs its steps as vector @ W_hh^T (see _gru_cell.h)
+    if B == 1:
+        W_hh_T = np.empty((H, 3 * H), dt)
+        _gru.transpose(W_hh, W_hh_T)
+    else:
+        W_hh_T = np.empty((1, 1), dt)
+    # Without a cache the steps run in chunks of about _CHUNK_ROWS rows (T*B), so
+    # the gate buffer stays small (see _gru.forward).
+    Tc = T if return_cache else min(T, max(1, _CHUNK_ROWS // B))
+    gates = np.empty((Tc, B, 3 * H), dt)
+    hn = np.empty((T if return_cache else 1, B, H), dt)
+    gh = np.empty((B, 3 * H), dt)
+    with blas_single_thread():
+        _gru.forward(a.x, a.h0, W_ih, W_hh, W_hh_T, _pack(bias, order), b_hn, a.lengths,
+                     gates, hn, gh, out, h_n, width, effective_num_threads())
+    cache = GRUCache(a, out, W_ih, W_hh, gates, hn, width) if return_cache else None
+    return out, h_n, cache
+
+
+def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None,
+                batch_first=False, return_cache=True):
+    """Run a GRU over a whole sequence.
+
+    Parameters
+    ----------
+    x : (T, B, I) array, or (B, T, I) with ``batch_first``
+    h0 : (B, H) array, or None for zeros
+    W_ih : (3H, I);  W_hh : (3H, H);  b_ih, b_hh : (3H,) or None
+    lengths : (B,) integers in [0, T], or None for all T. Sequence b stops after
+        lengths[b] steps: its later outputs are 0 and h_n[b] is its state after
+        lengths[b] steps (PyTorch's packed sequences give the same results).
+    return_cache : False keeps nothing for the backward (inference); cache is None.
+
+    Returns
+    -------
+    out : (T, B, H) (or (B, T, H) with ``batch_first``), every h_t
+    h_n : (B, H), the final states
+    cache : GRUCache for :func:`gru_backward` (16H bytes per token in float32,
+        32H in float64), or None
+    """
+    return_cache = check_bool("return_cache", return_cache)
+    a = GRUArgs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, batch_first)
+    out, h_n, cache = _forward(a, return_cache)
+    if a.batch_first:
+        out = out.transpose(1, 0, 2)
+    return out, h_n, cache
+
+
+def _grad_array(name, g, expected, legend, dtype):
+    if g is None:
+        return None
+    g = float_array(name, g, len(expected), dtype)
+    check_shape(name, g, expected, legend)
+    return g
+
+
+def _backward(c, d_out, d_h_n):
+    a = c.args
+    T, B, I, H = a.T, a.B, a.I, a.H
+    dt = a.dtype
+    dx = np.zeros((T, B, I), dt)
+    dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
+    dW_ih = np.zeros((3 * H, I), dt)
+    dW_hh = np.zeros((3 * H, H), dt)
+    db_ih = np.zeros(3 * H, dt)
+    db_hh = np.zeros(3 * H, dt)
+    if T and B and H:
+        order = _gate_order(H, c.width)
+        # the backward runs in chunks of about _BWD_CHUNK_ROWS rows (see _gru.backward)
+        Tc = min(T, max(2, _BWD_CHUNK_ROWS // B))
+        dgi = np.empty((Tc, B, 3 * H), dt)
+        dgh = np.empty((Tc, B, 3 * H), dt)
+        if B > 1:
+            W_hh_T = np.empty((H, 3 * H), dt)
+            _gru.transpose(c.W_hh, W_hh_T)
+        else:
+            W_hh_T = np.empty((1, 1), dt)
+        with blas_single_thread():
+            # d_out may be None: pick the fused specialisation by dtype, not by argument
+            _gru.backward[_FUSED[dt]](d_out, a.x, a.h0, c.out, c.W_ih, c.W_hh, W_hh_T, c.gates, c.hn, a.lengths,
+                                      dgi, dgh, dx, dh0, dW_ih, dW_hh, db_ih, db_hh,
+                                      c.width, effective_num_threads())
+        dW_ih, dW_hh = _unpack(dW_ih, order), _unpack(dW_hh, order)
+        db_ih, db_hh = _unpack(db_ih, order), _unpack(db_hh, order)
+    return GRUGrads(
+        dx, dh0, dW_ih, dW_hh,
+        None if a.b_ih is None else db_ih,
+        None if a.b_hh is None else db_hh,
+    )
+
+
+def gru_backward(d_out, d_h_n, cache):
+    """Backpropagate through time.
+
+    Parameters
+    ----------
+    d_out : gradient of the loss with respect to ``out``, shaped like it, or None
+    d_h_n : (B, H) gradient with respect to ``h_n``, or None
+    cache : the GRUCache from :func:`gru_forward`
+
+    Returns
+    -------
+    GRUGrads(dx, dh0, dW_ih, dW_hh, db_ih, db_hh), dx shaped like x;
+    db_ih / db_hh are None where that bias was None.
+    """
+    cache = check_cache(cache, GRUCache, "gru_forward (with return_cache=True)")
+    a = cache.args
+    T, B, H = a.T, a.B, a.H
+    if d_out is not None:
+        if a.batch_first:
+            d_out = _grad_array("d_out", d_out, (B, T, H), "(B, T, H)", a.dtype)
+            d_out = np.ascontiguousarray(d_out.transpose(1, 0, 2))
+        else:
+            d_out = _grad_array("d_out", d_out, (T, B, H), "(T, B, H)", a.dtype)
+    d_h_n = _grad_array("d_h_n", d_h_n, (B, H), "(B, H)", a.dtype)
+    g = _backward(cache, d_out, d_h_n)
+    if a.batch_first:
+        g = g._replace(dx=g.dx.transpose(1, 0, 2))
+    return g
+
+
+def gru_step_forward(x, h_prev, W_ih, W_hh, b_ih=None, b_hh=None):
+    """One GRU step: x (B, I), h_prev (B, H) or None for zeros -> (h_next (B, H), cache)."""
+    a = GRUArgs(x, h_prev, W_ih, W_hh, b_ih, b_hh, None, False, x_ndim=2)
+    out, _, seq = _forward(a, True)
+    return out[0], GRUStepCache(seq)
+
+
+def gru_step_backward(dh_next, cache):
+    """Backward of one step: dh_next (B, H) -> GRUGrads (dx (B, I), dh0 = gradient of h_prev)."""
+    cache = check_cache(cache, GRUStepCache, "gru_step_forward")
+    a = cache.seq.args
+    dh_next = _grad_array("dh_next", dh_next, (a.B, a.H), "(B, H)", a.dtype)
+    if dh_next is None:
+        raise TypeError("dh_next must be a float32 or float64 array, got None")
+    g = _backward(cache.seq, dh_next[None], None)
+    return g._replace(dx=g.dx[0])
