@@ -11,6 +11,8 @@ from seqkern._config import show_config
 from seqkern._threads import get_num_threads, set_num_threads, threads
 from seqkern._types import RNNGrads
 from seqkern.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
+from seqkern._types import AttentionGrads
+from seqkern.attention import attention_backward, attention_forward
 
 __all__ = [
     "__version__",
@@ -23,4 +25,7 @@ __all__ = [
     "rnn_backward",
     "rnn_step_forward",
     "rnn_step_backward",
+    "AttentionGrads",
+    "attention_forward",
+    "attention_backward",
 ]

@@ -7,6 +7,8 @@ tests check the kernels against and the baseline the benchmarks compare with.
 
 from seqkern._types import RNNGrads
 from seqkern.reference.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
+from seqkern._types import AttentionGrads
+from seqkern.reference.attention import attention_backward, attention_forward
 
 __all__ = [
     "RNNGrads",
@@ -14,4 +16,7 @@ __all__ = [
     "rnn_backward",
     "rnn_step_forward",
     "rnn_step_backward",
+    "AttentionGrads",
+    "attention_forward",
+    "attention_backward",
 ]

@@ -1,0 +1,487 @@
+# Batched multi-head attention kernels, flash style: forward and backward.
+#
+# Axis legend: B = batch, Hq = query heads, Hkv = key/value heads (Hq = G * Hkv,
+# grouped-query attention), Tq = queries, Tk = keys, D = query/key width,
+# Dv = value width. Every array is C-contiguous; the Python wrapper
+# (attention.py) checks and prepares arguments, allocates outputs, and holds
+# BLAS at one thread.
+#
+#   q (B, Hq, Tq, D)   k (B, Hkv, Tk, D)   v (B, Hkv, Tk, Dv)   out (B, Hq, Tq, Dv)
+#   query head h reads key/value head h // G.
+#
+# Forward, for one query row i (s = scale):
+#   S_ij = s q_i . k_j  (+ float mask; -inf where masked)
+#   lse_i = log sum_j exp(S_ij),   P_ij = exp(S_ij - lse_i),   out_i = sum_j P_ij v_j
+# computed over tiles of BQ queries x BK keys with an online softmax: a running
+# row max m and sum l, the partial output rescaled by exp(m_old - m_new) when the
+# max grows. The (Tq, Tk) matrix is never stored: only one BQ x BK tile per thread.
+# Keys past key_lengths[b], and for causal attention past i + (Tk - Tq), are not
+# visited at all; only the tile on the causal diagonal is masked element-wise.
+# A row with no key to attend to gets out = 0 and lse = +inf (so that its P is 0
+# in the backward).
+#
+# Backward (FlashAttention-2's equations), with Di = sum_c dout_ic out_ic:
+#   dv_j += sum_i P_ij dout_i      dP_ij = dout_i . v_j      dS_ij = P_ij (dP_ij - Di)
+#   dq_i += s sum_j dS_ij k_j      dk_j += s sum_i dS_ij q_i
+# One pass, recomputing S and P tile by tile from lse. Its tasks are the
+# (b, key/value head) pairs: a task owns dk, dv of its kv head and dq of the G
+# query heads that read it, so no two tasks write the same element.
+#
+# Threads: tasks are fixed by the problem size (and the tile sizes, which the
+# wrapper picks from the problem size alone); threads only choose which task
+# they run, and each task's arithmetic is sequential. So the results are
+# bitwise identical for every thread count.
+
+from cython cimport floating
+from cython.parallel cimport prange, parallel
+from libc.math cimport INFINITY, log
+from libc.stdint cimport int64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+
+import numpy as np
+
+from seqkern._blas cimport gemm
+
+cdef extern from "_mathfun.h" nogil:
+    float sk_expf(float x)
+    double sk_exp_flush(double x)
+
+
+# Row helpers written so that GCC vectorises them (an array of LANES partial
+# results, combined in a fixed order: no -ffast-math needed, and deterministic).
+cdef extern from *:
+    """
+    #define SK_LANES 16
+    #define SK_ROW_HELPERS(T, EXP, SUF)                                              \\
+    /* max over row[0:n]; NaN entries are skipped (they propagate through exp) */ \\
+    static inline T sk_row_max_##SUF(const T *row, int n)                         \\
+    {                                                                             \\
+        T acc[SK_LANES];                                                          \\
+        int j = 0, k;                                                             \\
+        for (k = 0; k < SK_LANES; k++) acc[k] = -INFINITY;                        \\
+        for (; j + SK_LANES <= n; j += SK_LANES)                                  \\
+            for (k = 0; k < SK_LANES; k++)                                        \\
+                acc[k] = row[j + k] > acc[k] ? row[j + k] : acc[k];               \\
+        for (; j < n; j++) acc[0] = row[j] > acc[0] ? row[j] : acc[0];            \\
+        T m = acc[0];                                                             \\
+        for (k = 1; k < SK_LANES; k++) m = acc[k] > m ? acc[k] : m;               \\
+        return m;                                                                 \\
+    }                                                                             \\
+    /* row[j] := exp(row[j] - m); returns the sum of the new row */               \\
+    static inline T sk_row_exp_sum_##SUF(T *row, int n, T m)                      \\
+    {                                                                             \\
+        T acc[SK_LANES];                                                          \\
+        int j = 0, k;                                                             \\
+        for (k = 0; k < SK_LANES; k++) acc[k] = 0;                                \\
+        for (; j + SK_LANES <= n; j += SK_LANES)                                  \\
+            for (k = 0; k < SK_LANES; k++) {                                      \\
+                T e = EXP(row[j + k] - m);                                        \\
+                row[j + k] = e;                                                   \\
+                acc[k] += e;                                                      \\
+            }                                                                     \\
+        for (; j < n; j++) { T e = EXP(row[j] - m); row[j] = e; acc[0] += e; }    \\
+        T s = 0;                                                                  \\
+        for (k = 0; k < SK_LANES; k++) s += acc[k];                               \\
+        return s;                                                                 \\
+    }                                                                             \\
+    /* row[j] := exp(row[j] - m) */                                               \\
+    static inline void sk_row_exp_##SUF(T *row, int n, T m)                       \\
+    {                                                                             \\
+        for (int j = 0; j < n; j++) row[j] = EXP(row[j] - m);                     \\
+    }                                                                             \\
+    /* ds[j] := p[j] * (ds[j] - d) */                                             \\
+    static inline void sk_row_dsoftmax_##SUF(const T *p, T *ds, int n, T d)       \\
+    {                                                                             \\
+        for (int j = 0; j < n; j++) ds[j] = p[j] * (ds[j] - d);                   \\
+    }                                                                             \\
+    static inline void sk_row_scale_##SUF(T *row, int n, T a)                     \\
+    {                                                                             \\
+        for (int j = 0; j < n; j++) row[j] *= a;                                  \\
+    }                                                                             \\
+    static inline T sk_row_dot_##SUF(const T *a, const T *b, int n)               \\
+    {                                                                             \\
+        T acc[SK_LANES];                                                          \\
+        int j = 0, k;                                                             \\
+        for (k = 0; k < SK_LANES; k++) acc[k] = 0;                                \\
+        for (; j + SK_LANES <= n; j += SK_LANES)                                  \\
+            for (k = 0; k < SK_LANES; k++) acc[k] += a[j + k] * b[j + k];         \\
+        for (; j < n; j++) acc[0] += a[j] * b[j];                                 \\
+        T s = 0;                                                                  \\
+        for (k = 0; k < SK_LANES; k++) s += acc[k];                               \\
+        return s;                                                                 \\
+    }
+    SK_ROW_HELPERS(float, sk_expf, f)
+    SK_ROW_HELPERS(double, sk_exp_flush, d)
+    """
+    float sk_row_max_f(const float* row, int n) noexcept nogil
+    double sk_row_max_d(const double* row, int n) noexcept nogil
+    float sk_row_exp_sum_f(float* row, int n, float m) noexcept nogil
+    double sk_row_exp_sum_d(double* row, int n, double m) noexcept nogil
+    void sk_row_exp_f(float* row, int n, float m) noexcept nogil
+    void sk_row_exp_d(double* row, int n, double m) noexcept nogil
+    void sk_row_dsoftmax_f(const float* p, float* ds, int n, float d) noexcept nogil
+    void sk_row_dsoftmax_d(const double* p, double* ds, int n, double d) noexcept nogil
+    void sk_row_scale_f(float* row, int n, float a) noexcept nogil
+    void sk_row_scale_d(double* row, int n, double a) noexcept nogil
+    float sk_row_dot_f(const float* a, const float* b, int n) noexcept nogil
+    double sk_row_dot_d(const double* a, const double* b, int n) noexcept nogil
+
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return sk_expf(x)
+    else:
+        return sk_exp_flush(x)
+
+
+cdef inline floating _row_max(const floating* row, int n) noexcept nogil:
+    if floating is float:
+        return sk_row_max_f(row, n)
+    else:
+        return sk_row_max_d(row, n)
+
+
+cdef inline floating _row_exp_sum(floating* row, int n, floating m) noexcept nogil:
+    if floating is float:
+        return sk_row_exp_sum_f(row, n, m)
+    else:
+        return sk_row_exp_sum_d(row, n, m)
+
+
+cdef inline void _row_exp(floating* row, int n, floating m) noexcept nogil:
+    if floating is float:
+        sk_row_exp_f(row, n, m)
+    else:
+        sk_row_exp_d(row, n, m)
+
+
+cdef inline void _row_dsoftmax(const floating* p, floating* ds, int n, floating d) noexcept nogil:
+    if floating is float:
+        sk_row_dsoftmax_f(p, ds, n, d)
+    else:
+        sk_row_dsoftmax_d(p, ds, n, d)
+
+
+cdef inline void _row_scale(floating* row, int n, floating a) noexcept nogil:
+    if floating is float:
+        sk_row_scale_f(row, n, a)
+    else:
+        sk_row_scale_d(row, n, a)
+
+
+cdef inline floating _row_dot(const floating* a, const floating* b, int n) noexcept nogil:
+    if floating is float:
+        return sk_row_dot_f(a, b, n)
+    else:
+        return sk_row_dot_d(a, b, n)
+
+
+# ---------------------------------------------------------------------------
+# The problem and its mask
+# ---------------------------------------------------------------------------
+
+cdef struct Problem:
+    int B, Hq, Hkv, Tq, Tk, D, Dv
+    int bq, bk                   # tile sizes (chosen from the problem size only)
+    bint causal
+    const int64_t* lengths       # (B,) or NULL
+    # mask: boolean (mask_b, 1 = may attend) or float (mask_f, added to S) or
+    # neither; element [b, h, i, j] is at b*ms[0] + h*ms[1] + i*ms[2] + j*ms[3]
+    # (strides in elements, 0 along broadcast axes)
+    const unsigned char* mask_b
+    const void* mask_f
+    Py_ssize_t ms[4]
+
+
+cdef inline int _key_end(const Problem* P, int b, int i1) noexcept nogil:
+    """Keys [0, end) can be visited by query rows [., i1) of batch b."""
+    cdef int64_t end = P.Tk
+    if P.lengths != NULL and P.lengths[b] < end:
+        end = P.lengths[b]
+    if P.causal and <int64_t>i1 + P.Tk - P.Tq < end:
+        end = <int64_t>i1 + P.Tk - P.Tq
+    return <int>(end if end > 0 else 0)
+
+
+cdef void _mask_tile(const Problem* P, floating* S, int lds, int b, int h,
+                     int i0, int nq, int j0, int nk) noexcept nogil:
+    """Apply the user mask and the causal limit to the score tile
+    S[0:nq, 0:nk] of rows i0.., keys j0.. (masked scores become -inf)."""
+    cdef int r, j, jc
+    cdef int off = P.Tk - P.Tq
+    cdef floating* row
+    cdef const unsigned char* mb
+    cdef const floating* mf
+    cdef Py_ssize_t sj = P.ms[3]
+    cdef Py_ssize_t base
+    if P.mask_b != NULL or P.mask_f != NULL:
+        base = <Py_ssize_t>b * P.ms[0] + <Py_ssize_t>h * P.ms[1] + <Py_ssize_t>j0 * sj
+        for r in range(nq):
+            row = S + <Py_ssize_t>r * lds
+            if P.mask_b != NULL:
+                mb = P.mask_b + base + <Py_ssize_t>(i0 + r) * P.ms[2]
+                if sj == 0:
+                    if not mb[0]:
+                        for j in range(nk):
+                            row[j] = -INFINITY
+                else:
+                    for j in range(nk):
+                        row[j] = row[j] if mb[j] else -INFINITY
+            else:
+                mf = (<const floating*>P.mask_f) + base + <Py_ssize_t>(i0 + r) * P.ms[2]
+                if sj == 0:
+                    for j in range(nk):
+                        row[j] += mf[0]
+                else:
+                    for j in range(nk):
+                        row[j] += mf[j]
+    if P.causal and j0 + nk - 1 > i0 + off:
+        for r in range(nq):
+            row = S + <Py_ssize_t>r * lds
+            jc = i0 + r + off + 1 - j0           # first masked key of this row, tile-relative
+            if jc < 0:
+                jc = 0
+            for j in range(jc, nk):
+                row[j] = -INFINITY
+
+
+# ---------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------
+
+cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
+                        const floating* q, const floating* k, const floating* v,
+                        floating* out, floating* lse,
+                        floating* S, floating* m, floating* l) noexcept nogil:
+    """Task = (b, h, query tile): out and lse of rows [i0, i1) of head h.
+    Scratch: S (bq, bk), m and l (bq,)."""
+    cdef int bq = P.bq, bk = P.bk, D = P.D, Dv = P.Dv
+    cdef int nqt = (P.Tq + bq - 1) // bq
+    cdef Py_ssize_t bh = task // nqt
+    cdef int i0 = <int>(task % nqt) * bq
+    cdef int i1 = min(i0 + bq, P.Tq)
+    cdef int nq = i1 - i0
+    cdef int b = <int>(bh // P.Hq), h = <int>(bh % P.Hq)
+    cdef Py_ssize_t bkv = <Py_ssize_t>b * P.Hkv + h // (P.Hq // P.Hkv)
+    cdef const floating* qp = q + (bh * P.Tq + i0) * D
+    cdef const floating* kp = k + bkv * P.Tk * D
+    cdef const floating* vp = v + bkv * P.Tk * Dv
+    cdef floating* op = out + (bh * P.Tq + i0) * Dv
+    cdef floating* lp = lse + bh * P.Tq + i0
+    cdef int kend = _key_end(P, b, i1)
+    cdef int j0, nk, r
+    cdef floating mx, mnew, msafe, alpha, ssum
+    cdef floating* row
+
+    memset(op, 0, <Py_ssize_t>nq * Dv * sizeof(floating))
+    for r in range(nq):
+        m[r] = -INFINITY
+        l[r] = 0
+    j0 = 0
+    while j0 < kend:
+        nk = min(bk, kend - j0)
+        # S = scale * q_tile @ k_tile^T                          (nq, nk)
+        gemm(False, True, nq, nk, D, scale, qp, D, kp + <Py_ssize_t>j0 * D, D,
+             <floating>0, S, bk)
+        _mask_tile(P, S, bk, b, h, i0, nq, j0, nk)
+        for r in range(nq):
+            row = S + <Py_ssize_t>r * bk
+            mx = _row_max(row, nk)
+            mnew = mx if mx > m[r] else m[r]
+            msafe = 0 if mnew == -INFINITY else mnew       # a row masked so far
+            alpha = _exp(m[r] - msafe)
+            ssum = _row_exp_sum(row, nk, msafe)            # row := P (unnormalised)
+            l[r] = l[r] * alpha + ssum
+            if alpha != 1:
+                _row_scale(op + <Py_ssize_t>r * Dv, Dv, alpha)
+            m[r] = mnew
+        # out_tile += P @ v_tile                                 (nq, Dv)
+        gemm(False, False, nq, Dv, nk, <floating>1, S, bk, vp + <Py_ssize_t>j0 * Dv, Dv,
+             <floating>1, op, Dv)
+        j0 += bk
+    for r in range(nq):
+        if l[r] == 0:                      # no key to attend to: zeros, and P = 0 later
+            memset(op + <Py_ssize_t>r * Dv, 0, Dv * sizeof(floating))
+            lp[r] = INFINITY
+        else:
+            _row_scale(op + <Py_ssize_t>r * Dv, Dv, 1 / l[r])
+            lp[r] = m[r] + <floating>log(l[r])
+
+
+cdef void _forward(const Problem* P, floating scale, const floating* q, const floating* k,
+                   const floating* v, floating* out, floating* lse,
+                   int n_threads) noexcept nogil:
+    cdef Py_ssize_t n_tasks = <Py_ssize_t>P.B * P.Hq * ((P.Tq + P.bq - 1) // P.bq)
+    cdef Py_ssize_t t
+    cdef floating* S
+    cdef floating* m
+    cdef floating* l
+    S = m = l = NULL
+    with parallel(num_threads=n_threads):
+        S = <floating*>malloc((<Py_ssize_t>P.bq * P.bk + 2 * P.bq) * sizeof(floating))
+        m = S + <Py_ssize_t>P.bq * P.bk
+        l = m + P.bq
+        for t in prange(n_tasks, schedule='dynamic'):
+            _forward_task(P, scale, t, q, k, v, out, lse, S, m, l)
+        free(S)
+
+
+# ---------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------
+
+cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task,
+                         const floating* q, const floating* k, const floating* v,
+                         const floating* out, const floating* lse, const floating* dout,
+                         floating* Di, floating* dq, floating* dk, floating* dv,
+                         floating* S, floating* dS) noexcept nogil:
+    """Task = (b, kv head): dk, dv of that head and dq of its G query heads.
+    dq, dk, dv hold zeros on entry. Scratch: S and dS (bq, bk)."""
+    cdef int bq = P.bq, bk = P.bk, D = P.D, Dv = P.Dv
+    cdef int G = P.Hq // P.Hkv
+    cdef int b = <int>(task // P.Hkv)
+    cdef Py_ssize_t bh0 = <Py_ssize_t>b * P.Hq + <Py_ssize_t>(task % P.Hkv) * G
+    cdef const floating* kp = k + task * P.Tk * D
+    cdef const floating* vp = v + task * P.Tk * Dv
+    cdef floating* dkp = dk + task * P.Tk * D
+    cdef floating* dvp = dv + task * P.Tk * Dv
+    cdef int kend = _key_end(P, b, P.Tq)
+    cdef int off = P.Tk - P.Tq
+    cdef int g, i, i0, nq, j0, nk, r, istart
+    cdef Py_ssize_t bh, rowi
+    cdef floating* row
+
+    # Di = rowsum(dout * out) for the group's rows
+    for g in range(G):
+        bh = bh0 + g
+        for i in range(P.Tq):
+            rowi = bh * P.Tq + i
+            Di[rowi] = _row_dot(dout + rowi * Dv, out + rowi * Dv, Dv)
+
+    j0 = 0
+    while j0 < kend:
+        nk = min(bk, kend - j0)
+        istart = 0
+        if P.causal and j0 - off > 0:
+            istart = (j0 - off) // bq * bq          # first query tile that sees key j0
+        for g in range(G):
+            bh = bh0 + g
+            i0 = istart
+            while i0 < P.Tq:
+                nq = min(bq, P.Tq - i0)
+                rowi = bh * P.Tq + i0
+                # S = scale * q_tile @ k_tile^T, P = exp(S - lse)         (nq, nk)
+                gemm(False, True, nq, nk, D, scale, q + rowi * D, D, kp + <Py_ssize_t>j0 * D, D,
+                     <floating>0, S, bk)
+                _mask_tile(P, S, bk, b, <int>(bh % P.Hq), i0, nq, j0, nk)
+                for r in range(nq):
+                    _row_exp(S + <Py_ssize_t>r * bk, nk, lse[rowi + r])
+                # dv_tile += P^T @ dout_tile                              (nk, Dv)
+                gemm(True, False, nk, Dv, nq, <floating>1, S, bk, dout + rowi * Dv, Dv,
+                     <floating>1, dvp + <Py_ssize_t>j0 * Dv, Dv)
+                # dP = dout_tile @ v_tile^T; dS = P * (dP - Di)             (nq, nk)
+                gemm(False, True, nq, nk, Dv, <floating>1, dout + rowi * Dv, Dv,
+                     vp + <Py_ssize_t>j0 * Dv, Dv, <floating>0, dS, bk)
+                for r in range(nq):
+                    _row_dsoftmax(S + <Py_ssize_t>r * bk, dS + <Py_ssize_t>r * bk, nk, Di[rowi + r])
+                # dk_tile += scale * dS^T @ q_tile                         (nk, D)
+                gemm(True, False, nk, D, nq, scale, dS, bk, q + rowi * D, D,
+                     <floating>1, dkp + <Py_ssize_t>j0 * D, D)
+                # dq_tile += scale * dS @ k_tile                           (nq, D)
+                gemm(False, False, nq, D, nk, scale, dS, bk, kp + <Py_ssize_t>j0 * D, D,
+                     <floating>1, dq + rowi * D, D)
+                i0 += bq
+        j0 += bk
+
+
+cdef void _backward(const Problem* P, floating scale, const floating* q, const floating* k,
+                    const floating* v, const floating* out, const floating* lse,
+                    const floating* dout, floating* Di, floating* dq, floating* dk,
+                    floating* dv, int n_threads) noexcept nogil:
+    cdef Py_ssize_t n_tasks = <Py_ssize_t>P.B * P.Hkv
+    cdef Py_ssize_t t
+    cdef floating* S = NULL
+    with parallel(num_threads=n_threads):
+        S = <floating*>malloc(2 * <Py_ssize_t>P.bq * P.bk * sizeof(floating))
+        for t in prange(n_tasks, schedule='dynamic'):
+            _backward_task(P, scale, t, q, k, v, out, lse, dout, Di, dq, dk, dv,
+                           S, S + <Py_ssize_t>P.bq * P.bk)
+        free(S)
+
+
+# ---------------------------------------------------------------------------
+# Entry points (called by attention.py with checked, C-contiguous arrays;
+# every size >= 1)
+# ---------------------------------------------------------------------------
+
+cdef Problem _problem(q, k, v, int bq, int bk, bint causal, lengths, mask, mask_strides):
+    cdef Problem P
+    cdef const int64_t[::1] lens
+    cdef const unsigned char[::1] mb
+    cdef int i
+    P.B, P.Hq, P.Tq, P.D = q.shape[0], q.shape[1], q.shape[2], q.shape[3]
+    P.Hkv, P.Tk = k.shape[1], k.shape[2]
+    P.Dv = v.shape[3]
+    P.bq, P.bk = bq, bk
+    P.causal = causal
+    P.lengths = NULL
+    P.mask_b = NULL
+    P.mask_f = NULL
+    P.ms[0] = P.ms[1] = P.ms[2] = P.ms[3] = 0
+    if lengths is not None:
+        lens = lengths
+        P.lengths = &lens[0]
+    if mask is not None:
+        for i in range(4):
+            P.ms[i] = mask_strides[i]
+        if mask.dtype == np.uint8:
+            mb = mask.reshape(-1)
+            P.mask_b = &mb[0]
+        else:
+            P.mask_f = <const void*><size_t>mask.ctypes.data
+    return P
+
+
+def forward(const floating[:, :, :, ::1] q,     # (B, Hq, Tq, D)
+            const floating[:, :, :, ::1] k,     # (B, Hkv, Tk, D)
+            const floating[:, :, :, ::1] v,     # (B, Hkv, Tk, Dv)
+            floating[:, :, :, ::1] out,         # (B, Hq, Tq, Dv) OUT
+            floating[:, :, ::1] lse,            # (B, Hq, Tq) OUT: log-sum-exp, +inf if no key
+            double scale, bint causal, lengths, mask, mask_strides,
+            int bq, int bk, int n_threads):
+    """Attention forward. ``lengths`` (B,) int64 or None; ``mask`` a C-contiguous
+    uint8 (boolean) or floating array whose element [b, h, i, j] is at the
+    element offsets ``mask_strides`` (a 4-tuple), or None. The mask array must
+    stay alive for the call (the caller holds it)."""
+    cdef Problem P = _problem(q, k, v, bq, bk, causal, lengths, mask, mask_strides)
+    with nogil:
+        _forward(&P, <floating>scale, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0],
+                 &out[0, 0, 0, 0], &lse[0, 0, 0], n_threads)
+
+
+def backward(const floating[:, :, :, ::1] q,     # (B, Hq, Tq, D)
+             const floating[:, :, :, ::1] k,     # (B, Hkv, Tk, D)
+             const floating[:, :, :, ::1] v,     # (B, Hkv, Tk, Dv)
+             const floating[:, :, :, ::1] out,   # (B, Hq, Tq, Dv) from the forward
+             const floating[:, :, ::1] lse,      # (B, Hq, Tq) from the forward
+             const floating[:, :, :, ::1] dout,  # (B, Hq, Tq, Dv)
+             floating[:, :, ::1] Di,             # (B, Hq, Tq) scratch
+             floating[:, :, :, ::1] dq,          # (B, Hq, Tq, D) OUT, zeros on entry
+             floating[:, :, :, ::1] dk,          # (B, Hkv, Tk, D) OUT, zeros on entry
+             floating[:, :, :, ::1] dv,          # (B, Hkv, Tk, Dv) OUT, zeros on entry
+             double scale, bint causal, lengths, mask, mask_strides,
+             int bq, int bk, int n_threads):
+    """Attention backward (same mask conventions as :func:`forward`)."""
+    cdef Problem P = _problem(q, k, v, bq, bk, causal, lengths, mask, mask_strides)
+    with nogil:
+        _backward(&P, <floating>scale, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0],
+                  &out[0, 0, 0, 0], &lse[0, 0, 0], &dout[0, 0, 0, 0], &Di[0, 0, 0],
+                  &dq[0, 0, 0, 0], &dk[0, 0, 0, 0], &dv[0, 0, 0, 0], n_threads)
+
+
+def _expf(const float[::1] x, float[::1] out):
+    """out := sk_expf(x): the kernel's float exp, for its accuracy test."""
+    cdef Py_ssize_t i
+    for i in range(x.shape[0]):
+        out[i] = sk_expf(x[i])
