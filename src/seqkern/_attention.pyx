@@ -48,47 +48,79 @@ cdef extern from "_mathfun.h" nogil:
     double sk_exp_flush(double x)
 
 
-# Row helpers written so that GCC vectorises them (an array of LANES partial
-# results, combined in a fixed order: no -ffast-math needed, and deterministic).
+# Row helpers. The reductions use GCC/Clang vector extensions (64-byte vectors,
+# lowered to whatever the target has): a compiler will not vectorise a
+# floating-point reduction by itself without -ffast-math. Lanes are combined in
+# a fixed order, so results are deterministic. The element-wise loops are plain
+# C and vectorise as they are (sk_expf is branch-free and inline).
 cdef extern from *:
     """
-    #define SK_LANES 16
-    #define SK_ROW_HELPERS(T, EXP, SUF)                                              \\
-    /* max over row[0:n]; NaN entries are skipped (they propagate through exp) */ \\
+    #include <stdint.h>
+    typedef float sk_vf __attribute__((vector_size(64)));
+    typedef int32_t sk_vfi __attribute__((vector_size(64)));
+    typedef double sk_vd __attribute__((vector_size(64)));
+    typedef int64_t sk_vdi __attribute__((vector_size(64)));
+
+    #define SK_ROW_HELPERS(T, V, VI, EXP, SUF)                                       \\
+    /* max over row[0:n]; NaN entries may be skipped (NaN propagates through exp) */ \\
     static inline T sk_row_max_##SUF(const T *row, int n)                         \\
     {                                                                             \\
-        T acc[SK_LANES];                                                          \\
+        const int L = (int)(sizeof(V) / sizeof(T));                               \\
+        V acc;                                                                    \\
         int j = 0, k;                                                             \\
-        for (k = 0; k < SK_LANES; k++) acc[k] = -INFINITY;                        \\
-        for (; j + SK_LANES <= n; j += SK_LANES)                                  \\
-            for (k = 0; k < SK_LANES; k++)                                        \\
-                acc[k] = row[j + k] > acc[k] ? row[j + k] : acc[k];               \\
-        for (; j < n; j++) acc[0] = row[j] > acc[0] ? row[j] : acc[0];            \\
+        for (k = 0; k < L; k++) acc[k] = -INFINITY;                               \\
+        for (; j + L <= n; j += L) {                                              \\
+            V x;                                                                  \\
+            memcpy(&x, row + j, sizeof x);                                        \\
+            VI gt = x > acc;                                                      \\
+            acc = (V)((gt & (VI)x) | (~gt & (VI)acc));                            \\
+        }                                                                         \\
         T m = acc[0];                                                             \\
-        for (k = 1; k < SK_LANES; k++) m = acc[k] > m ? acc[k] : m;               \\
+        for (k = 1; k < L; k++) m = acc[k] > m ? acc[k] : m;                      \\
+        for (; j < n; j++) m = row[j] > m ? row[j] : m;                           \\
         return m;                                                                 \\
     }                                                                             \\
-    /* row[j] := exp(row[j] - m); returns the sum of the new row */               \\
-    static inline T sk_row_exp_sum_##SUF(T *row, int n, T m)                      \\
+    static inline T sk_row_sum_##SUF(const T *row, int n)                         \\
     {                                                                             \\
-        T acc[SK_LANES];                                                          \\
+        const int L = (int)(sizeof(V) / sizeof(T));                               \\
+        V acc = {0};                                                              \\
         int j = 0, k;                                                             \\
-        for (k = 0; k < SK_LANES; k++) acc[k] = 0;                                \\
-        for (; j + SK_LANES <= n; j += SK_LANES)                                  \\
-            for (k = 0; k < SK_LANES; k++) {                                      \\
-                T e = EXP(row[j + k] - m);                                        \\
-                row[j + k] = e;                                                   \\
-                acc[k] += e;                                                      \\
-            }                                                                     \\
-        for (; j < n; j++) { T e = EXP(row[j] - m); row[j] = e; acc[0] += e; }    \\
+        for (; j + L <= n; j += L) {                                              \\
+            V x;                                                                  \\
+            memcpy(&x, row + j, sizeof x);                                        \\
+            acc += x;                                                             \\
+        }                                                                         \\
         T s = 0;                                                                  \\
-        for (k = 0; k < SK_LANES; k++) s += acc[k];                               \\
+        for (k = 0; k < L; k++) s += acc[k];                                      \\
+        for (; j < n; j++) s += row[j];                                           \\
+        return s;                                                                 \\
+    }                                                                             \\
+    static inline T sk_row_dot_##SUF(const T *a, const T *b, int n)               \\
+    {                                                                             \\
+        const int L = (int)(sizeof(V) / sizeof(T));                               \\
+        V acc = {0};                                                              \\
+        int j = 0, k;                                                             \\
+        for (; j + L <= n; j += L) {                                              \\
+            V x, y;                                                               \\
+            memcpy(&x, a + j, sizeof x);                                          \\
+            memcpy(&y, b + j, sizeof y);                                          \\
+            acc += x * y;                                                         \\
+        }                                                                         \\
+        T s = 0;                                                                  \\
+        for (k = 0; k < L; k++) s += acc[k];                                      \\
+        for (; j < n; j++) s += a[j] * b[j];                                      \\
         return s;                                                                 \\
     }                                                                             \\
     /* row[j] := exp(row[j] - m) */                                               \\
     static inline void sk_row_exp_##SUF(T *row, int n, T m)                       \\
     {                                                                             \\
         for (int j = 0; j < n; j++) row[j] = EXP(row[j] - m);                     \\
+    }                                                                             \\
+    /* row[j] := exp(row[j] - m); returns the sum of the new row */               \\
+    static inline T sk_row_exp_sum_##SUF(T *row, int n, T m)                      \\
+    {                                                                             \\
+        sk_row_exp_##SUF(row, n, m);                                              \\
+        return sk_row_sum_##SUF(row, n);                                          \\
     }                                                                             \\
     /* ds[j] := p[j] * (ds[j] - d) */                                             \\
     static inline void sk_row_dsoftmax_##SUF(const T *p, T *ds, int n, T d)       \\
@@ -98,21 +130,9 @@ cdef extern from *:
     static inline void sk_row_scale_##SUF(T *row, int n, T a)                     \\
     {                                                                             \\
         for (int j = 0; j < n; j++) row[j] *= a;                                  \\
-    }                                                                             \\
-    static inline T sk_row_dot_##SUF(const T *a, const T *b, int n)               \\
-    {                                                                             \\
-        T acc[SK_LANES];                                                          \\
-        int j = 0, k;                                                             \\
-        for (k = 0; k < SK_LANES; k++) acc[k] = 0;                                \\
-        for (; j + SK_LANES <= n; j += SK_LANES)                                  \\
-            for (k = 0; k < SK_LANES; k++) acc[k] += a[j + k] * b[j + k];         \\
-        for (; j < n; j++) acc[0] += a[j] * b[j];                                 \\
-        T s = 0;                                                                  \\
-        for (k = 0; k < SK_LANES; k++) s += acc[k];                               \\
-        return s;                                                                 \\
     }
-    SK_ROW_HELPERS(float, sk_expf, f)
-    SK_ROW_HELPERS(double, sk_exp_flush, d)
+    SK_ROW_HELPERS(float, sk_vf, sk_vfi, sk_expf, f)
+    SK_ROW_HELPERS(double, sk_vd, sk_vdi, sk_exp_flush, d)
     """
     float sk_row_max_f(const float* row, int n) noexcept nogil
     double sk_row_max_d(const double* row, int n) noexcept nogil
