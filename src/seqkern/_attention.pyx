@@ -41,7 +41,6 @@ from libc.string cimport memset
 
 import numpy as np
 
-from seqkern._blas cimport gemm
 
 cdef extern from "_mathfun.h" nogil:
     float sk_expf(float x)
@@ -57,44 +56,9 @@ cdef extern from *:
     """
     #include <stdint.h>
     typedef float sk_vf __attribute__((vector_size(64)));
-    typedef int32_t sk_vfi __attribute__((vector_size(64)));
     typedef double sk_vd __attribute__((vector_size(64)));
-    typedef int64_t sk_vdi __attribute__((vector_size(64)));
 
-    #define SK_ROW_HELPERS(T, V, VI, EXP, SUF)                                       \\
-    /* max over row[0:n]; NaN entries may be skipped (NaN propagates through exp) */ \\
-    static inline T sk_row_max_##SUF(const T *row, int n)                         \\
-    {                                                                             \\
-        const int L = (int)(sizeof(V) / sizeof(T));                               \\
-        V acc;                                                                    \\
-        int j = 0, k;                                                             \\
-        for (k = 0; k < L; k++) acc[k] = -INFINITY;                               \\
-        for (; j + L <= n; j += L) {                                              \\
-            V x;                                                                  \\
-            memcpy(&x, row + j, sizeof x);                                        \\
-            VI gt = x > acc;                                                      \\
-            acc = (V)((gt & (VI)x) | (~gt & (VI)acc));                            \\
-        }                                                                         \\
-        T m = acc[0];                                                             \\
-        for (k = 1; k < L; k++) m = acc[k] > m ? acc[k] : m;                      \\
-        for (; j < n; j++) m = row[j] > m ? row[j] : m;                           \\
-        return m;                                                                 \\
-    }                                                                             \\
-    static inline T sk_row_sum_##SUF(const T *row, int n)                         \\
-    {                                                                             \\
-        const int L = (int)(sizeof(V) / sizeof(T));                               \\
-        V acc = {0};                                                              \\
-        int j = 0, k;                                                             \\
-        for (; j + L <= n; j += L) {                                              \\
-            V x;                                                                  \\
-            memcpy(&x, row + j, sizeof x);                                        \\
-            acc += x;                                                             \\
-        }                                                                         \\
-        T s = 0;                                                                  \\
-        for (k = 0; k < L; k++) s += acc[k];                                      \\
-        for (; j < n; j++) s += row[j];                                           \\
-        return s;                                                                 \\
-    }                                                                             \\
+    #define SK_ROW_HELPERS(T, V, EXP, SUF)                                       \\
     static inline T sk_row_dot_##SUF(const T *a, const T *b, int n)               \\
     {                                                                             \\
         const int L = (int)(sizeof(V) / sizeof(T));                               \\
@@ -116,12 +80,6 @@ cdef extern from *:
     {                                                                             \\
         for (int j = 0; j < n; j++) row[j] = EXP(row[j] - m);                     \\
     }                                                                             \\
-    /* row[j] := exp(row[j] - m); returns the sum of the new row */               \\
-    static inline T sk_row_exp_sum_##SUF(T *row, int n, T m)                      \\
-    {                                                                             \\
-        sk_row_exp_##SUF(row, n, m);                                              \\
-        return sk_row_sum_##SUF(row, n);                                          \\
-    }                                                                             \\
     /* ds[j] := p[j] * (ds[j] - d) */                                             \\
     static inline void sk_row_dsoftmax_##SUF(const T *p, T *ds, int n, T d)       \\
     {                                                                             \\
@@ -131,15 +89,15 @@ cdef extern from *:
     {                                                                             \\
         for (int j = 0; j < n; j++) row[j] *= a;                                  \\
     }
-    SK_ROW_HELPERS(float, sk_vf, sk_vfi, sk_expf, f)
-    SK_ROW_HELPERS(double, sk_vd, sk_vdi, sk_exp_flush, d)
+    SK_ROW_HELPERS(float, sk_vf, sk_expf, f)
+    SK_ROW_HELPERS(double, sk_vd, sk_exp_flush, d)
     /* A register-blocked product for the tiles (no packing: the operands are
      * already tiles in cache, and OpenBLAS's packing of them was measured at
      * about 12% of the forward time):
      *   C[0:m, 0:n] := alpha * A @ B (+ C[0:m, 0:n] if beta)
      * A (m, k) has element (r, d) at A[r * ars + d * acs] (so A^T is free);
      * B (k, n) and C are row-major with row strides ldb and ldc; n must be a
-     * multiple of SK_NR(V) = two vectors, and B and C must hold n columns
+     * multiple of two vectors (_nr() in Cython), and B and C must hold n columns
      * (callers pad). Blocks of SK_MR rows x two vectors: 16 accumulators. */
     #define SK_MR 8
     #define SK_GEMM(T, V, SUF)                                                       \\
@@ -242,10 +200,6 @@ cdef extern from *:
                            float* alpha, float* shift) noexcept nogil
     void sk_softmax_cols_d(double* st, int ld, int nk, int nq, double* m, double* l,
                            double* alpha, double* shift) noexcept nogil
-    float sk_row_max_f(const float* row, int n) noexcept nogil
-    double sk_row_max_d(const double* row, int n) noexcept nogil
-    float sk_row_exp_sum_f(float* row, int n, float m) noexcept nogil
-    double sk_row_exp_sum_d(double* row, int n, double m) noexcept nogil
     void sk_row_exp_f(float* row, int n, float m) noexcept nogil
     void sk_row_exp_d(double* row, int n, double m) noexcept nogil
     void sk_row_dsoftmax_f(const float* p, float* ds, int n, float d) noexcept nogil
@@ -289,20 +243,6 @@ cdef inline floating _exp(floating x) noexcept nogil:
         return sk_expf(x)
     else:
         return sk_exp_flush(x)
-
-
-cdef inline floating _row_max(const floating* row, int n) noexcept nogil:
-    if floating is float:
-        return sk_row_max_f(row, n)
-    else:
-        return sk_row_max_d(row, n)
-
-
-cdef inline floating _row_exp_sum(floating* row, int n, floating m) noexcept nogil:
-    if floating is float:
-        return sk_row_exp_sum_f(row, n, m)
-    else:
-        return sk_row_exp_sum_d(row, n, m)
 
 
 cdef inline void _row_exp(floating* row, int n, floating m) noexcept nogil:
@@ -446,10 +386,11 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
 
     The scores are held transposed, ST = scale * k_tile @ q_tile^T (keys x
     queries): q_tile^T is built once per task, and the softmax loops then run
-    along queries (vectorised, no reductions). scratch: _forward_scratch(P)."""
+    along queries (vectorised, no reductions). The output rows accumulate in
+    place in ``out``. scratch: _forward_scratch(P)."""
     cdef int bq = P.bq, bk = P.bk, D = P.D, Dv = P.Dv
     cdef int nr = _nr(scale)
-    cdef int bqp = _round_up(bq, nr), Dvp = _round_up(Dv, nr)
+    cdef int bqp = _round_up(bq, nr)
     cdef int nqt = (P.Tq + bq - 1) // bq
     cdef Py_ssize_t bh = task // nqt
     cdef int i0 = <int>(task % nqt) * bq
@@ -464,19 +405,14 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
     cdef floating* op = out + (bh * P.Tq + i0) * Dv
     cdef floating* lp = lse + bh * P.Tq + i0
     cdef int kend = _key_end(P, b, i1)
-    cdef bint padv = Dv != Dvp
     # scratch: ST (bk, bqp) | QT (D, bqp) | m, l, alpha, shift (bqp each)
-    #          | acc (bq, Dvp) | Vp (bk, Dvp)
     cdef floating* ST = scratch
     cdef floating* QT = ST + <Py_ssize_t>bk * bqp
     cdef floating* m = QT + <Py_ssize_t>D * bqp
     cdef floating* l = m + bqp
     cdef floating* alpha = l + bqp
     cdef floating* shift = alpha + bqp
-    cdef floating* acc = shift + bqp
-    cdef floating* Vp = acc + <Py_ssize_t>bq * Dvp
-    cdef const floating* vt
-    cdef int j0, nk, r, j, c
+    cdef int j0, nk, r, c
     cdef floating* row
 
     # QT = q_tile^T, zero-padded to nqp columns                    (D, nqp)
@@ -485,7 +421,7 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
             QT[<Py_ssize_t>c * bqp + r] = qp[<Py_ssize_t>r * D + c]
         for r in range(nq, nqp):
             QT[<Py_ssize_t>c * bqp + r] = 0
-    memset(acc, 0, <Py_ssize_t>nq * Dvp * sizeof(floating))
+    memset(op, 0, <Py_ssize_t>nq * Dv * sizeof(floating))
     for r in range(nq):
         m[r] = -INFINITY
         l[r] = 0
@@ -499,17 +435,10 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
         _softmax_cols(ST, bqp, nk, nq, m, l, alpha, shift)
         for r in range(nq):
             if alpha[r] != 1:
-                _row_scale(acc + <Py_ssize_t>r * Dvp, Dvp, alpha[r])
-        # acc += P @ v_tile, with P[r, j] = ST[j, r]                  (nq, Dvp)
-        vt = vp + <Py_ssize_t>j0 * Dv
-        if padv:
-            for j in range(nk):
-                for c in range(Dv):
-                    Vp[<Py_ssize_t>j * Dvp + c] = vt[<Py_ssize_t>j * Dv + c]
-                for c in range(Dv, Dvp):
-                    Vp[<Py_ssize_t>j * Dvp + c] = 0
-            vt = Vp
-        _tile_gemm(nq, Dvp, nk, <floating>1, ST, 1, bqp, vt, Dvp, True, acc, Dvp)
+                _row_scale(op + <Py_ssize_t>r * Dv, Dv, alpha[r])
+        # out_tile += P @ v_tile, with P[r, j] = ST[j, r]             (nq, Dv)
+        _tile_gemm(nq, Dv, nk, <floating>1, ST, 1, bqp, vp + <Py_ssize_t>j0 * Dv, Dv,
+                   True, op, Dv)
         j0 += bk
     for r in range(nq):
         row = op + <Py_ssize_t>r * Dv
@@ -517,14 +446,12 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
             memset(row, 0, Dv * sizeof(floating))
             lp[r] = INFINITY
         else:
-            for c in range(Dv):
-                row[c] = acc[<Py_ssize_t>r * Dvp + c] / l[r]
+            _row_scale(row, Dv, 1 / l[r])
             lp[r] = m[r] + <floating>log(l[r])
 
 
 cdef Py_ssize_t _forward_scratch(const Problem* P, int nr) noexcept nogil:
-    cdef Py_ssize_t bqp = _round_up(P.bq, nr), Dvp = _round_up(P.Dv, nr)
-    return (P.bk + P.D + 4) * bqp + (P.bq + P.bk) * Dvp
+    return (P.bk + P.D + 4) * <Py_ssize_t>_round_up(P.bq, nr)
 
 
 cdef void _forward(const Problem* P, floating scale, const floating* q, const floating* k,
@@ -544,14 +471,28 @@ cdef void _forward(const Problem* P, floating scale, const floating* q, const fl
 # Backward
 # ---------------------------------------------------------------------------
 
+cdef void _transpose_pad(const floating* x, int n, int w, floating* xt, int ldt,
+                         int n_pad) noexcept nogil:
+    """xt[c, r] = x[r, c] for x (n, w) row-major; xt (w, ldt) with columns
+    [n, n_pad) zeroed."""
+    cdef int r, c
+    for c in range(w):
+        for r in range(n):
+            xt[<Py_ssize_t>c * ldt + r] = x[<Py_ssize_t>r * w + c]
+        for r in range(n, n_pad):
+            xt[<Py_ssize_t>c * ldt + r] = 0
+
+
 cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task,
                          const floating* q, const floating* k, const floating* v,
                          const floating* out, const floating* lse, const floating* dout,
                          floating* Di, floating* dq, floating* dk, floating* dv,
-                         floating* S, floating* dS) noexcept nogil:
-    """Task = (b, kv head): dk, dv of that head and dq of its G query heads.
-    dq, dk, dv hold zeros on entry. Scratch: S and dS (bq, bk)."""
+                         floating* scratch) noexcept nogil:
+    """Task = (b, kv head): dk, dv of that head and dq of its G query heads,
+    accumulated in place (they hold zeros on entry). scratch: _backward_scratch(P)."""
     cdef int bq = P.bq, bk = P.bk, D = P.D, Dv = P.Dv
+    cdef int nr = _nr(scale)
+    cdef int bkp = _round_up(bk, nr)
     cdef int G = P.Hq // P.Hkv
     cdef int b = <int>(task // P.Hkv)
     cdef Py_ssize_t bh0 = <Py_ssize_t>b * P.Hq + <Py_ssize_t>(task % P.Hkv) * G
@@ -561,9 +502,15 @@ cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task,
     cdef floating* dvp = dv + task * P.Tk * Dv
     cdef int kend = _key_end(P, b, P.Tq)
     cdef int off = P.Tk - P.Tq
-    cdef int g, i, i0, nq, j0, nk, r, istart
+    # scratch: S, dS (bq, bkp) | KT (D, bkp) | VT (Dv, bkp)
+    cdef floating* S = scratch
+    cdef floating* dS = S + <Py_ssize_t>bq * bkp
+    cdef floating* KT = dS + <Py_ssize_t>bq * bkp
+    cdef floating* VT = KT + <Py_ssize_t>D * bkp
+    cdef int g, i, i0, nq, j0, nk, nkp, r, istart
     cdef Py_ssize_t bh, rowi
-    cdef floating* row
+    cdef const floating* qt
+    cdef const floating* dot
 
     # Di = rowsum(dout * out) for the group's rows
     for g in range(G):
@@ -575,6 +522,9 @@ cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task,
     j0 = 0
     while j0 < kend:
         nk = min(bk, kend - j0)
+        nkp = _round_up(nk, nr)
+        _transpose_pad(kp + <Py_ssize_t>j0 * D, nk, D, KT, bkp, nkp)     # (D, nkp)
+        _transpose_pad(vp + <Py_ssize_t>j0 * Dv, nk, Dv, VT, bkp, nkp)   # (Dv, nkp)
         istart = 0
         if P.causal and j0 - off > 0:
             istart = (j0 - off) // bq * bq          # first query tile that sees key j0
@@ -584,28 +534,33 @@ cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task,
             while i0 < P.Tq:
                 nq = min(bq, P.Tq - i0)
                 rowi = bh * P.Tq + i0
-                # S = scale * q_tile @ k_tile^T, P = exp(S - lse)         (nq, nk)
-                gemm(False, True, nq, nk, D, scale, q + rowi * D, D, kp + <Py_ssize_t>j0 * D, D,
-                     <floating>0, S, bk)
-                _mask_tile(P, S, bk, b, <int>(bh % P.Hq), i0, nq, j0, nk)
+                qt = q + rowi * D
+                dot = dout + rowi * Dv
+                # S = scale * q_tile @ k_tile^T; P = exp(S - lse)         (nq, nkp)
+                _tile_gemm(nq, nkp, D, scale, qt, D, 1, KT, bkp, False, S, bkp)
+                _mask_tile(P, S, bkp, b, <int>(bh % P.Hq), i0, nq, j0, nk)
                 for r in range(nq):
-                    _row_exp(S + <Py_ssize_t>r * bk, nk, lse[rowi + r])
+                    _row_exp(S + <Py_ssize_t>r * bkp, nk, lse[rowi + r])
                 # dv_tile += P^T @ dout_tile                              (nk, Dv)
-                gemm(True, False, nk, Dv, nq, <floating>1, S, bk, dout + rowi * Dv, Dv,
-                     <floating>1, dvp + <Py_ssize_t>j0 * Dv, Dv)
-                # dP = dout_tile @ v_tile^T; dS = P * (dP - Di)             (nq, nk)
-                gemm(False, True, nq, nk, Dv, <floating>1, dout + rowi * Dv, Dv,
-                     vp + <Py_ssize_t>j0 * Dv, Dv, <floating>0, dS, bk)
+                _tile_gemm(nk, Dv, nq, <floating>1, S, 1, bkp, dot, Dv, True,
+                           dvp + <Py_ssize_t>j0 * Dv, Dv)
+                # dP = dout_tile @ v_tile^T; dS = P * (dP - Di)             (nq, nkp)
+                _tile_gemm(nq, nkp, Dv, <floating>1, dot, Dv, 1, VT, bkp, False, dS, bkp)
                 for r in range(nq):
-                    _row_dsoftmax(S + <Py_ssize_t>r * bk, dS + <Py_ssize_t>r * bk, nk, Di[rowi + r])
+                    _row_dsoftmax(S + <Py_ssize_t>r * bkp, dS + <Py_ssize_t>r * bkp, nk,
+                                  Di[rowi + r])
                 # dk_tile += scale * dS^T @ q_tile                         (nk, D)
-                gemm(True, False, nk, D, nq, scale, dS, bk, q + rowi * D, D,
-                     <floating>1, dkp + <Py_ssize_t>j0 * D, D)
+                _tile_gemm(nk, D, nq, scale, dS, 1, bkp, qt, D, True,
+                           dkp + <Py_ssize_t>j0 * D, D)
                 # dq_tile += scale * dS @ k_tile                           (nq, D)
-                gemm(False, False, nq, D, nk, scale, dS, bk, kp + <Py_ssize_t>j0 * D, D,
-                     <floating>1, dq + rowi * D, D)
+                _tile_gemm(nq, D, nk, scale, dS, bkp, 1, kp + <Py_ssize_t>j0 * D, D, True,
+                           dq + rowi * D, D)
                 i0 += bq
         j0 += bk
+
+
+cdef Py_ssize_t _backward_scratch(const Problem* P, int nr) noexcept nogil:
+    return (2 * P.bq + P.D + P.Dv) * <Py_ssize_t>_round_up(P.bk, nr)
 
 
 cdef void _backward(const Problem* P, floating scale, const floating* q, const floating* k,
@@ -614,18 +569,18 @@ cdef void _backward(const Problem* P, floating scale, const floating* q, const f
                     floating* dv, int n_threads) noexcept nogil:
     cdef Py_ssize_t n_tasks = <Py_ssize_t>P.B * P.Hkv
     cdef Py_ssize_t t
-    cdef floating* S = NULL
+    cdef floating* scratch = NULL
     with parallel(num_threads=n_threads):
-        S = <floating*>malloc(2 * <Py_ssize_t>P.bq * P.bk * sizeof(floating))
+        scratch = <floating*>malloc(_backward_scratch(P, _nr(scale)) * sizeof(floating))
         for t in prange(n_tasks, schedule='dynamic'):
-            _backward_task(P, scale, t, q, k, v, out, lse, dout, Di, dq, dk, dv,
-                           S, S + <Py_ssize_t>P.bq * P.bk)
-        free(S)
+            _backward_task(P, scale, t, q, k, v, out, lse, dout, Di, dq, dk, dv, scratch)
+        free(scratch)
 
 
 # ---------------------------------------------------------------------------
 # Entry points (called by attention.py with checked, C-contiguous arrays;
-# every size >= 1)
+# every size >= 1, and D and Dv multiples of pad_multiple(dtype): the wrapper
+# zero-pads q, k, v and d_out, which leaves every result unchanged)
 # ---------------------------------------------------------------------------
 
 cdef Problem _problem(q, k, v, int bq, int bk, bint causal, lengths, mask, mask_strides):
@@ -691,6 +646,11 @@ def backward(const floating[:, :, :, ::1] q,     # (B, Hq, Tq, D)
         _backward(&P, <floating>scale, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0],
                   &out[0, 0, 0, 0], &lse[0, 0, 0], &dout[0, 0, 0, 0], &Di[0, 0, 0],
                   &dq[0, 0, 0, 0], &dk[0, 0, 0, 0], &dv[0, 0, 0, 0], n_threads)
+
+
+def pad_multiple(dtype):
+    """D and Dv must be multiples of this (two 64-byte vectors of ``dtype``)."""
+    return 128 // np.dtype(dtype).itemsize
 
 
 def _expf(const float[::1] x, float[::1] out):

@@ -30,7 +30,7 @@ import numbers
 import numpy as np
 
 from seqkern import _attention
-from seqkern._threads import blas_single_thread, effective_num_threads
+from seqkern._threads import effective_num_threads
 from seqkern._types import AttentionGrads
 from seqkern._validation import check_bool, check_cache, check_shape, float_array
 
@@ -131,16 +131,18 @@ class AttentionArgs:
 class AttentionCache:
     """What :func:`attention_backward` needs from :func:`attention_forward`.
 
-    References, not copies, to the checked q, k, v (and mask), plus ``out`` and
-    the per-row log-sum-exp ``lse`` (B, Hq, Tq) (+inf for a row with no key):
-    O(T) memory. Do not modify those arrays in place between forward and backward.
+    References, not copies, to the checked q, k, v (and mask), plus the output
+    and the per-row log-sum-exp ``lse`` (B, Hq, Tq) (+inf for a row with no
+    key): O(T) memory. ``kernel`` holds (q, k, v, out) as the kernel sees them
+    (the same arrays unless D or Dv needed zero-padding, see ``_pad``). Do not
+    modify those arrays in place between forward and backward.
     """
 
-    __slots__ = ("args", "out", "lse")
+    __slots__ = ("args", "kernel", "lse")
 
-    def __init__(self, args, out, lse):
+    def __init__(self, args, kernel, lse):
         self.args = args
-        self.out = out
+        self.kernel = kernel
         self.lse = lse
 
 
@@ -153,18 +155,32 @@ def _tile_sizes(a, backward=False):
     prefers shorter query tiles, which waste less of the diagonal tile.
     """
     if backward:
-        bq, bk = 128, 256
+        bq, bk = 128, 128
     else:
         bq, bk = (128, 256) if a.causal else (256, 256)
     return min(bq, a.Tq), min(bk, a.Tk)
 
 
-def _kernel_qk(a):
-    """q and k as the kernel sees them: D == 0 becomes D == 1 with zeros (the
-    scores are 0 either way, and the kernel's products need a width >= 1)."""
-    if a.D:
-        return a.q, a.k
-    return (np.zeros(a.q.shape[:3] + (1,), a.dtype), np.zeros(a.k.shape[:3] + (1,), a.dtype))
+def _padded_width(n, dtype):
+    """The kernel's products work on whole vectors: D and Dv are rounded up to a
+    multiple of _attention.pad_multiple (at least one multiple, so D = 0 works)."""
+    m = _attention.pad_multiple(dtype)
+    return max(m, -(-n // m) * m)
+
+
+def _pad(x, width):
+    """``x`` with its last axis zero-padded to ``width`` (``x`` itself if it has
+    that width already). Zero columns of q and k leave the scores unchanged; zero
+    columns of v and d_out only add output and gradient columns that are cut off."""
+    if x.shape[-1] == width:
+        return x
+    p = np.zeros(x.shape[:-1] + (width,), x.dtype)
+    p[..., :x.shape[-1]] = x
+    return p
+
+
+def _unpad(x, width):
+    return x if x.shape[-1] == width else np.ascontiguousarray(x[..., :width])
 
 
 def attention_forward(q, k, v, *, causal=False, mask=None, key_lengths=None, scale=None,
@@ -189,15 +205,16 @@ def attention_forward(q, k, v, *, causal=False, mask=None, key_lengths=None, sca
     return_cache = check_bool("return_cache", return_cache)
     a = AttentionArgs(q, k, v, causal, mask, key_lengths, scale)
     B, Hq, Tq, Tk, Dv = a.B, a.Hq, a.Tq, a.Tk, a.Dv
-    out = np.zeros((B, Hq, Tq, Dv), a.dtype)
+    Dp, Dvp = _padded_width(a.D, a.dtype), _padded_width(Dv, a.dtype)
+    qk, kk, vk = _pad(a.q, Dp), _pad(a.k, Dp), _pad(a.v, Dvp)
+    outk = np.zeros((B, Hq, Tq, Dvp), a.dtype)
     lse = np.full((B, Hq, Tq), np.inf, a.dtype)
     if B and Hq and Tq and Tk and Dv:
-        qk, kk = _kernel_qk(a)
         bq, bk = _tile_sizes(a)
-        with blas_single_thread():
-            _attention.forward(qk, kk, a.v, out, lse, a.scale, a.causal, a.key_lengths,
-                               a.mask, a.mask_strides, bq, bk, effective_num_threads())
-    return out, (AttentionCache(a, out, lse) if return_cache else None)
+        _attention.forward(qk, kk, vk, outk, lse, a.scale, a.causal, a.key_lengths,
+                           a.mask, a.mask_strides, bq, bk, effective_num_threads())
+    out = _unpad(outk, Dv)
+    return out, (AttentionCache(a, (qk, kk, vk, outk), lse) if return_cache else None)
 
 
 def attention_backward(d_out, cache):
@@ -219,17 +236,14 @@ def attention_backward(d_out, cache):
     d_out = float_array("d_out", d_out, 4, a.dtype)
     check_shape("d_out", d_out, (B, Hq, Tq, Dv), "(B, Hq, Tq, Dv)")
     dt = a.dtype
-    qk, kk = _kernel_qk(a)
+    qk, kk, vk, outk = cache.kernel
     dq = np.zeros(qk.shape, dt)
     dk = np.zeros(kk.shape, dt)
-    dv = np.zeros(a.v.shape, dt)
+    dv = np.zeros(vk.shape, dt)
     if B and Hq and Tq and Tk and Dv:
         Di = np.empty((B, Hq, Tq), dt)
         bq, bk = _tile_sizes(a, backward=True)
-        with blas_single_thread():
-            _attention.backward(qk, kk, a.v, cache.out, cache.lse, d_out, Di, dq, dk, dv,
-                                a.scale, a.causal, a.key_lengths, a.mask, a.mask_strides,
-                                bq, bk, effective_num_threads())
-    if not D:
-        dq, dk = dq[..., :0], dk[..., :0]
-    return AttentionGrads(dq, dk, dv)
+        _attention.backward(qk, kk, vk, outk, cache.lse, _pad(d_out, vk.shape[-1]), Di,
+                            dq, dk, dv, a.scale, a.causal, a.key_lengths, a.mask,
+                            a.mask_strides, bq, bk, effective_num_threads())
+    return AttentionGrads(_unpad(dq, D), _unpad(dk, D), _unpad(dv, Dv))
