@@ -26,6 +26,7 @@ SHAPES = [
     (2, 2, 2, 9, 9, 5, 11),
     (3, 6, 2, 37, 53, 7, 5),
     (1, 2, 1, 300, 520, 32, 24),
+    (2, 2, 2, 70, 130, 64, 64),        # no padding of D and Dv
 ]
 
 VARIANTS = ["plain", "causal", "bool_mask", "float_mask", "lengths", "all"]
