@@ -1,8 +1,11 @@
 """Attention speed: seqkern vs torch.nn.functional.scaled_dot_product_attention
 (when installed) vs the NumPy reference, float32, issue 4's cases.
 
-Implementations are timed side by side in one process, alternating within each
-repetition, and the medians are reported with ratios (>1: seqkern faster).
+seqkern and torch are timed side by side in one process, alternating within
+each repetition, and the medians are reported with ratios (>1: seqkern faster).
+The reference (--reference) is timed afterwards in its own loop, with NumPy's
+BLAS held at the same thread count: interleaved, its multi-GB temporaries and
+BLAS threads spinning after each call were seen to slow whatever ran next.
 GFLOP/s counts 4*B*H*Tq*Tk*D for the forward (half of it when causal) and 2.5x
 that for the backward.
 
@@ -14,6 +17,7 @@ import argparse
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import seqkern
 from seqkern import reference as ref
@@ -29,7 +33,7 @@ def _median(x):
     return float(np.median(x))
 
 
-def _impls(q, k, v, d_out, causal, with_reference):
+def _impls(q, k, v, d_out, causal):
     fs = {}
 
     def sk_fwd():
@@ -52,16 +56,28 @@ def _impls(q, k, v, d_out, causal, with_reference):
             F.scaled_dot_product_attention(a, b, c, is_causal=causal).backward(td)
 
         fs["torch"] = (t_fwd, t_fwdbwd)
-    if with_reference:
-        def r_fwd():
-            ref.attention_forward(q, k, v, causal=causal, return_cache=False)
-
-        def r_fwdbwd():
-            _, c = ref.attention_forward(q, k, v, causal=causal)
-            ref.attention_backward(d_out, c)
-
-        fs["reference"] = (r_fwd, r_fwdbwd)
     return fs
+
+
+def _reference(q, k, v, d_out, causal):
+    def r_fwd():
+        ref.attention_forward(q, k, v, causal=causal, return_cache=False)
+
+    def r_fwdbwd():
+        _, c = ref.attention_forward(q, k, v, causal=causal)
+        ref.attention_backward(d_out, c)
+
+    return (r_fwd, r_fwdbwd)
+
+
+def _time(f, reps):
+    f()
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        out.append(time.perf_counter() - t0)
+    return _median(out)
 
 
 def main():
@@ -86,7 +102,7 @@ def main():
                               for _ in range(4))
             for causal in (False, True):
                 flops = 4.0 * B * H * T * T * D * (0.5 if causal else 1.0)
-                fs = _impls(q, k, v, d_out, causal, args.reference)
+                fs = _impls(q, k, v, d_out, causal)
                 for pi, pname in enumerate(("fwd", "fwd+bwd")):
                     times = {name: [] for name in fs}
                     for name, f in fs.items():      # warm up
@@ -97,6 +113,10 @@ def main():
                             f[pi]()
                             times[name].append(time.perf_counter() - t0)
                     med = {name: _median(t) for name, t in times.items()}
+                    if args.reference:
+                        with threadpool_limits(n):
+                            med["reference"] = _time(_reference(q, k, v, d_out, causal)[pi],
+                                                     max(1, args.reps // 2))
                     s = med["seqkern"]
                     fl = flops * (1 if pi == 0 else 3.5)
                     row = [str(n), str((B, H, T, D)), "yes" if causal else "no", pname,

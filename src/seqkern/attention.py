@@ -150,9 +150,10 @@ def _tile_sizes(a, backward=False):
     """(bq, bk): query and key tile sizes, from the problem size only (never the
     thread count, so that results do not depend on it).
 
-    Measured on (B, H, T, D) = (4, 8, 1024, 64) float32 (see the closing notes of
-    issue 4): larger tiles keep the BLAS products efficient; causal attention
-    prefers shorter query tiles, which waste less of the diagonal tile.
+    Measured on issue 4's cases in float32 (benchmarks/attention_speed.py): the
+    forward is flat within noise from 128x128 to 512x128 when not causal; causal
+    attention prefers shorter query tiles, which waste less of the diagonal tile;
+    the backward, which holds two score tiles, is fastest at 128x128.
     """
     if backward:
         bq, bk = 128, 128
