@@ -207,6 +207,21 @@ def test_fully_masked_rows_give_zeros(rng, dtype, impl):
         assert np.all(np.abs(out[live]).sum(-1) > 0), kw   # the other rows are not zeroed
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_backward_key_blocks_match_reference(rng, causal):
+    """One kv head and one batch: the backward cuts the keys into blocks with
+    their own dq parts (see attention._key_blocks)."""
+    shape = (1, 4, 1, 50, 300, 8, 8)
+    args = make(rng, shape)
+    a = AttentionArgs(*args[:3], causal, None, None, None)
+    bk = seqkern.attention._tile_sizes(a, backward=True)[1]
+    assert seqkern.attention._key_blocks(a, bk) > 1
+    (out, grads), (rout, rgrads) = run_both(args, np.float64, causal=causal,
+                                            key_lengths=[290])
+    for name in ("dq", "dk", "dv"):
+        assert_close(getattr(grads, name), getattr(rgrads, name), np.float64, name)
+
+
 def test_one_thread_equals_two_threads_bitwise(rng):
     for dtype in DTYPES:
         shape = (3, 4, 2, 200, 300, 16, 8)

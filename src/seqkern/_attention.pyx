@@ -25,7 +25,9 @@
 #   dq_i += s sum_j dS_ij k_j      dk_j += s sum_i dS_ij q_i
 # One pass, recomputing S and P tile by tile from lse. Its tasks are the
 # (b, key/value head) pairs: a task owns dk, dv of its kv head and dq of the G
-# query heads that read it, so no two tasks write the same element.
+# query heads that read it, so no two tasks write the same element. When
+# B * Hkv is small, each pair's keys are cut into n_kb blocks (n_kb from the
+# problem size only), each with its own copy of dq, summed in order afterwards.
 #
 # Threads: tasks are fixed by the problem size (and the tile sizes, which the
 # wrapper picks from the problem size alone); threads only choose which task
@@ -492,24 +494,30 @@ cdef void _transpose_pad(const floating* x, int n, int w, floating* xt, int ldt,
             xt[<Py_ssize_t>c * ldt + r] = 0
 
 
-cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task,
+cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task, int n_kb,
                          const floating* q, const floating* k, const floating* v,
-                         const floating* out, const floating* lse, const floating* dout,
-                         floating* Di, floating* dq, floating* dk, floating* dv,
+                         const floating* lse, const floating* dout, const floating* Di,
+                         floating* dq, floating* dk, floating* dv,
                          floating* scratch) noexcept nogil:
-    """Task = (b, kv head): dk, dv of that head and dq of its G query heads,
-    accumulated in place (they hold zeros on entry). scratch: _backward_scratch(P)."""
+    """Task = (b, kv head, key block kb of n_kb): dk, dv of that head's keys in
+    the block, and the block's share of dq for its G query heads, written to dq
+    part kb (dq is (n_kb, B, Hq, Tq, D); the caller sums the parts in order). All
+    accumulate in place (they hold zeros on entry). scratch: _backward_scratch(P)."""
     cdef int bq = P.bq, bk = P.bk, D = P.D, Dv = P.Dv
     cdef int nr = _nr(scale)
     cdef int bkp = _round_up(bk, nr)
     cdef int G = P.Hq // P.Hkv
-    cdef int b = <int>(task // P.Hkv)
-    cdef Py_ssize_t bh0 = <Py_ssize_t>b * P.Hq + <Py_ssize_t>(task % P.Hkv) * G
-    cdef const floating* kp = k + task * P.Tk * D
-    cdef const floating* vp = v + task * P.Tk * Dv
-    cdef floating* dkp = dk + task * P.Tk * D
-    cdef floating* dvp = dv + task * P.Tk * Dv
-    cdef int kend = _key_end(P, b, P.Tq)
+    cdef Py_ssize_t bkv = task // n_kb
+    cdef int kb = <int>(task % n_kb)
+    cdef int b = <int>(bkv // P.Hkv)
+    cdef Py_ssize_t bh0 = <Py_ssize_t>b * P.Hq + <Py_ssize_t>(bkv % P.Hkv) * G
+    cdef const floating* kp = k + bkv * P.Tk * D
+    cdef const floating* vp = v + bkv * P.Tk * Dv
+    cdef floating* dkp = dk + bkv * P.Tk * D
+    cdef floating* dvp = dv + bkv * P.Tk * Dv
+    cdef int n_kt = (P.Tk + bk - 1) // bk
+    cdef int per_block = (n_kt + n_kb - 1) // n_kb          # key tiles per block
+    cdef int kend = min(_key_end(P, b, P.Tq), (kb + 1) * per_block * bk)
     cdef int off = P.Tk - P.Tq
     # scratch: S, dS (bq, bkp) | KT (D, bkp) | VT (Dv, bkp)
     cdef floating* S = scratch
@@ -521,14 +529,8 @@ cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task,
     cdef const floating* qt
     cdef const floating* dot
 
-    # Di = rowsum(dout * out) for the group's rows
-    for g in range(G):
-        bh = bh0 + g
-        for i in range(P.Tq):
-            rowi = bh * P.Tq + i
-            Di[rowi] = _row_dot(dout + rowi * Dv, out + rowi * Dv, Dv)
-
-    j0 = 0
+    dq = dq + <Py_ssize_t>kb * P.B * P.Hq * P.Tq * D
+    j0 = kb * per_block * bk
     while j0 < kend:
         nk = min(bk, kend - j0)
         nkp = _round_up(nk, nr)
@@ -575,14 +577,22 @@ cdef Py_ssize_t _backward_scratch(const Problem* P, int nr) noexcept nogil:
 cdef void _backward(const Problem* P, floating scale, const floating* q, const floating* k,
                     const floating* v, const floating* out, const floating* lse,
                     const floating* dout, floating* Di, floating* dq, floating* dk,
-                    floating* dv, int n_threads) noexcept nogil:
-    cdef Py_ssize_t n_tasks = <Py_ssize_t>P.B * P.Hkv
-    cdef Py_ssize_t t
+                    floating* dv, int n_kb, int n_threads) noexcept nogil:
+    cdef Py_ssize_t n_bh = <Py_ssize_t>P.B * P.Hq
+    cdef Py_ssize_t n_tasks = <Py_ssize_t>P.B * P.Hkv * n_kb
+    cdef Py_ssize_t t, i, rowi
+    cdef int Dv = P.Dv
     cdef floating* scratch = NULL
+    with parallel(num_threads=n_threads):
+        # Di = rowsum(dout * out), one (b, h) per iteration
+        for t in prange(n_bh, schedule='static'):
+            for i in range(P.Tq):
+                rowi = t * P.Tq + i
+                Di[rowi] = _row_dot(dout + rowi * Dv, out + rowi * Dv, Dv)
     with parallel(num_threads=n_threads):
         scratch = <floating*>malloc(_backward_scratch(P, _nr(scale)) * sizeof(floating))
         for t in prange(n_tasks, schedule='dynamic'):
-            _backward_task(P, scale, t, q, k, v, out, lse, dout, Di, dq, dk, dv, scratch)
+            _backward_task(P, scale, t, n_kb, q, k, v, lse, dout, Di, dq, dk, dv, scratch)
         free(scratch)
 
 
@@ -644,17 +654,23 @@ def backward(const floating[:, :, :, ::1] q,     # (B, Hq, Tq, D)
              const floating[:, :, ::1] lse,      # (B, Hq, Tq) from the forward
              const floating[:, :, :, ::1] dout,  # (B, Hq, Tq, Dv)
              floating[:, :, ::1] Di,             # (B, Hq, Tq) scratch
-             floating[:, :, :, ::1] dq,          # (B, Hq, Tq, D) OUT, zeros on entry
+             floating[:, :, :, :, ::1] dq,       # (n_kb, B, Hq, Tq, D) OUT, zeros on entry
              floating[:, :, :, ::1] dk,          # (B, Hkv, Tk, D) OUT, zeros on entry
              floating[:, :, :, ::1] dv,          # (B, Hkv, Tk, Dv) OUT, zeros on entry
              double scale, bint causal, lengths, mask, mask_strides,
              int bq, int bk, int n_threads):
-    """Attention backward (same mask conventions as :func:`forward`)."""
+    """Attention backward (same mask conventions as :func:`forward`).
+
+    The keys of each (b, kv head) are cut into n_kb = dq.shape[0] blocks of
+    whole key tiles, one task each; block kb adds its share of dq into dq[kb]
+    and the caller sums dq over its first axis, in order. n_kb > 1 gives more
+    tasks when B * Hkv is small, at n_kb times the memory of dq."""
     cdef Problem P = _problem(q, k, v, bq, bk, causal, lengths, mask, mask_strides)
     with nogil:
         _backward(&P, <floating>scale, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0],
                   &out[0, 0, 0, 0], &lse[0, 0, 0], &dout[0, 0, 0, 0], &Di[0, 0, 0],
-                  &dq[0, 0, 0, 0], &dk[0, 0, 0, 0], &dv[0, 0, 0, 0], n_threads)
+                  &dq[0, 0, 0, 0, 0], &dk[0, 0, 0, 0], &dv[0, 0, 0, 0], dq.shape[0],
+                  n_threads)
 
 
 def pad_multiple(dtype):

@@ -162,6 +162,22 @@ def _tile_sizes(a, backward=False):
     return min(bq, a.Tq), min(bk, a.Tk)
 
 
+MIN_BACKWARD_TASKS = 8
+MAX_KEY_BLOCKS = 4
+
+
+def _key_blocks(a, bk):
+    """How many blocks the backward cuts each (b, kv head)'s keys into, so that
+    it has about MIN_BACKWARD_TASKS tasks to share among threads. A function of
+    the problem size only (never the thread count); each block beyond the first
+    costs one more array the size of dq."""
+    pairs = a.B * a.Hkv
+    if pairs >= MIN_BACKWARD_TASKS:
+        return 1
+    n_tiles = -(-a.Tk // bk)
+    return max(1, min(-(-MIN_BACKWARD_TASKS // pairs), MAX_KEY_BLOCKS, n_tiles))
+
+
 def _padded_width(n, dtype):
     """The kernel's products work on whole vectors: D and Dv are rounded up to a
     multiple of _attention.pad_multiple (at least one multiple, so D = 0 works)."""
@@ -238,13 +254,18 @@ def attention_backward(d_out, cache):
     check_shape("d_out", d_out, (B, Hq, Tq, Dv), "(B, Hq, Tq, Dv)")
     dt = a.dtype
     qk, kk, vk, outk = cache.kernel
-    dq = np.zeros(qk.shape, dt)
     dk = np.zeros(kk.shape, dt)
     dv = np.zeros(vk.shape, dt)
     if B and Hq and Tq and Tk and Dv:
         Di = np.empty((B, Hq, Tq), dt)
         bq, bk = _tile_sizes(a, backward=True)
+        dq_parts = np.zeros((_key_blocks(a, bk),) + qk.shape, dt)
         _attention.backward(qk, kk, vk, outk, cache.lse, _pad(d_out, vk.shape[-1]), Di,
-                            dq, dk, dv, a.scale, a.causal, a.key_lengths, a.mask,
+                            dq_parts, dk, dv, a.scale, a.causal, a.key_lengths, a.mask,
                             a.mask_strides, bq, bk, effective_num_threads())
+        dq = dq_parts[0]
+        for part in dq_parts[1:]:         # in order: the result does not depend on threads
+            dq += part
+    else:
+        dq = np.zeros(qk.shape, dt)
     return AttentionGrads(_unpad(dq, D), _unpad(dk, D), _unpad(dv, Dv))
