@@ -21,7 +21,12 @@ gradients, never NaN.
 The kernels are in ``_attention.pyx``; the same functions in plain NumPy are in
 ``seqkern.reference.attention``. Results do not depend on the number of
 threads: the work is split in tiles fixed by the problem size, so 1 and N
-threads give bitwise-identical results.
+threads give bitwise-identical results. The GIL is released while they run.
+
+Memory: O(T). The forward keeps the output and one log-sum-exp per query row;
+the backward recomputes the scores tile by tile. Scratch per thread is a few
+tiles; the backward may hold up to MAX_KEY_BLOCKS partial copies of dq when
+B * Hkv is small (see ``_key_blocks``).
 """
 
 import math
@@ -263,9 +268,8 @@ def attention_backward(d_out, cache):
         _attention.backward(qk, kk, vk, outk, cache.lse, _pad(d_out, vk.shape[-1]), Di,
                             dq_parts, dk, dv, a.scale, a.causal, a.key_lengths, a.mask,
                             a.mask_strides, bq, bk, effective_num_threads())
-        dq = dq_parts[0]
-        for part in dq_parts[1:]:         # in order: the result does not depend on threads
-            dq += part
+        # the parts summed in a fixed order: the result does not depend on threads
+        dq = dq_parts[0] if len(dq_parts) == 1 else dq_parts.sum(axis=0)
     else:
         dq = np.zeros(qk.shape, dt)
     return AttentionGrads(_unpad(dq, D), _unpad(dk, D), _unpad(dv, Dv))
