@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 from seqkern._config import show_config
 from seqkern._threads import get_num_threads, set_num_threads, threads
-from seqkern._types import GRUGrads, LSTMGrads, RNNGrads
+from seqkern._types import AttentionGrads, GRUGrads, LSTMGrads, RNNGrads
+from seqkern.attention import attention_backward, attention_forward
 from seqkern.gru import gru_backward, gru_forward, gru_step_backward, gru_step_forward
 from seqkern.lstm import lstm_backward, lstm_forward, lstm_step_backward, lstm_step_forward
 from seqkern.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
@@ -38,4 +39,7 @@ __all__ = [
     "gru_backward",
     "gru_step_forward",
     "gru_step_backward",
+    "AttentionGrads",
+    "attention_forward",
+    "attention_backward",
 ]

@@ -86,4 +86,54 @@ static inline double sk_sigmoid(double x)
 static inline float sk_tanhf(float x) { return (float)sk_tanh((double)x); }
 static inline float sk_sigmoidf(float x) { return (float)sk_sigmoid((double)x); }
 
+/*
+ * exp in float arithmetic throughout (for the attention softmax, where the
+ * double-based route above would halve the vector width). Same Cody-Waite
+ * reduction, x = n*ln2 + r with |r| <= ln2/2, then a degree-7 Taylor polynomial
+ * for exp(r) (truncation error below 6e-9) and 2^n built in the exponent bits.
+ *
+ * Accuracy: within 2 ulp of the correctly rounded exp(x) for x in [-87.33, 88]
+ * (checked by tests/test_attention.py against NumPy in float64).
+ * Range: x < -87.3365 (where exp(x) < FLT_MIN) gives exactly 0, so exp(-inf) = 0;
+ * x > 88 is computed as exp(88) ~ 1.65e38 (the softmax only feeds it x <= 0).
+ * NaN propagates.
+ */
+static inline float sk_expf(float x)
+{
+    const float shifter = 0x1.8p23f;             /* 1.5 * 2^23 */
+    const float log2e = 0x1.715476p0f;
+    const float ln2_hi = 0x1.62e4p-1f;           /* ln2 = ln2_hi + ln2_lo, ln2_hi exact in 16 bits */
+    const float ln2_lo = 0x1.7f7d1cp-20f;
+    const float lo = -87.3365478515625f, hi = 88.0f;
+    /* written so that NaN passes through unchanged */
+    float xc = x > hi ? hi : x;
+    xc = xc < lo ? lo : xc;
+    float t = xc * log2e + shifter;              /* round(x / ln2) in the low mantissa bits */
+    float n = t - shifter;
+    float r = (xc - n * ln2_hi) - n * ln2_lo;
+    uint32_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits + 127u) << 23;                  /* low bits of t hold 2^22 + n, n in [-126, 127] */
+    float scale;
+    memcpy(&scale, &bits, sizeof bits);
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    float e = p * scale;
+    return x < lo ? 0.0f : e;
+}
+
+/* exp for double with the same flush: exactly 0 below -708 (so exp(-inf) = 0),
+ * otherwise sk_exp (within 2 ulp). NaN propagates. */
+static inline double sk_exp_flush(double x)
+{
+    double e = sk_exp(x);
+    return x < -708.0 ? 0.0 : e;
+}
+
 #endif

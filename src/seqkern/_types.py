@@ -40,3 +40,11 @@ class GRUGrads(NamedTuple):
     dW_hh: np.ndarray
     db_ih: Optional[np.ndarray]
     db_hh: Optional[np.ndarray]
+
+
+class AttentionGrads(NamedTuple):
+    """Gradients of attention: dq (B, Hq, Tq, D), dk (B, Hkv, Tk, D), dv (B, Hkv, Tk, Dv)."""
+
+    dq: np.ndarray
+    dk: np.ndarray
+    dv: np.ndarray

@@ -1,0 +1,275 @@
+"""Batched multi-head attention, forward and backward, flash style (O(T) memory).
+
+    out = softmax(scale * q @ k^T + float mask, masked) @ v      per (batch, head)
+
+q (B, Hq, Tq, D), k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv), out (B, Hq, Tq, Dv).
+Hq must be a multiple of Hkv: query head h reads key/value head h // (Hq // Hkv)
+(grouped-query attention; Hq == Hkv is ordinary multi-head attention).
+All floating arrays of one call share one dtype, float32 or float64.
+
+Masks, all optional and combinable:
+
+- ``causal=True``: query i attends to keys j <= i + (Tk - Tq) (the last query
+  sees every key, the convention for decoding with a key cache);
+- ``mask``: boolean (True = may attend) or floating (added to the scores),
+  broadcastable to (B, Hq, Tq, Tk); the broadcast is never materialised;
+- ``key_lengths`` (B,): keys at or past ``key_lengths[b]`` are padding.
+
+A query row left with no key to attend to gets an output of zeros and zero
+gradients, never NaN.
+
+The kernels are in ``_attention.pyx``; the same functions in plain NumPy are in
+``seqkern.reference.attention``. Results do not depend on the number of
+threads: the work is split in tiles fixed by the problem size, so 1 and N
+threads give bitwise-identical results. The GIL is released while they run.
+
+Memory: O(T). The forward keeps the output and one log-sum-exp per query row;
+the backward recomputes the scores tile by tile. Scratch per thread is a few
+tiles; the backward may hold up to MAX_KEY_BLOCKS partial copies of dq when
+B * Hkv is small (see ``_key_blocks``).
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from seqkern import _attention
+from seqkern._threads import effective_num_threads
+from seqkern._types import AttentionGrads
+from seqkern._validation import check_bool, check_cache, check_shape, float_array
+
+__all__ = ["AttentionCache", "AttentionGrads", "attention_forward", "attention_backward"]
+
+
+def _key_lengths_array(key_lengths, B, Tk):
+    """``key_lengths`` as an int64 array of shape (B,) with values in [0, Tk], or None."""
+    if key_lengths is None:
+        return None
+    arr = np.asarray(key_lengths)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"key_lengths must be an integer array of shape (B,), got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"key_lengths must have shape (B,) = ({B},), got {arr.shape}")
+    if B and (arr.min() < 0 or arr.max() > Tk):
+        raise ValueError(f"key_lengths must lie in [0, Tk] = [0, {Tk}], "
+                         f"got values in [{arr.min()}, {arr.max()}]")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _compact_mask(mask, target, dtype):
+    """The mask as a C-contiguous 4-d array whose every axis is 1 or the target's
+    size, with element strides (0 along broadcast axes), never materialising a
+    broadcast (axes that a view repeats with stride 0 are collapsed to size 1).
+
+    Returns (array, strides, kind): kind "bool" (array is uint8, 1 = may attend)
+    or "float" (array has the call's dtype, added to the scores).
+    """
+    m = np.asarray(mask)
+    if m.dtype == np.bool_:
+        kind = "bool"
+    elif np.issubdtype(m.dtype, np.floating):
+        kind = "float"
+    else:
+        raise TypeError(f"mask must be a boolean or floating array, got dtype {m.dtype}")
+    legend = "(B, Hq, Tq, Tk) = " + str(tuple(target))
+    if m.ndim > 4:
+        raise ValueError(f"mask must broadcast to {legend}, got shape {m.shape}")
+    m = m.reshape((1,) * (4 - m.ndim) + m.shape)
+    if any(s != 1 and s != t for s, t in zip(m.shape, target)):
+        raise ValueError(f"mask of shape {np.shape(mask)} does not broadcast to {legend}")
+    # collapse axes a view repeats (stride 0), e.g. np.broadcast_to's
+    m = m[tuple(slice(0, 1) if (st == 0 and s > 1) else slice(None)
+                for s, st in zip(m.shape, m.strides))]
+    if kind == "bool":
+        m = np.ascontiguousarray(m).view(np.uint8)
+    else:
+        m = np.ascontiguousarray(m, dtype=dtype)
+    strides = []
+    step = 1
+    for s in reversed(m.shape):
+        strides.append(0 if s == 1 else step)
+        step *= s
+    return m, tuple(reversed(strides)), kind
+
+
+class AttentionArgs:
+    """Checked, C-contiguous arguments of an attention call (shared by the kernel
+    wrappers and the references so that both reject the same inputs).
+
+    ``mask`` is the compact 4-d mask (axes of size 1 where it broadcasts: NumPy
+    broadcasting against (B, Hq, Tq, Tk) works on it directly), ``mask_kind``
+    "bool" (then uint8) or "float", ``mask_strides`` its element strides with 0
+    along broadcast axes.
+    """
+
+    __slots__ = ("q", "k", "v", "causal", "mask", "mask_kind", "mask_strides", "key_lengths",
+                 "scale", "B", "Hq", "Hkv", "Tq", "Tk", "D", "Dv", "dtype")
+
+    def __init__(self, q, k, v, causal, mask, key_lengths, scale):
+        self.causal = check_bool("causal", causal)
+        self.q = q = float_array("q", q, 4)
+        self.dtype = dt = q.dtype
+        self.k = k = float_array("k", k, 4, dt)
+        self.v = v = float_array("v", v, 4, dt)
+        self.B, self.Hq, self.Tq, self.D = B, Hq, Tq, D = q.shape
+        self.Hkv, self.Tk = Hkv, Tk = k.shape[1], k.shape[2]
+        self.Dv = Dv = v.shape[3]
+        check_shape("k", k, (B, Hkv, Tk, D), "(B, Hkv, Tk, D) with B and D from q")
+        check_shape("v", v, (B, Hkv, Tk, Dv), "(B, Hkv, Tk, Dv) with B, Hkv and Tk from k")
+        if Hkv == 0 and Hq != 0 or Hkv != 0 and Hq % Hkv != 0:
+            raise ValueError(f"the query heads Hq = q.shape[1] = {Hq} must be a multiple of the "
+                             f"key/value heads Hkv = k.shape[1] = {Hkv}")
+        if scale is None:
+            self.scale = 1.0 / math.sqrt(D) if D else 1.0
+        elif isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
+        else:
+            self.scale = float(scale)
+        self.key_lengths = _key_lengths_array(key_lengths, B, Tk)
+        if mask is None:
+            self.mask, self.mask_strides, self.mask_kind = None, (0, 0, 0, 0), None
+        else:
+            self.mask, self.mask_strides, self.mask_kind = _compact_mask(mask, (B, Hq, Tq, Tk), dt)
+
+
+class AttentionCache:
+    """What :func:`attention_backward` needs from :func:`attention_forward`.
+
+    References, not copies, to the checked q, k, v (and mask), plus the output
+    and the per-row log-sum-exp ``lse`` (B, Hq, Tq) (+inf for a row with no
+    key): O(T) memory. ``kernel`` holds (q, k, v, out) as the kernel sees them
+    (the same arrays unless D or Dv needed zero-padding, see ``_pad``). Do not
+    modify those arrays in place between forward and backward.
+    """
+
+    __slots__ = ("args", "kernel", "lse")
+
+    def __init__(self, args, kernel, lse):
+        self.args = args
+        self.kernel = kernel
+        self.lse = lse
+
+
+def _tile_sizes(a, backward=False):
+    """(bq, bk): query and key tile sizes, from the problem size only (never the
+    thread count, so that results do not depend on it).
+
+    Measured on issue 4's cases in float32 (benchmarks/attention_speed.py): the
+    forward is flat within noise from 128x128 to 512x128 when not causal; causal
+    attention prefers shorter query tiles, which waste less of the diagonal tile;
+    the backward, which holds two score tiles, is fastest at 128x128.
+    """
+    if backward:
+        bq, bk = 128, 128
+    else:
+        bq, bk = (128, 256) if a.causal else (256, 256)
+    return min(bq, a.Tq), min(bk, a.Tk)
+
+
+MIN_BACKWARD_TASKS = 8
+MAX_KEY_BLOCKS = 4
+
+
+def _key_blocks(a, bk):
+    """How many blocks the backward cuts each (b, kv head)'s keys into, so that
+    it has about MIN_BACKWARD_TASKS tasks to share among threads. A function of
+    the problem size only (never the thread count); each block beyond the first
+    costs one more array the size of dq."""
+    pairs = a.B * a.Hkv
+    if pairs >= MIN_BACKWARD_TASKS:
+        return 1
+    n_tiles = -(-a.Tk // bk)
+    return max(1, min(-(-MIN_BACKWARD_TASKS // pairs), MAX_KEY_BLOCKS, n_tiles))
+
+
+def _padded_width(n, dtype):
+    """The kernel's products work on whole vectors: D and Dv are rounded up to a
+    multiple of _attention.pad_multiple (at least one multiple, so D = 0 works)."""
+    m = _attention.pad_multiple(dtype)
+    return max(m, -(-n // m) * m)
+
+
+def _pad(x, width):
+    """``x`` with its last axis zero-padded to ``width`` (``x`` itself if it has
+    that width already). Zero columns of q and k leave the scores unchanged; zero
+    columns of v and d_out only add output and gradient columns that are cut off."""
+    if x.shape[-1] == width:
+        return x
+    p = np.zeros(x.shape[:-1] + (width,), x.dtype)
+    p[..., :x.shape[-1]] = x
+    return p
+
+
+def _unpad(x, width):
+    return x if x.shape[-1] == width else np.ascontiguousarray(x[..., :width])
+
+
+def attention_forward(q, k, v, *, causal=False, mask=None, key_lengths=None, scale=None,
+                      return_cache=True):
+    """Multi-head attention forward.
+
+    Parameters
+    ----------
+    q : (B, Hq, Tq, D);  k : (B, Hkv, Tk, D);  v : (B, Hkv, Tk, Dv);  Hq = G * Hkv
+    causal : query i attends to keys j <= i + (Tk - Tq)
+    mask : None, or boolean (True = may attend) or floating (added to the scores)
+        array broadcastable to (B, Hq, Tq, Tk)
+    key_lengths : None, or (B,) integers in [0, Tk]; keys at or past them are padding
+    scale : the score scale, default 1 / sqrt(D)
+    return_cache : False keeps nothing for the backward (inference); cache is None.
+
+    Returns
+    -------
+    out : (B, Hq, Tq, Dv); zeros on a query row with no key to attend to
+    cache : AttentionCache for :func:`attention_backward`, or None
+    """
+    return_cache = check_bool("return_cache", return_cache)
+    a = AttentionArgs(q, k, v, causal, mask, key_lengths, scale)
+    B, Hq, Tq, Tk, Dv = a.B, a.Hq, a.Tq, a.Tk, a.Dv
+    Dp, Dvp = _padded_width(a.D, a.dtype), _padded_width(Dv, a.dtype)
+    qk, kk, vk = _pad(a.q, Dp), _pad(a.k, Dp), _pad(a.v, Dvp)
+    outk = np.zeros((B, Hq, Tq, Dvp), a.dtype)
+    lse = np.full((B, Hq, Tq), np.inf, a.dtype)
+    if B and Hq and Tq and Tk and Dv:
+        bq, bk = _tile_sizes(a)
+        _attention.forward(qk, kk, vk, outk, lse, a.scale, a.causal, a.key_lengths,
+                           a.mask, a.mask_strides, bq, bk, effective_num_threads())
+    out = _unpad(outk, Dv)
+    return out, (AttentionCache(a, (qk, kk, vk, outk), lse) if return_cache else None)
+
+
+def attention_backward(d_out, cache):
+    """Backward of :func:`attention_forward`.
+
+    Parameters
+    ----------
+    d_out : (B, Hq, Tq, Dv), the gradient of the loss with respect to ``out``
+    cache : the AttentionCache from :func:`attention_forward`
+
+    Returns
+    -------
+    AttentionGrads(dq, dk, dv), shaped like q, k, v; rows of dq with no key to
+    attend to are zeros.
+    """
+    cache = check_cache(cache, AttentionCache, "attention_forward (with return_cache=True)")
+    a = cache.args
+    B, Hq, Hkv, Tq, Tk, D, Dv = a.B, a.Hq, a.Hkv, a.Tq, a.Tk, a.D, a.Dv
+    d_out = float_array("d_out", d_out, 4, a.dtype)
+    check_shape("d_out", d_out, (B, Hq, Tq, Dv), "(B, Hq, Tq, Dv)")
+    dt = a.dtype
+    qk, kk, vk, outk = cache.kernel
+    dk = np.zeros(kk.shape, dt)
+    dv = np.zeros(vk.shape, dt)
+    if B and Hq and Tq and Tk and Dv:
+        Di = np.empty((B, Hq, Tq), dt)
+        bq, bk = _tile_sizes(a, backward=True)
+        dq_parts = np.zeros((_key_blocks(a, bk),) + qk.shape, dt)
+        _attention.backward(qk, kk, vk, outk, cache.lse, _pad(d_out, vk.shape[-1]), Di,
+                            dq_parts, dk, dv, a.scale, a.causal, a.key_lengths, a.mask,
+                            a.mask_strides, bq, bk, effective_num_threads())
+        # the parts summed in a fixed order: the result does not depend on threads
+        dq = dq_parts[0] if len(dq_parts) == 1 else dq_parts.sum(axis=0)
+    else:
+        dq = np.zeros(qk.shape, dt)
+    return AttentionGrads(_unpad(dq, D), _unpad(dk, D), _unpad(dv, Dv))

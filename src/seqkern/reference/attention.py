@@ -1,0 +1,87 @@
+"""Multi-head attention in plain NumPy: the oracle for tests, the baseline for benchmarks.
+
+Same functions and signatures as :mod:`seqkern.attention`. It materialises the
+(B, Hq, Tq, Tk) scores and probabilities, so it needs O(T^2) memory.
+Legend: B batch, Hq query heads, Hkv key/value heads (G = Hq // Hkv), Tq
+queries, Tk keys, D query/key width, Dv value width.
+"""
+
+import numpy as np
+
+from seqkern._types import AttentionGrads
+from seqkern._validation import check_bool, check_cache, check_shape, float_array
+from seqkern.attention import AttentionArgs
+
+
+class RefAttentionCache:
+    __slots__ = ("args", "P")
+
+    def __init__(self, args, P):
+        self.args = args
+        self.P = P        # (B, Hq, Tq, Tk) attention probabilities (0 where masked)
+
+
+def _allowed(a):
+    """(B, Hq, Tq, Tk)-broadcastable boolean: True where query i may attend to key j."""
+    Tq, Tk = a.Tq, a.Tk
+    ok = np.ones((1, 1, Tq, Tk), bool)
+    if a.causal:
+        i = np.arange(Tq)[:, None]
+        j = np.arange(Tk)[None, :]
+        ok = ok & (j <= i + (Tk - Tq))                           # (1, 1, Tq, Tk)
+    if a.key_lengths is not None:
+        ok = ok & (np.arange(Tk) < a.key_lengths[:, None, None, None])   # (B, 1, Tq, Tk)
+    if a.mask_kind == "bool":
+        ok = ok & a.mask.astype(bool)                            # compact, broadcasts
+    return ok
+
+
+def _repeat_kv(x, G):
+    """(B, Hkv, Tk, .) -> (B, Hq, Tk, .): key/value head h // G for query head h."""
+    return np.repeat(x, G, axis=1)
+
+
+def attention_forward(q, k, v, *, causal=False, mask=None, key_lengths=None, scale=None,
+                      return_cache=True):
+    """NumPy reference of :func:`seqkern.attention_forward` (same arguments and results)."""
+    return_cache = check_bool("return_cache", return_cache)
+    a = AttentionArgs(q, k, v, causal, mask, key_lengths, scale)
+    G = a.Hq // a.Hkv if a.Hkv else 1
+    k = _repeat_kv(a.k, G)                                       # (B, Hq, Tk, D)
+    v = _repeat_kv(a.v, G)                                       # (B, Hq, Tk, Dv)
+    s = a.scale * (a.q @ k.swapaxes(-1, -2))                     # (B, Hq, Tq, Tk) scores
+    if a.mask_kind == "float":
+        s = s + a.mask                                           # additive mask
+    s = np.where(_allowed(a), s, -np.inf)                        # masked: -inf
+    m = s.max(axis=-1, keepdims=True) if a.Tk else np.zeros(s.shape[:3] + (1,), a.dtype)
+    m = np.where(m == -np.inf, 0, m)                             # fully masked row: any finite shift
+    e = np.exp(s - m)                                            # (B, Hq, Tq, Tk), 0 where masked
+    l = e.sum(axis=-1, keepdims=True)                            # (B, Hq, Tq, 1)
+    empty = l == 0                                               # no key to attend to
+    P = np.where(empty, 0, e / np.where(empty, 1, l))            # softmax; NaN stays NaN
+    P = P.astype(a.dtype, copy=False)
+    out = P @ v                                                  # (B, Hq, Tq, Dv)
+    return out, (RefAttentionCache(a, P) if return_cache else None)
+
+
+def attention_backward(d_out, cache):
+    """NumPy reference of :func:`seqkern.attention_backward`."""
+    c = check_cache(cache, RefAttentionCache,
+                    "seqkern.reference.attention_forward (with return_cache=True)")
+    a, P = c.args, c.P
+    B, Hq, Hkv, Tq, Tk, Dv = a.B, a.Hq, a.Hkv, a.Tq, a.Tk, a.Dv
+    d_out = float_array("d_out", d_out, 4, a.dtype)
+    check_shape("d_out", d_out, (B, Hq, Tq, Dv), "(B, Hq, Tq, Dv)")
+    G = Hq // Hkv if Hkv else 1
+    k = _repeat_kv(a.k, G)                                       # (B, Hq, Tk, D)
+    v = _repeat_kv(a.v, G)                                       # (B, Hq, Tk, Dv)
+    dv = P.swapaxes(-1, -2) @ d_out                              # out = P v
+    dP = d_out @ v.swapaxes(-1, -2)                              # (B, Hq, Tq, Tk)
+    dS = P * (dP - (dP * P).sum(axis=-1, keepdims=True))         # backprop through softmax
+    dq = a.scale * (dS @ k)                                      # s = scale q k^T
+    dk = a.scale * (dS.swapaxes(-1, -2) @ a.q)                   # (B, Hq, Tk, D)
+    # sum the G query heads that share each key/value head
+    dk = dk.reshape(B, Hkv, G, Tk, a.D).sum(axis=2)
+    dv = dv.reshape(B, Hkv, G, Tk, Dv).sum(axis=2)
+    return AttentionGrads(dq.astype(a.dtype, copy=False), dk.astype(a.dtype, copy=False),
+                          dv.astype(a.dtype, copy=False))

@@ -1,0 +1,390 @@
+"""Attention kernels against seqkern.reference, the reference against finite
+differences, masks, fully masked rows, thread counts, NaN, and bad input."""
+
+import numpy as np
+import pytest
+
+import seqkern
+from seqkern import _attention
+from seqkern import reference as ref
+from seqkern.attention import AttentionArgs
+
+DTYPES = [np.float32, np.float64]
+
+# Kernel in float64 vs reference in float64, and kernel in float32 vs the
+# reference run in float64 on the same (rounded) inputs.
+TOL = {
+    np.float64: dict(rtol=1e-9, atol=1e-11),
+    np.float32: dict(rtol=2e-4, atol=5e-5),
+}
+
+# (B, Hq, Hkv, Tq, Tk, D, Dv): Tq != Tk, Tq = 1, D != Dv, odd sizes and GQA, and
+# sizes past the tile sizes (several query and key tiles, ragged last tiles).
+SHAPES = [
+    (2, 4, 4, 13, 29, 8, 8),
+    (1, 2, 2, 1, 17, 16, 16),
+    (2, 2, 2, 9, 9, 5, 11),
+    (3, 6, 2, 37, 53, 7, 5),
+    (1, 2, 1, 300, 520, 32, 24),
+    (2, 2, 2, 70, 130, 64, 64),        # no padding of D and Dv
+]
+
+VARIANTS = ["plain", "causal", "bool_mask", "float_mask", "lengths", "all"]
+
+
+def assert_close(actual, expected, dtype, name=""):
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    diff = np.nanmax(np.abs(actual.astype(np.float64) - expected)) if actual.size else 0.0
+    np.testing.assert_allclose(actual, expected, err_msg=f"{name}: max abs diff {diff:.3g}",
+                               **TOL[np.dtype(dtype).type])
+
+
+def make(rng, shape, dtype=np.float64):
+    B, Hq, Hkv, Tq, Tk, D, Dv = shape
+    q = rng.standard_normal((B, Hq, Tq, D))
+    k = rng.standard_normal((B, Hkv, Tk, D))
+    v = rng.standard_normal((B, Hkv, Tk, Dv))
+    d_out = rng.standard_normal((B, Hq, Tq, Dv))
+    return [a.astype(dtype) for a in (q, k, v, d_out)]
+
+
+def variant_kwargs(rng, variant, shape):
+    B, Hq, Hkv, Tq, Tk, D, Dv = shape
+    kw = {}
+    if variant in ("causal", "all"):
+        kw["causal"] = True
+    if variant in ("bool_mask", "all"):
+        # broadcast over heads; about one key in four hidden
+        kw["mask"] = rng.random((B, 1, Tq, Tk)) > 0.25
+    if variant == "float_mask":
+        # broadcast over batch and queries, a few keys at -inf
+        m = rng.standard_normal((Hq, 1, Tk))
+        m[:, :, ::5] = -np.inf
+        kw["mask"] = m
+    if variant in ("lengths", "all"):
+        lengths = rng.integers(0, Tk + 1, size=B)
+        lengths[0] = Tk
+        if B > 1:
+            lengths[-1] = 0
+        kw["key_lengths"] = lengths
+    return kw
+
+
+def run_both(args, dtype, **kw):
+    """Kernel forward + backward on the dtype's arrays, reference in float64 on the same values."""
+    q, k, v, d_out = args
+    out, cache = seqkern.attention_forward(q, k, v, **kw)
+    grads = seqkern.attention_backward(d_out, cache)
+    q64, k64, v64, d64 = (a.astype(np.float64) for a in args)
+    rout, rcache = ref.attention_forward(q64, k64, v64, **kw)
+    rgrads = ref.attention_backward(d64, rcache)
+    return (out, grads), (rout, rgrads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_backward_match_reference(rng, dtype, shape, variant):
+    args = make(rng, shape, dtype)
+    kw = variant_kwargs(rng, variant, shape)
+    (out, grads), (rout, rgrads) = run_both(args, dtype, **kw)
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    assert np.isfinite(out).all()
+    assert_close(out, rout, dtype, "out")
+    for name in ("dq", "dk", "dv"):
+        assert_close(getattr(grads, name), getattr(rgrads, name), dtype, name)
+
+
+@pytest.mark.parametrize("tiles", [(1, 1), (3, 5), (8, 16), (16, 8)])
+@pytest.mark.parametrize("variant", ["plain", "all", "float_mask", "large"])
+def test_small_tiles_match_reference(rng, monkeypatch, tiles, variant):
+    """Many ragged tiles: the online softmax across key tiles, causal and length
+    tile skipping, and query tiles that start past the diagonal. "large" scores
+    (|s| up to ~100) make the running max jump between tiles and exp underflow."""
+    monkeypatch.setattr(seqkern.attention, "_tile_sizes", lambda a, backward=False: tiles)
+    shape = (2, 4, 2, 23, 37, 6, 5)
+    args = make(rng, shape)
+    if variant == "large":
+        args[0] = args[0] * 12
+        args[1][:, :, ::3] *= 4                 # every third key much stronger
+    kw = variant_kwargs(rng, variant, shape)
+    (out, grads), (rout, rgrads) = run_both(args, np.float64, **kw)
+    assert_close(out, rout, np.float64, "out")
+    for name in ("dq", "dk", "dv"):
+        assert_close(getattr(grads, name), getattr(rgrads, name), np.float64, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scale_and_mask_forms(rng, dtype):
+    """A given scale, and masks of every rank, as lists, and as broadcast views."""
+    shape = (2, 4, 2, 11, 19, 6, 3)
+    B, Hq, Hkv, Tq, Tk, D, Dv = shape
+    args = make(rng, shape, dtype)
+    masks = [
+        rng.random((Tq, Tk)) > 0.3,
+        rng.random(Tk) > 0.3,
+        (rng.random((B, Hq, Tq, 1)) > 0.3).tolist(),
+        np.broadcast_to(rng.random((1, Hq, 1, Tk)) > 0.3, (B, Hq, Tq, Tk)),
+        rng.standard_normal((B, Hq, Tq, Tk))[:, :, :, ::-1],        # non-contiguous
+        rng.standard_normal((1, Tk)).astype(np.float32),             # other float dtype
+    ]
+    for mask in masks:
+        (out, grads), (rout, rgrads) = run_both(args, dtype, mask=mask, scale=0.3, causal=True)
+        assert_close(out, rout, dtype, "out")
+        for name in ("dq", "dk", "dv"):
+            assert_close(getattr(grads, name), getattr(rgrads, name), dtype, name)
+
+
+def test_mask_broadcast_is_not_materialised(rng):
+    q, k, v, _ = make(rng, (2, 4, 4, 64, 64, 8, 8))
+    full = np.broadcast_to(rng.random((1, 4, 1, 64)) > 0.5, (2, 4, 64, 64))
+    a = AttentionArgs(q, k, v, False, full, None, None)
+    assert a.mask.shape == (1, 4, 1, 64)
+    assert a.mask_strides == (0, 64, 0, 1)
+
+
+def numeric_grad(f, x, eps=1e-6):
+    g = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + eps
+        fp = f()
+        x[i] = old - eps
+        fm = f()
+        x[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("variant", ["plain", "all", "float_mask"])
+def test_reference_backward_matches_finite_differences(rng, variant):
+    shape = (2, 4, 2, 3, 5, 3, 2)
+    q, k, v, d_out = make(rng, shape)
+    kw = variant_kwargs(rng, variant, shape)
+    if variant == "all":
+        kw["key_lengths"] = np.array([5, 2])     # keep rows with keys, so gradients are nonzero
+
+    def loss():
+        return float((ref.attention_forward(q, k, v, **kw)[0] * d_out).sum())
+
+    _, cache = ref.attention_forward(q, k, v, **kw)
+    grads = ref.attention_backward(d_out, cache)
+    for name, x in (("dq", q), ("dk", k), ("dv", v)):
+        num = numeric_grad(loss, x)
+        assert np.abs(num).max() > 1e-3, f"{name}: the check would be vacuous"
+        np.testing.assert_allclose(getattr(grads, name), num, rtol=1e-6, atol=1e-8,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_fully_masked_rows_give_zeros(rng, dtype, impl):
+    mod = seqkern if impl == "kernel" else ref
+    shape = (3, 2, 2, 6, 4, 5, 3)
+    B, Hq, Hkv, Tq, Tk, D, Dv = shape
+    q, k, v, d_out = make(rng, shape, dtype)
+    mask = np.ones((Tq, Tk), bool)
+    mask[1] = False                                   # row 1 sees nothing
+    fmask = np.zeros((B, 1, Tq, 1))
+    fmask[1, :, 2] = -np.inf                          # batch 1, row 2: -inf everywhere
+    for kw, empty in [
+        (dict(key_lengths=[4, 0, 2]), (1, slice(None), slice(None))),
+        (dict(mask=mask), (slice(None), slice(None), 1)),
+        (dict(mask=fmask), (1, slice(None), 2)),
+        (dict(causal=True), (slice(None), slice(None), slice(0, Tq - Tk))),  # Tq > Tk
+    ]:
+        out, cache = mod.attention_forward(q, k, v, **kw)
+        g = mod.attention_backward(d_out, cache)
+        for name, x in (("out", out), ("dq", g.dq), ("dk", g.dk), ("dv", g.dv)):
+            assert not np.isnan(x).any(), f"{kw}: NaN in {name}"
+        assert np.all(out[empty] == 0) and np.all(g.dq[empty] == 0), kw
+        live = np.ones(out.shape[:3], bool)
+        live[empty] = False
+        assert np.all(np.abs(out[live]).sum(-1) > 0), kw   # the other rows are not zeroed
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_backward_key_blocks_match_reference(rng, causal):
+    """One kv head and one batch: the backward cuts the keys into blocks with
+    their own dq parts (see attention._key_blocks)."""
+    shape = (1, 4, 1, 50, 300, 8, 8)
+    args = make(rng, shape)
+    a = AttentionArgs(*args[:3], causal, None, None, None)
+    bk = seqkern.attention._tile_sizes(a, backward=True)[1]
+    assert seqkern.attention._key_blocks(a, bk) > 1
+    (out, grads), (rout, rgrads) = run_both(args, np.float64, causal=causal,
+                                            key_lengths=[290])
+    for name in ("dq", "dk", "dv"):
+        assert_close(getattr(grads, name), getattr(rgrads, name), np.float64, name)
+
+
+def test_one_thread_equals_two_threads_bitwise(rng):
+    for dtype in DTYPES:
+        shape = (3, 4, 2, 200, 300, 16, 8)
+        q, k, v, d_out = make(rng, shape, dtype)
+        kw = dict(causal=True, mask=rng.random((200, 300)) > 0.1, key_lengths=[300, 150, 290])
+        res = []
+        for n in (1, 2):
+            with seqkern.threads(n):
+                out, cache = seqkern.attention_forward(q, k, v, **kw)
+                res.append((out,) + tuple(seqkern.attention_backward(d_out, cache)))
+        for a, b, name in zip(res[0], res[1], ("out", "dq", "dk", "dv")):
+            assert np.array_equal(a, b), f"{dtype.__name__} {name} differs between 1 and 2 threads"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_propagates(rng, dtype):
+    shape = (1, 2, 1, 5, 7, 4, 3)
+    q, k, v, d_out = make(rng, shape, dtype)
+    q = q.copy()
+    q[0, 1, 2, 0] = np.nan                # one query row
+    out, cache = seqkern.attention_forward(q, k, v)
+    g = seqkern.attention_backward(d_out, cache)
+    assert np.isnan(out[0, 1, 2]).all()
+    assert not np.isnan(out[0, 0]).any() and not np.isnan(np.delete(out[0, 1], 2, 0)).any()
+    assert np.isnan(g.dq[0, 1, 2]).any() and np.isnan(g.dk).any() and np.isnan(g.dv).any()
+    k2 = k.copy()
+    k2[0, 0, 3, 1] = np.nan               # one key: every row that sees it
+    out, _ = seqkern.attention_forward(q * 0 + 1, k2, v, causal=True)
+    assert np.isnan(out[0, :, 1:]).all() and not np.isnan(out[0, :, 0]).any()
+    v2 = v.copy()
+    v2[0, 0, 0, 0] = np.inf * 0
+    out, _ = seqkern.attention_forward(q[:, :, :1] * 0, k, v2)
+    assert np.isnan(out[..., 0]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inputs_not_modified_read_only_and_strided(rng, dtype):
+    shape = (2, 4, 2, 9, 12, 5, 6)
+    q, k, v, d_out = make(rng, shape, dtype)
+    mask = rng.random((9, 12)) > 0.2
+    lengths = np.array([12, 7])
+    arrays = [q, k, v, d_out, mask, lengths]
+    copies = [a.copy() for a in arrays]
+    for a in arrays:
+        a.flags.writeable = False
+    kw = dict(mask=mask, key_lengths=lengths, causal=True)
+    out, cache = seqkern.attention_forward(q, k, v, **kw)
+    g = seqkern.attention_backward(d_out, cache)
+    for a, c in zip(arrays, copies):
+        assert np.array_equal(a, c)
+    # the same values laid out (B, T, H, D) and viewed as (B, H, T, D)
+    qs, ks, vs, ds = (np.ascontiguousarray(a.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+                      for a in (q, k, v, d_out))
+    assert not qs.flags.c_contiguous
+    out2, cache2 = seqkern.attention_forward(qs, ks, vs, **kw)
+    g2 = seqkern.attention_backward(ds, cache2)
+    assert np.array_equal(out, out2)
+    for a, b in zip(g, g2):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("impl", [seqkern, ref])
+@pytest.mark.parametrize("sizes", [
+    dict(B=0), dict(Hq=0, Hkv=0), dict(Tq=0), dict(Tk=0), dict(D=0), dict(Dv=0),
+])
+def test_empty_sizes(rng, impl, sizes):
+    s = dict(B=2, Hq=2, Hkv=1, Tq=3, Tk=4, D=5, Dv=6)
+    s.update(sizes)
+    shape = tuple(s[n] for n in ("B", "Hq", "Hkv", "Tq", "Tk", "D", "Dv"))
+    q, k, v, d_out = make(rng, shape)
+    out, cache = impl.attention_forward(q, k, v, causal=True)
+    g = impl.attention_backward(d_out, cache)
+    assert out.shape == (s["B"], s["Hq"], s["Tq"], s["Dv"])
+    assert g.dq.shape == q.shape and g.dk.shape == k.shape and g.dv.shape == v.shape
+    if impl is seqkern:
+        rout, rcache = ref.attention_forward(q, k, v, causal=True)
+        rg = ref.attention_backward(d_out, rcache)
+        assert_close(out, rout, np.float64, "out")
+        for a, b in zip(g, rg):
+            assert_close(a, b, np.float64)
+
+
+def test_return_cache_false(rng):
+    q, k, v, _ = make(rng, (1, 1, 1, 2, 3, 4, 4))
+    out, cache = seqkern.attention_forward(q, k, v, return_cache=False)
+    assert cache is None and out.shape == (1, 1, 2, 4)
+
+
+def bad_calls(rng):
+    q, k, v, _ = make(rng, (2, 4, 2, 3, 5, 6, 7))
+    q32 = q.astype(np.float32)
+    return [
+        (dict(q=None), TypeError, "q must be"),
+        (dict(q=q.astype(np.int64)), TypeError, "q must be a float32 or float64"),
+        (dict(k=k.astype(np.float32)), TypeError, "k has dtype float32"),
+        (dict(q=q32), TypeError, "k has dtype float64"),
+        (dict(q=q[0]), ValueError, "q must have 4 dimensions"),
+        (dict(k=k[:1]), ValueError, "k must have shape"),
+        (dict(k=k[..., :5]), ValueError, "k must have shape"),
+        (dict(v=v[:, :, :4]), ValueError, "v must have shape"),
+        (dict(v=v[:, :1]), ValueError, "v must have shape"),
+        (dict(k=np.concatenate([k, k[:, :1]], 1), v=np.concatenate([v, v[:, :1]], 1)),
+         ValueError, "multiple of"),
+        (dict(causal=1), TypeError, "causal must be True or False"),
+        (dict(return_cache="yes"), TypeError, "return_cache must be"),
+        (dict(scale="1"), TypeError, "scale must be a real number"),
+        (dict(mask=np.ones((3, 4), bool)), ValueError, "mask of shape"),
+        (dict(mask=np.ones((2, 2, 3, 5), bool)), ValueError, "mask of shape"),
+        (dict(mask=np.ones((1, 1, 1, 3, 5), bool)), ValueError, "mask must broadcast"),
+        (dict(mask=np.ones((3, 5), np.int32)), TypeError, "mask must be a boolean or floating"),
+        (dict(key_lengths=[5]), ValueError, "key_lengths must have shape"),
+        (dict(key_lengths=[5, 6]), ValueError, r"key_lengths must lie in \[0, Tk\]"),
+        (dict(key_lengths=[-1, 2]), ValueError, r"key_lengths must lie in \[0, Tk\]"),
+        (dict(key_lengths=[1.0, 2.0]), TypeError, "key_lengths must be an integer"),
+    ], (q, k, v)
+
+
+@pytest.mark.parametrize("impl", [seqkern, ref])
+def test_bad_arguments_raise_clear_errors(rng, impl):
+    calls, (q, k, v) = bad_calls(rng)
+    for change, exc, match in calls:
+        kw = dict(q=q, k=k, v=v)
+        kw.update(change)
+        with pytest.raises(exc, match=match):
+            impl.attention_forward(**kw)
+
+
+def test_bad_backward_arguments(rng):
+    q, k, v, d_out = make(rng, (1, 2, 2, 3, 4, 5, 6))
+    _, cache = seqkern.attention_forward(q, k, v)
+    _, rcache = ref.attention_forward(q, k, v)
+    x = rng.standard_normal((2, 1, 3))
+    _, _, rnn_cache = seqkern.rnn_forward(x, None, rng.standard_normal((4, 3)),
+                                          rng.standard_normal((4, 4)))
+    for bad in (None, rcache, rnn_cache, (q, k, v)):
+        with pytest.raises(TypeError, match="cache must be the cache returned by attention_forward"):
+            seqkern.attention_backward(d_out, bad)
+    with pytest.raises(TypeError, match="cache must be the cache returned by seqkern.reference"):
+        ref.attention_backward(d_out, cache)
+    for impl, c in ((seqkern, cache), (ref, rcache)):
+        with pytest.raises(ValueError, match="d_out must have shape"):
+            impl.attention_backward(d_out[..., :5], c)
+        with pytest.raises(TypeError, match="d_out has dtype float32"):
+            impl.attention_backward(d_out.astype(np.float32), c)
+        with pytest.raises(TypeError, match="d_out must be"):
+            impl.attention_backward(None, c)
+
+
+def test_float_exp_accuracy():
+    x = np.concatenate([np.linspace(-87.3, 88.0, 200001), [0.0, -1e-30, 1e-30, -0.5, 0.5]])
+    x = x.astype(np.float32)
+    got = np.empty_like(x)
+    _attention._expf(x, got)
+    exact = np.exp(x.astype(np.float64))
+    ulp = np.spacing(exact.astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got - exact) / ulp) <= 2.0
+    assert got[x == 0][0] == 1.0
+    special = np.array([-np.inf, -100.0, -87.34, np.nan], np.float32)
+    out = np.empty_like(special)
+    _attention._expf(special, out)
+    assert out[0] == 0 and out[1] == 0 and out[2] == 0 and np.isnan(out[3])
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
