@@ -254,7 +254,7 @@ def attention_backward(d_out, cache):
     """
     cache = check_cache(cache, AttentionCache, "attention_forward (with return_cache=True)")
     a = cache.args
-    B, Hq, Hkv, Tq, Tk, D, Dv = a.B, a.Hq, a.Hkv, a.Tq, a.Tk, a.D, a.Dv
+    B, Hq, Tq, Tk, D, Dv = a.B, a.Hq, a.Tq, a.Tk, a.D, a.Dv
     d_out = float_array("d_out", d_out, 4, a.dtype)
     check_shape("d_out", d_out, (B, Hq, Tq, Dv), "(B, Hq, Tq, Dv)")
     dt = a.dtype

@@ -25,14 +25,8 @@ import numpy as np
 from seqkern import _gru
 from seqkern._threads import blas_single_thread, effective_num_threads
 from seqkern._types import GRUGrads
-from seqkern._validation import (
-    check_bool,
-    check_cache,
-    check_shape,
-    float_array,
-    lengths_array,
-    optional_float_array,
-)
+from seqkern._recurrent import RecurrentArgs
+from seqkern._validation import check_bool, check_cache
 
 __all__ = [
     "GRUCache",
@@ -45,42 +39,14 @@ __all__ = [
 ]
 
 
-class GRUArgs:
-    """Checked, time-major, C-contiguous arguments of a GRU call (shared by the
-    kernel wrappers and the references so that both reject the same inputs)."""
+class GRUArgs(RecurrentArgs):
+    """Checked, time-major, C-contiguous arguments of a GRU call."""
 
-    __slots__ = ("x", "h0", "W_ih", "W_hh", "b_ih", "b_hh", "lengths", "batch_first",
-                 "T", "B", "I", "H", "dtype")
+    GATES = 3
+    ORDER = "r, z, n"
 
     def __init__(self, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim=3):
-        self.batch_first = check_bool("batch_first", batch_first)
-        x = float_array("x", x, x_ndim)
-        if x_ndim == 2:           # one step: x (B, I)
-            x = x[None]
-        elif self.batch_first:    # (B, T, I) -> (T, B, I)
-            x = np.ascontiguousarray(x.transpose(1, 0, 2))
-        self.x = x
-        self.dtype = dt = x.dtype
-        self.T, self.B, self.I = T, B, I = x.shape
-        self.W_ih = float_array("W_ih", W_ih, 2, dt)
-        self.W_hh = float_array("W_hh", W_hh, 2, dt)
-        H = self.H = self.W_hh.shape[1]    # W_hh (3H, H) fixes H
-        G = 3 * H
-        check_shape("W_hh", self.W_hh, (G, H), f"(3H, H) with H = {H}")
-        check_shape("W_ih", self.W_ih, (G, I), f"(3H, I) with H = {H}, I = {I}")
-        self.b_ih = optional_float_array("b_ih", b_ih, 1, dt)
-        if self.b_ih is not None:
-            check_shape("b_ih", self.b_ih, (G,), "(3H,)")
-        self.b_hh = optional_float_array("b_hh", b_hh, 1, dt)
-        if self.b_hh is not None:
-            check_shape("b_hh", self.b_hh, (G,), "(3H,)")
-        name = "h_prev" if x_ndim == 2 else "h0"
-        if h0 is None:
-            self.h0 = np.zeros((B, H), dt)
-        else:
-            self.h0 = float_array(name, h0, 2, dt)
-            check_shape(name, self.h0, (B, H), "(B, H)")
-        self.lengths = lengths_array(lengths, B, T)
+        super().__init__(x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim)
 
 
 _CHUNK_ROWS = 512
@@ -148,7 +114,7 @@ class GRUStepCache:
 
 
 def _forward(a, return_cache):
-    T, B, I, H = a.T, a.B, a.I, a.H
+    T, B, H = a.T, a.B, a.H
     dt = a.dtype
     out = np.zeros((T, B, H), dt)
     h_n = a.h0.copy()
@@ -213,14 +179,6 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None,
     return out, h_n, cache
 
 
-def _grad_array(name, g, expected, legend, dtype):
-    if g is None:
-        return None
-    g = float_array(name, g, len(expected), dtype)
-    check_shape(name, g, expected, legend)
-    return g
-
-
 def _backward(c, d_out, d_h_n):
     a = c.args
     T, B, I, H = a.T, a.B, a.I, a.H
@@ -272,14 +230,8 @@ def gru_backward(d_out, d_h_n, cache):
     """
     cache = check_cache(cache, GRUCache, "gru_forward (with return_cache=True)")
     a = cache.args
-    T, B, H = a.T, a.B, a.H
-    if d_out is not None:
-        if a.batch_first:
-            d_out = _grad_array("d_out", d_out, (B, T, H), "(B, T, H)", a.dtype)
-            d_out = np.ascontiguousarray(d_out.transpose(1, 0, 2))
-        else:
-            d_out = _grad_array("d_out", d_out, (T, B, H), "(T, B, H)", a.dtype)
-    d_h_n = _grad_array("d_h_n", d_h_n, (B, H), "(B, H)", a.dtype)
+    d_out = a.seq_grad("d_out", d_out)
+    d_h_n = a.state_grad("d_h_n", d_h_n)
     g = _backward(cache, d_out, d_h_n)
     if a.batch_first:
         g = g._replace(dx=g.dx.transpose(1, 0, 2))
@@ -297,8 +249,6 @@ def gru_step_backward(dh_next, cache):
     """Backward of one step: dh_next (B, H) -> GRUGrads (dx (B, I), dh0 = gradient of h_prev)."""
     cache = check_cache(cache, GRUStepCache, "gru_step_forward")
     a = cache.seq.args
-    dh_next = _grad_array("dh_next", dh_next, (a.B, a.H), "(B, H)", a.dtype)
-    if dh_next is None:
-        raise TypeError("dh_next must be a float32 or float64 array, got None")
+    dh_next = a.state_grad("dh_next", dh_next, required=True)
     g = _backward(cache.seq, dh_next[None], None)
     return g._replace(dx=g.dx[0])

@@ -23,14 +23,8 @@ import numpy as np
 from seqkern import _lstm
 from seqkern._threads import blas_single_thread, effective_num_threads
 from seqkern._types import LSTMGrads
-from seqkern._validation import (
-    check_bool,
-    check_cache,
-    check_shape,
-    float_array,
-    lengths_array,
-    optional_float_array,
-)
+from seqkern._recurrent import RecurrentArgs
+from seqkern._validation import check_bool, check_cache
 
 __all__ = [
     "LSTMCache",
@@ -43,59 +37,15 @@ __all__ = [
 ]
 
 
-class LSTMArgs:
-    """Checked, time-major, C-contiguous arguments of an LSTM call (shared by the
-    kernel wrappers and the references so that both reject the same inputs)."""
+class LSTMArgs(RecurrentArgs):
+    """Checked, time-major, C-contiguous arguments of an LSTM call."""
 
-    __slots__ = ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "lengths",
-                 "batch_first", "T", "B", "I", "H", "dtype")
+    GATES = 4
+    ORDER = "i, f, g, o"
+    STATES = ("h", "c")
 
     def __init__(self, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim=3):
-        self.batch_first = check_bool("batch_first", batch_first)
-        x = float_array("x", x, x_ndim)
-        if x_ndim == 2:           # one step: x (B, I)
-            x = x[None]
-        elif self.batch_first:    # (B, T, I) -> (T, B, I)
-            x = np.ascontiguousarray(x.transpose(1, 0, 2))
-        self.x = x
-        self.dtype = dt = x.dtype
-        self.T, self.B, self.I = T, B, I = x.shape
-        self.W_ih = float_array("W_ih", W_ih, 2, dt)
-        if self.W_ih.shape[0] % 4:
-            raise ValueError(
-                f"W_ih must have shape (4H, I) with rows stacked i, f, g, o, "
-                f"got {self.W_ih.shape}: {self.W_ih.shape[0]} rows is not a multiple of 4")
-        H = self.H = self.W_ih.shape[0] // 4
-        check_shape("W_ih", self.W_ih, (4 * H, I), f"(4H, I) = ({4 * H}, {I})")
-        self.W_hh = float_array("W_hh", W_hh, 2, dt)
-        check_shape("W_hh", self.W_hh, (4 * H, H), "(4H, H)")
-        self.b_ih = optional_float_array("b_ih", b_ih, 1, dt)
-        if self.b_ih is not None:
-            check_shape("b_ih", self.b_ih, (4 * H,), "(4H,)")
-        self.b_hh = optional_float_array("b_hh", b_hh, 1, dt)
-        if self.b_hh is not None:
-            check_shape("b_hh", self.b_hh, (4 * H,), "(4H,)")
-        step = x_ndim == 2
-        self.h0 = self._state("h_prev" if step else "h0", h0, B, H, dt)
-        self.c0 = self._state("c_prev" if step else "c0", c0, B, H, dt)
-        self.lengths = lengths_array(lengths, B, T)
-
-    @staticmethod
-    def _state(name, s, B, H, dt):
-        if s is None:
-            return np.zeros((B, H), dt)
-        s = float_array(name, s, 2, dt)
-        check_shape(name, s, (B, H), "(B, H)")
-        return s
-
-    def bias(self):
-        """b_ih + b_hh (zeros where both are None), shape (4H,)."""
-        b = np.zeros(4 * self.H, self.dtype)
-        if self.b_ih is not None:
-            b += self.b_ih
-        if self.b_hh is not None:
-            b += self.b_hh
-        return b
+        super().__init__(x, (h0, c0), W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim)
 
 
 class LSTMCache:
@@ -182,14 +132,6 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None,
     return out, h_n, c_n, cache
 
 
-def _grad_array(name, g, expected, legend, dtype):
-    if g is None:
-        return None
-    g = float_array(name, g, len(expected), dtype)
-    check_shape(name, g, expected, legend)
-    return g
-
-
 def _backward(cache, d_out, d_h_n, d_c_n):
     a = cache.args
     T, B, I, H = a.T, a.B, a.I, a.H
@@ -229,15 +171,9 @@ def lstm_backward(d_out, d_h_n, d_c_n, cache):
     """
     cache = check_cache(cache, LSTMCache, "lstm_forward (with return_cache=True)")
     a = cache.args
-    T, B, H = a.T, a.B, a.H
-    if d_out is not None:
-        if a.batch_first:
-            d_out = _grad_array("d_out", d_out, (B, T, H), "(B, T, H)", a.dtype)
-            d_out = np.ascontiguousarray(d_out.transpose(1, 0, 2))
-        else:
-            d_out = _grad_array("d_out", d_out, (T, B, H), "(T, B, H)", a.dtype)
-    d_h_n = _grad_array("d_h_n", d_h_n, (B, H), "(B, H)", a.dtype)
-    d_c_n = _grad_array("d_c_n", d_c_n, (B, H), "(B, H)", a.dtype)
+    d_out = a.seq_grad("d_out", d_out)
+    d_h_n = a.state_grad("d_h_n", d_h_n)
+    d_c_n = a.state_grad("d_c_n", d_c_n)
     g = _backward(cache, d_out, d_h_n, d_c_n)
     if a.batch_first:
         g = g._replace(dx=g.dx.transpose(1, 0, 2))
@@ -257,9 +193,7 @@ def lstm_step_backward(dh_next, dc_next, cache):
     (dx (B, I), dh0 and dc0 = gradients of h_prev and c_prev)."""
     cache = check_cache(cache, LSTMStepCache, "lstm_step_forward")
     a = cache.seq.args
-    if dh_next is None:
-        raise TypeError("dh_next must be a float32 or float64 array, got None")
-    dh_next = _grad_array("dh_next", dh_next, (a.B, a.H), "(B, H)", a.dtype)
-    dc_next = _grad_array("dc_next", dc_next, (a.B, a.H), "(B, H)", a.dtype)
+    dh_next = a.state_grad("dh_next", dh_next, required=True)
+    dc_next = a.state_grad("dc_next", dc_next)
     g = _backward(cache.seq, dh_next[None], None, dc_next)
     return g._replace(dx=g.dx[0])

@@ -22,15 +22,8 @@ from numpy.typing import ArrayLike, NDArray
 from seqkern import _rnn
 from seqkern._threads import blas_single_thread, block_count, effective_num_threads
 from seqkern._types import RNNGrads
-from seqkern._validation import (
-    check_bool,
-    check_cache,
-    check_choice,
-    check_shape,
-    float_array,
-    lengths_array,
-    optional_float_array,
-)
+from seqkern._recurrent import RecurrentArgs
+from seqkern._validation import check_bool, check_cache, check_choice
 
 __all__ = [
     "RNNCache",
@@ -45,52 +38,13 @@ __all__ = [
 NONLINEARITIES = ("tanh", "relu")
 
 
-class RNNArgs:
-    """Checked, time-major, C-contiguous arguments of an RNN call (shared by the
-    kernel wrappers and the references so that both reject the same inputs)."""
-
-    __slots__ = ("x", "h0", "W_ih", "W_hh", "b_ih", "b_hh", "nonlinearity", "lengths",
-                 "batch_first", "T", "B", "I", "H", "dtype")
+class RNNArgs(RecurrentArgs):
+    """Checked, time-major, C-contiguous arguments of an RNN call."""
 
     def __init__(self, x, h0, W_ih, W_hh, b_ih, b_hh, nonlinearity, lengths, batch_first,
                  x_ndim=3):
-        self.batch_first = check_bool("batch_first", batch_first)
         self.nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-        x = float_array("x", x, x_ndim)
-        if x_ndim == 2:           # one step: x (B, I)
-            x = x[None]
-        elif self.batch_first:    # (B, T, I) -> (T, B, I)
-            x = np.ascontiguousarray(x.transpose(1, 0, 2))
-        self.x = x
-        self.dtype = dt = x.dtype
-        self.T, self.B, self.I = T, B, I = x.shape
-        self.W_ih = float_array("W_ih", W_ih, 2, dt)
-        H = self.H = self.W_ih.shape[0]
-        check_shape("W_ih", self.W_ih, (H, I), f"(H, I) = ({H}, {I})")
-        self.W_hh = float_array("W_hh", W_hh, 2, dt)
-        check_shape("W_hh", self.W_hh, (H, H), "(H, H)")
-        self.b_ih = optional_float_array("b_ih", b_ih, 1, dt)
-        if self.b_ih is not None:
-            check_shape("b_ih", self.b_ih, (H,), "(H,)")
-        self.b_hh = optional_float_array("b_hh", b_hh, 1, dt)
-        if self.b_hh is not None:
-            check_shape("b_hh", self.b_hh, (H,), "(H,)")
-        name = "h_prev" if x_ndim == 2 else "h0"
-        if h0 is None:
-            self.h0 = np.zeros((B, H), dt)
-        else:
-            self.h0 = float_array(name, h0, 2, dt)
-            check_shape(name, self.h0, (B, H), "(B, H)")
-        self.lengths = lengths_array(lengths, B, T)
-
-    def bias(self):
-        """b_ih + b_hh (zeros where both are None), shape (H,)."""
-        b = np.zeros(self.H, self.dtype)
-        if self.b_ih is not None:
-            b += self.b_ih
-        if self.b_hh is not None:
-            b += self.b_hh
-        return b
+        super().__init__(x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim)
 
 
 class RNNCache:
@@ -164,14 +118,6 @@ def rnn_forward(x: ArrayLike, h0: Optional[ArrayLike], W_ih: ArrayLike, W_hh: Ar
     return out, h_n, cache
 
 
-def _grad_array(name, g, expected, legend, dtype):
-    if g is None:
-        return None
-    g = float_array(name, g, len(expected), dtype)
-    check_shape(name, g, expected, legend)
-    return g
-
-
 def _backward(cache, d_out, d_h_n):
     a, out = cache.args, cache.out
     T, B, I, H = a.T, a.B, a.I, a.H
@@ -211,15 +157,8 @@ def rnn_backward(d_out: Optional[ArrayLike], d_h_n: Optional[ArrayLike],
     """
     cache = check_cache(cache, RNNCache, "rnn_forward (with return_cache=True)")
     a = cache.args
-    T, B, H = a.T, a.B, a.H
-    g_out = None
-    if d_out is not None:
-        if a.batch_first:
-            g_out = _grad_array("d_out", d_out, (B, T, H), "(B, T, H)", a.dtype)
-            g_out = np.ascontiguousarray(g_out.transpose(1, 0, 2))
-        else:
-            g_out = _grad_array("d_out", d_out, (T, B, H), "(T, B, H)", a.dtype)
-    g_h_n = _grad_array("d_h_n", d_h_n, (B, H), "(B, H)", a.dtype)
+    g_out = a.seq_grad("d_out", d_out)
+    g_h_n = a.state_grad("d_h_n", d_h_n)
     g = _backward(cache, g_out, g_h_n)
     if a.batch_first:
         g = g._replace(dx=g.dx.transpose(1, 0, 2))
@@ -239,9 +178,6 @@ def rnn_step_backward(dh_next: ArrayLike, cache: RNNStepCache) -> RNNGrads:
     """Backward of one step: dh_next (B, H) -> RNNGrads (dx (B, I), dh0 = gradient of h_prev)."""
     cache = check_cache(cache, RNNStepCache, "rnn_step_forward")
     a = cache.seq.args
-    if dh_next is None:
-        raise TypeError("dh_next must be a float32 or float64 array, got None")
-    dh = float_array("dh_next", dh_next, 2, a.dtype)
-    check_shape("dh_next", dh, (a.B, a.H), "(B, H)")
+    dh = a.state_grad("dh_next", dh_next, required=True)
     g = _backward(cache.seq, dh[None], None)
     return g._replace(dx=g.dx[0])

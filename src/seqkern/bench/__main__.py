@@ -70,7 +70,7 @@ def main(argv=None):
     sweep_cases = sweep(quick=args.quick) if args.sweep else []
     if not cases and not sweep_cases:
         p.error("no kernel selected is available in this build")
-    budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.6)
+    budget = args.budget if args.budget is not None else (0.05 if args.quick else 0.6)
 
     from seqkern._config import config
 

@@ -14,7 +14,7 @@ order r, z, n. One line of backward per line of forward:
 import numpy as np
 
 from seqkern._types import GRUGrads
-from seqkern._validation import check_bool, check_cache, check_shape, float_array
+from seqkern._validation import check_bool, check_cache
 from seqkern.gru import GRUArgs
 
 
@@ -125,18 +125,7 @@ def gru_backward(d_out, d_h_n, cache):
     """NumPy reference of :func:`seqkern.gru_backward`."""
     c = check_cache(cache, RefGRUCache, "seqkern.reference.gru_forward (with return_cache=True)")
     a = c.args
-    T, B, H = a.T, a.B, a.H
-    if d_out is not None:
-        d_out = float_array("d_out", d_out, 3, a.dtype)
-        if a.batch_first:
-            check_shape("d_out", d_out, (B, T, H), "(B, T, H)")
-            d_out = d_out.transpose(1, 0, 2)
-        else:
-            check_shape("d_out", d_out, (T, B, H), "(T, B, H)")
-    if d_h_n is not None:
-        d_h_n = float_array("d_h_n", d_h_n, 2, a.dtype)
-        check_shape("d_h_n", d_h_n, (B, H), "(B, H)")
-    g = _backward(c, d_out, d_h_n)
+    g = _backward(c, a.seq_grad("d_out", d_out), a.state_grad("d_h_n", d_h_n))
     return g._replace(dx=g.dx.transpose(1, 0, 2)) if a.batch_first else g
 
 
@@ -151,9 +140,6 @@ def gru_step_backward(dh_next, cache):
     """NumPy reference of :func:`seqkern.gru_step_backward`."""
     c = check_cache(cache, RefGRUStepCache, "seqkern.reference.gru_step_forward")
     a = c.seq.args
-    if dh_next is None:
-        raise TypeError("dh_next must be a float32 or float64 array, got None")
-    dh_next = float_array("dh_next", dh_next, 2, a.dtype)
-    check_shape("dh_next", dh_next, (a.B, a.H), "(B, H)")
+    dh_next = a.state_grad("dh_next", dh_next, required=True)
     g = _backward(c.seq, dh_next[None], None)
     return g._replace(dx=g.dx[0])

@@ -8,7 +8,7 @@ One line of backward per line of forward.
 import numpy as np
 
 from seqkern._types import LSTMGrads
-from seqkern._validation import check_bool, check_cache, check_shape, float_array
+from seqkern._validation import check_bool, check_cache
 from seqkern.lstm import LSTMArgs
 
 
@@ -119,26 +119,13 @@ def _backward(cache, d_out, d_h_n, d_c_n):
                      None if a.b_hh is None else db.copy())
 
 
-def _grad(name, g, shape, legend, dtype):
-    if g is None:
-        return None
-    g = float_array(name, g, len(shape), dtype)
-    check_shape(name, g, shape, legend)
-    return g
-
-
 def lstm_backward(d_out, d_h_n, d_c_n, cache):
     """NumPy reference of :func:`seqkern.lstm_backward`."""
     c = check_cache(cache, RefLSTMCache, "seqkern.reference.lstm_forward (with return_cache=True)")
     a = c.args
-    T, B, H = a.T, a.B, a.H
-    if a.batch_first:
-        d_out = _grad("d_out", d_out, (B, T, H), "(B, T, H)", a.dtype)
-        d_out = None if d_out is None else d_out.transpose(1, 0, 2)
-    else:
-        d_out = _grad("d_out", d_out, (T, B, H), "(T, B, H)", a.dtype)
-    d_h_n = _grad("d_h_n", d_h_n, (B, H), "(B, H)", a.dtype)
-    d_c_n = _grad("d_c_n", d_c_n, (B, H), "(B, H)", a.dtype)
+    d_out = a.seq_grad("d_out", d_out)
+    d_h_n = a.state_grad("d_h_n", d_h_n)
+    d_c_n = a.state_grad("d_c_n", d_c_n)
     g = _backward(c, d_out, d_h_n, d_c_n)
     return g._replace(dx=g.dx.transpose(1, 0, 2)) if a.batch_first else g
 
@@ -154,9 +141,7 @@ def lstm_step_backward(dh_next, dc_next, cache):
     """NumPy reference of :func:`seqkern.lstm_step_backward`."""
     c = check_cache(cache, RefLSTMStepCache, "seqkern.reference.lstm_step_forward")
     a = c.seq.args
-    if dh_next is None:
-        raise TypeError("dh_next must be a float32 or float64 array, got None")
-    dh_next = _grad("dh_next", dh_next, (a.B, a.H), "(B, H)", a.dtype)
-    dc_next = _grad("dc_next", dc_next, (a.B, a.H), "(B, H)", a.dtype)
+    dh_next = a.state_grad("dh_next", dh_next, required=True)
+    dc_next = a.state_grad("dc_next", dc_next)
     g = _backward(c.seq, dh_next[None], None, dc_next)
     return g._replace(dx=g.dx[0])

@@ -1,0 +1,103 @@
+"""Argument handling shared by the recurrent kernels (RNN, LSTM, GRU) and their
+NumPy references, so that all of them accept and reject exactly the same inputs.
+
+Shapes, with G gates stacked in PyTorch's order (RNN: 1; LSTM: 4, i f g o;
+GRU: 3, r z n): x (T, B, I) (or (B, T, I) with batch_first), each state (B, H),
+W_ih (G*H, I), W_hh (G*H, H), b_ih and b_hh (G*H,) or None.
+"""
+
+import numpy as np
+
+from seqkern._validation import (
+    check_bool,
+    check_shape,
+    float_array,
+    lengths_array,
+    optional_float_array,
+)
+
+
+class RecurrentArgs:
+    """Checked, time-major, C-contiguous arguments of one recurrent call.
+
+    Subclasses set GATES (rows of W_ih per hidden unit), ORDER (how the gates
+    are stacked, for messages) and STATES (the names of the initial states).
+    ``states`` are the caller's initial states in that order, None for zeros.
+    ``x_ndim=2`` is a single step: x (B, I), states named h_prev / c_prev.
+    """
+
+    GATES = 1
+    ORDER = ""
+    STATES = ("h",)
+
+    def __init__(self, x, states, W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim=3):
+        self.batch_first = check_bool("batch_first", batch_first)
+        x = float_array("x", x, x_ndim)
+        if x_ndim == 2:           # one step: x (B, I)
+            x = x[None]
+        elif self.batch_first:    # (B, T, I) -> (T, B, I)
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        self.x = x
+        self.dtype = dt = x.dtype
+        self.T, self.B, self.I = T, B, I = x.shape
+        g = "" if self.GATES == 1 else str(self.GATES)
+        stacked = f" stacked {self.ORDER}" if self.ORDER else ""
+        self.W_hh = float_array("W_hh", W_hh, 2, dt)
+        H = self.H = self.W_hh.shape[1]
+        G = self.G = self.GATES * H
+        check_shape("W_hh", self.W_hh, (G, H), f"({g}H, H){stacked}")
+        self.W_ih = float_array("W_ih", W_ih, 2, dt)
+        check_shape("W_ih", self.W_ih, (G, I), f"({g}H, I){stacked} with H = {H}, I = {I}")
+        self.b_ih = optional_float_array("b_ih", b_ih, 1, dt)
+        if self.b_ih is not None:
+            check_shape("b_ih", self.b_ih, (G,), f"({g}H,)")
+        self.b_hh = optional_float_array("b_hh", b_hh, 1, dt)
+        if self.b_hh is not None:
+            check_shape("b_hh", self.b_hh, (G,), f"({g}H,)")
+        suffix = "_prev" if x_ndim == 2 else "0"
+        for name, s in zip(self.STATES, states):
+            setattr(self, name + "0", self._state(name + suffix, s, B, H, dt))
+        self.lengths = lengths_array(lengths, B, T)
+
+    @staticmethod
+    def _state(name, s, B, H, dt):
+        if s is None:
+            return np.zeros((B, H), dt)
+        s = float_array(name, s, 2, dt)
+        check_shape(name, s, (B, H), "(B, H)")
+        return s
+
+    def bias(self):
+        """b_ih + b_hh (zeros where both are None), shape (G*H,)."""
+        b = np.zeros(self.G, self.dtype)
+        if self.b_ih is not None:
+            b += self.b_ih
+        if self.b_hh is not None:
+            b += self.b_hh
+        return b
+
+    def seq_grad(self, name, g):
+        """A gradient shaped like ``out`` ((T, B, H), or (B, T, H) with batch_first)
+        as a time-major C-contiguous array, or None."""
+        if g is None:
+            return None
+        T, B, H = self.T, self.B, self.H
+        if self.batch_first:
+            g = grad_array(name, g, (B, T, H), "(B, T, H)", self.dtype)
+            return np.ascontiguousarray(g.transpose(1, 0, 2))
+        return grad_array(name, g, (T, B, H), "(T, B, H)", self.dtype)
+
+    def state_grad(self, name, g, required=False):
+        """A gradient shaped like a state, (B, H), or None (TypeError if required)."""
+        if g is None and required:
+            raise TypeError(f"{name} must be a float32 or float64 array, got None")
+        return grad_array(name, g, (self.B, self.H), "(B, H)", self.dtype)
+
+
+def grad_array(name, g, expected, legend, dtype):
+    """An incoming gradient of shape ``expected`` and the call's dtype, or None."""
+    if g is None:
+        return None
+    g = float_array(name, g, len(expected), dtype)
+    check_shape(name, g, expected, legend)
+    return g
