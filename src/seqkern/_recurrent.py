@@ -6,6 +6,8 @@ GRU: 3, r z n): x (T, B, I) (or (B, T, I) with batch_first), each state (B, H),
 W_ih (G*H, I), W_hh (G*H, H), b_ih and b_hh (G*H,) or None.
 """
 
+from typing import Tuple
+
 import numpy as np
 
 from seqkern._validation import (
@@ -28,7 +30,7 @@ class RecurrentArgs:
 
     GATES = 1
     ORDER = ""
-    STATES = ("h",)
+    STATES: Tuple[str, ...] = ("h",)
 
     def __init__(self, x, states, W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim=3):
         self.batch_first = check_bool("batch_first", batch_first)

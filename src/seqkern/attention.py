@@ -32,7 +32,10 @@ B * Hkv is small (see ``_key_blocks``).
 import math
 import numbers
 
+from typing import Optional, Tuple
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from seqkern import _attention
 from seqkern._threads import effective_num_threads
@@ -205,8 +208,10 @@ def _unpad(x, width):
     return x if x.shape[-1] == width else np.ascontiguousarray(x[..., :width])
 
 
-def attention_forward(q, k, v, *, causal=False, mask=None, key_lengths=None, scale=None,
-                      return_cache=True):
+def attention_forward(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
+                      mask: Optional[ArrayLike] = None, key_lengths: Optional[ArrayLike] = None,
+                      scale: Optional[float] = None, return_cache: bool = True
+                      ) -> Tuple[NDArray[np.floating], Optional["AttentionCache"]]:
     """Multi-head attention forward.
 
     Parameters
@@ -239,7 +244,7 @@ def attention_forward(q, k, v, *, causal=False, mask=None, key_lengths=None, sca
     return out, (AttentionCache(a, (qk, kk, vk, outk), lse) if return_cache else None)
 
 
-def attention_backward(d_out, cache):
+def attention_backward(d_out: ArrayLike, cache: "AttentionCache") -> AttentionGrads:
     """Backward of :func:`attention_forward`.
 
     Parameters

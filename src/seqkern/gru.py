@@ -20,7 +20,10 @@ bitwise-identical results.
 
 from functools import lru_cache
 
+from typing import Optional, Tuple
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from seqkern import _gru
 from seqkern._threads import blas_single_thread, effective_num_threads
@@ -150,8 +153,13 @@ def _forward(a, return_cache):
     return out, h_n, cache
 
 
-def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None,
-                batch_first=False, return_cache=True):
+Array = NDArray[np.floating]
+
+
+def gru_forward(x: ArrayLike, h0: Optional[ArrayLike], W_ih: ArrayLike, W_hh: ArrayLike,
+                b_ih: Optional[ArrayLike] = None, b_hh: Optional[ArrayLike] = None, *,
+                lengths: Optional[ArrayLike] = None, batch_first: bool = False,
+                return_cache: bool = True) -> Tuple[Array, Array, Optional["GRUCache"]]:
     """Run a GRU over a whole sequence.
 
     Parameters
@@ -214,7 +222,8 @@ def _backward(c, d_out, d_h_n):
     )
 
 
-def gru_backward(d_out, d_h_n, cache):
+def gru_backward(d_out: Optional[ArrayLike], d_h_n: Optional[ArrayLike],
+                 cache: "GRUCache") -> GRUGrads:
     """Backpropagate through time.
 
     Parameters
@@ -238,17 +247,19 @@ def gru_backward(d_out, d_h_n, cache):
     return g
 
 
-def gru_step_forward(x, h_prev, W_ih, W_hh, b_ih=None, b_hh=None):
+def gru_step_forward(x: ArrayLike, h_prev: Optional[ArrayLike], W_ih: ArrayLike, W_hh: ArrayLike,
+                     b_ih: Optional[ArrayLike] = None, b_hh: Optional[ArrayLike] = None
+                     ) -> Tuple[Array, "GRUStepCache"]:
     """One GRU step: x (B, I), h_prev (B, H) or None for zeros -> (h_next (B, H), cache)."""
     a = GRUArgs(x, h_prev, W_ih, W_hh, b_ih, b_hh, None, False, x_ndim=2)
     out, _, seq = _forward(a, True)
     return out[0], GRUStepCache(seq)
 
 
-def gru_step_backward(dh_next, cache):
+def gru_step_backward(dh_next: ArrayLike, cache: "GRUStepCache") -> GRUGrads:
     """Backward of one step: dh_next (B, H) -> GRUGrads (dx (B, I), dh0 = gradient of h_prev)."""
     cache = check_cache(cache, GRUStepCache, "gru_step_forward")
     a = cache.seq.args
-    dh_next = a.state_grad("dh_next", dh_next, required=True)
-    g = _backward(cache.seq, dh_next[None], None)
+    dh = a.state_grad("dh_next", dh_next, required=True)
+    g = _backward(cache.seq, dh[None], None)
     return g._replace(dx=g.dx[0])

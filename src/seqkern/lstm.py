@@ -18,7 +18,10 @@ work is split in blocks fixed by the problem size, so 1 and N threads give
 bitwise-identical results.
 """
 
+from typing import Optional, Tuple
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from seqkern import _lstm
 from seqkern._threads import blas_single_thread, effective_num_threads
@@ -104,8 +107,14 @@ def _forward(a, return_cache):
     return out, h_n, c_n, cache
 
 
-def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None,
-                 batch_first=False, return_cache=True):
+Array = NDArray[np.floating]
+
+
+def lstm_forward(x: ArrayLike, h0: Optional[ArrayLike], c0: Optional[ArrayLike],
+                 W_ih: ArrayLike, W_hh: ArrayLike, b_ih: Optional[ArrayLike] = None,
+                 b_hh: Optional[ArrayLike] = None, *, lengths: Optional[ArrayLike] = None,
+                 batch_first: bool = False, return_cache: bool = True
+                 ) -> Tuple[Array, Array, Array, Optional["LSTMCache"]]:
     """Run an LSTM over a whole sequence.
 
     Parameters
@@ -155,7 +164,8 @@ def _backward(cache, d_out, d_h_n, d_c_n):
     )
 
 
-def lstm_backward(d_out, d_h_n, d_c_n, cache):
+def lstm_backward(d_out: Optional[ArrayLike], d_h_n: Optional[ArrayLike],
+                  d_c_n: Optional[ArrayLike], cache: "LSTMCache") -> LSTMGrads:
     """Backpropagate through time.
 
     Parameters
@@ -180,7 +190,9 @@ def lstm_backward(d_out, d_h_n, d_c_n, cache):
     return g
 
 
-def lstm_step_forward(x, h_prev, c_prev, W_ih, W_hh, b_ih=None, b_hh=None):
+def lstm_step_forward(x: ArrayLike, h_prev: Optional[ArrayLike], c_prev: Optional[ArrayLike],
+                      W_ih: ArrayLike, W_hh: ArrayLike, b_ih: Optional[ArrayLike] = None,
+                      b_hh: Optional[ArrayLike] = None) -> Tuple[Array, Array, "LSTMStepCache"]:
     """One LSTM step: x (B, I), h_prev and c_prev (B, H) or None for zeros
     -> (h_next (B, H), c_next (B, H), cache)."""
     a = LSTMArgs(x, h_prev, c_prev, W_ih, W_hh, b_ih, b_hh, None, False, x_ndim=2)
@@ -188,12 +200,13 @@ def lstm_step_forward(x, h_prev, c_prev, W_ih, W_hh, b_ih=None, b_hh=None):
     return out[0], c_n, LSTMStepCache(seq)
 
 
-def lstm_step_backward(dh_next, dc_next, cache):
+def lstm_step_backward(dh_next: ArrayLike, dc_next: Optional[ArrayLike],
+                       cache: "LSTMStepCache") -> LSTMGrads:
     """Backward of one step: dh_next (B, H), dc_next (B, H) or None -> LSTMGrads
     (dx (B, I), dh0 and dc0 = gradients of h_prev and c_prev)."""
     cache = check_cache(cache, LSTMStepCache, "lstm_step_forward")
     a = cache.seq.args
-    dh_next = a.state_grad("dh_next", dh_next, required=True)
+    dh = a.state_grad("dh_next", dh_next, required=True)
     dc_next = a.state_grad("dc_next", dc_next)
-    g = _backward(cache.seq, dh_next[None], None, dc_next)
+    g = _backward(cache.seq, dh[None], None, dc_next)
     return g._replace(dx=g.dx[0])
