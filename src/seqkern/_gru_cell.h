@@ -22,22 +22,6 @@
 
 #include "_mathfun.h"
 
-/* The logistic function as 1 / (1 + e) or e / (1 + e), e = exp(-|x|) (never
- * overflows). Written here rather than with _mathfun.h's sk_sigmoid because GCC 12
- * does not vectorise sk_sigmoid's two-sided clamp in a loop over float inputs
- * ("control flow in loop"), while this one-sided clamp of |x| vectorises for both
- * dtypes. NaN propagates (NaN > 708 is false); accuracy as sk_exp, a few ulp. */
-static inline double sk_gru_sigmoid(double x)
-{
-    double ax = fabs(x);
-    ax = ax > 708.0 ? 708.0 : ax;
-    double scale;
-    double q = sk__exp_parts(-ax, &scale);
-    double e = scale * q + scale;               /* exp(-|x|) */
-    double p = 1.0 / (1.0 + e);
-    return x >= 0 ? p : e * p;
-}
-
 #define SK_GRU_CELL(T, C, SUFFIX)                                        \
 static inline void sk_gru_fwd_row_##SUFFIX(                                         \
     int w, T *restrict gr, T *restrict gz, T *restrict gn,                          \
@@ -45,8 +29,8 @@ static inline void sk_gru_fwd_row_##SUFFIX(                                     
     const T *restrict bhn, const T *restrict hp, T *restrict out, T *restrict hn)   \
 {                                                                                   \
     for (int j = 0; j < w; j++) {                                                   \
-        C r = sk_gru_sigmoid((C)gr[j] + qr[j]);                                   \
-        C z = sk_gru_sigmoid((C)gz[j] + qz[j]);                                   \
+        C r = sk_sigmoid((C)gr[j] + qr[j]);                                   \
+        C z = sk_sigmoid((C)gz[j] + qz[j]);                                   \
         T a = qn[j] + bhn[j];                                                       \
         C n = sk_tanh((C)gn[j] + r * a);                                            \
         out[j] = (T)((1 - z) * n + z * hp[j]);                                      \

@@ -16,29 +16,12 @@
  * The loops index with ptrdiff_t through one pointer per gate: Python's CFLAGS
  * carry -fwrapv, under which GCC does not vectorise int index arithmetic such
  * as z[2 * n + j].
- *
- * The float versions use sk_lstm_sigmoidf below: GCC 12 does not vectorise a
- * loop over _mathfun.h's sk_sigmoidf ("control flow in loop").
  */
 #ifndef SEQKERN_LSTM_CELL_H
 #define SEQKERN_LSTM_CELL_H
 
 #include <stddef.h>
 #include "_mathfun.h"
-
-/* The logistic function in float, computed in double like sk_sigmoidf with the
- * argument clamped through fabs/copysign, a form GCC vectorises. Equal to
- * sk_sigmoidf wherever |x| <= 104 (beyond, the float result is already 0 or 1).
- * NaN propagates. */
-static inline float sk_lstm_sigmoidf(float x)
-{
-    double d = x;
-    double a = fabs(d);
-    double scale, q;
-    a = a > 104.0 ? 104.0 : a;
-    q = sk__exp_parts(-copysign(a, d), &scale);
-    return (float)(1.0 / (scale * q + scale + 1.0));
-}
 
 /* One unit j of the backward; DH is the gradient reaching h_t. */
 #define SK_LSTM_BWD_ONE(T, TANH, DH)                                               \
@@ -89,7 +72,7 @@ static inline void sk_lstm_cell_bwd_##S(                                        
     }                                                                              \
 }
 
-SK_LSTM_CELL(float, f, sk_lstm_sigmoidf, sk_tanhf)
+SK_LSTM_CELL(float, f, sk_sigmoidf, sk_tanhf)
 SK_LSTM_CELL(double, d, sk_sigmoid, sk_tanh)
 
 #undef SK_LSTM_CELL

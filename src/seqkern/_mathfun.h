@@ -78,9 +78,19 @@ static inline double sk_tanh(double x)
     return copysign(e / (e + 2.0), x);
 }
 
+/* 1 / (1 + e) for x >= 0 and e / (1 + e) below, e = exp(-|x|): never overflows,
+ * keeps full relative accuracy for very negative x, and its one-sided clamp of
+ * |x| vectorises in loops over float and double alike (a two-sided clamp of x
+ * did not: "control flow in loop" in GCC 12). NaN propagates. */
 static inline double sk_sigmoid(double x)
 {
-    return 1.0 / (1.0 + sk_exp(-x));
+    double ax = fabs(x);
+    double scale;
+    ax = ax > 708.0 ? 708.0 : ax;
+    double q = sk__exp_parts(-ax, &scale);
+    double e = scale * q + scale;               /* exp(-|x|) */
+    double p = 1.0 / (1.0 + e);
+    return x >= 0 ? p : e * p;
 }
 
 static inline float sk_tanhf(float x) { return (float)sk_tanh((double)x); }
