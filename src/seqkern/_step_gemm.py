@@ -1,0 +1,31 @@
+"""Which product the recurrent kernels use for a time step's h_{t-1} @ W_hh^T and
+dz_t @ W_hh (private: for tests and benchmarks).
+
+AUTO lets each kernel choose by its measured rule (see _rnn.pyx and _lstm.pyx);
+BLAS forces OpenBLAS's GEMM on every step; PACKED forces _packed_gemm.h on W_hh
+packed once per call. The results of each choice do not depend on the thread count.
+"""
+
+from contextlib import contextmanager
+
+AUTO, BLAS, PACKED = 0, 1, 2
+_MODES = {"auto": AUTO, "blas": BLAS, "packed": PACKED}
+_mode = AUTO
+
+
+def step_gemm_mode():
+    """The current choice as the integer the kernels take."""
+    return _mode
+
+
+@contextmanager
+def step_gemm(mode):
+    """Within the block, use ``mode`` ("auto", "blas" or "packed") for per-step products."""
+    global _mode
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    old, _mode = _mode, _MODES[mode]
+    try:
+        yield
+    finally:
+        _mode = old
