@@ -58,6 +58,16 @@ static inline void *sk_pk_alloc(size_t n_elements, size_t elsize)
     return aligned_alloc(64, bytes);
 }
 
+/* Keep the four panel vectors of a k step in registers: without this GCC folds
+ * each load into its four FMAs (16 vector loads per k instead of 4), and the
+ * loads, not the FMAs, then bound the loop. An empty asm that "modifies" them
+ * forces one load each. Only where a 64-byte vector is one register. */
+#if defined(__AVX512F__) && defined(__GNUC__)
+#define SK_PK_IN_REGS(a, b, c, d) __asm__("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d))
+#else
+#define SK_PK_IN_REGS(a, b, c, d) ((void)0)
+#endif
+
 #define SK_T float
 #define SK_V sk_pk_vf
 #define SK_VL 16

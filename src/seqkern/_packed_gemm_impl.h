@@ -97,6 +97,7 @@ static inline void SK_FN(sk_pk_tile4_)(ptrdiff_t K, const SK_T *restrict a, ptrd
         const SK_T *wk = w + k * SK_NR;
         SK_V w0 = SK_FN(sk_pk_ld_)(wk), w1 = SK_FN(sk_pk_ld_)(wk + SK_VL);
         SK_V w2 = SK_FN(sk_pk_ld_)(wk + 2 * SK_VL), w3 = SK_FN(sk_pk_ld_)(wk + 3 * SK_VL);
+        SK_PK_IN_REGS(w0, w1, w2, w3);
         SK_V x;
         x = SK_FN(sk_pk_bc_)(a0[k]); c00 += x * w0; c01 += x * w1; c02 += x * w2; c03 += x * w3;
         x = SK_FN(sk_pk_bc_)(a1[k]); c10 += x * w0; c11 += x * w1; c12 += x * w2; c13 += x * w3;
