@@ -133,15 +133,19 @@ cdef void _repack_rows(const floating* W, floating* Wp, int H, int K, int U) noe
 # Forward
 # ---------------------------------------------------------------------------
 
-cdef void _project_rows(const floating* x, const floating* Wp, const floating* bias_p,
-                        floating* z, Py_ssize_t r0, Py_ssize_t r1,
+cdef void _project_rows(const floating* x, const floating* Wp, const floating* Wp_pk,
+                        const floating* bias_p, floating* z, Py_ssize_t r0, Py_ssize_t r1,
                         int I, int G) noexcept nogil:
-    """z[r0:r1] := x[r0:r1] @ Wp^T + bias_p; x (rows, I), Wp (G, I), z (rows, G)."""
+    """z[r0:r1] := x[r0:r1] @ Wp^T + bias_p; x (rows, I), Wp (G, I), z (rows, G).
+    Wp_pk: Wp packed for x @ Wp^T (_packed_gemm.h), or NULL (OpenBLAS)."""
     cdef Py_ssize_t r
     for r in range(r0, r1):
         memcpy(z + r * G, bias_p, G * sizeof(floating))
-    gemm(False, True, <int>(r1 - r0), G, I, <floating>1, x + r0 * I, I, Wp, I,
-         <floating>1, z + r0 * G, G)
+    if Wp_pk != NULL:
+        pk_gemm(<int>(r1 - r0), I, x + r0 * I, I, Wp_pk, z + r0 * G, G, 0, G, True)
+    else:
+        gemm(False, True, <int>(r1 - r0), G, I, <floating>1, x + r0 * I, I, Wp, I,
+             <floating>1, z + r0 * G, G)
 
 
 cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
@@ -231,6 +235,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef int nt = n_threads
 
     cdef floating* Wpk = NULL
+    cdef floating* Xpk = NULL
     cdef bint packed = _packed_wins(Wpk, step_gemm, B, H)
     try:
         t = 0
@@ -242,17 +247,18 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             _repack_rows(&bias[0], bp, H, 1, U)
             if packed:
                 Wpk = pk_alloc_nt(G, H, Whh)       # for h_prev @ Whh_p^T
-        if packed and Wpk == NULL:
+                Xpk = pk_alloc_nt(G, I, Wih)       # for x @ Wih_p^T
+        if packed and (Wpk == NULL or Xpk == NULL):
             raise MemoryError()
         with nogil:
             # 1. The input projection of every step, in one pass of row blocks.
             if nt > 1 and n_rows > 1:
                 for i in prange(n_rows, num_threads=nt, schedule='static'):
-                    _project_rows(xp, Wih, bp, zp, <Py_ssize_t>i * ROW_BLOCK,
+                    _project_rows(xp, Wih, Xpk, bp, zp, <Py_ssize_t>i * ROW_BLOCK,
                                   min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
             else:
                 for i in range(n_rows):
-                    _project_rows(xp, Wih, bp, zp, <Py_ssize_t>i * ROW_BLOCK,
+                    _project_rows(xp, Wih, Xpk, bp, zp, <Py_ssize_t>i * ROW_BLOCK,
                                   min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
 
             # 2. The recurrence: one GEMM and one fused element-wise pass per step.
@@ -282,6 +288,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                         memcpy(cnp + <Py_ssize_t>b * H, c0p + <Py_ssize_t>b * H, H * sizeof(floating))
     finally:
         free(Wpk)
+        free(Xpk)
 
 
 # ---------------------------------------------------------------------------
@@ -365,8 +372,9 @@ cdef void _weight_grad_job(int q, int u0, int u1, int U, int T, int B, int I, in
 
 cdef void _grads_block(int blk, int n_w, int n_chunks, int U, int T, int B, int I, int H,
                        const floating* dzp, const floating* xp, const floating* h0p,
-                       const floating* outp, const floating* Wih_p, floating* dWih,
-                       floating* dWhh, floating* dbp, floating* dxp) noexcept nogil:
+                       const floating* outp, const floating* Wih_p, const floating* Wih_pk,
+                       floating* dWih, floating* dWhh, floating* dbp,
+                       floating* dxp) noexcept nogil:
     """Block ``blk`` of the work after the time loop; blocks write disjoint elements:
     [0, n_w): UNIT_BLOCK rows of one gate of dW_ih, dW_hh and db;
     [n_w, ...): ROW_BLOCK rows of dx = dz @ Wih_p."""
@@ -382,8 +390,11 @@ cdef void _grads_block(int blk, int n_w, int n_chunks, int U, int T, int B, int 
     else:
         r0 = <Py_ssize_t>(blk - n_w) * ROW_BLOCK
         r1 = min(r0 + ROW_BLOCK, TB)
-        gemm(False, False, <int>(r1 - r0), I, G, <floating>1, dzp + r0 * G, G, Wih_p, I,
-             <floating>0, dxp + r0 * I, I)
+        if Wih_pk != NULL:
+            pk_gemm(<int>(r1 - r0), G, dzp + r0 * G, G, Wih_pk, dxp + r0 * I, I, 0, I, False)
+        else:
+            gemm(False, False, <int>(r1 - r0), I, G, <floating>1, dzp + r0 * G, G, Wih_p, I,
+                 <floating>0, dxp + r0 * I, I)
 
 
 def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
@@ -445,9 +456,13 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
         dc0[:, :] = d_c_n
 
     cdef floating* Wpk = NULL
+    cdef floating* Xpk = NULL
     if _packed_wins(Wpk, step_gemm, B, H):
-        Wpk = pk_alloc_nn(G, H, Whh)       # for dz @ Whh_p
-        if Wpk == NULL:
+        Wpk = pk_alloc_nn(G, H, Whh)               # for dz @ Whh_p
+        Xpk = pk_alloc_nn(G, I, &Wih_p[0, 0])      # for dz @ Wih_p
+        if Wpk == NULL or Xpk == NULL:
+            free(Wpk)
+            free(Xpk)
             raise MemoryError()
     try:
         t = 0
@@ -480,12 +495,13 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
             if nt > 1:
                 for blk in prange(n_w + n_x, num_threads=nt, schedule='dynamic'):
                     _grads_block(blk, n_w, n_chunks, U, T, B, I, H, dzp, &x[0, 0, 0],
-                                 &h0[0, 0], &out[0, 0, 0], &Wih_p[0, 0], &dW_ih[0, 0],
+                                 &h0[0, 0], &out[0, 0, 0], &Wih_p[0, 0], Xpk, &dW_ih[0, 0],
                                  &dW_hh[0, 0], &db[0], &dx[0, 0, 0])
             else:
                 for blk in range(n_w + n_x):
                     _grads_block(blk, n_w, n_chunks, U, T, B, I, H, dzp, &x[0, 0, 0],
-                                 &h0[0, 0], &out[0, 0, 0], &Wih_p[0, 0], &dW_ih[0, 0],
+                                 &h0[0, 0], &out[0, 0, 0], &Wih_p[0, 0], Xpk, &dW_ih[0, 0],
                                  &dW_hh[0, 0], &db[0], &dx[0, 0, 0])
     finally:
         free(Wpk)
+        free(Xpk)

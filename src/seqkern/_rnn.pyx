@@ -80,15 +80,19 @@ cdef inline int _col_block(int B, int H, int n_parts) noexcept nogil:
 # Forward
 # ---------------------------------------------------------------------------
 
-cdef void _project_rows(const floating* x, const floating* W, const floating* bias,
-                        floating* out, Py_ssize_t r0, Py_ssize_t r1,
+cdef void _project_rows(const floating* x, const floating* W, const floating* W_pk,
+                        const floating* bias, floating* out, Py_ssize_t r0, Py_ssize_t r1,
                         int I, int H) noexcept nogil:
-    """out[r0:r1] := x[r0:r1] @ W^T + bias; x (rows, I), W (H, I), out (rows, H)."""
+    """out[r0:r1] := x[r0:r1] @ W^T + bias; x (rows, I), W (H, I), out (rows, H).
+    W_pk: W packed for x @ W^T (_packed_gemm.h), or NULL (OpenBLAS)."""
     cdef Py_ssize_t r
     for r in range(r0, r1):
         memcpy(out + r * H, bias, H * sizeof(floating))
-    gemm(False, True, <int>(r1 - r0), H, I, <floating>1, x + r0 * I, I, W, I,
-         <floating>1, out + r0 * H, H)
+    if W_pk != NULL:
+        pk_gemm(<int>(r1 - r0), I, x + r0 * I, I, W_pk, out + r0 * H, H, 0, H, True)
+    else:
+        gemm(False, True, <int>(r1 - r0), H, I, <floating>1, x + r0 * I, I, W, I,
+             <floating>1, out + r0 * H, H)
 
 
 cdef void _forward_cols(int B, int H, const floating* h_prev, const floating* W_hh,
@@ -152,9 +156,13 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef int nt = n_threads
 
     cdef floating* Wpk = NULL
+    cdef floating* Xpk = NULL
     if _packed_wins(Wpk, step_gemm, B, H):
         Wpk = pk_alloc_nt(H, H, Whh)       # for h_prev @ W_hh^T
-        if Wpk == NULL:
+        Xpk = pk_alloc_nt(H, I, Wih)       # for x @ W_ih^T
+        if Wpk == NULL or Xpk == NULL:
+            free(Wpk)
+            free(Xpk)
             raise MemoryError()
     try:
         t = 0
@@ -163,11 +171,11 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             # 1. The input projection of every step, in one pass of row blocks.
             if nt > 1 and n_rows > 1:
                 for i in prange(n_rows, num_threads=nt, schedule='static'):
-                    _project_rows(xp, Wih, bp, outp, <Py_ssize_t>i * ROW_BLOCK,
+                    _project_rows(xp, Wih, Xpk, bp, outp, <Py_ssize_t>i * ROW_BLOCK,
                                   min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, H)
             else:
                 for i in range(n_rows):
-                    _project_rows(xp, Wih, bp, outp, <Py_ssize_t>i * ROW_BLOCK,
+                    _project_rows(xp, Wih, Xpk, bp, outp, <Py_ssize_t>i * ROW_BLOCK,
                                   min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, H)
 
             # 2. The recurrence: one GEMM and one fused element-wise pass per step.
@@ -195,6 +203,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                            H * sizeof(floating))
     finally:
         free(Wpk)
+        free(Xpk)
 
 
 # ---------------------------------------------------------------------------
@@ -267,16 +276,22 @@ cdef void _bias_grad_cols(const floating* dz, floating* db, Py_ssize_t rows, int
             db[c] += row[c]
 
 
-cdef void _input_grad_rows(const floating* dz, const floating* W_ih, floating* dx,
-                           Py_ssize_t r0, Py_ssize_t r1, int I, int H) noexcept nogil:
-    """dx[r0:r1] = dz[r0:r1] @ W_ih; dz (rows, H), W_ih (H, I), dx (rows, I)."""
-    gemm(False, False, <int>(r1 - r0), I, H, <floating>1, dz + r0 * H, H, W_ih, I,
-         <floating>0, dx + r0 * I, I)
+cdef void _input_grad_rows(const floating* dz, const floating* W_ih, const floating* W_pk,
+                           floating* dx, Py_ssize_t r0, Py_ssize_t r1,
+                           int I, int H) noexcept nogil:
+    """dx[r0:r1] = dz[r0:r1] @ W_ih; dz (rows, H), W_ih (H, I), dx (rows, I).
+    W_pk: W_ih packed for dz @ W_ih (_packed_gemm.h), or NULL (OpenBLAS)."""
+    if W_pk != NULL:
+        pk_gemm(<int>(r1 - r0), H, dz + r0 * H, H, W_pk, dx + r0 * I, I, 0, I, False)
+    else:
+        gemm(False, False, <int>(r1 - r0), I, H, <floating>1, dz + r0 * H, H, W_ih, I,
+             <floating>0, dx + r0 * I, I)
 
 
 cdef void _grads_block(int blk, const floating* dzp, const floating* xp,
                        const floating* h0p, const floating* outp, const floating* Wih,
-                       floating* dWih, floating* dWhh, floating* dbp, floating* dxp,
+                       const floating* Wih_pk, floating* dWih, floating* dWhh, floating* dbp,
+                       floating* dxp,
                        int T, int B, int I, int H, int n_w, int n_x) noexcept nogil:
     """Task ``blk`` of the work after the time loop; tasks write disjoint elements:
     [0, n_w): W_BLOCK rows of dW_ih; [n_w, 2 n_w): the same rows of dW_hh and
@@ -297,7 +312,7 @@ cdef void _grads_block(int blk, const floating* dzp, const floating* xp,
             _bias_grad_cols(dzp, dbp, TB, H, r0, r1)
     else:
         q = blk - 2 * n_w
-        _input_grad_rows(dzp, Wih, dxp, q * ROW_BLOCK, min((q + 1) * ROW_BLOCK, TB), I, H)
+        _input_grad_rows(dzp, Wih, Wih_pk, dxp, q * ROW_BLOCK, min((q + 1) * ROW_BLOCK, TB), I, H)
 
 
 def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
@@ -343,9 +358,13 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     dW_hh[:, :] = 0
 
     cdef floating* Wpk = NULL
+    cdef floating* Xpk = NULL
     if _packed_wins(Wpk, step_gemm, B, H):
-        Wpk = pk_alloc_nn(H, H, Whh)       # for dz @ W_hh
-        if Wpk == NULL:
+        Wpk = pk_alloc_nn(H, H, Whh)               # for dz @ W_hh
+        Xpk = pk_alloc_nn(H, I, &W_ih[0, 0])       # for dz @ W_ih
+        if Wpk == NULL or Xpk == NULL:
+            free(Wpk)
+            free(Xpk)
             raise MemoryError()
     try:
         t = 0
@@ -374,13 +393,14 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
             # 2. Weight, bias and input gradients: large GEMMs over all T*B rows.
             if nt > 1:
                 for blk in prange(2 * n_w + n_x, num_threads=nt, schedule='dynamic'):
-                    _grads_block(blk, dzp, &x[0, 0, 0], &h0[0, 0], outp, &W_ih[0, 0],
+                    _grads_block(blk, dzp, &x[0, 0, 0], &h0[0, 0], outp, &W_ih[0, 0], Xpk,
                                  &dW_ih[0, 0], &dW_hh[0, 0], &db[0], &dx[0, 0, 0],
                                  T, B, I, H, n_w, n_x)
             else:
                 for blk in range(2 * n_w + n_x):
-                    _grads_block(blk, dzp, &x[0, 0, 0], &h0[0, 0], outp, &W_ih[0, 0],
+                    _grads_block(blk, dzp, &x[0, 0, 0], &h0[0, 0], outp, &W_ih[0, 0], Xpk,
                                  &dW_ih[0, 0], &dW_hh[0, 0], &db[0], &dx[0, 0, 0],
                                  T, B, I, H, n_w, n_x)
     finally:
         free(Wpk)
+        free(Xpk)
