@@ -1,9 +1,10 @@
-"""Which product the recurrent kernels use for a time step's h_{t-1} @ W_hh^T and
-dz_t @ W_hh (private: for tests and benchmarks).
+"""Which GEMM the recurrent kernels use for their products with the weights: the
+per-step h_{t-1} @ W_hh^T and dz_t @ W_hh, the input projection x @ W_ih^T and the
+input gradient dz @ W_ih (private: for tests and benchmarks).
 
 AUTO lets each kernel choose by its measured rule (see _rnn.pyx and _lstm.pyx);
-BLAS forces OpenBLAS's GEMM on every step; PACKED forces _packed_gemm.h on W_hh
-packed once per call. The results of each choice do not depend on the thread count.
+BLAS forces OpenBLAS's GEMM; PACKED forces _packed_gemm.h on the weights packed
+once per call. The results of each choice do not depend on the thread count.
 """
 
 from contextlib import contextmanager
