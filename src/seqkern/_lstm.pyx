@@ -158,7 +158,8 @@ cdef void _project_rows(const floating* x, const floating* Wp, const floating* W
 
 cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
                          const floating* h_prev, const floating* c_prev,
-                         const floating* Whh_p, const floating* W_pk, floating* z_t, floating* c_t,
+                         const floating* Whh_p, const floating* W_pk, floating* z_t,
+                         floating* c_t,
                          floating* h_t, floating* h_n, floating* c_n,
                          const int64_t* lengths) noexcept nogil:
     """Step t on the units of block k.
@@ -292,8 +293,10 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             if lens != NULL:
                 for b in range(B):
                     if lens[b] == 0:
-                        memcpy(hnp + <Py_ssize_t>b * H, h0p + <Py_ssize_t>b * H, H * sizeof(floating))
-                        memcpy(cnp + <Py_ssize_t>b * H, c0p + <Py_ssize_t>b * H, H * sizeof(floating))
+                        memcpy(hnp + <Py_ssize_t>b * H, h0p + <Py_ssize_t>b * H,
+                               H * sizeof(floating))
+                        memcpy(cnp + <Py_ssize_t>b * H, c0p + <Py_ssize_t>b * H,
+                               H * sizeof(floating))
     finally:
         free(Wpk)
         free(Xpk)
@@ -305,7 +308,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 
 cdef void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
                           const floating* dz_next, const floating* Whh_p,
-                          const floating* W_pk, floating* carry_h, floating* carry_c, floating* dz_t,
+                          const floating* W_pk, floating* carry_h, floating* carry_c,
+                          floating* dz_t,
                           const floating* d_out_t, const floating* z_t,
                           const floating* c_t, const floating* c_prev,
                           const int64_t* lengths) noexcept nogil:

@@ -34,6 +34,7 @@
 
 /* Vector arguments of the inline helpers: without AVX-512 GCC warns that their
  * (never used, all inlined) ABI differs. */
+#pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 typedef float sk_pk_vf __attribute__((vector_size(64), aligned(4), may_alias));
@@ -87,5 +88,7 @@ static inline void *sk_pk_alloc(size_t n_elements, size_t elsize)
 #undef SK_V
 #undef SK_VL
 #undef SK_SUF
+
+#pragma GCC diagnostic pop
 
 #endif

@@ -54,8 +54,9 @@ static void SK_FN(sk_pk_pack_nn_)(int K, int N, const SK_T *restrict W, ptrdiff_
 static inline SK_V SK_FN(sk_pk_ld_)(const SK_T *p) { return *(const SK_V *)p; }
 
 /* Write one row of a tile: c[j0:j1] (+)= acc[j0:j1], acc the NR sums of the row. */
-static inline __attribute__((always_inline)) void SK_FN(sk_pk_store_)(SK_T *restrict c, SK_V a0, SK_V a1, SK_V a2, SK_V a3,
-                                       int j0, int j1, int accumulate)
+static inline __attribute__((always_inline)) void
+SK_FN(sk_pk_store_)(SK_T *restrict c, SK_V a0, SK_V a1, SK_V a2, SK_V a3,
+                    int j0, int j1, int accumulate)
 {
     if (j0 == 0 && j1 == SK_NR) {
         SK_V *cv = (SK_V *)c;
@@ -81,10 +82,10 @@ static inline __attribute__((always_inline)) void SK_FN(sk_pk_store_)(SK_T *rest
 /* Tile of up to 4 rows x one panel: for r < mr, c[r][j0:j1] (+)= sum_k a_r[k] w[k][j0:j1],
  * the sum over k in order, one accumulator per element. Rows past mr repeat row 0
  * (computed, never stored). */
-static inline __attribute__((always_inline)) void SK_FN(sk_pk_tile4_)(ptrdiff_t K, const SK_T *restrict a, ptrdiff_t lda,
-                                       int mr, const SK_T *restrict w,
-                                       SK_T *restrict c, ptrdiff_t ldc,
-                                       int j0, int j1, int accumulate)
+static inline __attribute__((always_inline)) void
+SK_FN(sk_pk_tile4_)(ptrdiff_t K, const SK_T *restrict a, ptrdiff_t lda,
+                    int mr, const SK_T *restrict w, SK_T *restrict c, ptrdiff_t ldc,
+                    int j0, int j1, int accumulate)
 {
     const SK_T *restrict a0 = a;
     const SK_T *restrict a1 = a + (mr > 1 ? lda : 0);

@@ -219,7 +219,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 # ---------------------------------------------------------------------------
 
 cdef void _backward_cols(int B, int H, const floating* dz_next, const floating* W_hh,
-                         const floating* W_pk, floating* carry, floating* dz_t, const floating* d_out_t,
+                         const floating* W_pk, floating* carry, floating* dz_t,
+                         const floating* d_out_t,
                          const floating* h_t, const int64_t* lengths, Py_ssize_t t,
                          bint relu, int c0, int c1) noexcept nogil:
     """One step back on hidden units [c0, c1).
