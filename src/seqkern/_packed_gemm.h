@@ -32,9 +32,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Vector arguments of the inline helpers: without AVX-512 GCC warns that their
- * (never used, all inlined) ABI differs. */
-#pragma GCC diagnostic push
+/* Vector arguments of the inline helpers: without AVX-512 GCC notes that their
+ * (never used, all inlined) ABI differs. GCC emits that note at the end of the
+ * translation unit, so the pragma cannot be popped at the end of this header. */
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 typedef float sk_pk_vf __attribute__((vector_size(64), aligned(4), may_alias));
@@ -88,7 +88,5 @@ static inline void *sk_pk_alloc(size_t n_elements, size_t elsize)
 #undef SK_V
 #undef SK_VL
 #undef SK_SUF
-
-#pragma GCC diagnostic pop
 
 #endif
