@@ -100,6 +100,8 @@ def extensions():
         ("SEQKERN_CFLAGS", '"%s"' % " ".join(compile_args)),
         ("SEQKERN_BUILT_WITH_OPENMP", "1" if openmp else "0"),
     ]
+    # Every extension recompiles when a C header changes (they include each other).
+    headers = sorted(glob.glob(os.path.join(SRC, "*.h")))
     exts = []
     for pyx in sorted(glob.glob(os.path.join(SRC, "_*.pyx"))):
         name = "seqkern." + os.path.splitext(os.path.basename(pyx))[0]
@@ -108,6 +110,7 @@ def extensions():
                 name,
                 [pyx],
                 include_dirs=[np.get_include(), SRC],
+                depends=headers,
                 define_macros=macros,
                 extra_compile_args=compile_args,
                 extra_link_args=link_args,

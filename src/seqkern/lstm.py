@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from seqkern import _lstm
+from seqkern._step_gemm import step_gemm_mode
 from seqkern._threads import blas_single_thread, effective_num_threads
 from seqkern._types import LSTMGrads
 from seqkern._recurrent import RecurrentArgs
@@ -102,7 +103,7 @@ def _forward(a, return_cache):
         with blas_single_thread():
             _lstm.forward(a.x, a.h0, a.c0, a.W_ih, a.W_hh, a.bias(), a.lengths,
                           Wih_p, Whh_p, np.empty(4 * H, dt), z, cs, out, h_n, c_n,
-                          effective_num_threads())
+                          effective_num_threads(), step_gemm_mode())
     cache = LSTMCache(a, out, z, cs, Wih_p, Whh_p) if return_cache else None
     return out, h_n, c_n, cache
 
@@ -156,7 +157,8 @@ def _backward(cache, d_out, d_h_n, d_c_n):
         with blas_single_thread():
             _lstm.backward(a.x, d_out, d_h_n, d_c_n, a.h0, a.c0, cache.out, cache.z,
                            cache.cs, cache.Wih_p, cache.Whh_p, a.lengths,
-                           dz, dx, dh0, dc0, dW_ih, dW_hh, db, effective_num_threads())
+                           dz, dx, dh0, dc0, dW_ih, dW_hh, db, effective_num_threads(),
+                           step_gemm_mode())
     return LSTMGrads(
         dx, dh0, dc0, dW_ih, dW_hh,
         None if a.b_ih is None else db,

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from seqkern import _rnn
+from seqkern._step_gemm import step_gemm_mode
 from seqkern._threads import blas_single_thread, block_count, effective_num_threads
 from seqkern._types import RNNGrads
 from seqkern._recurrent import RecurrentArgs
@@ -78,7 +79,8 @@ def _forward(a, return_cache):
     if T and B and H:
         with blas_single_thread():
             _rnn.forward(a.x, a.h0, a.W_ih, a.W_hh, a.bias(), a.lengths, out, h_n,
-                         a.nonlinearity == "relu", effective_num_threads(), block_count())
+                         a.nonlinearity == "relu", effective_num_threads(), block_count(),
+                         step_gemm_mode())
     cache = RNNCache(a, out) if return_cache else None
     return out, h_n, cache
 
@@ -132,7 +134,8 @@ def _backward(cache, d_out, d_h_n):
         with blas_single_thread():
             _rnn.backward(a.x, d_out, d_h_n, a.h0, out, a.W_ih, a.W_hh, a.lengths,
                           dz, dx, dh0, dW_ih, dW_hh, db,
-                          a.nonlinearity == "relu", effective_num_threads(), block_count())
+                          a.nonlinearity == "relu", effective_num_threads(), block_count(),
+                          step_gemm_mode())
     return RNNGrads(
         dx, dh0, dW_ih, dW_hh,
         None if a.b_ih is None else db,

@@ -1,0 +1,72 @@
+# The packed-weight GEMM of _packed_gemm.h for the recurrent kernels' per-step
+# products: pack W once per kernel call, then C[:, n0:n1] (+)= A @ W[:, n0:n1] at
+# every step. Fused over float/double; GIL-free; see _packed_gemm.h for the layout.
+
+from cython cimport floating
+
+cdef extern from "_packed_gemm.h" nogil:
+    void* sk_pk_alloc(size_t n_elements, size_t elsize)
+    size_t sk_pk_size_f(int N, int K)
+    size_t sk_pk_size_d(int N, int K)
+    void sk_pk_pack_nt_f(int N, int K, const float* W, Py_ssize_t ldw, float* P)
+    void sk_pk_pack_nt_d(int N, int K, const double* W, Py_ssize_t ldw, double* P)
+    void sk_pk_pack_nn_f(int K, int N, const float* W, Py_ssize_t ldw, float* P)
+    void sk_pk_pack_nn_d(int K, int N, const double* W, Py_ssize_t ldw, double* P)
+    void sk_pk_gemm_f(int M, int K, const float* A, Py_ssize_t lda, const float* P,
+                      float* C, Py_ssize_t ldc, int n0, int n1, int accumulate)
+    void sk_pk_gemm_d(int M, int K, const double* A, Py_ssize_t lda, const double* P,
+                      double* C, Py_ssize_t ldc, int n0, int n1, int accumulate)
+
+
+cdef inline size_t pk_size(floating* dummy, int N, int K) noexcept nogil:
+    """Elements of the packed form of a (K, N) operand (dummy only picks the type)."""
+    if floating is float:
+        return sk_pk_size_f(N, K)
+    else:
+        return sk_pk_size_d(N, K)
+
+
+cdef inline void pk_pack_nt(int N, int K, const floating* W, Py_ssize_t ldw,
+                            floating* P) noexcept nogil:
+    """P := packed W^T; W (N, K) row-major (the operand of A @ W^T)."""
+    if floating is float:
+        sk_pk_pack_nt_f(N, K, W, ldw, P)
+    else:
+        sk_pk_pack_nt_d(N, K, W, ldw, P)
+
+
+cdef inline void pk_pack_nn(int K, int N, const floating* W, Py_ssize_t ldw,
+                            floating* P) noexcept nogil:
+    """P := packed W; W (K, N) row-major (the operand of A @ W)."""
+    if floating is float:
+        sk_pk_pack_nn_f(K, N, W, ldw, P)
+    else:
+        sk_pk_pack_nn_d(K, N, W, ldw, P)
+
+
+cdef inline void pk_gemm(int M, int K, const floating* A, Py_ssize_t lda,
+                         const floating* P, floating* C, Py_ssize_t ldc,
+                         int n0, int n1, bint accumulate) noexcept nogil:
+    """C[:, n0:n1] (+)= A @ W[:, n0:n1]; A (M, K), C (M, N), P the packed (K, N) W."""
+    if floating is float:
+        sk_pk_gemm_f(M, K, A, lda, P, C, ldc, n0, n1, accumulate)
+    else:
+        sk_pk_gemm_d(M, K, A, lda, P, C, ldc, n0, n1, accumulate)
+
+
+cdef inline floating* pk_alloc_nt(int N, int K, const floating* W) noexcept nogil:
+    """Packed copy of W (N, K) row-major, for A @ W^T, in new 64-byte aligned memory
+    (free() it); NULL if out of memory."""
+    cdef floating* P = <floating*>sk_pk_alloc(pk_size(<floating*>NULL, N, K), sizeof(floating))
+    if P != NULL:
+        pk_pack_nt(N, K, W, K, P)
+    return P
+
+
+cdef inline floating* pk_alloc_nn(int K, int N, const floating* W) noexcept nogil:
+    """Packed copy of W (K, N) row-major, for A @ W, in new 64-byte aligned memory
+    (free() it); NULL if out of memory."""
+    cdef floating* P = <floating*>sk_pk_alloc(pk_size(<floating*>NULL, N, K), sizeof(floating))
+    if P != NULL:
+        pk_pack_nn(K, N, W, N, P)
+    return P

@@ -1,0 +1,106 @@
+"""Python hooks onto the packed-weight GEMM the recurrent kernels use, for tests
+and for measuring it against BLAS.
+
+Not public API. ``pack(W, transposed)`` packs W (N, K) as the operand of
+``A @ W.T`` (transposed=True) or W (K, N) as the operand of ``A @ W``;
+``gemm(A, P, C, n0, n1, accumulate)`` computes ``C[:, n0:n1] (+)= A @ op(W)[:, n0:n1]``
+in place, exactly as the kernels do.
+"""
+
+import numpy as np
+from cython cimport floating
+from seqkern._packed_gemm cimport pk_size, pk_pack_nt, pk_pack_nn, pk_gemm
+
+
+def _check(name, x, ndim, dtype=None):
+    if not isinstance(x, np.ndarray) or x.ndim != ndim or x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be a {ndim}-d float32 or float64 array")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {x.dtype}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+
+
+cdef void _pack(const floating[:, ::1] W, floating[::1] P, bint transposed) noexcept nogil:
+    if transposed:
+        pk_pack_nt(<int>W.shape[0], <int>W.shape[1], &W[0, 0], W.shape[1], &P[0])
+    else:
+        pk_pack_nn(<int>W.shape[0], <int>W.shape[1], &W[0, 0], W.shape[1], &P[0])
+
+
+def _pack_any(W, P, bint transposed):
+    cdef const float[:, ::1] Ws
+    cdef float[::1] Ps
+    cdef const double[:, ::1] Wd
+    cdef double[::1] Pd
+    if W.dtype == np.float32:
+        Ws, Ps = W, P
+        with nogil:
+            _pack(Ws, Ps, transposed)
+    else:
+        Wd, Pd = W, P
+        with nogil:
+            _pack(Wd, Pd, transposed)
+
+
+def packed_size(int N, int K, dtype):
+    """Elements of the packed form of a (K, N) operand of dtype float32 or float64."""
+    cdef float* f = NULL
+    cdef double* d = NULL
+    return pk_size(f, N, K) if np.dtype(dtype) == np.float32 else pk_size(d, N, K)
+
+
+def pack(W, bint transposed):
+    """Packed 1-d copy of W: W (N, K) for A @ W.T if transposed, else W (K, N) for A @ W."""
+    _check("W", W, 2)
+    N, K = (W.shape[0], W.shape[1]) if transposed else (W.shape[1], W.shape[0])
+    P = np.empty(max(packed_size(N, K, W.dtype), 1), W.dtype)
+    if W.size:
+        _pack_any(W, P, transposed)
+    return P
+
+
+cdef void _gemm(const floating[:, ::1] A, int K, const floating[::1] P, floating[:, ::1] C,
+                int n0, int n1, bint accumulate, int repeat) noexcept nogil:
+    cdef int r
+    for r in range(repeat):
+        pk_gemm(<int>A.shape[0], K, &A[0, 0], A.shape[1], &P[0],
+                &C[0, 0], C.shape[1], n0, n1, accumulate)
+
+
+def gemm(A, P, C, n0=0, n1=None, bint accumulate=True, int repeat=1):
+    """C[:, n0:n1] (+)= A @ W[:, n0:n1] in place; A (M, K), C (M, N), P from pack();
+    ``repeat`` runs it that many times (for timing without call overhead)."""
+    _check("A", A, 2)
+    _check("C", C, 2, A.dtype)
+    _check("P", P, 1, A.dtype)
+    M, K = A.shape
+    N = C.shape[1]
+    if C.shape[0] != M:
+        raise ValueError("A and C must have the same number of rows")
+    if P.shape[0] < packed_size(N, K, A.dtype):
+        raise ValueError("P is too small for A and C: pack W of shape (N, K) or (K, N)")
+    a = n0
+    b = N if n1 is None else n1
+    if not 0 <= a <= b <= N:
+        raise ValueError(f"need 0 <= n0 <= n1 <= N = {N}")
+    if M == 0 or a == b:
+        return C
+    if K == 0:
+        A = np.zeros((M, 1), A.dtype)       # a valid pointer; nothing is read
+    cdef const float[:, ::1] As
+    cdef const float[::1] Ps
+    cdef float[:, ::1] Cs
+    cdef const double[:, ::1] Ad
+    cdef const double[::1] Pd
+    cdef double[:, ::1] Cd
+    cdef int k = K, n0_ = a, n1_ = b, reps = repeat
+    if A.dtype == np.float32:
+        As, Ps, Cs = A, P, C
+        with nogil:
+            _gemm(As, k, Ps, Cs, n0_, n1_, accumulate, reps)
+    else:
+        Ad, Pd, Cd = A, P, C
+        with nogil:
+            _gemm(Ad, k, Pd, Cd, n0_, n1_, accumulate, reps)
+    return C

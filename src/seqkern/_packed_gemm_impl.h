@@ -1,0 +1,177 @@
+/*
+ * Body of _packed_gemm.h for one element type; included once per type with
+ * SK_T (element), SK_V (64-byte vector of SK_T), SK_VL (lanes), SK_SUF (name suffix).
+ * Read _packed_gemm.h first.
+ */
+#define SK_CAT_(a, b) a##b
+#define SK_CAT(a, b) SK_CAT_(a, b)
+#define SK_FN(name) SK_CAT(name, SK_SUF)
+#define SK_NR (4 * SK_VL)
+
+/* Elements of the packed form of a (K, N) operand: ceil(N / NR) panels of K x NR. */
+static inline size_t SK_FN(sk_pk_size_)(int N, int K)
+{
+    size_t np = (size_t)((N + SK_NR - 1) / SK_NR);
+    return np * (size_t)(K > 0 ? K : 0) * SK_NR;
+}
+
+/* Pack W (N, K) row-major (row stride ldw), the operand of A @ W^T:
+ * P[p][k][j] = W[p NR + j][k], 0 past N. */
+static void SK_FN(sk_pk_pack_nt_)(int N, int K, const SK_T *restrict W, ptrdiff_t ldw,
+                                  SK_T *restrict P)
+{
+    int np = (N + SK_NR - 1) / SK_NR;
+    for (int p = 0; p < np; p++) {
+        SK_T *restrict Pp = P + (ptrdiff_t)p * K * SK_NR;
+        int nr = N - p * SK_NR < SK_NR ? N - p * SK_NR : SK_NR;
+        for (int j = 0; j < SK_NR; j++) {
+            const SK_T *restrict w = W + (ptrdiff_t)(p * SK_NR + j) * ldw;
+            if (j < nr)
+                for (ptrdiff_t k = 0; k < K; k++) Pp[k * SK_NR + j] = w[k];
+            else
+                for (ptrdiff_t k = 0; k < K; k++) Pp[k * SK_NR + j] = 0;
+        }
+    }
+}
+
+/* Pack W (K, N) row-major (row stride ldw), the operand of A @ W:
+ * P[p][k][j] = W[k][p NR + j], 0 past N. */
+static void SK_FN(sk_pk_pack_nn_)(int K, int N, const SK_T *restrict W, ptrdiff_t ldw,
+                                  SK_T *restrict P)
+{
+    int np = (N + SK_NR - 1) / SK_NR;
+    for (int p = 0; p < np; p++) {
+        SK_T *restrict Pp = P + (ptrdiff_t)p * K * SK_NR;
+        int nr = N - p * SK_NR < SK_NR ? N - p * SK_NR : SK_NR;
+        for (ptrdiff_t k = 0; k < K; k++) {
+            const SK_T *restrict w = W + k * ldw + p * SK_NR;
+            for (int j = 0; j < nr; j++) Pp[k * SK_NR + j] = w[j];
+            for (int j = nr; j < SK_NR; j++) Pp[k * SK_NR + j] = 0;
+        }
+    }
+}
+
+static inline SK_V SK_FN(sk_pk_ld_)(const SK_T *p) { return *(const SK_V *)p; }
+
+/* Write one row of a tile: c[j0:j1] (+)= acc[j0:j1], acc the NR sums of the row. */
+static inline __attribute__((always_inline)) void
+SK_FN(sk_pk_store_)(SK_T *restrict c, SK_V a0, SK_V a1, SK_V a2, SK_V a3,
+                    int j0, int j1, int accumulate)
+{
+    if (j0 == 0 && j1 == SK_NR) {
+        SK_V *cv = (SK_V *)c;
+        if (accumulate) {
+            cv[0] += a0; cv[1] += a1; cv[2] += a2; cv[3] += a3;
+        } else {
+            cv[0] = a0; cv[1] = a1; cv[2] = a2; cv[3] = a3;
+        }
+        return;
+    }
+    SK_T buf[SK_NR];
+    memcpy(buf, &a0, sizeof(SK_V));
+    memcpy(buf + SK_VL, &a1, sizeof(SK_V));
+    memcpy(buf + 2 * SK_VL, &a2, sizeof(SK_V));
+    memcpy(buf + 3 * SK_VL, &a3, sizeof(SK_V));
+    if (accumulate)
+        for (int j = j0; j < j1; j++) c[j] += buf[j];
+    else
+        for (int j = j0; j < j1; j++) c[j] = buf[j];
+}
+
+
+/* Tile of up to 4 rows x one panel: for r < mr, c[r][j0:j1] (+)= sum_k a_r[k] w[k][j0:j1],
+ * the sum over k in order, one accumulator per element. Rows past mr repeat row 0
+ * (computed, never stored). */
+static inline __attribute__((always_inline)) void
+SK_FN(sk_pk_tile4_)(ptrdiff_t K, const SK_T *restrict a, ptrdiff_t lda,
+                    int mr, const SK_T *restrict w, SK_T *restrict c, ptrdiff_t ldc,
+                    int j0, int j1, int accumulate)
+{
+    const SK_T *restrict a0 = a;
+    const SK_T *restrict a1 = a + (mr > 1 ? lda : 0);
+    const SK_T *restrict a2 = a + (mr > 2 ? 2 * lda : 0);
+    const SK_T *restrict a3 = a + (mr > 3 ? 3 * lda : 0);
+    SK_V z = {0};
+    SK_V c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z;
+    SK_V c20 = z, c21 = z, c22 = z, c23 = z, c30 = z, c31 = z, c32 = z, c33 = z;
+    for (ptrdiff_t k = 0; k < K; k++) {
+        const SK_T *wk = w + k * SK_NR;
+        SK_V w0 = SK_FN(sk_pk_ld_)(wk), w1 = SK_FN(sk_pk_ld_)(wk + SK_VL);
+        SK_V w2 = SK_FN(sk_pk_ld_)(wk + 2 * SK_VL), w3 = SK_FN(sk_pk_ld_)(wk + 3 * SK_VL);
+        SK_PK_IN_REGS(w0, w1, w2, w3);
+        SK_V x;
+        x = SK_FN(sk_pk_bc_)(a0[k]); c00 += x * w0; c01 += x * w1; c02 += x * w2; c03 += x * w3;
+        x = SK_FN(sk_pk_bc_)(a1[k]); c10 += x * w0; c11 += x * w1; c12 += x * w2; c13 += x * w3;
+        x = SK_FN(sk_pk_bc_)(a2[k]); c20 += x * w0; c21 += x * w1; c22 += x * w2; c23 += x * w3;
+        x = SK_FN(sk_pk_bc_)(a3[k]); c30 += x * w0; c31 += x * w1; c32 += x * w2; c33 += x * w3;
+    }
+    SK_FN(sk_pk_store_)(c, c00, c01, c02, c03, j0, j1, accumulate);
+    if (mr > 1) SK_FN(sk_pk_store_)(c + ldc, c10, c11, c12, c13, j0, j1, accumulate);
+    if (mr > 2) SK_FN(sk_pk_store_)(c + 2 * ldc, c20, c21, c22, c23, j0, j1, accumulate);
+    if (mr > 3) SK_FN(sk_pk_store_)(c + 3 * ldc, c30, c31, c32, c33, j0, j1, accumulate);
+}
+
+/* One row x one panel (M = 1): the k sum split into even and odd k, (even + odd) at
+ * the end, so that two FMA chains per vector hide the FMA latency. */
+static inline void SK_FN(sk_pk_tile1_)(ptrdiff_t K, const SK_T *restrict a,
+                                       const SK_T *restrict w, SK_T *restrict c,
+                                       int j0, int j1, int accumulate)
+{
+    SK_V z = {0};
+    SK_V c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z;
+    ptrdiff_t k = 0;
+    for (; k + 1 < K; k += 2) {
+        const SK_T *wk = w + k * SK_NR;
+        SK_V x = SK_FN(sk_pk_bc_)(a[k]), y = SK_FN(sk_pk_bc_)(a[k + 1]);
+        c00 += x * SK_FN(sk_pk_ld_)(wk);
+        c01 += x * SK_FN(sk_pk_ld_)(wk + SK_VL);
+        c02 += x * SK_FN(sk_pk_ld_)(wk + 2 * SK_VL);
+        c03 += x * SK_FN(sk_pk_ld_)(wk + 3 * SK_VL);
+        c10 += y * SK_FN(sk_pk_ld_)(wk + SK_NR);
+        c11 += y * SK_FN(sk_pk_ld_)(wk + SK_NR + SK_VL);
+        c12 += y * SK_FN(sk_pk_ld_)(wk + SK_NR + 2 * SK_VL);
+        c13 += y * SK_FN(sk_pk_ld_)(wk + SK_NR + 3 * SK_VL);
+    }
+    if (k < K) {
+        const SK_T *wk = w + k * SK_NR;
+        SK_V x = SK_FN(sk_pk_bc_)(a[k]);
+        c00 += x * SK_FN(sk_pk_ld_)(wk);
+        c01 += x * SK_FN(sk_pk_ld_)(wk + SK_VL);
+        c02 += x * SK_FN(sk_pk_ld_)(wk + 2 * SK_VL);
+        c03 += x * SK_FN(sk_pk_ld_)(wk + 3 * SK_VL);
+    }
+    SK_FN(sk_pk_store_)(c, c00 + c10, c01 + c11, c02 + c12, c03 + c13, j0, j1, accumulate);
+}
+
+/* C[:, n0:n1] (+)= A @ W[:, n0:n1]: A (M, K) row-major (row stride lda), W the (K, N)
+ * operand packed by sk_pk_pack_nt_ / sk_pk_pack_nn_ (P), C (M, N) row-major (row
+ * stride ldc). accumulate: 1 adds to C, 0 overwrites it. Each element is
+ * (C +) sum_k A[i][k] W[k][j], summed in an order fixed by K and by whether M == 1,
+ * never by [n0, n1): any split of the columns gives bitwise the same C. */
+static void SK_FN(sk_pk_gemm_)(int M, int K, const SK_T *restrict A, ptrdiff_t lda,
+                               const SK_T *restrict P, SK_T *restrict C, ptrdiff_t ldc,
+                               int n0, int n1, int accumulate)
+{
+    if (M <= 0 || n1 <= n0)
+        return;
+    if (K < 0)
+        K = 0;
+    for (int p = n0 / SK_NR; p * SK_NR < n1; p++) {
+        const SK_T *restrict w = P + (ptrdiff_t)p * K * SK_NR;
+        int j0 = n0 > p * SK_NR ? n0 - p * SK_NR : 0;
+        int j1 = n1 < (p + 1) * SK_NR ? n1 - p * SK_NR : SK_NR;
+        SK_T *restrict c = C + p * SK_NR;
+        if (M == 1) {
+            SK_FN(sk_pk_tile1_)(K, A, w, c, j0, j1, accumulate);
+            continue;
+        }
+        for (int i = 0; i < M; i += 4)
+            SK_FN(sk_pk_tile4_)(K, A + (ptrdiff_t)i * lda, lda, M - i < 4 ? M - i : 4, w,
+                                c + (ptrdiff_t)i * ldc, ldc, j0, j1, accumulate);
+    }
+}
+
+#undef SK_NR
+#undef SK_FN
+#undef SK_CAT
+#undef SK_CAT_

@@ -1,0 +1,32 @@
+"""Which GEMM the recurrent kernels use for their products with the weights: the
+per-step h_{t-1} @ W_hh^T and dz_t @ W_hh, the input projection x @ W_ih^T and the
+input gradient dz @ W_ih (private: for tests and benchmarks).
+
+AUTO lets each kernel choose by its measured rule (see _rnn.pyx and _lstm.pyx);
+BLAS forces OpenBLAS's GEMM; PACKED forces _packed_gemm.h on the weights packed
+once per call. The results of each choice do not depend on the thread count.
+"""
+
+from contextlib import contextmanager
+
+AUTO, BLAS, PACKED = 0, 1, 2
+_MODES = {"auto": AUTO, "blas": BLAS, "packed": PACKED}
+_mode = AUTO
+
+
+def step_gemm_mode():
+    """The current choice as the integer the kernels take."""
+    return _mode
+
+
+@contextmanager
+def step_gemm(mode):
+    """Within the block, use ``mode`` ("auto", "blas" or "packed") for per-step products."""
+    global _mode
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    old, _mode = _mode, _MODES[mode]
+    try:
+        yield
+    finally:
+        _mode = old

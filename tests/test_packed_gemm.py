@@ -1,0 +1,170 @@
+"""The packed-weight GEMM of the recurrent kernels (_packed_gemm.h) against NumPy,
+and the RNN / LSTM kernels with each choice of per-step product."""
+
+import numpy as np
+import pytest
+
+import seqkern
+from seqkern import _packed_gemm as pg
+from seqkern import reference as ref
+from seqkern._step_gemm import step_gemm
+
+from helpers import DTYPES, assert_close, assert_grads_close, to64
+
+# M: 1 (its own micro-kernel), multiples of 4 and remainders; N: below, at and
+# across the 64-float / 32-double panel width; K: 0, 1, odd.
+MS = [1, 2, 3, 4, 5, 9]
+NS = [1, 7, 32, 64, 65, 130]
+KS = [0, 1, 3, 17, 64]
+
+
+def operands(rng, M, N, K, dtype, transposed):
+    A = rng.standard_normal((M, K)).astype(dtype)
+    W = rng.standard_normal((N, K) if transposed else (K, N)).astype(dtype)
+    Wmat = W.T if transposed else W          # the (K, N) right-hand side
+    return A, W, Wmat
+
+
+def expected(A, Wmat, C0, accumulate):
+    prod = A.astype(np.float64) @ Wmat.astype(np.float64)
+    return C0.astype(np.float64) + prod if accumulate else prod
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transposed", [True, False])
+@pytest.mark.parametrize("M", MS)
+@pytest.mark.parametrize("N", NS)
+@pytest.mark.parametrize("K", KS)
+def test_matches_numpy(rng, dtype, transposed, M, N, K):
+    A, W, Wmat = operands(rng, M, N, K, dtype, transposed)
+    P = pg.pack(W, transposed)
+    for accumulate in (True, False):
+        C0 = rng.standard_normal((M, N)).astype(dtype)
+        C = pg.gemm(A, P, C0.copy(), accumulate=accumulate)
+        assert_close(C, expected(A, Wmat, C0, accumulate), dtype, f"C acc={accumulate}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transposed", [True, False])
+@pytest.mark.parametrize("M,N,K", [(1, 130, 17), (5, 130, 33), (8, 200, 64), (3, 65, 0)])
+def test_column_ranges_are_independent_and_bitwise_equal(rng, dtype, transposed, M, N, K):
+    """Any split of the columns gives bitwise the full product, and nothing outside
+    [n0, n1) is written."""
+    A, W, Wmat = operands(rng, M, N, K, dtype, transposed)
+    P = pg.pack(W, transposed)
+    C0 = rng.standard_normal((M, N)).astype(dtype)
+    full = pg.gemm(A, P, C0.copy())
+    random_cuts = sorted({0, N, *rng.integers(0, N, 4)})
+    for cuts in ([0, 1, N], [0, 16, 48, N], [0, 31, 64, 97, N], random_cuts):
+        cuts = [c for c in cuts if c <= N]
+        C = C0.copy()
+        for n0, n1 in zip(cuts[:-1], cuts[1:]):
+            before = C.copy()
+            pg.gemm(A, P, C, n0, n1)
+            outside = np.ones(N, bool)
+            outside[n0:n1] = False
+            np.testing.assert_array_equal(C[:, outside], before[:, outside])
+        np.testing.assert_array_equal(C, full)
+    assert_close(full, expected(A, Wmat, C0, True), dtype, "C")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_misaligned_operands(rng, dtype):
+    """A and C starting one element past an aligned address (still C-contiguous)."""
+    M, N, K = 7, 70, 19
+    A = np.empty(M * K + 1, dtype)[1:].reshape(M, K)
+    A[...] = rng.standard_normal((M, K))
+    C = np.empty(M * N + 1, dtype)[1:].reshape(M, N)
+    C[...] = rng.standard_normal((M, N))
+    W = rng.standard_normal((N, K)).astype(dtype)
+    want = expected(A, W.T, C, True)
+    pg.gemm(A, pg.pack(W, True), C, 3, N)
+    assert_close(C[:, 3:], want[:, 3:], dtype, "C")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M", [1, 6])
+def test_nan_and_inf_propagate(rng, dtype, M):
+    N, K = 70, 9
+    A = rng.standard_normal((M, K)).astype(dtype)
+    W = rng.standard_normal((N, K)).astype(dtype)
+    A[0, 2] = np.nan               # row 0: all NaN
+    W[5, 3] = np.inf               # column 5: +-Inf, or NaN where a row is NaN
+    A[-1, 4] = 0.0
+    W[9, 4] = np.inf               # 0 * Inf = NaN in the last row, column 9
+    C = pg.gemm(A, pg.pack(W, True), np.zeros((M, N), dtype))
+    with np.errstate(invalid="ignore"):
+        want = A.astype(np.float64) @ W.T.astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(C), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(C), np.isinf(want))
+    assert np.isnan(C[0]).all() and np.isnan(C[-1, 9])
+
+
+def test_bad_arguments(rng):
+    A = np.ones((2, 3), np.float32)
+    P = pg.pack(np.ones((5, 3), np.float32), True)
+    with pytest.raises(ValueError):
+        pg.gemm(A, P, np.zeros((2, 5), np.float32), 3, 2)
+    with pytest.raises(ValueError):
+        pg.gemm(A, P[:10], np.zeros((2, 5), np.float32))
+    with pytest.raises(TypeError):
+        pg.gemm(A, P, np.zeros((2, 5), np.float64))
+
+
+# --- the kernels with either per-step product --------------------------------
+
+@pytest.mark.parametrize("mode", ["blas", "packed"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(9, 1, 5, 7), (6, 5, 7, 70), (30, 8, 16, 130)])
+def test_rnn_with_each_step_product(rng, mode, dtype, shape):
+    T, B, I, H = shape
+    s = 1.0 / np.sqrt(H)
+    args = [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)) * 0.5,
+            rng.standard_normal((H, I)) * s, rng.standard_normal((H, H)) * s * 0.9,
+            rng.standard_normal(H) * 0.1, None]
+    args = [None if a is None else a.astype(dtype) for a in args]
+    lengths = np.minimum(np.arange(B) + T - 2, T)
+    d_out = rng.standard_normal((T, B, H)).astype(dtype)
+    results = []
+    for n in (1, 2):
+        with step_gemm(mode), seqkern.threads(n):
+            out, h_n, cache = seqkern.rnn_forward(*args, lengths=lengths)
+            g = seqkern.rnn_backward(d_out, h_n, cache)
+        results.append((out, h_n) + tuple(g))
+    rout, rh_n, rcache = ref.rnn_forward(*to64(*args), lengths=lengths)
+    assert_close(results[0][0], rout, dtype, "out")
+    rg = ref.rnn_backward(d_out.astype(np.float64), results[0][1].astype(np.float64), rcache)
+    assert_grads_close(seqkern.RNNGrads(*results[0][2:]), rg, dtype)
+    for a, b in zip(*results):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["blas", "packed"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 130)])
+def test_lstm_with_each_step_product(rng, mode, dtype, shape):
+    T, B, I, H = shape
+    s = 1.0 / np.sqrt(H)
+    args = [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)) * 0.5,
+            rng.standard_normal((B, H)) * 0.5, rng.uniform(-s, s, (4 * H, I)),
+            rng.uniform(-s, s, (4 * H, H)), rng.uniform(-s, s, 4 * H), None]
+    args = [None if a is None else a.astype(dtype) for a in args]
+    lengths = np.minimum(np.arange(B) + T - 2, T)
+    d_out = rng.standard_normal((T, B, H)).astype(dtype)
+    results = []
+    for n in (1, 2):
+        with step_gemm(mode), seqkern.threads(n):
+            out, h_n, c_n, cache = seqkern.lstm_forward(*args, lengths=lengths)
+            g = seqkern.lstm_backward(d_out, h_n, c_n, cache)
+        results.append((out, h_n, c_n) + tuple(g))
+    rout, rh_n, rc_n, rcache = ref.lstm_forward(*to64(*args), lengths=lengths)
+    assert_close(results[0][0], rout, dtype, "out")
+    assert_close(results[0][2], rc_n, dtype, "c_n")
+    rg = ref.lstm_backward(d_out.astype(np.float64), results[0][1].astype(np.float64),
+                           results[0][2].astype(np.float64), rcache)
+    for name, a, b in zip(rg._fields, results[0][3:], rg):
+        assert_close(a, b, dtype, name)
+    for a, b in zip(*results):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
