@@ -75,3 +75,26 @@ def test_time_interleaved_alternates(monkeypatch):
     monkeypatch.setattr(runner, "SAMPLE_S", 0.01)
     t = runner.time_interleaved({"sleep": lambda: time.sleep(0.002)}, budget_s=0, min_repeats=2)
     assert all(0.0015 < x < 0.01 for x in t["sleep"])
+
+
+def test_sweep_cases_and_plots(tmp_path):
+    """The sequence-length study's cases, and every chart written as a PNG."""
+    from seqkern.bench.cases import sweep
+
+    cases = sweep(quick=True)
+    kernels = {c.kernel for c in cases}
+    assert kernels == {"lstm", "attention"}
+    assert {c.seq_len() for c in cases} == {64, 256, 1024}
+    assert {c.shape[0] for c in cases if c.kernel == "lstm"} == {1, 32}
+    pytest.importorskip("matplotlib")
+    from seqkern.bench import plots
+
+    small = [Case("lstm", (1, T, 8, 8), suite="sweep") for T in (4, 8)] + \
+            [Case("attention", (1, 2, T, 8), suite="sweep") for T in (4, 8)] + \
+            [Case("rnn", (2, 3, 4, 5), "fwd+bwd")]
+    results, _ = runner.run(small, [1, 2], impls=["seqkern", "reference"], budget_s=0, progress=False)
+    paths = plots.write_all(results, str(tmp_path))
+    assert len(paths) == 5
+    for p in paths:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
