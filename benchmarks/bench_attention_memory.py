@@ -1,7 +1,7 @@
 """Peak resident memory of attention forward+backward above its inputs.
 
 Runs (B, H, T, D) = (1, 8, 16384, 64) float32 (issue 4's memory case) in a fresh
-subprocess per implementation and prints the peak RSS (ru_maxrss) above the RSS
+subprocess and prints its peak RSS (VmHWM) above the RSS
 measured once q, k, v and d_out exist. The NumPy reference would need
 B*H*T*T*4 bytes = 8 GiB for the scores alone, so it is not run here.
 
@@ -13,23 +13,25 @@ import subprocess
 import sys
 
 CHILD = r"""
-import resource, sys, time
+import sys, time
 import numpy as np
 import seqkern
 B, H, T, D = 1, 8, int(sys.argv[1]), 64
 rng = np.random.default_rng(0)
 q, k, v, d_out = (rng.standard_normal((B, H, T, D), dtype=np.float32) for _ in range(4))
-def rss_mb():
+def status_mb(field):
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-base = rss_mb()
+base = status_mb("VmRSS")
 t0 = time.perf_counter()
 out, cache = seqkern.attention_forward(q, k, v)
 g = seqkern.attention_backward(d_out, cache)
 dt = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the parent
+# (a pytest process that ran the reference on GBs would leak into this figure).
+peak = status_mb("VmHWM")
 inputs = 4 * q.nbytes / 2**20
 print(f"(B, H, T, D) = {(B, H, T, D)} float32: inputs q, k, v, d_out {inputs:.0f} MB; "
       f"peak RSS {peak - base:.0f} MB above them (outputs out, dq, dk, dv alone: "
