@@ -105,12 +105,13 @@ cdef enum:
 # The weight gradients stay on OpenBLAS (their left operand is dgi^T / dgh^T).
 # step_gemm (seqkern._step_gemm) forces either; AUTO follows packed_products.
 # Measured (1 thread, 2-core shared machine, benchmarks/compare_step_gemm.py,
-# alternating calls; fwd / fwd+bwd speed-up of packed over OpenBLAS):
-# (B,T,I,H) = (32,100,256,256) 1.44/1.31 float32, 1.29/1.16 float64;
-# (64,200,512,512) 1.33/1.21, 1.30/1.12; at batch 1, against _vecmat, within the
-# noise of even (0.9-1.3, W_hh is read once a step either way): (1,100,128,128)
-# 1.19/0.89, 1.27/1.21; (1,1000,64,64) 1.07/1.06, 1.04/1.12; (8,100,128,128),
-# forward / backward alone: 1.14/0.94, 1.10/1.05. So AUTO packs everything.
+# alternating calls; fwd / fwd+bwd speed-up of packed over OpenBLAS, float32 then
+# float64): (B,T,I,H) = (32,100,256,256) 1.53/1.25, 1.30/1.14; (64,200,512,512)
+# 1.17/1.15, 1.37/1.29; at batch 1, against _vecmat for the steps, near even (W_hh
+# is read once a step either way; the packed input products give the rest):
+# (1,100,128,128) 1.18/1.14, 1.07/1.13; (1,1000,64,64) 1.04/1.00, 1.20/0.98. At
+# (8,100,128,128), forward / backward alone: 1.14/0.94, 1.10/1.05 (0.94: within
+# the noise of these runs). So AUTO packs everything.
 # Both packed operands live in one allocation (_pack_weights): with two, of ~400 KB
 # each at (1,100,128,128) float64, both packed ran at 0.83-0.88x of OpenBLAS while
 # either alone ran at 1.05-1.11x; glibc handed the pair back to the system after
@@ -127,11 +128,11 @@ PK_STEP, PK_INPUT = PACK_STEP, PACK_INPUT
 def packed_products(Py_ssize_t B, Py_ssize_t H, int step_gemm, bint backward):
     """Which products to run on _packed_gemm.h (PK_STEP | PK_INPUT flags; the others
     on OpenBLAS / _vecmat) for a batch of B and H hidden units in the forward or the
-    backward, given seqkern._step_gemm's AUTO, BLAS or PACKED."""
+    backward, given seqkern._step_gemm's AUTO, BLAS or PACKED. AUTO packs all
+    four products at every size (measured above); the arguments are those of the
+    rule should a size turn up where OpenBLAS or _vecmat wins."""
     if step_gemm == STEP_BLAS:
         return 0
-    if step_gemm == STEP_PACKED:
-        return PK_STEP | PK_INPUT
     return PK_STEP | PK_INPUT
 
 
@@ -152,7 +153,7 @@ cdef floating* _pack_weights(int packed, bint backward, int H, int I, const floa
         nw = (nw + align - 1) // align * align
     if packed & PACK_INPUT:
         nx = pk_size(<floating*>NULL, I if backward else G, G if backward else I)
-    if nw + nx == 0:
+    if not packed:
         return NULL
     buf = <floating*>sk_pk_alloc(nw + nx, sizeof(floating))
     if buf == NULL:
