@@ -7,7 +7,7 @@ computes in that thread), which other load on a shared machine disturbs less.
 
 Run (from the repository root, after building in place):
   OPENBLAS_NUM_THREADS=1 PYTHONPATH=src python3 benchmarks/compare_step_gemm.py \
-      rnn,lstm "[(1,100,128,128),(1,1000,64,64),(32,100,256,256),(64,200,512,512)]" \
+      rnn,lstm,gru "[(1,100,128,128),(1,1000,64,64),(32,100,256,256),(64,200,512,512)]" \
       float32,float64 1 5
 arguments: kernels, shapes (B, T, I, H), dtypes, threads, seconds per row
 [, implementations: before,after,torch,ref].
@@ -34,7 +34,7 @@ clock = time.thread_time if nthr == 1 else time.perf_counter   # 1 thread: CPU t
 rng = np.random.default_rng(0)
 
 def make(kern, B, T, I, H, dt):
-    G = 4 * H if kern == 'lstm' else H
+    G = {'lstm': 4 * H, 'gru': 3 * H}.get(kern, H)
     s = 1 / np.sqrt(H)
     d = dict(x=rng.standard_normal((T, B, I)).astype(dt), h0=(0.5*rng.standard_normal((B, H))).astype(dt),
              c0=(0.5*rng.standard_normal((B, H))).astype(dt),
@@ -49,6 +49,9 @@ def fn_sk(kern, d, bwd, mode):
             if kern == 'lstm':
                 out, hn, cn, c = seqkern.lstm_forward(d['x'], d['h0'], d['c0'], d['W_ih'], d['W_hh'], d['b_ih'], d['b_hh'], return_cache=bwd)
                 if bwd: seqkern.lstm_backward(d['d_out'], None, None, c)
+            elif kern == 'gru':
+                out, hn, c = seqkern.gru_forward(d['x'], d['h0'], d['W_ih'], d['W_hh'], d['b_ih'], d['b_hh'], return_cache=bwd)
+                if bwd: seqkern.gru_backward(d['d_out'], None, c)
             else:
                 out, hn, c = seqkern.rnn_forward(d['x'], d['h0'], d['W_ih'], d['W_hh'], d['b_ih'], d['b_hh'], return_cache=bwd)
                 if bwd: seqkern.rnn_backward(d['d_out'], None, c)
@@ -59,6 +62,9 @@ def fn_ref(kern, d, bwd):
         if kern == 'lstm':
             out, hn, cn, c = ref.lstm_forward(d['x'], d['h0'], d['c0'], d['W_ih'], d['W_hh'], d['b_ih'], d['b_hh'])
             if bwd: ref.lstm_backward(d['d_out'], None, None, c)
+        elif kern == 'gru':
+            out, hn, c = ref.gru_forward(d['x'], d['h0'], d['W_ih'], d['W_hh'], d['b_ih'], d['b_hh'])
+            if bwd: ref.gru_backward(d['d_out'], None, c)
         else:
             out, hn, c = ref.rnn_forward(d['x'], d['h0'], d['W_ih'], d['W_hh'], d['b_ih'], d['b_hh'])
             if bwd: ref.rnn_backward(d['d_out'], None, c)
@@ -67,7 +73,7 @@ def fn_ref(kern, d, bwd):
 def fn_torch(kern, d, bwd):
     T, B, I = d['x'].shape; H = d['h0'].shape[1]
     dt = torch.float32 if d['x'].dtype == np.float32 else torch.float64
-    m = (torch.nn.LSTM if kern == 'lstm' else torch.nn.RNN)(I, H).to(dt)
+    m = {'lstm': torch.nn.LSTM, 'gru': torch.nn.GRU}.get(kern, torch.nn.RNN)(I, H).to(dt)
     with torch.no_grad():
         m.weight_ih_l0.copy_(torch.from_numpy(d['W_ih'])); m.weight_hh_l0.copy_(torch.from_numpy(d['W_hh']))
         m.bias_ih_l0.copy_(torch.from_numpy(d['b_ih'])); m.bias_hh_l0.copy_(torch.from_numpy(d['b_hh']))

@@ -1,5 +1,5 @@
 """The packed-weight GEMM of the recurrent kernels (_packed_gemm.h) against NumPy,
-and the RNN / LSTM kernels with each choice of per-step product."""
+and the RNN / LSTM / GRU kernels with each choice of weight product."""
 
 import numpy as np
 import pytest
@@ -164,6 +164,41 @@ def test_lstm_with_each_step_product(rng, mode, dtype, shape):
     rg = ref.lstm_backward(d_out.astype(np.float64), results[0][1].astype(np.float64),
                            results[0][2].astype(np.float64), rcache)
     for name, a, b in zip(rg._fields, results[0][3:], rg):
+        assert_close(a, b, dtype, name)
+    for a, b in zip(*results):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["blas", "packed"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 130),
+                                   (1100, 1, 3, 20)])
+def test_gru_with_each_step_product(rng, mode, dtype, shape):
+    """(9, 1, ..): batch 1 (_vecmat vs the packed M = 1 kernel); (20, 8, 16, 130):
+    several unit blocks, split over 2 threads; (1100, 1, ..): several backward chunks."""
+    T, B, I, H = shape
+    s = 1.0 / np.sqrt(H)
+    args = [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)) * 0.5,
+            rng.uniform(-s, s, (3 * H, I)), rng.uniform(-s, s, (3 * H, H)),
+            rng.uniform(-s, s, 3 * H), rng.uniform(-s, s, 3 * H)]
+    args = [a.astype(dtype) for a in args]
+    lengths = np.minimum(np.arange(B) + T - 2, T)
+    d_out = rng.standard_normal((T, B, H)).astype(dtype)
+    results = []
+    for n in (1, 2):
+        with step_gemm(mode), seqkern.threads(n):
+            out, h_n, cache = seqkern.gru_forward(*args, lengths=lengths)
+            out_nc, h_n_nc, _ = seqkern.gru_forward(*args, lengths=lengths, return_cache=False)
+            g = seqkern.gru_backward(d_out, h_n, cache)
+        np.testing.assert_array_equal(out_nc, out)
+        np.testing.assert_array_equal(h_n_nc, h_n)
+        results.append((out, h_n) + tuple(g))
+    rout, rh_n, rcache = ref.gru_forward(*to64(*args), lengths=lengths)
+    assert_close(results[0][0], rout, dtype, "out")
+    assert_close(results[0][1], rh_n, dtype, "h_n")
+    rg = ref.gru_backward(d_out.astype(np.float64), results[0][1].astype(np.float64), rcache)
+    for name, a, b in zip(rg._fields, results[0][2:], rg):
         assert_close(a, b, dtype, name)
     for a, b in zip(*results):
         if a is not None:

@@ -41,9 +41,11 @@
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
+from seqkern._packed_gemm cimport pk_gemm, pk_pack_nn, pk_pack_nt, pk_size, sk_pk_alloc
 
 cdef extern from "_gru_cell.h" nogil:
     void sk_gru_fwd_row_f(int w, float* gr, float* gz, float* gn, const float* qr,
@@ -91,6 +93,84 @@ cdef enum:
     ALIGN = 16
     PAR_MIN_STEP = 65536
     PAR_MIN_GEMM = 1 << 25
+    PANEL_UNITS = 64
+
+
+# The products with the weights: OpenBLAS's GEMM (with _vecmat for the per-step
+# products at B = 1), or _packed_gemm.h on W_hh and W_ih packed once per call
+# (OpenBLAS packs its W operand again inside every call: once per step for W_hh,
+# once per row block for W_ih). Packed, when chosen: the per-step h_{t-1} @ W_hh^T
+# (B, H) x (H, 3H) and dgh_{t+1} @ W_hh (B, 3H) x (3H, H), the input projection
+# x @ W_ih^T (rows, I) x (I, 3H) and the input gradient dgi @ W_ih (rows, 3H) x (3H, I).
+# The weight gradients stay on OpenBLAS (their left operand is dgi^T / dgh^T).
+# step_gemm (seqkern._step_gemm) forces either; AUTO follows packed_products.
+# Measured (1 thread, 2-core shared machine, benchmarks/compare_step_gemm.py,
+# alternating calls; fwd / fwd+bwd speed-up of packed over OpenBLAS, float32 then
+# float64): (B,T,I,H) = (32,100,256,256) 1.53/1.25, 1.30/1.14; (64,200,512,512)
+# 1.17/1.15, 1.37/1.29; at batch 1, against _vecmat for the steps, near even (W_hh
+# is read once a step either way; the packed input products give the rest):
+# (1,100,128,128) 1.18/1.14, 1.07/1.13; (1,1000,64,64) 1.04/1.00, 1.20/0.98. At
+# (8,100,128,128), forward / backward alone: 1.14/0.94, 1.10/1.05 (0.94: within
+# the noise of these runs). So AUTO packs everything.
+# Both packed operands live in one allocation (_pack_weights): with two, of ~400 KB
+# each at (1,100,128,128) float64, both packed ran at 0.83-0.88x of OpenBLAS while
+# either alone ran at 1.05-1.11x; glibc handed the pair back to the system after
+# every call (heap trim) and the next call faulted it in again. With one: 1.38x
+# forward, 1.08x backward alone.
+STEP_AUTO, STEP_BLAS, STEP_PACKED = 0, 1, 2
+# Which products are packed: flags of the kernels' ``packed`` argument.
+cdef enum:
+    PACK_STEP = 1      # the per-step products with W_hh
+    PACK_INPUT = 2     # the products with W_ih over all rows (input projection / dx)
+PK_STEP, PK_INPUT = PACK_STEP, PACK_INPUT
+
+
+def packed_products(Py_ssize_t B, Py_ssize_t H, int step_gemm, bint backward):
+    """Which products to run on _packed_gemm.h (PK_STEP | PK_INPUT flags; the others
+    on OpenBLAS / _vecmat) for a batch of B and H hidden units in the forward or the
+    backward, given seqkern._step_gemm's AUTO, BLAS or PACKED. AUTO packs all
+    four products at every size (measured above); the arguments are those of the
+    rule should a size turn up where OpenBLAS or _vecmat wins."""
+    if step_gemm == STEP_BLAS:
+        return 0
+    return PK_STEP | PK_INPUT
+
+
+cdef floating* _pack_weights(int packed, bint backward, int H, int I, const floating* Whh,
+                            const floating* Wih, floating** Wpk, floating** Xpk) noexcept nogil:
+    """Pack the weights the ``packed`` flags name, for the forward (h @ W_hh^T,
+    x @ W_ih^T) or the backward (dgh @ W_hh, dgi @ W_ih); W_hh (G, H), W_ih (G, I).
+    Sets *Wpk (PACK_STEP) and *Xpk (PACK_INPUT), else leaves them. Returns the one
+    64-byte aligned buffer holding both (free() it), NULL if out of memory or if
+    nothing is packed. One allocation, not two: see the measurements above
+    packed_products."""
+    cdef int G = 3 * H
+    cdef size_t align = 64 // sizeof(floating)
+    cdef size_t nw = 0, nx = 0
+    cdef floating* buf
+    if packed & PACK_STEP:
+        nw = pk_size(<floating*>NULL, H if backward else G, G if backward else H)
+        nw = (nw + align - 1) // align * align
+    if packed & PACK_INPUT:
+        nx = pk_size(<floating*>NULL, I if backward else G, G if backward else I)
+    if not packed:
+        return NULL
+    buf = <floating*>sk_pk_alloc(nw + nx, sizeof(floating))
+    if buf == NULL:
+        return NULL
+    if packed & PACK_STEP:
+        Wpk[0] = buf
+        if backward:
+            pk_pack_nn(G, H, Whh, H, buf)
+        else:
+            pk_pack_nt(G, H, Whh, H, buf)
+    if packed & PACK_INPUT:
+        Xpk[0] = buf + nw
+        if backward:
+            pk_pack_nn(G, I, Wih, I, buf + nw)
+        else:
+            pk_pack_nt(G, I, Wih, I, buf + nw)
+    return buf
 
 
 cdef inline Py_ssize_t _block(Py_ssize_t n) noexcept nogil:
@@ -100,12 +180,21 @@ cdef inline Py_ssize_t _block(Py_ssize_t n) noexcept nogil:
     return b if b > 0 else 1
 
 
-def unit_block(Py_ssize_t B, Py_ssize_t H):
-    """Width of the blocks of hidden units (a function of the problem size only);
-    the packed layout of the weights depends on it."""
+def unit_block(Py_ssize_t B, Py_ssize_t H, bint packed_step=False):
+    """Width of the blocks of hidden units (a function of the problem size and of
+    the choice of step product only, not of the thread count); the packed layout of
+    the weights depends on it. With the packed step product (packed_step) the width
+    is a multiple of PANEL_UNITS, so that a block's columns, [3 c0, 3 c1) forward and
+    [c0, c1) backward, are whole panels of the packed W_hh (64 floats, 32 doubles):
+    with blocks of 32 units, as _block gives for H = 128, half of every panel's
+    FMAs were wasted and packing lost to OpenBLAS at (B, H) = (8, 128) (measured)."""
+    cdef Py_ssize_t w
     if B * 3 * H * H < PAR_MIN_STEP:
         return H
-    return min(H, _block(H))
+    w = _block(H)
+    if packed_step:
+        w = (w + PANEL_UNITS - 1) // PANEL_UNITS * PANEL_UNITS
+    return min(H, w)
 
 
 def transpose(const floating[:, ::1] a, floating[:, ::1] out):
@@ -128,24 +217,31 @@ cdef inline int _n_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:
 # Forward
 # ---------------------------------------------------------------------------
 
-cdef void _project_rows(const floating* x, const floating* W, const floating* bias,
-                        floating* out, Py_ssize_t r0, Py_ssize_t r1,
+cdef void _project_rows(const floating* x, const floating* W, const floating* W_pk,
+                        const floating* bias, floating* out, Py_ssize_t r0, Py_ssize_t r1,
                         int I, int G) noexcept nogil:
-    """out[r0:r1] := x[r0:r1] @ W^T + bias; x (rows, I), W (G, I), out (rows, G)."""
+    """out[r0:r1] := x[r0:r1] @ W^T + bias; x (rows, I), W (G, I), out (rows, G).
+    W_pk: W packed for x @ W^T (_packed_gemm.h), or NULL (OpenBLAS)."""
     cdef Py_ssize_t r
     for r in range(r0, r1):
         memcpy(out + r * G, bias, G * sizeof(floating))
-    gemm(False, True, <int>(r1 - r0), G, I, <floating>1, x + r0 * I, I, W, I,
-         <floating>1, out + r0 * G, G)
+    if W_pk != NULL:
+        pk_gemm(<int>(r1 - r0), I, x + r0 * I, I, W_pk, out + r0 * G, G, 0, G, True)
+    else:
+        gemm(False, True, <int>(r1 - r0), G, I, <floating>1, x + r0 * I, I, W, I,
+             <floating>1, out + r0 * G, G)
 
 
 cdef void _forward_block(int B, int H, const floating* h_prev, const floating* W_hh,
-                         const floating* W_hh_T, const floating* b_hn, floating* gh, floating* gates_t,
+                         const floating* W_hh_T, const floating* W_pk, const floating* b_hn,
+                         floating* gh, floating* gates_t,
                          floating* hn_t, floating* out_t, const int64_t* lengths,
                          Py_ssize_t t, int c0, int c1) noexcept nogil:
     """One step on hidden units [c0, c1) (packed gate columns [3c0, 3c1)).
 
-    gh[:, 3c0:3c1] := h_prev @ W_hh[3c0:3c1]^T (with W_hh_T = W_hh^T (H, G) when B = 1), then for each row still running:
+    gh[:, 3c0:3c1] := h_prev @ W_hh[3c0:3c1]^T, on W_pk (W_hh packed for h @ W_hh^T)
+    if given, else by _vecmat on W_hh_T = W_hh^T (H, G) when B = 1, else OpenBLAS.
+    Then for each row still running:
     gates_t (input projection on entry) := r, z, n; hn_t := gh_n + b_hn;
     out_t := h'. Rows whose sequence has ended get out_t = 0.
     h_prev (B, H), W_hh (G, H) packed, gh (B, G), gates_t (B, G), hn_t, out_t (B, H)."""
@@ -157,7 +253,9 @@ cdef void _forward_block(int B, int H, const floating* h_prev, const floating* W
     cdef const floating* bh = b_hn + c0
     cdef floating* hr
     cdef floating* o
-    if B == 1:
+    if W_pk != NULL:
+        pk_gemm(B, H, h_prev, H, W_pk, gh, G, p, p + 3 * w, False)
+    elif B == 1:
         _vecmat(3 * w, H, h_prev, W_hh_T + p, G, False, gh + p)
     else:
         gemm(False, True, B, 3 * w, H, <floating>1, h_prev, H, W_hh + <Py_ssize_t>p * H, H,
@@ -191,9 +289,11 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             floating[:, ::1] gh,              # (B, G) scratch
             floating[:, :, ::1] out,          # (T, B, H) OUT: every h_t (0 past a length)
             floating[:, ::1] h_n,             # (B, H) OUT: the state after each sequence's last step
-            int width, int n_threads):
+            int width, int n_threads, int packed):
     """GRU forward over a whole sequence. T, B, H >= 1 (the wrapper handles empties);
-    ``width`` is the unit-block width the weights were packed with.
+    ``width`` is the unit-block width the weights were packed with. ``packed``
+    (flags, see packed_products): PK_STEP, h @ W_hh^T goes through _packed_gemm.h
+    (W_hh_T is then unused), PK_INPUT, x @ W_ih^T does; each packed here once.
 
     The steps run in chunks of Tc = gates.shape[0] steps: the input projection of a
     chunk, then its recurrence. With Tc = T, ``gates`` keeps r, z, n of every step
@@ -226,53 +326,63 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef int i, blk, b
     cdef Py_ssize_t t, t0, t1, L
     cdef int nt = n_threads
+    cdef floating* Wpk = NULL     # W_hh packed for h_prev @ W_hh^T
+    cdef floating* Xpk = NULL     # W_ih packed for x @ W_ih^T
 
+    cdef floating* pk_buf = NULL
+    with nogil:
+        pk_buf = _pack_weights(packed, False, H, I, Whh, Wih, &Wpk, &Xpk)
+    if packed and pk_buf == NULL:
+        raise MemoryError()
     t = 0
     h_prev = NULL
-    with nogil:
-        t0 = 0
-        while t0 < T:
-            t1 = min(t0 + Tc, T)
-            # 1. The input projection of the chunk's steps, in row blocks.
-            rows = (t1 - t0) * B
-            n_rows = _n_blocks(rows, rb)
-            if nt > 1 and n_rows > 1 and rows * G * I >= PAR_MIN_GEMM:
-                for i in prange(n_rows, num_threads=nt, schedule='static'):
-                    _project_rows(xp + t0 * B * I, Wih, bp, gp, i * rb,
-                                  min((i + 1) * rb, rows), I, G)
-            else:
-                for i in range(n_rows):
-                    _project_rows(xp + t0 * B * I, Wih, bp, gp, i * rb,
-                                  min((i + 1) * rb, rows), I, G)
+    try:
+        with nogil:
+            t0 = 0
+            while t0 < T:
+                t1 = min(t0 + Tc, T)
+                # 1. The input projection of the chunk's steps, in row blocks.
+                rows = (t1 - t0) * B
+                n_rows = _n_blocks(rows, rb)
+                if nt > 1 and n_rows > 1 and rows * G * I >= PAR_MIN_GEMM:
+                    for i in prange(n_rows, num_threads=nt, schedule='static'):
+                        _project_rows(xp + t0 * B * I, Wih, Xpk, bp, gp, i * rb,
+                                      min((i + 1) * rb, rows), I, G)
+                else:
+                    for i in range(n_rows):
+                        _project_rows(xp + t0 * B * I, Wih, Xpk, bp, gp, i * rb,
+                                      min((i + 1) * rb, rows), I, G)
 
-            # 2. The recurrence: per step and block one GEMM and one fused pass.
-            if nt > 1 and n_cols > 1:
-                with parallel(num_threads=nt):
+                # 2. The recurrence: per step and block one GEMM and one fused pass.
+                if nt > 1 and n_cols > 1:
+                    with parallel(num_threads=nt):
+                        for t in range(t0, t1):
+                            h_prev = h0p if t == 0 else outp + (t - 1) * step
+                            for blk in prange(n_cols, schedule='static'):
+                                _forward_block(B, H, h_prev, Whh, WhhT, Wpk, bhn, ghp,
+                                               gp + (t - t0) * gstep, hnp + t * hstep,
+                                               outp + t * step, lens, t,
+                                               blk * width, min((blk + 1) * width, H))
+                else:
                     for t in range(t0, t1):
                         h_prev = h0p if t == 0 else outp + (t - 1) * step
-                        for blk in prange(n_cols, schedule='static'):
-                            _forward_block(B, H, h_prev, Whh, WhhT, bhn, ghp,
+                        for blk in range(n_cols):
+                            _forward_block(B, H, h_prev, Whh, WhhT, Wpk, bhn, ghp,
                                            gp + (t - t0) * gstep, hnp + t * hstep,
                                            outp + t * step, lens, t,
                                            blk * width, min((blk + 1) * width, H))
-            else:
-                for t in range(t0, t1):
-                    h_prev = h0p if t == 0 else outp + (t - 1) * step
-                    for blk in range(n_cols):
-                        _forward_block(B, H, h_prev, Whh, WhhT, bhn, ghp,
-                                       gp + (t - t0) * gstep, hnp + t * hstep,
-                                       outp + t * step, lens, t,
-                                       blk * width, min((blk + 1) * width, H))
-            t0 = t1
+                t0 = t1
 
-        # 3. The final state of each sequence.
-        for b in range(B):
-            L = T if lens == NULL else lens[b]
-            if L == 0:
-                memcpy(&h_n[b, 0], h0p + <Py_ssize_t>b * H, H * sizeof(floating))
-            else:
-                memcpy(&h_n[b, 0], outp + (L - 1) * step + <Py_ssize_t>b * H,
-                       H * sizeof(floating))
+            # 3. The final state of each sequence.
+            for b in range(B):
+                L = T if lens == NULL else lens[b]
+                if L == 0:
+                    memcpy(&h_n[b, 0], h0p + <Py_ssize_t>b * H, H * sizeof(floating))
+                else:
+                    memcpy(&h_n[b, 0], outp + (L - 1) * step + <Py_ssize_t>b * H,
+                           H * sizeof(floating))
+    finally:
+        free(pk_buf)
 
 
 # ---------------------------------------------------------------------------
@@ -280,7 +390,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 # ---------------------------------------------------------------------------
 
 cdef void _backward_block(int B, int H, const floating* dgh_next, const floating* W_hh,
-                          const floating* W_hh_T,
+                          const floating* W_hh_T, const floating* W_pk,
                           floating* carry, floating* dgi_t, floating* dgh_t,
                           const floating* d_out_t, const floating* gates_t,
                           const floating* hn_t, const floating* h_prev,
@@ -290,7 +400,9 @@ cdef void _backward_block(int B, int H, const floating* dgh_next, const floating
     carry (B, H) is the gradient reaching h_t from later steps and from d_h_n. Step
     t+1 left g*z in the rows it consumed (the direct path h' = ... + z h), so adding
     dgh_{t+1} @ W_hh (zero in rows that ended before t+1) completes it:
-    carry[:, c0:c1] += dgh_next @ W_hh[:, c0:c1] (W_hh_T = W_hh^T used when B > 1). Then, if t >= 0, for rows still
+    carry[:, c0:c1] += dgh_next @ W_hh[:, c0:c1], on W_pk (W_hh packed for dgh @ W_hh)
+    if given, else by _vecmat when B = 1, else OpenBLAS on W_hh_T = W_hh^T.
+    Then, if t >= 0, for rows still
     running at t: g = carry + d_out_t, dgi_t and dgh_t get the gate gradients and
     carry := g*z; rows that have ended get zero gate gradients and keep their carry.
     dgh_next (B, G) or NULL (t = T-1), d_out_t (B, H) or NULL, gates_t (B, G),
@@ -305,7 +417,9 @@ cdef void _backward_block(int B, int H, const floating* dgh_next, const floating
     cdef const floating* a
     cdef const floating* hp
     if dgh_next != NULL:
-        if B == 1:
+        if W_pk != NULL:
+            pk_gemm(B, G, dgh_next, G, W_pk, carry, H, c0, c1, True)
+        elif B == 1:
             _vecmat(w, G, dgh_next, W_hh + c0, H, True, carry + c0)
         else:
             # through W_hh^T (H, G): rows c0:c1 are contiguous, which BLAS packs
@@ -336,7 +450,7 @@ cdef void _backward_block(int B, int H, const floating* dgh_next, const floating
 
 cdef void _grads_block(int blk, const floating* dgi, const floating* dgh,
                        const floating* x_c, const floating* hp0, const floating* hp_c,
-                       const floating* Wih, floating* dWih, floating* dWhh,
+                       const floating* Wih, const floating* Wih_pk, floating* dWih, floating* dWhh,
                        floating* dbi, floating* dbh, floating* dx_c, Py_ssize_t rows,
                        int B, int I, int H, int n_w, int wb, Py_ssize_t rb) noexcept nogil:
     """Block ``blk`` of the weight and input gradients of one chunk of steps, whose
@@ -345,7 +459,7 @@ cdef void _grads_block(int blk, const floating* dgi, const floating* dgh,
     for the first B rows and hp_c (rows - B, H) for the others. Blocks write disjoint elements:
     [0, n_w): packed rows [c0, c1) of dW_ih, dW_hh and entries of db_ih, db_hh
     (accumulated over chunks); [n_w, ...): rows of dx_c. Block sizes: wb rows of G,
-    rb rows of the chunk."""
+    rb rows of the chunk. Wih_pk: W_ih packed for dgi @ W_ih, or NULL (OpenBLAS)."""
     cdef int G = 3 * H
     cdef Py_ssize_t q, r, r0, r1
     cdef int c, c0, c1
@@ -378,8 +492,11 @@ cdef void _grads_block(int blk, const floating* dgi, const floating* dgh,
         r0 = q * rb
         r1 = min(r0 + rb, rows)
         # dx[r0:r1] = dgi[r0:r1] @ W_ih
-        gemm(False, False, <int>(r1 - r0), I, G, <floating>1, dgi + r0 * G, G, Wih, I,
-             <floating>0, dx_c + r0 * I, I)
+        if Wih_pk != NULL:
+            pk_gemm(<int>(r1 - r0), G, dgi + r0 * G, G, Wih_pk, dx_c + r0 * I, I, 0, I, False)
+        else:
+            gemm(False, False, <int>(r1 - r0), I, G, <floating>1, dgi + r0 * G, G, Wih, I,
+                 <floating>0, dx_c + r0 * I, I)
 
 
 def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
@@ -400,7 +517,7 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
              floating[:, ::1] dW_hh,             # (G, H) IN: 0, OUT packed
              floating[::1] db_ih,                # (G,) IN: 0, OUT packed
              floating[::1] db_hh,                # (G,) IN: 0, OUT packed
-             int width, int n_threads):
+             int width, int n_threads, int packed):
     """GRU backward through time. T, B, H >= 1 (the wrapper handles empties).
 
     Time runs backwards in chunks of Tc = dgi.shape[0] steps (Tc >= 2 or Tc >= T),
@@ -408,7 +525,9 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
     of dW_ih, dW_hh, db and dx as GEMMs over its Tc*B rows. The gate gradients of
     step t sit in slot t mod Tc, so step t0 - 1 (next chunk) still finds those of
     step t0. The chunks depend only on the problem size, so does the summation
-    order of the weight gradients."""
+    order of the weight gradients. ``packed`` (flags, see packed_products): PK_STEP,
+    dgh @ W_hh goes through _packed_gemm.h (W_hh_T is then unused), PK_INPUT,
+    dgi @ W_ih does; each packed here once."""
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef int G = 3 * H
     cdef Py_ssize_t step = <Py_ssize_t>B * H
@@ -444,60 +563,70 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
     cdef int nt = n_threads
     cdef bint par_steps = nt > 1 and n_cols > 1
     cdef bint par_grads = nt > 1 and <Py_ssize_t>T * B * G * (I + H) >= PAR_MIN_GEMM
+    cdef floating* Wpk = NULL     # W_hh packed for dgh @ W_hh
+    cdef floating* Xpk = NULL     # W_ih packed for dgi @ W_ih
 
+    cdef floating* pk_buf = NULL
+    with nogil:
+        pk_buf = _pack_weights(packed, True, H, I, Whh, Wih, &Wpk, &Xpk)
+    if packed and pk_buf == NULL:
+        raise MemoryError()
     t = 0
     dgh_next = NULL
     do_t = NULL
     h_prev = NULL
     hp_c = NULL
     hp0 = NULL
-    with nogil:
-        t1 = T
-        while t1 > 0:
-            t0 = (t1 - 1) // Tc * Tc
-            # 1. Through the chunk's steps: t = t1-1 .. t0.
-            if par_steps:
-                with parallel(num_threads=nt):
+    try:
+        with nogil:
+            t1 = T
+            while t1 > 0:
+                t0 = (t1 - 1) // Tc * Tc
+                # 1. Through the chunk's steps: t = t1-1 .. t0.
+                if par_steps:
+                    with parallel(num_threads=nt):
+                        for t in range(t1 - 1, t0 - 1, -1):
+                            dgh_next = NULL if t == T - 1 else dghp + ((t + 1) % Tc) * gstep
+                            do_t = NULL if dop == NULL else dop + t * step
+                            h_prev = h0p if t == 0 else outp + (t - 1) * step
+                            for blk in prange(n_cols, schedule='static'):
+                                _backward_block(B, H, dgh_next, Whh, WhhT, Wpk, carry,
+                                                dgip + (t - t0) * gstep, dghp + (t - t0) * gstep,
+                                                do_t, gp + t * gstep, hnp + t * step, h_prev,
+                                                lens, t, blk * width, min((blk + 1) * width, H))
+                else:
                     for t in range(t1 - 1, t0 - 1, -1):
                         dgh_next = NULL if t == T - 1 else dghp + ((t + 1) % Tc) * gstep
                         do_t = NULL if dop == NULL else dop + t * step
                         h_prev = h0p if t == 0 else outp + (t - 1) * step
-                        for blk in prange(n_cols, schedule='static'):
-                            _backward_block(B, H, dgh_next, Whh, WhhT, carry,
+                        for blk in range(n_cols):
+                            _backward_block(B, H, dgh_next, Whh, WhhT, Wpk, carry,
                                             dgip + (t - t0) * gstep, dghp + (t - t0) * gstep,
                                             do_t, gp + t * gstep, hnp + t * step, h_prev,
                                             lens, t, blk * width, min((blk + 1) * width, H))
-            else:
-                for t in range(t1 - 1, t0 - 1, -1):
-                    dgh_next = NULL if t == T - 1 else dghp + ((t + 1) % Tc) * gstep
-                    do_t = NULL if dop == NULL else dop + t * step
-                    h_prev = h0p if t == 0 else outp + (t - 1) * step
-                    for blk in range(n_cols):
-                        _backward_block(B, H, dgh_next, Whh, WhhT, carry,
-                                        dgip + (t - t0) * gstep, dghp + (t - t0) * gstep,
-                                        do_t, gp + t * gstep, hnp + t * step, h_prev,
-                                        lens, t, blk * width, min((blk + 1) * width, H))
 
-            # 2. The chunk's weight, bias and input gradients: GEMMs over its rows.
-            rows = (t1 - t0) * B
-            n_x = _n_blocks(rows, rb)
-            # Previous states of the chunk's rows: out[t0-1 : t1-1], or for the chunk
-            # at t0 = 0, h0 for step 0's rows and out[0 : t1-1] for the rest.
-            hp0 = h0p if t0 == 0 else NULL
-            hp_c = outp if t0 == 0 else outp + (t0 - 1) * step
-            if par_grads:
-                for blk in prange(n_w + n_x, num_threads=nt, schedule='dynamic'):
-                    _grads_block(blk, dgip, dghp, xp + t0 * B * I, hp0, hp_c, Wih,
-                                 &dW_ih[0, 0], &dW_hh[0, 0], &db_ih[0], &db_hh[0],
-                                 dxp + t0 * B * I, rows, B, I, H, n_w, wb, rb)
-            else:
-                for blk in range(n_w + n_x):
-                    _grads_block(blk, dgip, dghp, xp + t0 * B * I, hp0, hp_c, Wih,
-                                 &dW_ih[0, 0], &dW_hh[0, 0], &db_ih[0], &db_hh[0],
-                                 dxp + t0 * B * I, rows, B, I, H, n_w, wb, rb)
-            t1 = t0
+                # 2. The chunk's weight, bias and input gradients: GEMMs over its rows.
+                rows = (t1 - t0) * B
+                n_x = _n_blocks(rows, rb)
+                # Previous states of the chunk's rows: out[t0-1 : t1-1], or for the chunk
+                # at t0 = 0, h0 for step 0's rows and out[0 : t1-1] for the rest.
+                hp0 = h0p if t0 == 0 else NULL
+                hp_c = outp if t0 == 0 else outp + (t0 - 1) * step
+                if par_grads:
+                    for blk in prange(n_w + n_x, num_threads=nt, schedule='dynamic'):
+                        _grads_block(blk, dgip, dghp, xp + t0 * B * I, hp0, hp_c, Wih, Xpk,
+                                     &dW_ih[0, 0], &dW_hh[0, 0], &db_ih[0], &db_hh[0],
+                                     dxp + t0 * B * I, rows, B, I, H, n_w, wb, rb)
+                else:
+                    for blk in range(n_w + n_x):
+                        _grads_block(blk, dgip, dghp, xp + t0 * B * I, hp0, hp_c, Wih, Xpk,
+                                     &dW_ih[0, 0], &dW_hh[0, 0], &db_ih[0], &db_hh[0],
+                                     dxp + t0 * B * I, rows, B, I, H, n_w, wb, rb)
+                t1 = t0
 
-        # 3. dh0 = carry + dgh_0 @ W_hh (slot 0 holds step 0).
-        for blk in range(n_cols):
-            _backward_block(B, H, dghp, Whh, WhhT, carry, NULL, NULL, NULL, NULL, NULL, NULL,
-                            lens, -1, blk * width, min((blk + 1) * width, H))
+            # 3. dh0 = carry + dgh_0 @ W_hh (slot 0 holds step 0).
+            for blk in range(n_cols):
+                _backward_block(B, H, dghp, Whh, WhhT, Wpk, carry, NULL, NULL, NULL, NULL,
+                                NULL, NULL, lens, -1, blk * width, min((blk + 1) * width, H))
+    finally:
+        free(pk_buf)

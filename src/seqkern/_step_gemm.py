@@ -2,7 +2,7 @@
 per-step h_{t-1} @ W_hh^T and dz_t @ W_hh, the input projection x @ W_ih^T and the
 input gradient dz @ W_ih (private: for tests and benchmarks).
 
-AUTO lets each kernel choose by its measured rule (see _rnn.pyx and _lstm.pyx);
+AUTO lets each kernel choose by its measured rule (see _rnn.pyx, _lstm.pyx, _gru.pyx);
 BLAS forces OpenBLAS's GEMM; PACKED forces _packed_gemm.h on the weights packed
 once per call. The results of each choice do not depend on the thread count.
 """

@@ -29,6 +29,7 @@ from seqkern import _gru
 from seqkern._threads import blas_single_thread, effective_num_threads
 from seqkern._types import GRUGrads
 from seqkern._recurrent import RecurrentArgs
+from seqkern._step_gemm import step_gemm_mode
 from seqkern._validation import check_bool, check_cache
 
 __all__ = [
@@ -125,7 +126,10 @@ def _forward(a, return_cache):
         cache = GRUCache(a, out, None, None, np.zeros((T, B, 3 * H), dt),
                          np.zeros((T, B, H), dt), H) if return_cache else None
         return out, h_n, cache
-    width = _gru.unit_block(B, H)
+    # packed: the weight products on _packed_gemm.h (see _gru.pyx); otherwise
+    # OpenBLAS, and batch 1 runs its steps as vector @ W_hh^T (see _gru_cell.h)
+    packed = _gru.packed_products(B, H, step_gemm_mode(), False)
+    width = _gru.unit_block(B, H, packed & _gru.PK_STEP)
     order = _gate_order(H, width)
     bias = np.zeros(3 * H, dt) if a.b_ih is None else a.b_ih.copy()
     b_hn = np.zeros(H, dt)
@@ -134,8 +138,7 @@ def _forward(a, return_cache):
         b_hn[:] = a.b_hh[2 * H:]           # b_hn sits inside r * (...): kept apart
     W_ih = _pack(a.W_ih, order)
     W_hh = _pack(a.W_hh, order)
-    # batch 1 runs its steps as vector @ W_hh^T (see _gru_cell.h)
-    if B == 1:
+    if B == 1 and not packed & _gru.PK_STEP:
         W_hh_T = np.empty((H, 3 * H), dt)
         _gru.transpose(W_hh, W_hh_T)
     else:
@@ -148,7 +151,7 @@ def _forward(a, return_cache):
     gh = np.empty((B, 3 * H), dt)
     with blas_single_thread():
         _gru.forward(a.x, a.h0, W_ih, W_hh, W_hh_T, _pack(bias, order), b_hn, a.lengths,
-                     gates, hn, gh, out, h_n, width, effective_num_threads())
+                     gates, hn, gh, out, h_n, width, effective_num_threads(), packed)
     cache = GRUCache(a, out, W_ih, W_hh, gates, hn, width) if return_cache else None
     return out, h_n, cache
 
@@ -203,16 +206,17 @@ def _backward(c, d_out, d_h_n):
         Tc = min(T, max(2, _BWD_CHUNK_ROWS // B))
         dgi = np.empty((Tc, B, 3 * H), dt)
         dgh = np.empty((Tc, B, 3 * H), dt)
-        if B > 1:
+        packed = _gru.packed_products(B, H, step_gemm_mode(), True)
+        if B > 1 and not packed & _gru.PK_STEP:
             W_hh_T = np.empty((H, 3 * H), dt)
             _gru.transpose(c.W_hh, W_hh_T)
         else:
             W_hh_T = np.empty((1, 1), dt)
         with blas_single_thread():
             # d_out may be None: pick the fused specialisation by dtype, not by argument
-            _gru.backward[_FUSED[dt]](d_out, a.x, a.h0, c.out, c.W_ih, c.W_hh, W_hh_T, c.gates, c.hn, a.lengths,
-                                      dgi, dgh, dx, dh0, dW_ih, dW_hh, db_ih, db_hh,
-                                      c.width, effective_num_threads())
+            _gru.backward[_FUSED[dt]](d_out, a.x, a.h0, c.out, c.W_ih, c.W_hh, W_hh_T, c.gates,
+                                      c.hn, a.lengths, dgi, dgh, dx, dh0, dW_ih, dW_hh,
+                                      db_ih, db_hh, c.width, effective_num_threads(), packed)
         dW_ih, dW_hh = _unpack(dW_ih, order), _unpack(dW_hh, order)
         db_ih, db_hh = _unpack(db_ih, order), _unpack(db_hh, order)
     return GRUGrads(
