@@ -72,7 +72,7 @@ static inline void sk_lstm_cell_bwd_##S(                                        
     }                                                                              \
 }
 
-SK_LSTM_CELL(float, f, sk_sigmoidf, sk_tanhf)
+SK_LSTM_CELL(float, f, sk_sigmoidf_fl, sk_tanhf_fl)
 SK_LSTM_CELL(double, d, sk_sigmoid, sk_tanh)
 
 #undef SK_LSTM_CELL
