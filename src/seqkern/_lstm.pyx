@@ -417,7 +417,7 @@ cdef void _weight_grad_job_packed(int q, int u0, int u1, int U, int T, int B, in
     """As _weight_grad_job, with the packed GEMM: the job's n <= UNIT_BLOCK columns
     of dz (T*B, 4H) are transposed into at (n, T*B) (per-thread scratch), then
     dW_ih[r:r+n] = at @ x, dW_hh[r:r+n] = at[:, :B] @ h0 + at[:, B:] @ out[:-1],
-    db[r:r+n] = row sums of at (in s order). x, h0 and out[:-1] come packed once
+    db[r:r+n] = sums of the dz columns (in s order). x, h0 and out[:-1] come packed once
     per call in K_BLOCK-row blocks (Xpk, H0pk, Opk): the K blocks keep each packed
     panel (K_BLOCK x 64 floats, 64 KiB) in L2 while the 4-row tiles stream at.
     Transposing costs T*B*n copies against T*B*n*(I+H) multiply-adds."""
@@ -428,23 +428,28 @@ cdef void _weight_grad_job_packed(int q, int u0, int u1, int U, int T, int B, in
     cdef int col = 4 * k * U + q * uk + (u0 - k * U)
     cdef int n = u1 - u0
     cdef int r = q * H + u0
-    cdef Py_ssize_t s
+    cdef Py_ssize_t s, s0, s1
     cdef int j
     cdef const floating* row
-    cdef floating acc
-    for s in range(TB):
-        row = dzp + s * G + col
+    cdef floating* db = dbp + r
+    # Transpose in tiles of 16 rows of dz, so that each row of at gets whole cache
+    # lines (64 scattered element stores per dz row were slower); db is summed on
+    # the way, over s in order, vectorised across j.
+    for j in range(n):
+        db[j] = 0
+    for s0 in range(0, TB, 16):
+        s1 = min(s0 + 16, TB)
+        for s in range(s0, s1):
+            row = dzp + s * G + col
+            for j in range(n):
+                db[j] += row[j]
         for j in range(n):
-            at[j * TB + s] = row[j]
+            for s in range(s0, s1):
+                at[j * TB + s] = dzp[s * G + col + j]
     _gemm_tn_kblocks(n, TB, at, TB, Xpk, xslot, I, dWih + <Py_ssize_t>r * I, False)
     _gemm_tn_kblocks(n, B, at, TB, H0pk, hslot, H, dWhh + <Py_ssize_t>r * H, False)
     if T > 1:
         _gemm_tn_kblocks(n, TB - B, at + B, TB, Opk, hslot, H, dWhh + <Py_ssize_t>r * H, True)
-    for j in range(n):
-        acc = 0
-        for s in range(TB):
-            acc = acc + at[j * TB + s]
-        dbp[r + j] = acc
 
 
 cdef void _grads_block(int blk, int n_w, int n_chunks, int U, int T, int B, int I, int H,
