@@ -46,8 +46,10 @@ from seqkern._packed_gemm cimport (pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_pack_nn
                                    sk_pk_alloc)
 
 cdef extern from "_lstm_cell.h" nogil:
-    void sk_lstm_cell_fwd_f(float* z, const float* c_prev, float* c, float* h, int n)
-    void sk_lstm_cell_fwd_d(double* z, const double* c_prev, double* c, double* h, int n)
+    void sk_lstm_cell_fwd_f(float* z, const float* bias, const float* c_prev, float* c,
+                            float* h, int n)
+    void sk_lstm_cell_fwd_d(double* z, const double* bias, const double* c_prev, double* c,
+                            double* h, int n)
     void sk_lstm_cell_bwd_f(const float* z, const float* c, const float* c_prev,
                             const float* d_out, float* carry_h, float* carry_c,
                             float* dz, int n)
@@ -56,12 +58,12 @@ cdef extern from "_lstm_cell.h" nogil:
                             double* dz, int n)
 
 
-cdef inline void cell_forward(floating* z, const floating* c_prev, floating* c, floating* h,
-                              int n) noexcept nogil:
+cdef inline void cell_forward(floating* z, const floating* bias, const floating* c_prev,
+                              floating* c, floating* h, int n) noexcept nogil:
     if floating is float:
-        sk_lstm_cell_fwd_f(z, c_prev, c, h, n)
+        sk_lstm_cell_fwd_f(z, bias, c_prev, c, h, n)
     else:
-        sk_lstm_cell_fwd_d(z, c_prev, c, h, n)
+        sk_lstm_cell_fwd_d(z, bias, c_prev, c, h, n)
 
 
 cdef inline void cell_backward(const floating* z, const floating* c, const floating* c_prev,
@@ -146,29 +148,28 @@ cdef void _repack_rows(const floating* W, floating* Wp, int H, int K, int U) noe
 # ---------------------------------------------------------------------------
 
 cdef void _project_rows(const floating* x, const floating* Wp, const floating* Wp_pk,
-                        const floating* bias_p, floating* z, Py_ssize_t r0, Py_ssize_t r1,
+                        floating* z, Py_ssize_t r0, Py_ssize_t r1,
                         int I, int G) noexcept nogil:
-    """z[r0:r1] := x[r0:r1] @ Wp^T + bias_p; x (rows, I), Wp (G, I), z (rows, G).
+    """z[r0:r1] := x[r0:r1] @ Wp^T; x (rows, I), Wp (G, I), z (rows, G). The bias
+    is added in the gate pass (cell_forward).
     Wp_pk: Wp packed for x @ Wp^T (_packed_gemm.h), or NULL (OpenBLAS)."""
-    cdef Py_ssize_t r
-    for r in range(r0, r1):
-        memcpy(z + r * G, bias_p, G * sizeof(floating))
     if Wp_pk != NULL:
-        pk_gemm(<int>(r1 - r0), I, x + r0 * I, I, Wp_pk, z + r0 * G, G, 0, G, True)
+        pk_gemm(<int>(r1 - r0), I, x + r0 * I, I, Wp_pk, z + r0 * G, G, 0, G, False)
     else:
         gemm(False, True, <int>(r1 - r0), G, I, <floating>1, x + r0 * I, I, Wp, I,
-             <floating>1, z + r0 * G, G)
+             <floating>0, z + r0 * G, G)
 
 
 cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
                          const floating* h_prev, const floating* c_prev,
-                         const floating* Whh_p, const floating* W_pk, floating* z_t,
-                         floating* c_t,
+                         const floating* Whh_p, const floating* W_pk, const floating* bias_p,
+                         floating* z_t, floating* c_t,
                          floating* h_t, floating* h_n, floating* c_n,
                          const int64_t* lengths) noexcept nogil:
     """Step t on the units of block k.
 
-    z_t (B, 4H) holds the input projection of step t on entry and the gate
+    z_t (B, 4H) holds the input projection of step t (without the bias, which the
+    gate pass adds: bias_p (4H), block layout) on entry and the gate
     activations i, f, g, o on exit (block layout). h_prev, c_prev (B, H) are the
     states after step t-1; c_t (B, H) and h_t (B, H, the output of step t) are
     written. Rows whose sequence has ended (t >= lengths[b]) get h_t = c_t = 0;
@@ -195,7 +196,8 @@ cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
             memset(cn, 0, uk * sizeof(floating))
             memset(hn, 0, uk * sizeof(floating))
             continue
-        cell_forward(z_t + <Py_ssize_t>b * G + 4 * u0, c_prev + <Py_ssize_t>b * H + u0,
+        cell_forward(z_t + <Py_ssize_t>b * G + 4 * u0, bias_p + 4 * u0,
+                     c_prev + <Py_ssize_t>b * H + u0,
                      cn, hn, uk)
         if t == L - 1:
             memcpy(h_n + <Py_ssize_t>b * H + u0, hn, uk * sizeof(floating))
@@ -267,11 +269,11 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             # 1. The input projection of every step, in one pass of row blocks.
             if nt > 1 and n_rows > 1:
                 for i in prange(n_rows, num_threads=nt, schedule='static'):
-                    _project_rows(xp, Wih, Xpk, bp, zp, <Py_ssize_t>i * ROW_BLOCK,
+                    _project_rows(xp, Wih, Xpk, zp, <Py_ssize_t>i * ROW_BLOCK,
                                   min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
             else:
                 for i in range(n_rows):
-                    _project_rows(xp, Wih, Xpk, bp, zp, <Py_ssize_t>i * ROW_BLOCK,
+                    _project_rows(xp, Wih, Xpk, zp, <Py_ssize_t>i * ROW_BLOCK,
                                   min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
 
             # 2. The recurrence: one GEMM and one fused element-wise pass per step.
@@ -281,7 +283,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                         h_prev = h0p if t == 0 else outp + (t - 1) * step
                         c_prev = c0p if t == 0 else csp + ((t - 1) % n_slots) * step
                         for blk in prange(n_units, schedule='static'):
-                            _forward_block(B, H, U, blk, t, T, h_prev, c_prev, Whh, Wpk,
+                            _forward_block(B, H, U, blk, t, T, h_prev, c_prev, Whh, Wpk, bp,
                                            zp + t * zstep, csp + (t % n_slots) * step,
                                            outp + t * step, hnp, cnp, lens)
             else:
@@ -289,7 +291,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                     h_prev = h0p if t == 0 else outp + (t - 1) * step
                     c_prev = c0p if t == 0 else csp + ((t - 1) % n_slots) * step
                     for blk in range(n_units):
-                        _forward_block(B, H, U, blk, t, T, h_prev, c_prev, Whh, Wpk,
+                        _forward_block(B, H, U, blk, t, T, h_prev, c_prev, Whh, Wpk, bp,
                                        zp + t * zstep, csp + (t % n_slots) * step,
                                        outp + t * step, hnp, cnp, lens)
 
