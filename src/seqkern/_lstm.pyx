@@ -95,7 +95,11 @@ cdef enum:
 # dz_t @ W_hh, the input projection x @ W_ih^T and the input gradient dz @ W_ih.
 # The weight gradients dW = dz^T @ [x | h_prev] also run packed (see
 # _weight_grad_job_packed): OpenBLAS ran them at 52/72 GFLOP/s at (B,T,I,H) =
-# (32,100,256,256) / (64,200,512,512), ~37% of the fwd+bwd time.
+# (32,100,256,256) / (64,200,512,512), ~37% of the fwd+bwd time; the packed
+# blocks (64 x 256 x N) run at the step GEMM's speed (~112 GFLOP/s). Cost: x and
+# out[:-1] packed once more (about their size) and 64 x T*B scratch per thread.
+# With them and the float gate pass, float32 fwd+bwd vs PyTorch went from
+# 0.77x / 0.72x to 1.22x / 1.03x at those shapes (python -m seqkern.bench).
 # step_gemm (seqkern._step_gemm) forces either; AUTO follows _packed_wins.
 # Measured (1 thread, AMD EPYC Zen 4, alternating calls, fwd / fwd+bwd speed-up of
 # packed over OpenBLAS): (B,T,I,H) = (1,100,128,128) 1.04/1.06 float32, 0.95/1.02
