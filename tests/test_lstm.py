@@ -51,6 +51,7 @@ SHAPES = [  # (T, B, I, H)
     (4, 2, 5, 130),    # several unit blocks at B=2? (size decides), odd H
     (3, 16, 8, 70),    # blocks of 64 with a ragged last block
     (6, 9, 20, 200),
+    (30, 10, 12, 70),  # T*B = 300: the packed weight gradients sum over 2 K blocks
 ]
 
 
@@ -226,7 +227,8 @@ def test_step_backward_dc_next_none():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(7, 1, 8, 200), (5, 8, 16, 130), (3, 33, 9, 70)])
+@pytest.mark.parametrize("shape", [(7, 1, 8, 200), (5, 8, 16, 130), (3, 33, 9, 70),
+                                   (20, 17, 9, 70)])   # T*B = 340: weight gradients in 2 K blocks
 def test_threads_bitwise_identical(dtype, shape):
     T, B, I, H = shape
     args = make(T, B, I, H, dtype)

@@ -63,3 +63,24 @@ def sigmoid(x):
         with nogil:
             _sigmoid_loop(xd, yd)
     return out.reshape(x.shape)
+
+
+cdef extern from "_mathfun.h" nogil:
+    float sk_tanhf_fl(float x)
+    float sk_sigmoidf_fl(float x)
+
+
+def tanh_float_native(const float[::1] x, float[::1] out):
+    """out := tanh(x) computed in float throughout (the float LSTM gate pass), for tests."""
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(x.shape[0]):
+            out[i] = sk_tanhf_fl(x[i])
+
+
+def sigmoid_float_native(const float[::1] x, float[::1] out):
+    """out := sigmoid(x) computed in float throughout (the float LSTM gate pass), for tests."""
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(x.shape[0]):
+            out[i] = sk_sigmoidf_fl(x[i])

@@ -36,17 +36,20 @@
 # steps.
 
 from cython cimport floating
-from cython.parallel cimport prange, parallel
+from cython.parallel cimport prange, parallel, threadid
 from libc.stdint cimport int64_t
-from libc.stdlib cimport free
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
-from seqkern._packed_gemm cimport pk_alloc_nn, pk_alloc_nt, pk_gemm
+from seqkern._packed_gemm cimport (pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_pack_nn, pk_size,
+                                   sk_pk_alloc)
 
 cdef extern from "_lstm_cell.h" nogil:
-    void sk_lstm_cell_fwd_f(float* z, const float* c_prev, float* c, float* h, int n)
-    void sk_lstm_cell_fwd_d(double* z, const double* c_prev, double* c, double* h, int n)
+    void sk_lstm_cell_fwd_f(float* z, const float* bias, const float* c_prev, float* c,
+                            float* h, int n)
+    void sk_lstm_cell_fwd_d(double* z, const double* bias, const double* c_prev, double* c,
+                            double* h, int n)
     void sk_lstm_cell_bwd_f(const float* z, const float* c, const float* c_prev,
                             const float* d_out, float* carry_h, float* carry_c,
                             float* dz, int n)
@@ -55,12 +58,12 @@ cdef extern from "_lstm_cell.h" nogil:
                             double* dz, int n)
 
 
-cdef inline void cell_forward(floating* z, const floating* c_prev, floating* c, floating* h,
-                              int n) noexcept nogil:
+cdef inline void cell_forward(floating* z, const floating* bias, const floating* c_prev,
+                              floating* c, floating* h, int n) noexcept nogil:
     if floating is float:
-        sk_lstm_cell_fwd_f(z, c_prev, c, h, n)
+        sk_lstm_cell_fwd_f(z, bias, c_prev, c, h, n)
     else:
-        sk_lstm_cell_fwd_d(z, c_prev, c, h, n)
+        sk_lstm_cell_fwd_d(z, bias, c_prev, c, h, n)
 
 
 cdef inline void cell_backward(const floating* z, const floating* c, const floating* c_prev,
@@ -81,6 +84,7 @@ cdef enum:
     UNIT_BLOCK = 64
     PAR_MIN_STEP = 262144
     ROW_BLOCK = 256
+    K_BLOCK = 256
 
 
 # The products with the weights: OpenBLAS's GEMM, or _packed_gemm.h on weights
@@ -89,7 +93,13 @@ cdef enum:
 # closer to the FMA peak at these shapes (~114 GFLOP/s float32 at B = 32..64 vs
 # ~60-75 for OpenBLAS's per-step calls). Packed: the per-step h_{t-1} @ W_hh^T and
 # dz_t @ W_hh, the input projection x @ W_ih^T and the input gradient dz @ W_ih.
-# The weight gradients stay on OpenBLAS (their left operand is dz^T).
+# The weight gradients dW = dz^T @ [x | h_prev] also run packed (see
+# _weight_grad_job_packed): OpenBLAS ran them at 52/72 GFLOP/s at (B,T,I,H) =
+# (32,100,256,256) / (64,200,512,512), ~37% of the fwd+bwd time; the packed
+# blocks (64 x 256 x N) run at the step GEMM's speed (~112 GFLOP/s). Cost: x and
+# out[:-1] packed once more (about their size) and 64 x T*B scratch per thread.
+# With them and the float gate pass, float32 fwd+bwd vs PyTorch went from
+# 0.77x / 0.72x to 1.22x / 1.03x at those shapes (python -m seqkern.bench).
 # step_gemm (seqkern._step_gemm) forces either; AUTO follows _packed_wins.
 # Measured (1 thread, AMD EPYC Zen 4, alternating calls, fwd / fwd+bwd speed-up of
 # packed over OpenBLAS): (B,T,I,H) = (1,100,128,128) 1.04/1.06 float32, 0.95/1.02
@@ -142,29 +152,28 @@ cdef void _repack_rows(const floating* W, floating* Wp, int H, int K, int U) noe
 # ---------------------------------------------------------------------------
 
 cdef void _project_rows(const floating* x, const floating* Wp, const floating* Wp_pk,
-                        const floating* bias_p, floating* z, Py_ssize_t r0, Py_ssize_t r1,
+                        floating* z, Py_ssize_t r0, Py_ssize_t r1,
                         int I, int G) noexcept nogil:
-    """z[r0:r1] := x[r0:r1] @ Wp^T + bias_p; x (rows, I), Wp (G, I), z (rows, G).
+    """z[r0:r1] := x[r0:r1] @ Wp^T; x (rows, I), Wp (G, I), z (rows, G). The bias
+    is added in the gate pass (cell_forward).
     Wp_pk: Wp packed for x @ Wp^T (_packed_gemm.h), or NULL (OpenBLAS)."""
-    cdef Py_ssize_t r
-    for r in range(r0, r1):
-        memcpy(z + r * G, bias_p, G * sizeof(floating))
     if Wp_pk != NULL:
-        pk_gemm(<int>(r1 - r0), I, x + r0 * I, I, Wp_pk, z + r0 * G, G, 0, G, True)
+        pk_gemm(<int>(r1 - r0), I, x + r0 * I, I, Wp_pk, z + r0 * G, G, 0, G, False)
     else:
         gemm(False, True, <int>(r1 - r0), G, I, <floating>1, x + r0 * I, I, Wp, I,
-             <floating>1, z + r0 * G, G)
+             <floating>0, z + r0 * G, G)
 
 
 cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
                          const floating* h_prev, const floating* c_prev,
-                         const floating* Whh_p, const floating* W_pk, floating* z_t,
-                         floating* c_t,
+                         const floating* Whh_p, const floating* W_pk, const floating* bias_p,
+                         floating* z_t, floating* c_t,
                          floating* h_t, floating* h_n, floating* c_n,
                          const int64_t* lengths) noexcept nogil:
     """Step t on the units of block k.
 
-    z_t (B, 4H) holds the input projection of step t on entry and the gate
+    z_t (B, 4H) holds the input projection of step t (without the bias, which the
+    gate pass adds: bias_p (4H), block layout) on entry and the gate
     activations i, f, g, o on exit (block layout). h_prev, c_prev (B, H) are the
     states after step t-1; c_t (B, H) and h_t (B, H, the output of step t) are
     written. Rows whose sequence has ended (t >= lengths[b]) get h_t = c_t = 0;
@@ -191,7 +200,8 @@ cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
             memset(cn, 0, uk * sizeof(floating))
             memset(hn, 0, uk * sizeof(floating))
             continue
-        cell_forward(z_t + <Py_ssize_t>b * G + 4 * u0, c_prev + <Py_ssize_t>b * H + u0,
+        cell_forward(z_t + <Py_ssize_t>b * G + 4 * u0, bias_p + 4 * u0,
+                     c_prev + <Py_ssize_t>b * H + u0,
                      cn, hn, uk)
         if t == L - 1:
             memcpy(h_n + <Py_ssize_t>b * H + u0, hn, uk * sizeof(floating))
@@ -263,11 +273,11 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             # 1. The input projection of every step, in one pass of row blocks.
             if nt > 1 and n_rows > 1:
                 for i in prange(n_rows, num_threads=nt, schedule='static'):
-                    _project_rows(xp, Wih, Xpk, bp, zp, <Py_ssize_t>i * ROW_BLOCK,
+                    _project_rows(xp, Wih, Xpk, zp, <Py_ssize_t>i * ROW_BLOCK,
                                   min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
             else:
                 for i in range(n_rows):
-                    _project_rows(xp, Wih, Xpk, bp, zp, <Py_ssize_t>i * ROW_BLOCK,
+                    _project_rows(xp, Wih, Xpk, zp, <Py_ssize_t>i * ROW_BLOCK,
                                   min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
 
             # 2. The recurrence: one GEMM and one fused element-wise pass per step.
@@ -277,7 +287,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                         h_prev = h0p if t == 0 else outp + (t - 1) * step
                         c_prev = c0p if t == 0 else csp + ((t - 1) % n_slots) * step
                         for blk in prange(n_units, schedule='static'):
-                            _forward_block(B, H, U, blk, t, T, h_prev, c_prev, Whh, Wpk,
+                            _forward_block(B, H, U, blk, t, T, h_prev, c_prev, Whh, Wpk, bp,
                                            zp + t * zstep, csp + (t % n_slots) * step,
                                            outp + t * step, hnp, cnp, lens)
             else:
@@ -285,7 +295,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                     h_prev = h0p if t == 0 else outp + (t - 1) * step
                     c_prev = c0p if t == 0 else csp + ((t - 1) % n_slots) * step
                     for blk in range(n_units):
-                        _forward_block(B, H, U, blk, t, T, h_prev, c_prev, Whh, Wpk,
+                        _forward_block(B, H, U, blk, t, T, h_prev, c_prev, Whh, Wpk, bp,
                                        zp + t * zstep, csp + (t % n_slots) * step,
                                        outp + t * step, hnp, cnp, lens)
 
@@ -382,13 +392,82 @@ cdef void _weight_grad_job(int q, int u0, int u1, int U, int T, int B, int I, in
             db[j] += row[j]
 
 
+cdef void _pack_kblocks(const floating* A, Py_ssize_t K, int N, floating* P,
+                        Py_ssize_t slot) noexcept nogil:
+    """Pack A (K, N) row-major as ceil(K / K_BLOCK) operands of K_BLOCK rows (the
+    last one shorter), block kb at P + kb * slot (slot = pk_size(N, K_BLOCK))."""
+    cdef Py_ssize_t kb, k0
+    for kb in range(_n_blocks(K, K_BLOCK)):
+        k0 = kb * K_BLOCK
+        pk_pack_nn(<int>min(<Py_ssize_t>K_BLOCK, K - k0), N, A + k0 * N, N, P + kb * slot)
+
+
+cdef void _gemm_tn_kblocks(int M, Py_ssize_t K, const floating* At, Py_ssize_t ldat,
+                           const floating* P, Py_ssize_t slot, int N, floating* C,
+                           bint accumulate) noexcept nogil:
+    """C (M, N) (+)= At @ A, At (M, K) row-major (row stride ldat), A (K, N) packed
+    by _pack_kblocks into P. Each element is summed block by block in k order, each
+    block in k order: an order fixed by K alone."""
+    cdef Py_ssize_t kb, k0
+    for kb in range(_n_blocks(K, K_BLOCK)):
+        k0 = kb * K_BLOCK
+        pk_gemm(M, <int>min(<Py_ssize_t>K_BLOCK, K - k0), At + k0, ldat, P + kb * slot,
+                C, N, 0, N, accumulate or kb > 0)
+
+
+cdef void _weight_grad_job_packed(int q, int u0, int u1, int U, int T, int B, int I, int H,
+                                  const floating* dzp, const floating* Xpk, Py_ssize_t xslot,
+                                  const floating* H0pk, const floating* Opk, Py_ssize_t hslot,
+                                  floating* at, floating* dWih, floating* dWhh,
+                                  floating* dbp) noexcept nogil:
+    """As _weight_grad_job, with the packed GEMM: the job's n <= UNIT_BLOCK columns
+    of dz (T*B, 4H) are transposed into at (n, T*B) (per-thread scratch), then
+    dW_ih[r:r+n] = at @ x, dW_hh[r:r+n] = at[:, :B] @ h0 + at[:, B:] @ out[:-1],
+    db[r:r+n] = sums of the dz columns (in s order). x, h0 and out[:-1] come packed once
+    per call in K_BLOCK-row blocks (Xpk, H0pk, Opk): the K blocks keep each packed
+    panel (K_BLOCK x 64 floats, 64 KiB) in L2 while the 4-row tiles stream at.
+    Transposing costs T*B*n copies against T*B*n*(I+H) multiply-adds."""
+    cdef int G = 4 * H
+    cdef Py_ssize_t TB = <Py_ssize_t>T * B
+    cdef int k = u0 // U
+    cdef int uk = min(U, H - k * U)
+    cdef int col = 4 * k * U + q * uk + (u0 - k * U)
+    cdef int n = u1 - u0
+    cdef int r = q * H + u0
+    cdef Py_ssize_t s, s0, s1
+    cdef int j
+    cdef const floating* row
+    cdef floating* db = dbp + r
+    # Transpose in tiles of 16 rows of dz, so that each row of at gets whole cache
+    # lines (64 scattered element stores per dz row were slower); db is summed on
+    # the way, over s in order, vectorised across j.
+    for j in range(n):
+        db[j] = 0
+    for s0 in range(0, TB, 16):
+        s1 = min(s0 + 16, TB)
+        for s in range(s0, s1):
+            row = dzp + s * G + col
+            for j in range(n):
+                db[j] += row[j]
+        for j in range(n):
+            for s in range(s0, s1):
+                at[j * TB + s] = dzp[s * G + col + j]
+    _gemm_tn_kblocks(n, TB, at, TB, Xpk, xslot, I, dWih + <Py_ssize_t>r * I, False)
+    _gemm_tn_kblocks(n, B, at, TB, H0pk, hslot, H, dWhh + <Py_ssize_t>r * H, False)
+    if T > 1:
+        _gemm_tn_kblocks(n, TB - B, at + B, TB, Opk, hslot, H, dWhh + <Py_ssize_t>r * H, True)
+
+
 cdef void _grads_block(int blk, int n_w, int n_chunks, int U, int T, int B, int I, int H,
                        const floating* dzp, const floating* xp, const floating* h0p,
                        const floating* outp, const floating* Wih_p, const floating* Wih_pk,
+                       const floating* Xpk, Py_ssize_t xslot, const floating* H0pk,
+                       const floating* Opk, Py_ssize_t hslot, floating* at,
                        floating* dWih, floating* dWhh, floating* dbp,
                        floating* dxp) noexcept nogil:
     """Block ``blk`` of the work after the time loop; blocks write disjoint elements:
-    [0, n_w): UNIT_BLOCK rows of one gate of dW_ih, dW_hh and db;
+    [0, n_w): UNIT_BLOCK rows of one gate of dW_ih, dW_hh and db (packed when Xpk
+    is not NULL, with at the calling thread's scratch);
     [n_w, ...): ROW_BLOCK rows of dx = dz @ Wih_p."""
     cdef Py_ssize_t TB = <Py_ssize_t>T * B
     cdef int G = 4 * H
@@ -397,8 +476,12 @@ cdef void _grads_block(int blk, int n_w, int n_chunks, int U, int T, int B, int 
     if blk < n_w:
         q = blk // n_chunks
         u0 = (blk % n_chunks) * UNIT_BLOCK
-        _weight_grad_job(q, u0, min(u0 + UNIT_BLOCK, H), U, T, B, I, H,
-                         dzp, xp, h0p, outp, dWih, dWhh, dbp)
+        if Xpk != NULL:
+            _weight_grad_job_packed(q, u0, min(u0 + UNIT_BLOCK, H), U, T, B, I, H, dzp,
+                                    Xpk, xslot, H0pk, Opk, hslot, at, dWih, dWhh, dbp)
+        else:
+            _weight_grad_job(q, u0, min(u0 + UNIT_BLOCK, H), U, T, B, I, H,
+                             dzp, xp, h0p, outp, dWih, dWhh, dbp)
     else:
         r0 = <Py_ssize_t>(blk - n_w) * ROW_BLOCK
         r1 = min(r0 + ROW_BLOCK, TB)
@@ -467,14 +550,34 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     else:
         dc0[:, :] = d_c_n
 
+    cdef Py_ssize_t TB = <Py_ssize_t>T * B
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
+    # For the packed weight gradients: x, h0 and out[:-1] packed in K_BLOCK-row
+    # blocks (xslot, hslot elements per block), and UNIT_BLOCK x T*B scratch per thread.
+    cdef floating* Xg = NULL
+    cdef floating* H0g = NULL
+    cdef floating* Og = NULL
+    cdef floating* at = NULL
+    cdef Py_ssize_t xslot = pk_size(Xg, I, K_BLOCK)
+    cdef Py_ssize_t hslot = pk_size(Xg, H, K_BLOCK)
+    cdef Py_ssize_t at_size = <Py_ssize_t>UNIT_BLOCK * TB
+    cdef int n_at = nt if nt > 1 else 1
     if _packed_wins(Wpk, step_gemm, B, H):
         Wpk = pk_alloc_nn(G, H, Whh)               # for dz @ Whh_p
         Xpk = pk_alloc_nn(G, I, &Wih_p[0, 0])      # for dz @ Wih_p
-        if Wpk == NULL or Xpk == NULL:
+        Xg = <floating*>sk_pk_alloc(_n_blocks(TB, K_BLOCK) * xslot, sizeof(floating))
+        H0g = <floating*>sk_pk_alloc(_n_blocks(B, K_BLOCK) * hslot, sizeof(floating))
+        Og = <floating*>sk_pk_alloc(_n_blocks(max(TB - B, 1), K_BLOCK) * hslot,
+                                    sizeof(floating))
+        at = <floating*>malloc(n_at * at_size * sizeof(floating))
+        if Wpk == NULL or Xpk == NULL or Xg == NULL or H0g == NULL or Og == NULL or at == NULL:
             free(Wpk)
             free(Xpk)
+            free(Xg)
+            free(H0g)
+            free(Og)
+            free(at)
             raise MemoryError()
     try:
         t = 0
@@ -504,16 +607,27 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                                         csp + t * step, c_prev, lens)
 
             # 2. Weight, bias and input gradients: large GEMMs over all T*B rows.
+            if Xg != NULL:
+                _pack_kblocks(&x[0, 0, 0], TB, I, Xg, xslot)
+                _pack_kblocks(&h0[0, 0], B, H, H0g, hslot)
+                _pack_kblocks(&out[0, 0, 0], TB - B, H, Og, hslot)
             if nt > 1:
                 for blk in prange(n_w + n_x, num_threads=nt, schedule='dynamic'):
                     _grads_block(blk, n_w, n_chunks, U, T, B, I, H, dzp, &x[0, 0, 0],
-                                 &h0[0, 0], &out[0, 0, 0], &Wih_p[0, 0], Xpk, &dW_ih[0, 0],
-                                 &dW_hh[0, 0], &db[0], &dx[0, 0, 0])
+                                 &h0[0, 0], &out[0, 0, 0], &Wih_p[0, 0], Xpk,
+                                 Xg, xslot, H0g, Og, hslot,
+                                 NULL if at == NULL else at + threadid() * at_size,
+                                 &dW_ih[0, 0], &dW_hh[0, 0], &db[0], &dx[0, 0, 0])
             else:
                 for blk in range(n_w + n_x):
                     _grads_block(blk, n_w, n_chunks, U, T, B, I, H, dzp, &x[0, 0, 0],
-                                 &h0[0, 0], &out[0, 0, 0], &Wih_p[0, 0], Xpk, &dW_ih[0, 0],
-                                 &dW_hh[0, 0], &db[0], &dx[0, 0, 0])
+                                 &h0[0, 0], &out[0, 0, 0], &Wih_p[0, 0], Xpk,
+                                 Xg, xslot, H0g, Og, hslot, at,
+                                 &dW_ih[0, 0], &dW_hh[0, 0], &db[0], &dx[0, 0, 0])
     finally:
         free(Wpk)
         free(Xpk)
+        free(Xg)
+        free(H0g)
+        free(Og)
+        free(at)

@@ -5,9 +5,11 @@
  * overlap at run time), and the gate pass then costs as much as the GEMM.
  *
  * z holds the row's gates of the n units as four runs of n: i, f, g, o
- * (pre-activations on entry to the forward, activations on exit).
+ * (pre-activations less the bias on entry to the forward, activations on exit);
+ * bias has the same layout. Adding the bias here, not before the GEMMs, saves a
+ * pass over the whole (T, B, 4H) gate buffer (a copy, then a read-modify-write).
  *
- * Forward:  i, f, o = sigmoid(.), g = tanh(.), c = f c_prev + i g, h = o tanh(c)
+ * Forward:  i, f, o = sigmoid(. + b), g = tanh(. + b), c = f c_prev + i g, h = o tanh(c)
  * Backward: dh = carry_h + d_out (d_out may be NULL), tc = tanh(c)
  *           dc = carry_c + dh o (1 - tc^2)
  *           dz_i = dc g i (1 - i), dz_f = dc c_prev f (1 - f), dz_g = dc i (1 - g^2),
@@ -37,14 +39,17 @@
     carry_h[j] = 0;
 
 #define SK_LSTM_CELL(T, S, SIGMOID, TANH)                                          \
-static inline void sk_lstm_cell_fwd_##S(T *restrict z, const T *restrict c_prev,   \
+static inline void sk_lstm_cell_fwd_##S(T *restrict z, const T *restrict bias,     \
+                                        const T *restrict c_prev,                  \
                                         T *restrict c, T *restrict h, int n)       \
 {                                                                                  \
     T *restrict zi = z, *restrict zf = z + n, *restrict zg = z + 2 * n;            \
     T *restrict zo = z + 3 * n;                                                    \
+    const T *restrict bi = bias, *restrict bf = bias + n;                          \
+    const T *restrict bg = bias + 2 * n, *restrict bo = bias + 3 * n;              \
     for (ptrdiff_t j = 0; j < n; j++) {                                            \
-        T i = SIGMOID(zi[j]), f = SIGMOID(zf[j]);                                  \
-        T g = TANH(zg[j]), o = SIGMOID(zo[j]);                                     \
+        T i = SIGMOID(zi[j] + bi[j]), f = SIGMOID(zf[j] + bf[j]);                  \
+        T g = TANH(zg[j] + bg[j]), o = SIGMOID(zo[j] + bo[j]);                     \
         T cj = f * c_prev[j] + i * g;                                              \
         zi[j] = i; zf[j] = f; zg[j] = g; zo[j] = o;                                \
         c[j] = cj;                                                                 \
@@ -72,7 +77,7 @@ static inline void sk_lstm_cell_bwd_##S(                                        
     }                                                                              \
 }
 
-SK_LSTM_CELL(float, f, sk_sigmoidf, sk_tanhf)
+SK_LSTM_CELL(float, f, sk_sigmoidf_fl, sk_tanhf_fl)
 SK_LSTM_CELL(double, d, sk_sigmoid, sk_tanh)
 
 #undef SK_LSTM_CELL

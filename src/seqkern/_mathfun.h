@@ -138,6 +138,71 @@ static inline float sk_expf(float x)
     return x < lo ? 0.0f : e;
 }
 
+/*
+ * tanh and sigmoid in float arithmetic throughout, for the float LSTM gate pass.
+ * sk_tanhf / sk_sigmoidf above compute in double and round once (1 ulp), but a
+ * loop over float then runs at half the vector width plus conversions: the gate
+ * pass was ~17% of the float32 LSTM forward's time steps at (B,T,I,H) =
+ * (32,100,256,256). These use sk_expf's reduction with a degree-8 Taylor
+ * polynomial for expm1(r) (truncation below 2e-9 relative), so that
+ * expm1(x) = scale q + (scale - 1) keeps full relative accuracy near 0.
+ *
+ * Accuracy (tests/test_activations.py, against NumPy in long double, over the
+ * same wide ranges as the double versions): tanh within 2 ulp, sigmoid within
+ * 3 ulp (see MAX_ULP_FLOAT_NATIVE there; the measured maxima are noted beside it).
+ * NaN propagates; tanh(+-inf) = +-1, tanh(-0) = -0, sigmoid(+inf) = 1, and
+ * sigmoid(x) = 0 below -87.34 (where the true value is subnormal).
+ */
+static inline float sk__expf_parts(float x, float *scale)
+{
+    /* x in [-87.33, 88] or NaN: returns q = exp(r) - 1, scale = 2^n, x = n ln2 + r */
+    const float shifter = 0x1.8p23f;
+    const float log2e = 0x1.715476p0f;
+    const float ln2_hi = 0x1.62e4p-1f;
+    const float ln2_lo = 0x1.7f7d1cp-20f;
+    float t = x * log2e + shifter;
+    float n = t - shifter;
+    float r = (x - n * ln2_hi) - n * ln2_lo;
+    uint32_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits + 127u) << 23;
+    memcpy(scale, &bits, sizeof bits);
+    /* expm1(r) = r (1 + r/2! + ... + r^7/8!) (Horner) */
+    float p = 1.0f / 40320.0f;
+    p = p * r + 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    return p * r;
+}
+
+static inline float sk_tanhf_fl(float x)
+{
+    float ax = fabsf(x);
+    float scale;
+    ax = ax > 10.0f ? 10.0f : ax;               /* tanh(10) rounds to 1 in float */
+    float q = sk__expf_parts(2.0f * ax, &scale);
+    float e = scale * q + (scale - 1.0f);       /* expm1(2|x|) */
+    return copysignf(e / (e + 2.0f), x);
+}
+
+static inline float sk_sigmoidf_fl(float x)
+{
+    /* as sk_sigmoid: 1 / (1 + e) for x >= 0, e / (1 + e) below, e = exp(-|x|) */
+    float ax = fabsf(x);
+    float scale;
+    const float lim = 87.3365478515625f;        /* exp(-lim) ~ FLT_MIN */
+    ax = ax > lim ? lim : ax;
+    float q = sk__expf_parts(-ax, &scale);
+    float e = scale * q + scale;                /* exp(-|x|) */
+    e = fabsf(x) > lim ? 0.0f : e;              /* flush where exp(-|x|) is subnormal */
+    float p = 1.0f / (1.0f + e);
+    return x >= 0 ? p : e * p;
+}
+
 /* exp for double with the same flush: exactly 0 below -708 (so exp(-inf) = 0),
  * otherwise sk_exp (within 2 ulp). NaN propagates. */
 static inline double sk_exp_flush(double x)
