@@ -20,6 +20,10 @@ from seqkern.bench.cases import IMPLS, make_runner, torch_available
 # Between two implementations: long enough for the idle workers of one thread
 # pool (libgomp spins for a few ms before it sleeps) to stop competing with the next.
 PAUSE_S = 0.02
+# After NumPy's BLAS ran on several threads: OpenBLAS's idle workers spin for
+# about a tenth of a second (measured: seqkern's 2-thread RNN forward ran 1.6x
+# slower right after the reference than 0.3 s later).
+PAUSE_AFTER_BLAS_S = 0.3
 # One timed sample: back-to-back calls of one implementation filling about this
 # long, so that a sample measures steady state, not a wake-up after the pause.
 SAMPLE_S = 0.02
@@ -45,19 +49,21 @@ def thread_count(n):
                 torch.set_num_threads(old_torch)
 
 
-def time_interleaved(fns, budget_s=0.3, min_repeats=3, max_repeats=30):
+def time_interleaved(fns, budget_s=0.3, min_repeats=3, max_repeats=30, pauses=None):
     """{name: [seconds per call, ...]} for each callable in ``fns``.
 
     After one warm-up call each, the implementations take turns: each turn is
-    one sample of back-to-back calls (enough to fill SAMPLE_S), then a pause.
-    The number of samples fits ``budget_s`` per implementation.
+    one sample of back-to-back calls (enough to fill SAMPLE_S), then a pause
+    (``pauses[name]``, default PAUSE_S). The number of samples fits ``budget_s``
+    per implementation.
     """
+    pauses = pauses or {}
     first = {}
     for name, fn in fns.items():
         t0 = time.perf_counter()
         fn()
         first[name] = time.perf_counter() - t0
-        time.sleep(PAUSE_S)
+        time.sleep(pauses.get(name, PAUSE_S))
     calls = {name: max(1, int(SAMPLE_S / max(t, 1e-9))) for name, t in first.items()}
     sample = max((first[n] * calls[n] for n in fns), default=0.0)
     repeats = int(min(max_repeats, max(min_repeats, budget_s / max(sample, 1e-9))))
@@ -69,7 +75,7 @@ def time_interleaved(fns, budget_s=0.3, min_repeats=3, max_repeats=30):
             for _ in range(n):
                 fn()
             times[name].append((time.perf_counter() - t0) / n)
-            time.sleep(PAUSE_S)
+            time.sleep(pauses.get(name, PAUSE_S))
     return times
 
 
@@ -126,8 +132,9 @@ def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True):
             key = (case.dtype, n)
             if key not in peaks:
                 peaks[key] = gemm_peak(n, case.dtype)
+            pauses = {"reference": PAUSE_AFTER_BLAS_S} if n > 1 else {}
             with thread_count(n):
-                times = time_interleaved(fns, budget_s=budget_s)
+                times = time_interleaved(fns, budget_s=budget_s, pauses=pauses)
             med = {impl: statistics.median(ts) for impl, ts in times.items()}
             if n == threads[0]:
                 base = {impl: (n, m) for impl, m in med.items()}
