@@ -65,7 +65,7 @@ def main(argv=None):
     if threads is None:
         all_t = runner.default_threads()
         threads = sorted({1, all_t[-1]}) if args.quick else all_t
-    dtypes = args.dtypes or (["float32"] if args.quick else ["float32", "float64"])
+    dtypes = args.dtypes or ["float32"]
     cases = [] if args.no_grid else grid(quick=args.quick, kernels=args.kernels, dtypes=dtypes)
     sweep_cases = sweep(quick=args.quick) if args.sweep else []
     if not cases and not sweep_cases:
