@@ -23,7 +23,7 @@ PAUSE_S = 0.02
 # After NumPy's BLAS ran on several threads: OpenBLAS's idle workers spin for
 # about a tenth of a second (measured: seqkern's 2-thread RNN forward ran 1.6x
 # slower right after the reference than 0.3 s later).
-PAUSE_AFTER_BLAS_S = 0.15
+PAUSE_AFTER_BLAS_S = 0.3
 # One timed sample: back-to-back calls of one implementation filling about this
 # long, so that a sample measures steady state, not a wake-up after the pause.
 SAMPLE_S = 0.02
