@@ -45,6 +45,7 @@ from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
+from seqkern._step cimport n_blocks, packs, rows_times_wt
 from seqkern._packed_gemm cimport pk_gemm, pk_pack_nn, pk_pack_nt, pk_size, sk_pk_alloc
 
 cdef extern from "_gru_cell.h" nogil:
@@ -117,7 +118,6 @@ cdef enum:
 # either alone ran at 1.05-1.11x; glibc handed the pair back to the system after
 # every call (heap trim) and the next call faulted it in again. With one: 1.38x
 # forward, 1.08x backward alone.
-STEP_AUTO, STEP_BLAS, STEP_PACKED = 0, 1, 2
 # Which products are packed: flags of the kernels' ``packed`` argument.
 cdef enum:
     PACK_STEP = 1      # the per-step products with W_hh
@@ -131,7 +131,7 @@ def packed_products(Py_ssize_t B, Py_ssize_t H, int step_gemm, bint backward):
     backward, given seqkern._step_gemm's AUTO, BLAS or PACKED. AUTO packs all
     four products at every size (measured above); the arguments are those of the
     rule should a size turn up where OpenBLAS or _vecmat wins."""
-    if step_gemm == STEP_BLAS:
+    if not packs(step_gemm):
         return 0
     return PK_STEP | PK_INPUT
 
@@ -209,10 +209,6 @@ def transpose(const floating[:, ::1] a, floating[:, ::1] out):
                         out[j, i] = a[i, j]
 
 
-cdef inline int _n_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:
-    return <int>((n + block - 1) // block)
-
-
 # ---------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------
@@ -225,11 +221,7 @@ cdef void _project_rows(const floating* x, const floating* W, const floating* W_
     cdef Py_ssize_t r
     for r in range(r0, r1):
         memcpy(out + r * G, bias, G * sizeof(floating))
-    if W_pk != NULL:
-        pk_gemm(<int>(r1 - r0), I, x + r0 * I, I, W_pk, out + r0 * G, G, 0, G, True)
-    else:
-        gemm(False, True, <int>(r1 - r0), G, I, <floating>1, x + r0 * I, I, W, I,
-             <floating>1, out + r0 * G, G)
+    rows_times_wt(x, W, W_pk, out, r0, r1, I, G, True)
 
 
 cdef void _forward_block(int B, int H, const floating* h_prev, const floating* W_hh,
@@ -318,7 +310,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef const floating* bp = &bias[0]
     cdef const floating* bhn = &b_hn[0]
     cdef const floating* h_prev
-    cdef int n_cols = _n_blocks(H, width)
+    cdef int n_cols = n_blocks(H, width)
     cdef Py_ssize_t Tc = gates.shape[0]
     cdef Py_ssize_t rb = _block(Tc * B)
     cdef Py_ssize_t rows
@@ -343,7 +335,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                 t1 = min(t0 + Tc, T)
                 # 1. The input projection of the chunk's steps, in row blocks.
                 rows = (t1 - t0) * B
-                n_rows = _n_blocks(rows, rb)
+                n_rows = n_blocks(rows, rb)
                 if nt > 1 and n_rows > 1 and rows * G * I >= PAR_MIN_GEMM:
                     for i in prange(n_rows, num_threads=nt, schedule='static'):
                         _project_rows(xp + t0 * B * I, Wih, Xpk, bp, gp, i * rb,
@@ -552,9 +544,9 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
     cdef const floating* h_prev
     cdef const floating* hp_c
     cdef const floating* hp0
-    cdef int n_cols = _n_blocks(H, width)
+    cdef int n_cols = n_blocks(H, width)
     cdef int wb = <int>_block(G)
-    cdef int n_w = _n_blocks(G, wb)
+    cdef int n_w = n_blocks(G, wb)
     cdef Py_ssize_t rb = _block(Tc * B)
     cdef Py_ssize_t rows
     cdef int n_x
@@ -607,7 +599,7 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
 
                 # 2. The chunk's weight, bias and input gradients: GEMMs over its rows.
                 rows = (t1 - t0) * B
-                n_x = _n_blocks(rows, rb)
+                n_x = n_blocks(rows, rb)
                 # Previous states of the chunk's rows: out[t0-1 : t1-1], or for the chunk
                 # at t0 = 0, h0 for step 0's rows and out[0 : t1-1] for the rest.
                 hp0 = h0p if t0 == 0 else NULL

@@ -42,6 +42,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
+from seqkern._step cimport n_blocks, packs, rows_times_wt
 from seqkern._packed_gemm cimport (pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_pack_nn, pk_size,
                                    sk_pk_alloc)
 
@@ -87,11 +88,7 @@ cdef enum:
     K_BLOCK = 256
 
 
-# The products with the weights: OpenBLAS's GEMM, or _packed_gemm.h on weights
-# packed once per call. OpenBLAS packs its W operand again inside every call: once
-# per time step for W_hh, once per row block for W_ih; the packed kernel also runs
-# closer to the FMA peak at these shapes (~114 GFLOP/s float32 at B = 32..64 vs
-# ~60-75 for OpenBLAS's per-step calls). Packed: the per-step h_{t-1} @ W_hh^T and
+# The products with the weights (see _step.pxd). Packed: the per-step h_{t-1} @ W_hh^T and
 # dz_t @ W_hh, the input projection x @ W_ih^T and the input gradient dz @ W_ih.
 # The weight gradients dW = dz^T @ [x | h_prev] also run packed (see
 # _weight_grad_job_packed): OpenBLAS ran them at 52/72 GFLOP/s at (B,T,I,H) =
@@ -100,26 +97,12 @@ cdef enum:
 # out[:-1] packed once more (about their size) and 64 x T*B scratch per thread.
 # With them and the float gate pass, float32 fwd+bwd vs PyTorch went from
 # 0.77x / 0.72x to 1.22x / 1.03x at those shapes (python -m seqkern.bench).
-# step_gemm (seqkern._step_gemm) forces either; AUTO follows _packed_wins.
 # Measured (1 thread, AMD EPYC Zen 4, alternating calls, fwd / fwd+bwd speed-up of
 # packed over OpenBLAS): (B,T,I,H) = (1,100,128,128) 1.04/1.06 float32, 0.95/1.02
 # float64 (the one case within noise of even: B = 1 is bound by reading W_hh, the
 # same bytes either way); (1,1000,64,64) 1.19/1.10, 1.09/1.19; (8,100,128,128)
 # 1.81/1.31, 1.50/1.20; (32,100,256,256) 1.29/1.22, 1.16/1.05; (64,200,512,512)
-# 1.15/1.13, 1.36/1.14. So AUTO always packs.
-cdef enum:
-    STEP_AUTO = 0
-    STEP_BLAS = 1
-    STEP_PACKED = 2
-
-
-cdef inline bint _packed_wins(floating* dtype, int step_gemm, int B, int H) noexcept nogil:
-    """Use the packed products for B rows and H hidden units (of dtype ``floating``)?"""
-    return step_gemm != STEP_BLAS
-
-
-cdef inline int _n_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:
-    return <int>((n + block - 1) // block)
+# 1.15/1.13, 1.36/1.14. So AUTO always packs (_step.packs).
 
 
 cdef inline int _unit_block(int B, int H) noexcept nogil:
@@ -138,7 +121,7 @@ cdef void _repack_rows(const floating* W, floating* Wp, int H, int K, int U) noe
     """Wp := W with its rows reordered into the block layout; W, Wp (4H, K).
     Rows q*H + u (gate q, unit u) go to 4 k U + q U_k + (u - k U), k = u // U."""
     cdef int k, q, u0, uk
-    for k in range(_n_blocks(H, U)):
+    for k in range(n_blocks(H, U)):
         u0 = k * U
         uk = min(U, H - u0)
         for q in range(4):
@@ -157,11 +140,7 @@ cdef void _project_rows(const floating* x, const floating* Wp, const floating* W
     """z[r0:r1] := x[r0:r1] @ Wp^T; x (rows, I), Wp (G, I), z (rows, G). The bias
     is added in the gate pass (cell_forward).
     Wp_pk: Wp packed for x @ Wp^T (_packed_gemm.h), or NULL (OpenBLAS)."""
-    if Wp_pk != NULL:
-        pk_gemm(<int>(r1 - r0), I, x + r0 * I, I, Wp_pk, z + r0 * G, G, 0, G, False)
-    else:
-        gemm(False, True, <int>(r1 - r0), G, I, <floating>1, x + r0 * I, I, Wp, I,
-             <floating>0, z + r0 * G, G)
+    rows_times_wt(x, Wp, Wp_pk, z, r0, r1, I, G, False)
 
 
 cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
@@ -247,15 +226,15 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef const floating* h_prev
     cdef const floating* c_prev
     cdef int U = _unit_block(B, H)
-    cdef int n_units = _n_blocks(H, U)
-    cdef int n_rows = _n_blocks(TB, ROW_BLOCK)
+    cdef int n_units = n_blocks(H, U)
+    cdef int n_rows = n_blocks(TB, ROW_BLOCK)
     cdef int i, blk, b
     cdef Py_ssize_t t
     cdef int nt = n_threads
 
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
-    cdef bint packed = _packed_wins(Wpk, step_gemm, B, H)
+    cdef bint packed = packs(step_gemm)
     try:
         t = 0
         h_prev = NULL
@@ -397,7 +376,7 @@ cdef void _pack_kblocks(const floating* A, Py_ssize_t K, int N, floating* P,
     """Pack A (K, N) row-major as ceil(K / K_BLOCK) operands of K_BLOCK rows (the
     last one shorter), block kb at P + kb * slot (slot = pk_size(N, K_BLOCK))."""
     cdef Py_ssize_t kb, k0
-    for kb in range(_n_blocks(K, K_BLOCK)):
+    for kb in range(n_blocks(K, K_BLOCK)):
         k0 = kb * K_BLOCK
         pk_pack_nn(<int>min(<Py_ssize_t>K_BLOCK, K - k0), N, A + k0 * N, N, P + kb * slot)
 
@@ -409,7 +388,7 @@ cdef void _gemm_tn_kblocks(int M, Py_ssize_t K, const floating* At, Py_ssize_t l
     by _pack_kblocks into P. Each element is summed block by block in k order, each
     block in k order: an order fixed by K alone."""
     cdef Py_ssize_t kb, k0
-    for kb in range(_n_blocks(K, K_BLOCK)):
+    for kb in range(n_blocks(K, K_BLOCK)):
         k0 = kb * K_BLOCK
         pk_gemm(M, <int>min(<Py_ssize_t>K_BLOCK, K - k0), At + k0, ldat, P + kb * slot,
                 C, N, 0, N, accumulate or kb > 0)
@@ -533,10 +512,10 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef const floating* do_t
     cdef const floating* c_prev
     cdef int U = _unit_block(B, H)
-    cdef int n_units = _n_blocks(H, U)
-    cdef int n_chunks = _n_blocks(H, UNIT_BLOCK)
+    cdef int n_units = n_blocks(H, U)
+    cdef int n_chunks = n_blocks(H, UNIT_BLOCK)
     cdef int n_w = 4 * n_chunks
-    cdef int n_x = _n_blocks(<Py_ssize_t>T * B, ROW_BLOCK)
+    cdef int n_x = n_blocks(<Py_ssize_t>T * B, ROW_BLOCK)
     cdef int blk
     cdef Py_ssize_t t
     cdef int nt = n_threads
@@ -563,12 +542,12 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef Py_ssize_t hslot = pk_size(Xg, H, K_BLOCK)
     cdef Py_ssize_t at_size = <Py_ssize_t>UNIT_BLOCK * TB
     cdef int n_at = nt if nt > 1 else 1
-    if _packed_wins(Wpk, step_gemm, B, H):
+    if packs(step_gemm):
         Wpk = pk_alloc_nn(G, H, Whh)               # for dz @ Whh_p
         Xpk = pk_alloc_nn(G, I, &Wih_p[0, 0])      # for dz @ Wih_p
-        Xg = <floating*>sk_pk_alloc(_n_blocks(TB, K_BLOCK) * xslot, sizeof(floating))
-        H0g = <floating*>sk_pk_alloc(_n_blocks(B, K_BLOCK) * hslot, sizeof(floating))
-        Og = <floating*>sk_pk_alloc(_n_blocks(max(TB - B, 1), K_BLOCK) * hslot,
+        Xg = <floating*>sk_pk_alloc(n_blocks(TB, K_BLOCK) * xslot, sizeof(floating))
+        H0g = <floating*>sk_pk_alloc(n_blocks(B, K_BLOCK) * hslot, sizeof(floating))
+        Og = <floating*>sk_pk_alloc(n_blocks(max(TB - B, 1), K_BLOCK) * hslot,
                                     sizeof(floating))
         at = <floating*>malloc(n_at * at_size * sizeof(floating))
         if Wpk == NULL or Xpk == NULL or Xg == NULL or H0g == NULL or Og == NULL or at == NULL:

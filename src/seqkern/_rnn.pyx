@@ -29,6 +29,7 @@ from libc.string cimport memcpy, memset
 from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_alloc_nn, pk_alloc_nt, pk_gemm
 from seqkern._activations cimport tanh_
+from seqkern._step cimport n_blocks, packs, rows_times_wt
 
 # A step's recurrent product is split over `n_parts` blocks of hidden units
 # (n_parts: the machine's core count, fixed per process, so that the blocks do not
@@ -45,33 +46,14 @@ cdef enum:
     W_BLOCK = 256
 
 
-# The products with the weights: OpenBLAS's GEMM, or _packed_gemm.h on weights
-# packed once per call. OpenBLAS packs its W operand again inside every call: once
-# per time step for W_hh, once per row block for W_ih; the packed kernel also runs
-# closer to the FMA peak at these shapes (~114 GFLOP/s float32 at B = 32..64 vs
-# ~60-75 for OpenBLAS's per-step calls). Packed: the per-step h_{t-1} @ W_hh^T and
-# dz_t @ W_hh, the input projection x @ W_ih^T and the input gradient dz @ W_ih.
-# The weight gradients stay on OpenBLAS (their left operand is dz^T).
-# step_gemm (seqkern._step_gemm) forces either; AUTO follows _packed_wins.
+# The products with the weights (see _step.pxd): packed on _packed_gemm.h are the
+# per-step h_{t-1} @ W_hh^T and dz_t @ W_hh, the input projection x @ W_ih^T and the
+# input gradient dz @ W_ih; the weight gradients stay on OpenBLAS (their left
+# operand is dz^T).
 # Measured (1 thread, AMD EPYC Zen 4, alternating calls, fwd / fwd+bwd speed-up of
 # packed over OpenBLAS): (B,T,I,H) = (1,100,128,128) 1.17/1.14 float32, 1.01/1.02
 # float64; (1,1000,64,64) 1.58/1.36, 1.37/1.20; (4,100,64,64) 1.21/1.11, 1.13/1.08;
 # (32,100,256,256) 1.30/1.15, 1.22/1.13; (64,200,512,512) 1.14/1.08, 1.18/1.06.
-# No shape measured lost, B = 1 included (where OpenBLAS runs GEMV), so AUTO
-# always packs.
-cdef enum:
-    STEP_AUTO = 0
-    STEP_BLAS = 1
-    STEP_PACKED = 2
-
-
-cdef inline bint _packed_wins(floating* dtype, int step_gemm, int B, int H) noexcept nogil:
-    """Use the packed products for B rows and H hidden units (of dtype ``floating``)?"""
-    return step_gemm != STEP_BLAS
-
-
-cdef inline int _n_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:
-    return <int>((n + block - 1) // block)
 
 
 cdef inline int _col_block(int B, int H, int n_parts) noexcept nogil:
@@ -96,11 +78,7 @@ cdef void _project_rows(const floating* x, const floating* W, const floating* W_
     cdef Py_ssize_t r
     for r in range(r0, r1):
         memcpy(out + r * H, bias, H * sizeof(floating))
-    if W_pk != NULL:
-        pk_gemm(<int>(r1 - r0), I, x + r0 * I, I, W_pk, out + r0 * H, H, 0, H, True)
-    else:
-        gemm(False, True, <int>(r1 - r0), H, I, <floating>1, x + r0 * I, I, W, I,
-             <floating>1, out + r0 * H, H)
+    rows_times_wt(x, W, W_pk, out, r0, r1, I, H, True)
 
 
 cdef void _forward_cols(int B, int H, const floating* h_prev, const floating* W_hh,
@@ -157,15 +135,15 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef const floating* bp = &bias[0]
     cdef const floating* h_prev
     cdef int width = _col_block(B, H, n_parts)
-    cdef int n_cols = _n_blocks(H, width)
-    cdef int n_rows = _n_blocks(TB, ROW_BLOCK)
+    cdef int n_cols = n_blocks(H, width)
+    cdef int n_rows = n_blocks(TB, ROW_BLOCK)
     cdef int i, blk, b
     cdef Py_ssize_t t, L
     cdef int nt = n_threads
 
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
-    if _packed_wins(Wpk, step_gemm, B, H):
+    if packs(step_gemm):
         Wpk = pk_alloc_nt(H, H, Whh)       # for h_prev @ W_hh^T
         Xpk = pk_alloc_nt(H, I, Wih)       # for x @ W_ih^T
         if Wpk == NULL or Xpk == NULL:
@@ -352,9 +330,9 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef const floating* dz_next
     cdef const floating* do_t
     cdef int width = _col_block(B, H, n_parts)
-    cdef int n_cols = _n_blocks(H, width)
-    cdef int n_w = _n_blocks(H, W_BLOCK)
-    cdef int n_x = _n_blocks(<Py_ssize_t>T * B, ROW_BLOCK)
+    cdef int n_cols = n_blocks(H, width)
+    cdef int n_w = n_blocks(H, W_BLOCK)
+    cdef int n_x = n_blocks(<Py_ssize_t>T * B, ROW_BLOCK)
     cdef int blk
     cdef Py_ssize_t t
     cdef int nt = n_threads
@@ -368,7 +346,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
 
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
-    if _packed_wins(Wpk, step_gemm, B, H):
+    if packs(step_gemm):
         Wpk = pk_alloc_nn(H, H, Whh)               # for dz @ W_hh
         Xpk = pk_alloc_nn(H, I, &W_ih[0, 0])       # for dz @ W_ih
         if Wpk == NULL or Xpk == NULL:
