@@ -314,16 +314,23 @@ def test_non_contiguous_inputs():
         assert_close("out", a, b, np.float64)
 
 
-def test_return_cache_false_and_cache_bytes():
-    args = make(5, 2, 3, 4, np.float32)
-    out, h_n, c_n, cache = seqkern.lstm_forward(*args, return_cache=False)
-    assert cache is None
-    o2, h2, c2, cache2 = seqkern.lstm_forward(*args)
+@pytest.mark.parametrize("shape", [(5, 2, 3, 4),
+                                   # several unit blocks: without a cache the gates
+                                   # live in a buffer of one chunk of steps (3 here)
+                                   (20, 17, 9, 70)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_return_cache_false_and_cache_bytes(shape, n_threads):
+    T, B, I, H = shape
+    args = make(T, B, I, H, np.float32)
+    lengths = np.arange(B) % (T + 1)
+    with seqkern.threads(n_threads):
+        out, h_n, c_n, cache = seqkern.lstm_forward(*args, lengths=lengths, return_cache=False)
+        assert cache is None
+        o2, h2, c2, cache2 = seqkern.lstm_forward(*args, lengths=lengths)
     np.testing.assert_array_equal(out, o2)
     np.testing.assert_array_equal(h_n, h2)
     np.testing.assert_array_equal(c_n, c2)
     # the documented 5 H values per token (gates and cell), beside out
-    T, B, H = 5, 2, 4
     assert cache2.z.nbytes + cache2.cs.nbytes == T * B * 5 * H * 4
 
 

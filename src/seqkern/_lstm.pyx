@@ -43,8 +43,8 @@ from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
 from seqkern._step cimport n_blocks, packs, rows_times_wt
-from seqkern._packed_gemm cimport (pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_pack_nn, pk_size,
-                                   sk_pk_alloc)
+from seqkern._packed_gemm cimport (pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_gemm_dir, pk_pack_nn,
+                                   pk_size, sk_pk_alloc)
 
 cdef extern from "_lstm_cell.h" nogil:
     void sk_lstm_cell_fwd_f(float* z, const float* bias, const float* c_prev, float* c,
@@ -86,6 +86,7 @@ cdef enum:
     PAR_MIN_STEP = 262144
     ROW_BLOCK = 256
     K_BLOCK = 256
+    CHUNK_ROWS = 64
 
 
 # The products with the weights (see _step.pxd). Packed: the per-step h_{t-1} @ W_hh^T and
@@ -117,6 +118,26 @@ def unit_block(int B, int H):
     return _unit_block(B, H)
 
 
+# Where a step is split over unit blocks, the input projection runs in chunks of
+# ~CHUNK_ROWS rows (Tc steps) just before those steps, each block projecting its
+# own columns: the gate rows are then still in the thread's L2 when the step's
+# product adds to them and the gate pass reads them, and without a cache the gate
+# buffer needs only Tc steps. Otherwise (one block: small B * H) the projection
+# of all steps runs first, split over row blocks between the threads.
+
+cdef inline int _chunk_steps(int B) noexcept nogil:
+    return max(1, CHUNK_ROWS // B)
+
+
+def gate_slots(int T, int B, int H, bint keep_all):
+    """Time steps the (slots, B, 4H) gate buffer of forward() must hold: T if
+    ``keep_all`` (the cache) or the projection runs ahead of the time loop, else
+    one chunk."""
+    if keep_all or _unit_block(B, H) == H:
+        return T
+    return min(T, _chunk_steps(B))
+
+
 cdef void _repack_rows(const floating* W, floating* Wp, int H, int K, int U) noexcept nogil:
     """Wp := W with its rows reordered into the block layout; W, Wp (4H, K).
     Rows q*H + u (gate q, unit u) go to 4 k U + q U_k + (u - k U), k = u // U."""
@@ -143,6 +164,24 @@ cdef void _project_rows(const floating* x, const floating* Wp, const floating* W
     rows_times_wt(x, Wp, Wp_pk, z, r0, r1, I, G, False)
 
 
+cdef void _project_chunk(int B, int H, int U, int k, int I, Py_ssize_t t0, Py_ssize_t t1,
+                         const floating* x, const floating* Wp, const floating* Wp_pk,
+                         floating* z) noexcept nogil:
+    """The columns of unit block k of z[0:t1-t0] := x[t0:t1] @ Wp^T; x (T, B, I),
+    Wp (4H, I) block layout, z (t1-t0, B, 4H): the input projection of steps
+    t0..t1-1 for that block. Wp_pk: Wp packed for x @ Wp^T, or NULL (OpenBLAS)."""
+    cdef int G = 4 * H
+    cdef int u0 = k * U
+    cdef int uk = min(U, H - u0)
+    cdef int M = <int>((t1 - t0) * B)
+    cdef const floating* xs = x + t0 * B * I
+    if Wp_pk != NULL:
+        pk_gemm(M, I, xs, I, Wp_pk, z, G, 4 * u0, 4 * (u0 + uk), False)
+    else:
+        gemm(False, True, M, 4 * uk, I, <floating>1, xs, I, Wp + <Py_ssize_t>4 * u0 * I, I,
+             <floating>0, z + 4 * u0, G)
+
+
 cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
                          const floating* h_prev, const floating* c_prev,
                          const floating* Whh_p, const floating* W_pk, const floating* bias_p,
@@ -167,7 +206,8 @@ cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
     cdef floating* cn
     cdef floating* hn
     if W_pk != NULL:
-        pk_gemm(B, H, h_prev, H, W_pk, z_t, G, 4 * u0, 4 * (u0 + uk), True)
+        # alternate the panel order from step to step: see pk_gemm_dir
+        pk_gemm_dir(B, H, h_prev, H, W_pk, z_t, G, 4 * u0, 4 * (u0 + uk), True, t & 1)
     else:
         gemm(False, True, B, 4 * uk, H, <floating>1, h_prev, H,
              Whh_p + <Py_ssize_t>4 * u0 * H, H, <floating>1, z_t + 4 * u0, G)
@@ -197,7 +237,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             floating[:, ::1] Wih_p,           # (4H, I) OUT: W_ih in the block layout
             floating[:, ::1] Whh_p,           # (4H, H) OUT: W_hh in the block layout
             floating[::1] bias_p,             # (4H,) scratch: bias in the block layout
-            floating[:, :, ::1] z,            # (T, B, 4H) OUT: gate activations
+            floating[:, :, ::1] z,            # (gate_slots(..), B, 4H) OUT: gate activations (step t in slot t % len)
             floating[:, :, ::1] cs,           # (T or 2, B, H) OUT: c_t (step t in slot t % len)
             floating[:, :, ::1] out,          # (T, B, H) OUT: every h_t (0 past a length)
             floating[:, ::1] h_n,             # (B, H) OUT: the state after each sequence's last step
@@ -211,6 +251,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef Py_ssize_t step = <Py_ssize_t>B * H
     cdef Py_ssize_t zstep = <Py_ssize_t>B * G
     cdef int n_slots = cs.shape[0]
+    cdef int nz = z.shape[0]
+    cdef int Tc = _chunk_steps(B)
     cdef const int64_t* lens = NULL if lengths is None else &lengths[0]
     cdef floating* outp = &out[0, 0, 0]
     cdef floating* zp = &z[0, 0, 0]
@@ -248,35 +290,55 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                 Xpk = pk_alloc_nt(G, I, Wih)       # for x @ Wih_p^T
         if packed and (Wpk == NULL or Xpk == NULL):
             raise MemoryError()
+        if nz != gate_slots(T, B, H, nz == T):
+            raise ValueError("z must have gate_slots() time slots")
         with nogil:
-            # 1. The input projection of every step, in one pass of row blocks.
-            if nt > 1 and n_rows > 1:
-                for i in prange(n_rows, num_threads=nt, schedule='static'):
-                    _project_rows(xp, Wih, Xpk, zp, <Py_ssize_t>i * ROW_BLOCK,
-                                  min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
-            else:
-                for i in range(n_rows):
-                    _project_rows(xp, Wih, Xpk, zp, <Py_ssize_t>i * ROW_BLOCK,
-                                  min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
-
-            # 2. The recurrence: one GEMM and one fused element-wise pass per step.
-            if nt > 1 and n_units > 1:
-                with parallel(num_threads=nt):
+            if n_units > 1:
+                # The projection in chunks of Tc steps, each block its own columns,
+                # then the steps; static schedules give each thread the same blocks.
+                if nt > 1:
+                    with parallel(num_threads=nt):
+                        for t in range(T):
+                            if t % Tc == 0:
+                                for blk in prange(n_units, schedule='static'):
+                                    _project_chunk(B, H, U, blk, I, t, min(t + Tc, T), xp,
+                                                   Wih, Xpk, zp + (t % nz) * zstep)
+                            h_prev = h0p if t == 0 else outp + (t - 1) * step
+                            c_prev = c0p if t == 0 else csp + ((t - 1) % n_slots) * step
+                            for blk in prange(n_units, schedule='static'):
+                                _forward_block(B, H, U, blk, t, T, h_prev, c_prev, Whh, Wpk,
+                                               bp, zp + (t % nz) * zstep,
+                                               csp + (t % n_slots) * step,
+                                               outp + t * step, hnp, cnp, lens)
+                else:
                     for t in range(T):
+                        if t % Tc == 0:
+                            for blk in range(n_units):
+                                _project_chunk(B, H, U, blk, I, t, min(t + Tc, T), xp,
+                                               Wih, Xpk, zp + (t % nz) * zstep)
                         h_prev = h0p if t == 0 else outp + (t - 1) * step
                         c_prev = c0p if t == 0 else csp + ((t - 1) % n_slots) * step
-                        for blk in prange(n_units, schedule='static'):
+                        for blk in range(n_units):
                             _forward_block(B, H, U, blk, t, T, h_prev, c_prev, Whh, Wpk, bp,
-                                           zp + t * zstep, csp + (t % n_slots) * step,
+                                           zp + (t % nz) * zstep, csp + (t % n_slots) * step,
                                            outp + t * step, hnp, cnp, lens)
             else:
+                # One block: the projection of every step first (row blocks shared
+                # between the threads), then the steps on one thread.
+                if nt > 1 and n_rows > 1:
+                    for i in prange(n_rows, num_threads=nt, schedule='static'):
+                        _project_rows(xp, Wih, Xpk, zp, <Py_ssize_t>i * ROW_BLOCK,
+                                      min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
+                else:
+                    for i in range(n_rows):
+                        _project_rows(xp, Wih, Xpk, zp, <Py_ssize_t>i * ROW_BLOCK,
+                                      min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
                 for t in range(T):
                     h_prev = h0p if t == 0 else outp + (t - 1) * step
                     c_prev = c0p if t == 0 else csp + ((t - 1) % n_slots) * step
-                    for blk in range(n_units):
-                        _forward_block(B, H, U, blk, t, T, h_prev, c_prev, Whh, Wpk, bp,
-                                       zp + t * zstep, csp + (t % n_slots) * step,
-                                       outp + t * step, hnp, cnp, lens)
+                    _forward_block(B, H, U, 0, t, T, h_prev, c_prev, Whh, Wpk, bp,
+                                   zp + t * zstep, csp + (t % n_slots) * step,
+                                   outp + t * step, hnp, cnp, lens)
 
             # 3. Sequences of length 0 keep their initial state.
             if lens != NULL:

