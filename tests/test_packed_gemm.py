@@ -142,8 +142,13 @@ def test_rnn_with_each_step_product(rng, mode, dtype, shape):
 
 @pytest.mark.parametrize("mode", ["blas", "packed"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 130)])
+@pytest.mark.parametrize("shape", [(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 130),
+                                   (600, 1, 3, 20), (3, 300, 4, 10), (70, 4, 5, 130)])
 def test_lstm_with_each_step_product(rng, mode, dtype, shape):
+    """(20, 8, 16, 130): several unit blocks, split over 2 threads; (600, 1, ..):
+    three backward chunks, the latest shorter; (3, 300, ..): one step per chunk,
+    its 300 rows in two K blocks; (70, 4, 5, 130): forward projection chunks of
+    16 steps and backward chunks of 64 beside unit blocks."""
     T, B, I, H = shape
     s = 1.0 / np.sqrt(H)
     args = [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)) * 0.5,
@@ -156,7 +161,12 @@ def test_lstm_with_each_step_product(rng, mode, dtype, shape):
     for n in (1, 2):
         with step_gemm(mode), seqkern.threads(n):
             out, h_n, c_n, cache = seqkern.lstm_forward(*args, lengths=lengths)
+            out_nc, h_n_nc, c_n_nc, _ = seqkern.lstm_forward(*args, lengths=lengths,
+                                                             return_cache=False)
             g = seqkern.lstm_backward(d_out, h_n, c_n, cache)
+        np.testing.assert_array_equal(out_nc, out)
+        np.testing.assert_array_equal(h_n_nc, h_n)
+        np.testing.assert_array_equal(c_n_nc, c_n)
         results.append((out, h_n, c_n) + tuple(g))
     rout, rh_n, rc_n, rcache = ref.lstm_forward(*to64(*args), lengths=lengths)
     assert_close(results[0][0], rout, dtype, "out")

@@ -87,6 +87,8 @@ cdef enum:
     ROW_BLOCK = 256
     K_BLOCK = 256
     CHUNK_ROWS = 64
+    BWD_CHUNK_ROWS = 256
+    DX_BLOCK = 64
 
 
 # The products with the weights (see _step.pxd). Packed: the per-step h_{t-1} @ W_hh^T and
@@ -399,38 +401,18 @@ cdef void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
                       carry_h + off, carry_c + off, di, uk)
 
 
-cdef void _weight_grad_job(int q, int u0, int u1, int U, int T, int B, int I, int H,
-                           const floating* dzp, const floating* xp, const floating* h0p,
-                           const floating* outp, floating* dWih, floating* dWhh,
-                           floating* dbp) noexcept nogil:
-    """Rows q*H + [u0, u1) (gate q, units u0..u1, inside one unit block) of dW_ih,
-    dW_hh and db: dW[r] = sum over all T*B rows of dz[:, col(r)] * input row;
-    db summed over rows in order."""
-    cdef int G = 4 * H
-    cdef Py_ssize_t TB = <Py_ssize_t>T * B
-    cdef int k = u0 // U
-    cdef int uk = min(U, H - k * U)
-    cdef int col = 4 * k * U + q * uk + (u0 - k * U)
-    cdef int n = u1 - u0
-    cdef int r = q * H + u0
-    cdef Py_ssize_t s
-    cdef int j
-    cdef const floating* row
-    cdef floating* db = dbp + r
-    gemm(True, False, n, I, <int>TB, <floating>1, dzp + col, G, xp, I,
-         <floating>0, dWih + <Py_ssize_t>r * I, I)
-    # dW_hh = dz_0^T h0 + dz[1:]^T out[:-1]
-    gemm(True, False, n, H, B, <floating>1, dzp + col, G, h0p, H,
-         <floating>0, dWhh + <Py_ssize_t>r * H, H)
-    if T > 1:
-        gemm(True, False, n, H, <int>(TB - B), <floating>1, dzp + <Py_ssize_t>B * G + col, G,
-             outp, H, <floating>1, dWhh + <Py_ssize_t>r * H, H)
-    for j in range(n):
-        db[j] = 0
-    for s in range(TB):
-        row = dzp + s * G + col
-        for j in range(n):
-            db[j] += row[j]
+# The backward runs the time loop in chunks of Tc = max(1, BWD_CHUNK_ROWS // B)
+# steps (R = Tc B rows), latest first. After each chunk its weight, bias and input
+# gradients are added with GEMMs over the chunk's R rows, so dz needs R rows of
+# scratch (not T B: 105 MB at (B,T,H) = (64,200,512) in float32, whose fresh pages
+# cost ~0.1 s per call to fault in) and is still in cache when those GEMMs read it.
+# Each gradient element is summed chunk by chunk, latest first, and within a
+# chunk in K_BLOCK blocks of rows: an order fixed by T and B alone.
+
+def bwd_chunk_steps(int B):
+    """Time steps per backward chunk: the (slots, B, 4H) dz scratch holds
+    min(T, bwd_chunk_steps(B)) of them."""
+    return max(1, BWD_CHUNK_ROWS // B)
 
 
 cdef void _pack_kblocks(const floating* A, Py_ssize_t K, int N, floating* P,
@@ -443,94 +425,83 @@ cdef void _pack_kblocks(const floating* A, Py_ssize_t K, int N, floating* P,
         pk_pack_nn(<int>min(<Py_ssize_t>K_BLOCK, K - k0), N, A + k0 * N, N, P + kb * slot)
 
 
-cdef void _gemm_tn_kblocks(int M, Py_ssize_t K, const floating* At, Py_ssize_t ldat,
-                           const floating* P, Py_ssize_t slot, int N, floating* C,
-                           bint accumulate) noexcept nogil:
-    """C (M, N) (+)= At @ A, At (M, K) row-major (row stride ldat), A (K, N) packed
-    by _pack_kblocks into P. Each element is summed block by block in k order, each
-    block in k order: an order fixed by K alone."""
+cdef void _gemm_kblocks(int M, Py_ssize_t K, const floating* A, Py_ssize_t lda,
+                        const floating* P, Py_ssize_t slot, floating* C, Py_ssize_t ldc,
+                        int n0, int n1) noexcept nogil:
+    """C[:, n0:n1] += A @ W[:, n0:n1]; A (M, K) row-major (row stride lda), W (K, N)
+    packed by _pack_kblocks into P. Each element is summed block by block in k
+    order, each block in k order: an order fixed by K alone. The blocks keep each
+    packed panel (K_BLOCK x 64 floats, 64 KiB) in L2 while the 4-row tiles of A
+    stream past it."""
     cdef Py_ssize_t kb, k0
     for kb in range(n_blocks(K, K_BLOCK)):
         k0 = kb * K_BLOCK
-        pk_gemm(M, <int>min(<Py_ssize_t>K_BLOCK, K - k0), At + k0, ldat, P + kb * slot,
-                C, N, 0, N, accumulate or kb > 0)
+        pk_gemm(M, <int>min(<Py_ssize_t>K_BLOCK, K - k0), A + k0, lda, P + kb * slot,
+                C, ldc, n0, n1, True)
 
 
-cdef void _weight_grad_job_packed(int q, int u0, int u1, int U, int T, int B, int I, int H,
-                                  const floating* dzp, const floating* Xpk, Py_ssize_t xslot,
-                                  const floating* H0pk, const floating* Opk, Py_ssize_t hslot,
-                                  floating* at, floating* dWih, floating* dWhh,
-                                  floating* dbp) noexcept nogil:
-    """As _weight_grad_job, with the packed GEMM: the job's n <= UNIT_BLOCK columns
-    of dz (T*B, 4H) are transposed into at (n, T*B) (per-thread scratch), then
-    dW_ih[r:r+n] = at @ x, dW_hh[r:r+n] = at[:, :B] @ h0 + at[:, B:] @ out[:-1],
-    db[r:r+n] = sums of the dz columns (in s order). x, h0 and out[:-1] come packed once
-    per call in K_BLOCK-row blocks (Xpk, H0pk, Opk): the K blocks keep each packed
-    panel (K_BLOCK x 64 floats, 64 KiB) in L2 while the 4-row tiles stream at.
-    Transposing costs T*B*n copies against T*B*n*(I+H) multiply-adds."""
+cdef void _chunk_grad_job(int job, int n_w, int n_c64, int n_xc, int U, int R, int B,
+                          int I, int H, const floating* dzc, const floating* xc,
+                          const floating* hc, const floating* Wih_p,
+                          const floating* Xc, Py_ssize_t xslot,
+                          const floating* Hc, Py_ssize_t hslot,
+                          const floating* WihK, Py_ssize_t wslot, floating* at,
+                          floating* dWih, floating* dWhh, floating* dbp,
+                          floating* dxc) noexcept nogil:
+    """Job ``job`` of one chunk's gradients; jobs write disjoint elements.
+    dzc (R, 4H): the chunk's dz (block layout); xc (R, I): its inputs; hc (R, H):
+    the h_{t-1} of its steps; dxc (R, I): its rows of dx.
+    [0, n_w): rows q H + [u0, u0 + 64) (gate q, 64 units in one unit block) of
+      dW_ih += dz[:, cols]^T xc, dW_hh += dz[:, cols]^T hc and db += column sums
+      (in row order). Packed (Xc not NULL): the columns are first transposed into
+      at (64, R), the calling thread's scratch, and xc, hc come packed in Xc, Hc.
+    [n_w, ...): 64 rows x 64 columns of dx = dz @ Wih_p (WihK: Wih_p packed in
+      K_BLOCK-row blocks, or NULL for OpenBLAS), n_xc column blocks per row block."""
     cdef int G = 4 * H
-    cdef Py_ssize_t TB = <Py_ssize_t>T * B
-    cdef int k = u0 // U
-    cdef int uk = min(U, H - k * U)
-    cdef int col = 4 * k * U + q * uk + (u0 - k * U)
-    cdef int n = u1 - u0
-    cdef int r = q * H + u0
-    cdef Py_ssize_t s, s0, s1
-    cdef int j
+    cdef int q, u0, n, k, uk, col, r, j, c0, c1
+    cdef Py_ssize_t s, s0, s1, r0, r1
     cdef const floating* row
-    cdef floating* db = dbp + r
-    # Transpose in tiles of 16 rows of dz, so that each row of at gets whole cache
-    # lines (64 scattered element stores per dz row were slower); db is summed on
-    # the way, over s in order, vectorised across j.
-    for j in range(n):
-        db[j] = 0
-    for s0 in range(0, TB, 16):
-        s1 = min(s0 + 16, TB)
-        for s in range(s0, s1):
-            row = dzp + s * G + col
+    cdef floating* db
+    if job < n_w:
+        q = job // n_c64
+        u0 = (job % n_c64) * UNIT_BLOCK
+        n = min(u0 + UNIT_BLOCK, H) - u0
+        k = u0 // U
+        uk = min(U, H - k * U)
+        col = 4 * k * U + q * uk + (u0 - k * U)
+        r = q * H + u0
+        db = dbp + r
+        for s in range(R):
+            row = dzc + s * G + col
             for j in range(n):
                 db[j] += row[j]
-        for j in range(n):
-            for s in range(s0, s1):
-                at[j * TB + s] = dzp[s * G + col + j]
-    _gemm_tn_kblocks(n, TB, at, TB, Xpk, xslot, I, dWih + <Py_ssize_t>r * I, False)
-    _gemm_tn_kblocks(n, B, at, TB, H0pk, hslot, H, dWhh + <Py_ssize_t>r * H, False)
-    if T > 1:
-        _gemm_tn_kblocks(n, TB - B, at + B, TB, Opk, hslot, H, dWhh + <Py_ssize_t>r * H, True)
-
-
-cdef void _grads_block(int blk, int n_w, int n_chunks, int U, int T, int B, int I, int H,
-                       const floating* dzp, const floating* xp, const floating* h0p,
-                       const floating* outp, const floating* Wih_p, const floating* Wih_pk,
-                       const floating* Xpk, Py_ssize_t xslot, const floating* H0pk,
-                       const floating* Opk, Py_ssize_t hslot, floating* at,
-                       floating* dWih, floating* dWhh, floating* dbp,
-                       floating* dxp) noexcept nogil:
-    """Block ``blk`` of the work after the time loop; blocks write disjoint elements:
-    [0, n_w): UNIT_BLOCK rows of one gate of dW_ih, dW_hh and db (packed when Xpk
-    is not NULL, with at the calling thread's scratch);
-    [n_w, ...): ROW_BLOCK rows of dx = dz @ Wih_p."""
-    cdef Py_ssize_t TB = <Py_ssize_t>T * B
-    cdef int G = 4 * H
-    cdef int q, u0
-    cdef Py_ssize_t r0, r1
-    if blk < n_w:
-        q = blk // n_chunks
-        u0 = (blk % n_chunks) * UNIT_BLOCK
-        if Xpk != NULL:
-            _weight_grad_job_packed(q, u0, min(u0 + UNIT_BLOCK, H), U, T, B, I, H, dzp,
-                                    Xpk, xslot, H0pk, Opk, hslot, at, dWih, dWhh, dbp)
-        else:
-            _weight_grad_job(q, u0, min(u0 + UNIT_BLOCK, H), U, T, B, I, H,
-                             dzp, xp, h0p, outp, dWih, dWhh, dbp)
+        if Xc == NULL:
+            gemm(True, False, n, I, R, <floating>1, dzc + col, G, xc, I,
+                 <floating>1, dWih + <Py_ssize_t>r * I, I)
+            gemm(True, False, n, H, R, <floating>1, dzc + col, G, hc, H,
+                 <floating>1, dWhh + <Py_ssize_t>r * H, H)
+            return
+        # Transpose in tiles of 16 rows, so that each row of at gets whole cache
+        # lines (64 scattered element stores per dz row were slower).
+        for s0 in range(0, R, 16):
+            s1 = min(s0 + 16, R)
+            for j in range(n):
+                for s in range(s0, s1):
+                    at[j * R + s] = dzc[s * G + col + j]
+        _gemm_kblocks(n, R, at, R, Xc, xslot, dWih + <Py_ssize_t>r * I, I, 0, I)
+        _gemm_kblocks(n, R, at, R, Hc, hslot, dWhh + <Py_ssize_t>r * H, H, 0, H)
+        return
+    job -= n_w
+    r0 = <Py_ssize_t>(job // n_xc) * DX_BLOCK
+    r1 = min(r0 + DX_BLOCK, <Py_ssize_t>R)
+    c0 = (job % n_xc) * DX_BLOCK
+    c1 = min(c0 + DX_BLOCK, I)
+    if WihK != NULL:
+        _gemm_kblocks(<int>(r1 - r0), G, dzc + r0 * G, G, WihK, wslot, dxc + r0 * I, I,
+                      c0, c1)
     else:
-        r0 = <Py_ssize_t>(blk - n_w) * ROW_BLOCK
-        r1 = min(r0 + ROW_BLOCK, TB)
-        if Wih_pk != NULL:
-            pk_gemm(<int>(r1 - r0), G, dzp + r0 * G, G, Wih_pk, dxp + r0 * I, I, 0, I, False)
-        else:
-            gemm(False, False, <int>(r1 - r0), I, G, <floating>1, dzp + r0 * G, G, Wih_p, I,
-                 <floating>0, dxp + r0 * I, I)
+        gemm(False, False, <int>(r1 - r0), c1 - c0, G, <floating>1, dzc + r0 * G, G,
+             Wih_p + c0, I, <floating>1, dxc + r0 * I + c0, I)
 
 
 def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
@@ -545,13 +516,13 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
              const floating[:, ::1] Wih_p,       # (4H, I) block layout
              const floating[:, ::1] Whh_p,       # (4H, H) block layout
              const int64_t[::1] lengths,         # (B,) or None
-             floating[:, :, ::1] dz,             # (T, B, 4H) scratch: pre-activation gradients
-             floating[:, :, ::1] dx,             # (T, B, I) OUT
+             floating[:, :, ::1] dz,             # (min(T, bwd_chunk_steps(B)), B, 4H) scratch
+             floating[:, :, ::1] dx,             # (T, B, I) OUT, zero on entry
              floating[:, ::1] dh0,               # (B, H) OUT
              floating[:, ::1] dc0,               # (B, H) OUT
-             floating[:, ::1] dW_ih,             # (4H, I) OUT
-             floating[:, ::1] dW_hh,             # (4H, H) OUT
-             floating[::1] db,                   # (4H,) OUT: gradient of either bias
+             floating[:, ::1] dW_ih,             # (4H, I) OUT, zero on entry
+             floating[:, ::1] dW_hh,             # (4H, H) OUT, zero on entry
+             floating[::1] db,                   # (4H,) OUT, zero on entry: gradient of either bias
              int n_threads, int step_gemm):
     """LSTM backward through time. T, B, H >= 1 (the wrapper handles empties).
     step_gemm: seqkern._step_gemm's AUTO, BLAS or PACKED.
@@ -566,21 +537,35 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef const floating* zp = &z[0, 0, 0]
     cdef const floating* csp = &cs[0, 0, 0]
     cdef const floating* c0p = &c0[0, 0]
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef const floating* outp = &out[0, 0, 0]
     cdef const floating* Whh = &Whh_p[0, 0]
+    cdef const floating* Wih = &Wih_p[0, 0]
     cdef floating* dzp = &dz[0, 0, 0]
+    cdef floating* dxp = &dx[0, 0, 0]
+    cdef floating* dWih = &dW_ih[0, 0]
+    cdef floating* dWhh = &dW_hh[0, 0]
+    cdef floating* dbp = &db[0]
     cdef floating* carry_h = &dh0[0, 0]
     cdef floating* carry_c = &dc0[0, 0]
     cdef const floating* dz_next
     cdef const floating* do_t
     cdef const floating* c_prev
+    cdef const floating* hc
     cdef int U = _unit_block(B, H)
     cdef int n_units = n_blocks(H, U)
-    cdef int n_chunks = n_blocks(H, UNIT_BLOCK)
-    cdef int n_w = 4 * n_chunks
-    cdef int n_x = n_blocks(<Py_ssize_t>T * B, ROW_BLOCK)
-    cdef int blk
-    cdef Py_ssize_t t
+    cdef int Tc = bwd_chunk_steps(B)
+    cdef int n_chunks = n_blocks(T, Tc)
+    cdef int R_max = min(T, Tc) * B
+    cdef int n_c64 = n_blocks(H, UNIT_BLOCK)
+    cdef int n_w = 4 * n_c64
+    cdef int n_xc = n_blocks(I, DX_BLOCK)
+    cdef int n_kb = n_blocks(R_max, K_BLOCK)
+    cdef int blk, job, n_jobs, ch, R
+    cdef Py_ssize_t t, t0, t1
     cdef int nt = n_threads
+    if dz.shape[0] != min(T, Tc):
+        raise ValueError("dz must have min(T, bwd_chunk_steps(B)) slots")
 
     if d_h_n is None:
         dh0[:, :] = 0
@@ -591,84 +576,106 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     else:
         dc0[:, :] = d_c_n
 
-    cdef Py_ssize_t TB = <Py_ssize_t>T * B
     cdef floating* Wpk = NULL
-    cdef floating* Xpk = NULL
-    # For the packed weight gradients: x, h0 and out[:-1] packed in K_BLOCK-row
-    # blocks (xslot, hslot elements per block), and UNIT_BLOCK x T*B scratch per thread.
-    cdef floating* Xg = NULL
-    cdef floating* H0g = NULL
-    cdef floating* Og = NULL
+    cdef floating* WihK = NULL
+    # Packed path: a chunk's x and h_{t-1} rows packed in K_BLOCK-row blocks (Xc,
+    # Hc: xslot, hslot elements per block), 64 x R_max scratch per thread (at).
+    cdef floating* Xc = NULL
+    cdef floating* Hc = NULL
     cdef floating* at = NULL
-    cdef Py_ssize_t xslot = pk_size(Xg, I, K_BLOCK)
-    cdef Py_ssize_t hslot = pk_size(Xg, H, K_BLOCK)
-    cdef Py_ssize_t at_size = <Py_ssize_t>UNIT_BLOCK * TB
+    cdef Py_ssize_t xslot = pk_size(Xc, I, K_BLOCK)
+    cdef Py_ssize_t hslot = pk_size(Xc, H, K_BLOCK)
+    cdef Py_ssize_t wslot = pk_size(Xc, I, K_BLOCK)
+    cdef Py_ssize_t at_size = <Py_ssize_t>UNIT_BLOCK * R_max
     cdef int n_at = nt if nt > 1 else 1
-    if packs(step_gemm):
+    # The h_{t-1} rows of the first chunk: h0, then out[0 : Tc-1].
+    cdef floating* hs = <floating*>malloc(<Py_ssize_t>R_max * H * sizeof(floating))
+    cdef bint ok = hs != NULL
+    if ok and packs(step_gemm):
         Wpk = pk_alloc_nn(G, H, Whh)               # for dz @ Whh_p
-        Xpk = pk_alloc_nn(G, I, &Wih_p[0, 0])      # for dz @ Wih_p
-        Xg = <floating*>sk_pk_alloc(n_blocks(TB, K_BLOCK) * xslot, sizeof(floating))
-        H0g = <floating*>sk_pk_alloc(n_blocks(B, K_BLOCK) * hslot, sizeof(floating))
-        Og = <floating*>sk_pk_alloc(n_blocks(max(TB - B, 1), K_BLOCK) * hslot,
-                                    sizeof(floating))
+        WihK = <floating*>sk_pk_alloc(n_blocks(G, K_BLOCK) * wslot, sizeof(floating))
+        Xc = <floating*>sk_pk_alloc(n_kb * xslot, sizeof(floating))
+        Hc = <floating*>sk_pk_alloc(n_kb * hslot, sizeof(floating))
         at = <floating*>malloc(n_at * at_size * sizeof(floating))
-        if Wpk == NULL or Xpk == NULL or Xg == NULL or H0g == NULL or Og == NULL or at == NULL:
-            free(Wpk)
-            free(Xpk)
-            free(Xg)
-            free(H0g)
-            free(Og)
-            free(at)
-            raise MemoryError()
+        ok = Wpk != NULL and WihK != NULL and Xc != NULL and Hc != NULL and at != NULL
+    if not ok:
+        free(hs)
+        free(Wpk)
+        free(WihK)
+        free(Xc)
+        free(Hc)
+        free(at)
+        raise MemoryError()
     try:
         t = 0
         dz_next = NULL
         do_t = NULL
         c_prev = NULL
         with nogil:
-            # 1. Through time: t = T-1 .. 0, then t = -1 finishes dh0 = carry_h.
-            if nt > 1 and n_units > 1:
-                with parallel(num_threads=nt):
-                    for t in range(T - 1, -2, -1):
-                        dz_next = NULL if t == T - 1 else dzp + (t + 1) * zstep
-                        do_t = NULL if (dop == NULL or t < 0) else dop + t * step
-                        c_prev = c0p if t <= 0 else csp + (t - 1) * step
-                        for blk in prange(n_units, schedule='static'):
-                            _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, carry_h, carry_c,
-                                            dzp + t * zstep, do_t, zp + t * zstep,
-                                            csp + t * step, c_prev, lens)
-            else:
-                for t in range(T - 1, -2, -1):
-                    dz_next = NULL if t == T - 1 else dzp + (t + 1) * zstep
-                    do_t = NULL if (dop == NULL or t < 0) else dop + t * step
-                    c_prev = c0p if t <= 0 else csp + (t - 1) * step
-                    for blk in range(n_units):
-                        _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, carry_h, carry_c,
-                                        dzp + t * zstep, do_t, zp + t * zstep,
-                                        csp + t * step, c_prev, lens)
+            if WihK != NULL:
+                _pack_kblocks(Wih, G, I, WihK, wslot)      # for dz @ Wih_p
+            for ch in range(n_chunks - 1, -1, -1):
+                t0 = <Py_ssize_t>ch * Tc
+                t1 = min(t0 + Tc, <Py_ssize_t>T)
+                R = <int>((t1 - t0) * B)
+                # 1. Through the chunk's steps, latest first (dz_t in slot t % Tc).
+                if nt > 1 and n_units > 1:
+                    with parallel(num_threads=nt):
+                        for t in range(t1 - 1, t0 - 1, -1):
+                            dz_next = NULL if t == T - 1 else dzp + ((t + 1) % Tc) * zstep
+                            do_t = NULL if dop == NULL else dop + t * step
+                            c_prev = c0p if t == 0 else csp + (t - 1) * step
+                            for blk in prange(n_units, schedule='static'):
+                                _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, carry_h,
+                                                carry_c, dzp + (t % Tc) * zstep, do_t,
+                                                zp + t * zstep, csp + t * step, c_prev, lens)
+                else:
+                    for t in range(t1 - 1, t0 - 1, -1):
+                        dz_next = NULL if t == T - 1 else dzp + ((t + 1) % Tc) * zstep
+                        do_t = NULL if dop == NULL else dop + t * step
+                        c_prev = c0p if t == 0 else csp + (t - 1) * step
+                        for blk in range(n_units):
+                            _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, carry_h,
+                                            carry_c, dzp + (t % Tc) * zstep, do_t,
+                                            zp + t * zstep, csp + t * step, c_prev, lens)
 
-            # 2. Weight, bias and input gradients: large GEMMs over all T*B rows.
-            if Xg != NULL:
-                _pack_kblocks(&x[0, 0, 0], TB, I, Xg, xslot)
-                _pack_kblocks(&h0[0, 0], B, H, H0g, hslot)
-                _pack_kblocks(&out[0, 0, 0], TB - B, H, Og, hslot)
-            if nt > 1:
-                for blk in prange(n_w + n_x, num_threads=nt, schedule='dynamic'):
-                    _grads_block(blk, n_w, n_chunks, U, T, B, I, H, dzp, &x[0, 0, 0],
-                                 &h0[0, 0], &out[0, 0, 0], &Wih_p[0, 0], Xpk,
-                                 Xg, xslot, H0g, Og, hslot,
-                                 NULL if at == NULL else at + threadid() * at_size,
-                                 &dW_ih[0, 0], &dW_hh[0, 0], &db[0], &dx[0, 0, 0])
+                # 2. The chunk's weight, bias and input gradients.
+                if t0 == 0:
+                    memcpy(hs, &h0[0, 0], step * sizeof(floating))
+                    memcpy(hs + step, outp, <Py_ssize_t>(R - B) * H * sizeof(floating))
+                    hc = hs
+                else:
+                    hc = outp + (t0 - 1) * step
+                if Xc != NULL:
+                    _pack_kblocks(xp + t0 * B * I, R, I, Xc, xslot)
+                    _pack_kblocks(hc, R, H, Hc, hslot)
+                n_jobs = n_w + n_blocks(R, DX_BLOCK) * n_xc
+                if nt > 1:
+                    for job in prange(n_jobs, num_threads=nt, schedule='dynamic'):
+                        _chunk_grad_job(job, n_w, n_c64, n_xc, U, R, B, I, H,
+                                        dzp, xp + t0 * B * I, hc, Wih, Xc, xslot, Hc, hslot,
+                                        WihK, wslot,
+                                        NULL if at == NULL else at + threadid() * at_size,
+                                        dWih, dWhh, dbp, dxp + t0 * B * I)
+                else:
+                    for job in range(n_jobs):
+                        _chunk_grad_job(job, n_w, n_c64, n_xc, U, R, B, I, H,
+                                        dzp, xp + t0 * B * I, hc, Wih, Xc, xslot, Hc, hslot,
+                                        WihK, wslot, at, dWih, dWhh, dbp, dxp + t0 * B * I)
+
+            # 3. dh0 = carry_h + dz_0 @ W_hh.
+            if nt > 1 and n_units > 1:
+                for blk in prange(n_units, num_threads=nt, schedule='static'):
+                    _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, carry_h, carry_c,
+                                    NULL, NULL, NULL, NULL, NULL, lens)
             else:
-                for blk in range(n_w + n_x):
-                    _grads_block(blk, n_w, n_chunks, U, T, B, I, H, dzp, &x[0, 0, 0],
-                                 &h0[0, 0], &out[0, 0, 0], &Wih_p[0, 0], Xpk,
-                                 Xg, xslot, H0g, Og, hslot, at,
-                                 &dW_ih[0, 0], &dW_hh[0, 0], &db[0], &dx[0, 0, 0])
+                for blk in range(n_units):
+                    _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, carry_h, carry_c,
+                                    NULL, NULL, NULL, NULL, NULL, lens)
     finally:
+        free(hs)
         free(Wpk)
-        free(Xpk)
-        free(Xg)
-        free(H0g)
-        free(Og)
+        free(WihK)
+        free(Xc)
+        free(Hc)
         free(at)

@@ -155,7 +155,8 @@ def _backward(cache, d_out, d_h_n, d_c_n):
     dW_hh = np.zeros((4 * H, H), dt)
     db = np.zeros(4 * H, dt)
     if T and B and H:
-        dz = np.empty((T, B, 4 * H), dt)
+        # dz scratch for one chunk of steps (the kernel adds each chunk's gradients)
+        dz = np.empty((min(T, _lstm.bwd_chunk_steps(B)), B, 4 * H), dt)
         with blas_single_thread():
             _lstm.backward(a.x, d_out, d_h_n, d_c_n, a.h0, a.c0, cache.out, cache.z,
                            cache.cs, cache.Wih_p, cache.Whh_p, a.lengths,
