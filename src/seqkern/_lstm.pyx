@@ -24,15 +24,18 @@
 # U_k = min(U, H - k U). The weight gradients are written straight back in
 # PyTorch's row order.
 #
-# Only what is truly sequential runs in the time loop (one GEMM per step plus one
+# Only what is truly sequential runs step by step (one GEMM per step plus one
 # fused element-wise pass); the input projection and all weight gradients are
-# large GEMMs over all T*B rows, outside it.
+# GEMMs over many rows at once: the projection over chunks of ~CHUNK_ROWS rows run
+# just ahead of their steps, the gradients over chunks of ~BWD_CHUNK_ROWS rows
+# right after the backward steps that produced them (so that what they read is
+# still in cache, and the scratch is one chunk, not T*B rows).
 #
 # Threads: work is cut into blocks whose boundaries depend only on the problem
 # size, never on the thread count, and no two blocks write the same element; the
 # threads only decide who runs which block. So the results are bitwise identical
 # for every thread count. Inside the time loop, one OpenMP parallel region spans
-# all steps and the end of each step's work-shared loop is the barrier between
+# the steps and the end of each step's work-shared loop is the barrier between
 # steps.
 
 from cython cimport floating
@@ -78,12 +81,17 @@ cdef inline void cell_backward(const floating* z, const floating* c, const float
 
 # A step is split over blocks of UNIT_BLOCK hidden units once its recurrent
 # product (B * 4H * H multiply-adds) reaches PAR_MIN_STEP; below that a single
-# block (U = H) is used and the fork/join would cost more than it saves.
-# The big GEMMs outside the time loop are cut in blocks of ROW_BLOCK rows (dx,
-# input projection) and of UNIT_BLOCK rows of one gate (weight gradients).
+# block (U = H) is used and the barrier per step would cost more than it saves.
+# At B = 1, H = 128 (the threshold) a step reads all of W_hh (256 KiB float32)
+# from L2; two threads each read half: 2 threads went from 0.54 to 0.41 ms
+# forward, 1.14 to 0.92 ms forward+backward at (B,T,I,H) = (1,100,128,128), and
+# 1 thread from 0.53 to 0.54 ms (the bench's interleaved medians).
+# The forward's input projection runs in chunks of ~CHUNK_ROWS rows and the
+# backward in chunks of ~BWD_CHUNK_ROWS rows (see below); the weight gradients
+# in jobs of UNIT_BLOCK rows of one gate, dx in DX_BLOCK x DX_BLOCK tiles.
 cdef enum:
     UNIT_BLOCK = 64
-    PAR_MIN_STEP = 262144
+    PAR_MIN_STEP = 65536
     ROW_BLOCK = 256
     K_BLOCK = 256
     CHUNK_ROWS = 64
@@ -94,10 +102,10 @@ cdef enum:
 # The products with the weights (see _step.pxd). Packed: the per-step h_{t-1} @ W_hh^T and
 # dz_t @ W_hh, the input projection x @ W_ih^T and the input gradient dz @ W_ih.
 # The weight gradients dW = dz^T @ [x | h_prev] also run packed (see
-# _weight_grad_job_packed): OpenBLAS ran them at 52/72 GFLOP/s at (B,T,I,H) =
+# _chunk_grad_job): OpenBLAS ran them at 52/72 GFLOP/s at (B,T,I,H) =
 # (32,100,256,256) / (64,200,512,512), ~37% of the fwd+bwd time; the packed
-# blocks (64 x 256 x N) run at the step GEMM's speed (~112 GFLOP/s). Cost: x and
-# out[:-1] packed once more (about their size) and 64 x T*B scratch per thread.
+# blocks (64 x 256 x N) run at the step GEMM's speed (~112 GFLOP/s). Cost: each
+# backward chunk's x and h_{t-1} rows packed once more, 64 x R scratch per thread.
 # With them and the float gate pass, float32 fwd+bwd vs PyTorch went from
 # 0.77x / 0.72x to 1.22x / 1.03x at those shapes (python -m seqkern.bench).
 # Measured (1 thread, AMD EPYC Zen 4, alternating calls, fwd / fwd+bwd speed-up of
