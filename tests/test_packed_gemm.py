@@ -46,6 +46,24 @@ def test_matches_numpy(rng, dtype, transposed, M, N, K):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("transposed", [True, False])
+@pytest.mark.parametrize("N,K", [(64, 16), (128, 48), (130, 37), (17, 70), (200, 3), (5, 0)])
+def test_packed_layout(rng, dtype, transposed, N, K):
+    """P[p][k][j] = W[k][p NR + j] (W as the (K, N) operand), zero past N: written
+    out in NumPy, so that the tile transposes of the packer (whole 16 x 16 float
+    or 8 x 8 double tiles, then ragged edges) are checked element by element."""
+    _, W, Wmat = operands(rng, 1, N, K, dtype, transposed)
+    NR = 64 if dtype == np.float32 else 32
+    n_panels = -(-N // NR)
+    padded = np.zeros((K, n_panels * NR), dtype)
+    padded[:, :N] = Wmat
+    want = padded.reshape(K, n_panels, NR).transpose(1, 0, 2).ravel()
+    P = pg.pack(W, transposed)
+    assert P.size >= want.size
+    np.testing.assert_array_equal(P[:want.size], want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("M,N,K", [(1, 130, 17), (5, 130, 33), (8, 200, 64), (3, 65, 0)])
 def test_column_ranges_are_independent_and_bitwise_equal(rng, dtype, transposed, M, N, K):
     """Any split of the columns gives bitwise the full product, and nothing outside

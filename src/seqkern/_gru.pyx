@@ -125,13 +125,14 @@ cdef enum:
 PK_STEP, PK_INPUT = PACK_STEP, PACK_INPUT
 
 
-def packed_products(Py_ssize_t B, Py_ssize_t H, int step_gemm, bint backward):
+def packed_products(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, int step_gemm, bint backward):
     """Which products to run on _packed_gemm.h (PK_STEP | PK_INPUT flags; the others
-    on OpenBLAS / _vecmat) for a batch of B and H hidden units in the forward or the
-    backward, given seqkern._step_gemm's AUTO, BLAS or PACKED. AUTO packs all
-    four products at every size (measured above); the arguments are those of the
-    rule should a size turn up where OpenBLAS or _vecmat wins."""
-    if not packs(step_gemm):
+    on OpenBLAS / _vecmat) for T steps of a batch of B and H hidden units in the
+    forward or the backward, given seqkern._step_gemm's AUTO, BLAS or PACKED. AUTO
+    packs all four products once they serve PACK_MIN_ROWS rows (_step.packs;
+    measured above); the other arguments are those of the rule should a size
+    turn up where OpenBLAS or _vecmat wins."""
+    if not packs(step_gemm, T * B):
         return 0
     return PK_STEP | PK_INPUT
 

@@ -286,7 +286,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
-    cdef bint packed = packs(step_gemm)
+    cdef bint packed = packs(step_gemm, TB)
     try:
         t = 0
         h_prev = NULL
@@ -599,7 +599,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     # The h_{t-1} rows of the first chunk: h0, then out[0 : Tc-1].
     cdef floating* hs = <floating*>malloc(<Py_ssize_t>R_max * H * sizeof(floating))
     cdef bint ok = hs != NULL
-    if ok and packs(step_gemm):
+    if ok and packs(step_gemm, <Py_ssize_t>T * B):
         Wpk = pk_alloc_nn(G, H, Whh)               # for dz @ Whh_p
         WihK = <floating*>sk_pk_alloc(n_blocks(G, K_BLOCK) * wslot, sizeof(floating))
         Xc = <floating*>sk_pk_alloc(n_kb * xslot, sizeof(floating))

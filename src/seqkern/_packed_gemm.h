@@ -39,6 +39,9 @@
 
 typedef float sk_pk_vf __attribute__((vector_size(64), aligned(4), may_alias));
 typedef double sk_pk_vd __attribute__((vector_size(64), aligned(8), may_alias));
+/* Shuffle indices for the tile transpose of the packers. */
+typedef int sk_pk_if __attribute__((vector_size(64)));
+typedef long long sk_pk_id __attribute__((vector_size(64)));
 
 static inline sk_pk_vf sk_pk_bc_f(float s)
 {
@@ -71,21 +74,25 @@ static inline void *sk_pk_alloc(size_t n_elements, size_t elsize)
 
 #define SK_T float
 #define SK_V sk_pk_vf
+#define SK_IV sk_pk_if
 #define SK_VL 16
 #define SK_SUF f
 #include "_packed_gemm_impl.h"
 #undef SK_T
 #undef SK_V
+#undef SK_IV
 #undef SK_VL
 #undef SK_SUF
 
 #define SK_T double
 #define SK_V sk_pk_vd
+#define SK_IV sk_pk_id
 #define SK_VL 8
 #define SK_SUF d
 #include "_packed_gemm_impl.h"
 #undef SK_T
 #undef SK_V
+#undef SK_IV
 #undef SK_VL
 #undef SK_SUF
 

@@ -143,7 +143,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
-    if packs(step_gemm):
+    if packs(step_gemm, TB):
         Wpk = pk_alloc_nt(H, H, Whh)       # for h_prev @ W_hh^T
         Xpk = pk_alloc_nt(H, I, Wih)       # for x @ W_ih^T
         if Wpk == NULL or Xpk == NULL:
@@ -346,7 +346,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
 
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
-    if packs(step_gemm):
+    if packs(step_gemm, <Py_ssize_t>T * B):
         Wpk = pk_alloc_nn(H, H, Whh)               # for dz @ W_hh
         Xpk = pk_alloc_nn(H, I, &W_ih[0, 0])       # for dz @ W_ih
         if Wpk == NULL or Xpk == NULL:

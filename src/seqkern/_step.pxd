@@ -14,15 +14,25 @@ from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_gemm
 
 cdef enum:
-    STEP_AUTO = 0      # the kernel's measured rule (today: always packed)
+    STEP_AUTO = 0      # the kernel's measured rule (packs(): by the rows served)
     STEP_BLAS = 1
     STEP_PACKED = 2
+    # AUTO packs once the weights serve at least this many rows (T * B): packing
+    # costs a pass over the weights, which a handful of rows does not repay.
+    # Measured (LSTM, float32, 1 thread, forward / forward+backward, us, packed vs
+    # OpenBLAS): (B,T,I,H) = (1,1,128,128) 55/109 vs 39/78; (1,4,512,512)
+    # 1374/4225 vs 704/2933; (1,16,512,512) 2186/6383 vs 2368/6866;
+    # (1,16,128,128) 113/259 vs 130/267; (32,1,256,256) 455/1241 vs 594/1520.
+    PACK_MIN_ROWS = 16
 
 
-cdef inline bint packs(int step_gemm) noexcept nogil:
-    """Run the products with the weights on _packed_gemm.h? No shape measured so far
-    lost to OpenBLAS (B = 1 included), so AUTO packs."""
-    return step_gemm != STEP_BLAS
+cdef inline bint packs(int step_gemm, Py_ssize_t rows) noexcept nogil:
+    """Run the products with the weights on _packed_gemm.h, for a call over
+    ``rows`` = T * B rows? AUTO: from PACK_MIN_ROWS rows on (a function of the
+    sizes only, so never of the thread count)."""
+    if step_gemm == STEP_AUTO:
+        return rows >= PACK_MIN_ROWS
+    return step_gemm == STEP_PACKED
 
 
 cdef inline int n_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:

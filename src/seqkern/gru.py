@@ -128,7 +128,7 @@ def _forward(a, return_cache):
         return out, h_n, cache
     # packed: the weight products on _packed_gemm.h (see _gru.pyx); otherwise
     # OpenBLAS, and batch 1 runs its steps as vector @ W_hh^T (see _gru_cell.h)
-    packed = _gru.packed_products(B, H, step_gemm_mode(), False)
+    packed = _gru.packed_products(T, B, H, step_gemm_mode(), False)
     width = _gru.unit_block(B, H, packed & _gru.PK_STEP)
     order = _gate_order(H, width)
     bias = np.zeros(3 * H, dt) if a.b_ih is None else a.b_ih.copy()
@@ -206,7 +206,7 @@ def _backward(c, d_out, d_h_n):
         Tc = min(T, max(2, _BWD_CHUNK_ROWS // B))
         dgi = np.empty((Tc, B, 3 * H), dt)
         dgh = np.empty((Tc, B, 3 * H), dt)
-        packed = _gru.packed_products(B, H, step_gemm_mode(), True)
+        packed = _gru.packed_products(T, B, H, step_gemm_mode(), True)
         if B > 1 and not packed & _gru.PK_STEP:
             W_hh_T = np.empty((H, 3 * H), dt)
             _gru.transpose(c.W_hh, W_hh_T)
