@@ -46,7 +46,8 @@ from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
 from seqkern._step cimport n_blocks, packs, rows_times_wt
-from seqkern._packed_gemm cimport pk_gemm, pk_pack_nn, pk_pack_nt, pk_size, sk_pk_alloc
+from seqkern._packed_gemm cimport (pk_gemm, pk_gemm_dir, pk_pack_nn, pk_pack_nt, pk_size,
+                                   sk_pk_alloc)
 
 cdef extern from "_gru_cell.h" nogil:
     void sk_gru_fwd_row_f(int w, float* gr, float* gz, float* gn, const float* qr,
@@ -247,7 +248,8 @@ cdef void _forward_block(int B, int H, const floating* h_prev, const floating* W
     cdef floating* hr
     cdef floating* o
     if W_pk != NULL:
-        pk_gemm(B, H, h_prev, H, W_pk, gh, G, p, p + 3 * w, False)
+        # alternate the panel order from step to step: see pk_gemm_dir
+        pk_gemm_dir(B, H, h_prev, H, W_pk, gh, G, p, p + 3 * w, False, t & 1)
     elif B == 1:
         _vecmat(3 * w, H, h_prev, W_hh_T + p, G, False, gh + p)
     else:

@@ -27,7 +27,7 @@ from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
-from seqkern._packed_gemm cimport pk_alloc_nn, pk_alloc_nt, pk_gemm
+from seqkern._packed_gemm cimport pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_gemm_dir
 from seqkern._activations cimport tanh_
 from seqkern._step cimport n_blocks, packs, rows_times_wt
 
@@ -94,7 +94,8 @@ cdef void _forward_cols(int B, int H, const floating* h_prev, const floating* W_
     cdef floating v
     cdef floating* row
     if W_pk != NULL:
-        pk_gemm(B, H, h_prev, H, W_pk, out_t, H, c0, c1, True)
+        # alternate the panel order from step to step: see pk_gemm_dir
+        pk_gemm_dir(B, H, h_prev, H, W_pk, out_t, H, c0, c1, True, t & 1)
     else:
         gemm(False, True, B, c1 - c0, H, <floating>1, h_prev, H, W_hh + <Py_ssize_t>c0 * H, H,
              <floating>1, out_t + c0, H)
