@@ -435,17 +435,17 @@ cdef void _pack_kblocks(const floating* A, Py_ssize_t K, int N, floating* P,
 
 cdef void _gemm_kblocks(int M, Py_ssize_t K, const floating* A, Py_ssize_t lda,
                         const floating* P, Py_ssize_t slot, floating* C, Py_ssize_t ldc,
-                        int n0, int n1) noexcept nogil:
-    """C[:, n0:n1] += A @ W[:, n0:n1]; A (M, K) row-major (row stride lda), W (K, N)
-    packed by _pack_kblocks into P. Each element is summed block by block in k
-    order, each block in k order: an order fixed by K alone. The blocks keep each
-    packed panel (K_BLOCK x 64 floats, 64 KiB) in L2 while the 4-row tiles of A
-    stream past it."""
+                        int n0, int n1, bint accumulate) noexcept nogil:
+    """C[:, n0:n1] (+)= A @ W[:, n0:n1] (added if ``accumulate``, else written); A
+    (M, K) row-major (row stride lda), W (K, N) packed by _pack_kblocks into P.
+    Each element is summed block by block in k order, each block in k order: an
+    order fixed by K alone. The blocks keep each packed panel (K_BLOCK x 64
+    floats, 64 KiB) in L2 while the 4-row tiles of A stream past it."""
     cdef Py_ssize_t kb, k0
     for kb in range(n_blocks(K, K_BLOCK)):
         k0 = kb * K_BLOCK
         pk_gemm(M, <int>min(<Py_ssize_t>K_BLOCK, K - k0), A + k0, lda, P + kb * slot,
-                C, ldc, n0, n1, True)
+                C, ldc, n0, n1, accumulate or kb > 0)
 
 
 cdef void _chunk_grad_job(int job, int n_w, int n_c64, int n_xc, int U, int R, int B,
@@ -463,7 +463,7 @@ cdef void _chunk_grad_job(int job, int n_w, int n_c64, int n_xc, int U, int R, i
       dW_ih += dz[:, cols]^T xc, dW_hh += dz[:, cols]^T hc and db += column sums
       (in row order). Packed (Xc not NULL): the columns are first transposed into
       at (64, R), the calling thread's scratch, and xc, hc come packed in Xc, Hc.
-    [n_w, ...): 64 rows x 64 columns of dx = dz @ Wih_p (WihK: Wih_p packed in
+    [n_w, ...): 64 rows x 64 columns of dx := dz @ Wih_p (WihK: Wih_p packed in
       K_BLOCK-row blocks, or NULL for OpenBLAS), n_xc column blocks per row block."""
     cdef int G = 4 * H
     cdef int q, u0, n, k, uk, col, r, j, c0, c1
@@ -496,8 +496,8 @@ cdef void _chunk_grad_job(int job, int n_w, int n_c64, int n_xc, int U, int R, i
             for j in range(n):
                 for s in range(s0, s1):
                     at[j * R + s] = dzc[s * G + col + j]
-        _gemm_kblocks(n, R, at, R, Xc, xslot, dWih + <Py_ssize_t>r * I, I, 0, I)
-        _gemm_kblocks(n, R, at, R, Hc, hslot, dWhh + <Py_ssize_t>r * H, H, 0, H)
+        _gemm_kblocks(n, R, at, R, Xc, xslot, dWih + <Py_ssize_t>r * I, I, 0, I, True)
+        _gemm_kblocks(n, R, at, R, Hc, hslot, dWhh + <Py_ssize_t>r * H, H, 0, H, True)
         return
     job -= n_w
     r0 = <Py_ssize_t>(job // n_xc) * DX_BLOCK
@@ -506,10 +506,10 @@ cdef void _chunk_grad_job(int job, int n_w, int n_c64, int n_xc, int U, int R, i
     c1 = min(c0 + DX_BLOCK, I)
     if WihK != NULL:
         _gemm_kblocks(<int>(r1 - r0), G, dzc + r0 * G, G, WihK, wslot, dxc + r0 * I, I,
-                      c0, c1)
+                      c0, c1, False)
     else:
         gemm(False, False, <int>(r1 - r0), c1 - c0, G, <floating>1, dzc + r0 * G, G,
-             Wih_p + c0, I, <floating>1, dxc + r0 * I + c0, I)
+             Wih_p + c0, I, <floating>0, dxc + r0 * I + c0, I)
 
 
 def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
@@ -525,7 +525,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
              const floating[:, ::1] Whh_p,       # (4H, H) block layout
              const int64_t[::1] lengths,         # (B,) or None
              floating[:, :, ::1] dz,             # (min(T, bwd_chunk_steps(B)), B, 4H) scratch
-             floating[:, :, ::1] dx,             # (T, B, I) OUT, zero on entry
+             floating[:, :, ::1] dx,             # (T, B, I) OUT
              floating[:, ::1] dh0,               # (B, H) OUT
              floating[:, ::1] dc0,               # (B, H) OUT
              floating[:, ::1] dW_ih,             # (4H, I) OUT, zero on entry

@@ -148,7 +148,8 @@ def _backward(cache, d_out, d_h_n, d_c_n):
     a = cache.args
     T, B, I, H = a.T, a.B, a.I, a.H
     dt = a.dtype
-    dx = np.zeros((T, B, I), dt)
+    # written by the kernel (not added to: fresh zero pages would fault twice)
+    dx = np.empty((T, B, I), dt) if (T and B and H) else np.zeros((T, B, I), dt)
     dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
     dc0 = np.zeros((B, H), dt) if d_c_n is None else d_c_n.copy()
     dW_ih = np.zeros((4 * H, I), dt)
