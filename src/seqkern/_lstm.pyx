@@ -95,7 +95,7 @@ cdef enum:
     ROW_BLOCK = 256
     K_BLOCK = 256
     CHUNK_ROWS = 64
-    BWD_CHUNK_ROWS = 256
+    BWD_CHUNK_ROWS = 512
     DX_BLOCK = 64
 
 
