@@ -369,7 +369,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 
 cdef void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
                           const floating* dz_next, const floating* Whh_p,
-                          const floating* W_pk, floating* carry_h, floating* carry_c,
+                          const floating* W_pk, int kh, Py_ssize_t w_slot,
+                          floating* carry_h, floating* carry_c,
                           floating* dz_t,
                           const floating* d_out_t, const floating* z_t,
                           const floating* c_t, const floating* c_prev,
@@ -384,14 +385,22 @@ cdef void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
     those rows is consumed (set to 0) and carry_c becomes the gradient of c_{t-1}.
     Rows already ended get dz_t = 0 and keep their carries.
     dz_next (B, 4H) or NULL (t = T-1), d_out_t (B, H) or NULL.
-    W_pk: Whh_p packed for dz @ Whh_p, or NULL (OpenBLAS)."""
+    W_pk: Whh_p packed for dz @ Whh_p, or NULL (OpenBLAS). If kh > 0 (B = 1), it
+    holds rows [0, kh) and [kh, 4H) packed apart (the second at W_pk + w_slot),
+    and the step adds their products in an order that alternates with t: the
+    half read last is then still partly in L1 (the forward's pk_gemm_dir, over K)."""
     cdef int G = 4 * H
     cdef int u0 = k * U
     cdef int uk = min(U, H - u0)
-    cdef int b
+    cdef int b, i, kb
     cdef Py_ssize_t off
     cdef floating* di
-    if dz_next != NULL and W_pk != NULL:
+    if dz_next != NULL and W_pk != NULL and kh > 0:
+        for i in range(2):
+            kb = i ^ <int>(t & 1)
+            pk_gemm(B, G - kh if kb else kh, dz_next + kb * kh, G, W_pk + kb * w_slot,
+                    carry_h, H, u0, u0 + uk, True)
+    elif dz_next != NULL and W_pk != NULL:
         pk_gemm(B, G, dz_next, G, W_pk, carry_h, H, u0, u0 + uk, True)
     elif dz_next != NULL:
         gemm(False, False, B, uk, G, <floating>1, dz_next, G, Whh_p + u0, H,
@@ -594,13 +603,22 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef Py_ssize_t xslot = pk_size(Xc, I, K_BLOCK)
     cdef Py_ssize_t hslot = pk_size(Xc, H, K_BLOCK)
     cdef Py_ssize_t wslot = pk_size(Xc, I, K_BLOCK)
+    # B = 1: the step's dz @ W_hh in two halves of K = 4H (see _backward_block)
+    cdef int kh = (G + 1) // 2 if B == 1 else 0
+    cdef Py_ssize_t kslot = pk_size(Xc, H, kh)
     cdef Py_ssize_t at_size = <Py_ssize_t>UNIT_BLOCK * R_max
     cdef int n_at = nt if nt > 1 else 1
     # The h_{t-1} rows of the first chunk: h0, then out[0 : Tc-1].
     cdef floating* hs = <floating*>malloc(<Py_ssize_t>R_max * H * sizeof(floating))
     cdef bint ok = hs != NULL
     if ok and packs(step_gemm, <Py_ssize_t>T * B):
-        Wpk = pk_alloc_nn(G, H, Whh)               # for dz @ Whh_p
+        if kh > 0:                                 # for dz @ Whh_p, in two halves
+            Wpk = <floating*>sk_pk_alloc(2 * kslot, sizeof(floating))
+            if Wpk != NULL:
+                pk_pack_nn(kh, H, Whh, H, Wpk)
+                pk_pack_nn(G - kh, H, Whh + <Py_ssize_t>kh * H, H, Wpk + kslot)
+        else:
+            Wpk = pk_alloc_nn(G, H, Whh)           # for dz @ Whh_p
         WihK = <floating*>sk_pk_alloc(n_blocks(G, K_BLOCK) * wslot, sizeof(floating))
         Xc = <floating*>sk_pk_alloc(n_kb * xslot, sizeof(floating))
         Hc = <floating*>sk_pk_alloc(n_kb * hslot, sizeof(floating))
@@ -634,7 +652,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                             do_t = NULL if dop == NULL else dop + t * step
                             c_prev = c0p if t == 0 else csp + (t - 1) * step
                             for blk in prange(n_units, schedule='static'):
-                                _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, carry_h,
+                                _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, kh, kslot, carry_h,
                                                 carry_c, dzp + (t % Tc) * zstep, do_t,
                                                 zp + t * zstep, csp + t * step, c_prev, lens)
                 else:
@@ -643,7 +661,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                         do_t = NULL if dop == NULL else dop + t * step
                         c_prev = c0p if t == 0 else csp + (t - 1) * step
                         for blk in range(n_units):
-                            _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, carry_h,
+                            _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, kh, kslot, carry_h,
                                             carry_c, dzp + (t % Tc) * zstep, do_t,
                                             zp + t * zstep, csp + t * step, c_prev, lens)
 
@@ -674,11 +692,11 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
             # 3. dh0 = carry_h + dz_0 @ W_hh.
             if nt > 1 and n_units > 1:
                 for blk in prange(n_units, num_threads=nt, schedule='static'):
-                    _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, carry_h, carry_c,
+                    _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, kh, kslot, carry_h, carry_c,
                                     NULL, NULL, NULL, NULL, NULL, lens)
             else:
                 for blk in range(n_units):
-                    _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, carry_h, carry_c,
+                    _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, kh, kslot, carry_h, carry_c,
                                     NULL, NULL, NULL, NULL, NULL, lens)
     finally:
         free(hs)
