@@ -161,12 +161,15 @@ def test_rnn_with_each_step_product(rng, mode, dtype, shape):
 @pytest.mark.parametrize("mode", ["blas", "packed"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 130),
-                                   (600, 1, 3, 20), (3, 600, 4, 10), (300, 4, 5, 130)])
+                                   (600, 1, 3, 20), (5, 600, 4, 10), (5, 300, 4, 130),
+                                   (300, 4, 5, 130)])
 def test_lstm_with_each_step_product(rng, mode, dtype, shape):
     """(20, 8, 16, 130): several unit blocks, split over 2 threads; (600, 1, ..):
-    two backward chunks (512 rows, then 88); (3, 600, ..): one step per chunk, its
-    600 rows in three K blocks; (300, 4, 5, 130): forward projection chunks of 16
-    steps and backward chunks of 128 beside unit blocks."""
+    two backward chunks (512 rows, then 88); (5, 600, ..): two steps per chunk,
+    1200 rows in five K blocks; (5, 300, 4, 130): the same beside unit blocks
+    (whose steps read dz_{t+1} across all blocks while writing dz_t);
+    (300, 4, 5, 130): forward projection chunks of 16 steps and backward chunks
+    of 128 beside unit blocks."""
     T, B, I, H = shape
     s = 1.0 / np.sqrt(H)
     args = [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)) * 0.5,

@@ -22,7 +22,7 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
     cdef char tg
-    cdef int one = 1, incx, rows, cols
+    cdef int one = 1, incx, rows, cols, j
     if m <= 0 or n <= 0:
         return
     # BLAS rejects leading dimensions below 1 even when nothing is read.
@@ -34,7 +34,12 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
         ldc = 1
     if m == 1 and k > 0:
         # c(n) := alpha * op(B)^T @ a_row + beta * c, where a_row has stride 1
-        # (A is (1, k)) or lda (A is (k, 1)).
+        # (A is (1, k)) or lda (A is (k, 1)). With beta == 0, c may be
+        # uninitialised memory: zero it first, since some BLAS builds scale y by
+        # beta (0 * NaN = NaN) instead of overwriting it.
+        if beta == 0:
+            for j in range(n):
+                c[j] = 0
         incx = lda if trans_a else 1
         if trans_b:
             # B (n, k) row-major is a (k, n) column-major matrix: c = B @ a = (B_cm)^T a.

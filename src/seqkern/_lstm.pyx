@@ -82,16 +82,18 @@ cdef inline void cell_backward(const floating* z, const floating* c, const float
 # A step is split over blocks of UNIT_BLOCK hidden units once its recurrent
 # product (B * 4H * H multiply-adds) reaches PAR_MIN_STEP; below that a single
 # block (U = H) is used and the barrier per step would cost more than it saves.
-# At B = 1, H = 128 (the threshold) a step reads all of W_hh (256 KiB float32)
-# from L2; two threads each read half: 2 threads went from 0.54 to 0.41 ms
-# forward, 1.14 to 0.92 ms forward+backward at (B,T,I,H) = (1,100,128,128), and
-# 1 thread from 0.53 to 0.54 ms (the bench's interleaved medians).
+# Tried and undone: 65536, which splits B = 1, H = 128 (W_hh 256 KiB, read from
+# L2 every step) over two threads. Alone it ran (1,100,128,128) forward in 0.41
+# instead of 0.54 ms on 2 threads, but inside `python -m seqkern.bench`, after
+# the NumPy reference had run on 2 threads, it fell into a state where 2 threads
+# were no faster than 1, or took 10-15 ms per call (a few us of work between
+# two barriers, 100 barriers a call).
 # The forward's input projection runs in chunks of ~CHUNK_ROWS rows and the
 # backward in chunks of ~BWD_CHUNK_ROWS rows (see below); the weight gradients
 # in jobs of UNIT_BLOCK rows of one gate, dx in DX_BLOCK x DX_BLOCK tiles.
 cdef enum:
     UNIT_BLOCK = 64
-    PAR_MIN_STEP = 65536
+    PAR_MIN_STEP = 262144
     ROW_BLOCK = 256
     K_BLOCK = 256
     CHUNK_ROWS = 64
@@ -428,8 +430,9 @@ cdef void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
 
 def bwd_chunk_steps(int B):
     """Time steps per backward chunk: the (slots, B, 4H) dz scratch holds
-    min(T, bwd_chunk_steps(B)) of them."""
-    return max(1, BWD_CHUNK_ROWS // B)
+    min(T, bwd_chunk_steps(B)) of them. At least 2: step t reads dz_{t+1} (all
+    4H columns) while its blocks write dz_t, so the two need separate slots."""
+    return max(2, BWD_CHUNK_ROWS // B)
 
 
 cdef void _pack_kblocks(const floating* A, Py_ssize_t K, int N, floating* P,

@@ -184,6 +184,12 @@ def lstm_backward(d_out: Optional[ArrayLike], d_h_n: Optional[ArrayLike],
     -------
     LSTMGrads(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh), dx shaped like x;
     db_ih / db_hh are None where that bias was None.
+
+    The kernel walks back through time in chunks of max(2, 512 // B) steps (R
+    rows of steps x batch) and adds each chunk's weight and input gradients as
+    soon as its steps are done, so its scratch beyond the outputs is about
+    R (4H + I + 2H) values, 64 R per thread and the weights packed once more,
+    whatever the sequence length.
     """
     cache = check_cache(cache, LSTMCache, "lstm_forward (with return_cache=True)")
     a = cache.args
