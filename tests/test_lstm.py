@@ -228,7 +228,12 @@ def test_step_backward_dc_next_none():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(7, 1, 8, 200), (5, 8, 16, 130), (3, 33, 9, 70),
-                                   (20, 17, 9, 70)])   # T*B = 340: weight gradients in 2 K blocks
+                                   (20, 17, 9, 70),    # T*B = 340: weight gradients in 2 K blocks
+                                   # big enough for parallel loops outside the steps
+                                   # (PAR_MIN_GEMM): a chunk's gradient jobs ...
+                                   (10, 64, 64, 256),
+                                   # ... and the projection of a one-block step
+                                   (2048, 1, 64, 64)])
 def test_threads_bitwise_identical(dtype, shape):
     T, B, I, H = shape
     args = make(T, B, I, H, dtype)

@@ -88,6 +88,13 @@ cdef inline void cell_backward(const floating* z, const floating* c, const float
 # the NumPy reference had run on 2 threads, it fell into a state where 2 threads
 # were no faster than 1, or took 10-15 ms per call (a few us of work between
 # two barriers, 100 barriers a call).
+# The GEMMs outside the time loop (the projection where the steps are not split,
+# each backward chunk's gradients) go parallel only from PAR_MIN_GEMM
+# multiply-adds, as in _gru.pyx: below that a parallel region saves tens of
+# microseconds and, in a process whose other thread pools (NumPy's OpenBLAS,
+# PyTorch's) have just run, was measured to cost milliseconds: (1,100,128,128)
+# forward+backward on 2 threads took 5-8 ms instead of 1.2 in half the samples of
+# `python -m seqkern.bench`, with one such region per call.
 # The forward's input projection runs in chunks of ~CHUNK_ROWS rows and the
 # backward in chunks of ~BWD_CHUNK_ROWS rows (see below); the weight gradients
 # in jobs of UNIT_BLOCK rows of one gate, dx in DX_BLOCK x DX_BLOCK tiles.
@@ -99,6 +106,7 @@ cdef enum:
     CHUNK_ROWS = 64
     BWD_CHUNK_ROWS = 512
     DX_BLOCK = 64
+    PAR_MIN_GEMM = 1 << 25
 
 
 # The products with the weights (see _step.pxd). Packed: the per-step h_{t-1} @ W_hh^T and
@@ -337,7 +345,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             else:
                 # One block: the projection of every step first (row blocks shared
                 # between the threads), then the steps on one thread.
-                if nt > 1 and n_rows > 1:
+                if nt > 1 and n_rows > 1 and TB * I * G >= PAR_MIN_GEMM:
                     for i in prange(n_rows, num_threads=nt, schedule='static'):
                         _project_rows(xp, Wih, Xpk, zp, <Py_ssize_t>i * ROW_BLOCK,
                                       min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
@@ -679,7 +687,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                     _pack_kblocks(xp + t0 * B * I, R, I, Xc, xslot)
                     _pack_kblocks(hc, R, H, Hc, hslot)
                 n_jobs = n_w + n_blocks(R, DX_BLOCK) * n_xc
-                if nt > 1:
+                if nt > 1 and <Py_ssize_t>R * G * (2 * I + H) >= PAR_MIN_GEMM:
                     for job in prange(n_jobs, num_threads=nt, schedule='dynamic'):
                         _chunk_grad_job(job, n_w, n_c64, n_xc, U, R, B, I, H,
                                         dzp, xp + t0 * B * I, hc, Wih, Xc, xslot, Hc, hslot,
