@@ -257,7 +257,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             floating[:, ::1] Wih_p,           # (4H, I) OUT: W_ih in the block layout
             floating[:, ::1] Whh_p,           # (4H, H) OUT: W_hh in the block layout
             floating[::1] bias_p,             # (4H,) scratch: bias in the block layout
-            floating[:, :, ::1] z,            # (gate_slots(..), B, 4H) OUT: gate activations (step t in slot t % len)
+            floating[:, :, ::1] z,            # (gate_slots(), B, 4H) OUT: gates, step t in slot t % len
             floating[:, :, ::1] cs,           # (T or 2, B, H) OUT: c_t (step t in slot t % len)
             floating[:, :, ::1] out,          # (T, B, H) OUT: every h_t (0 past a length)
             floating[:, ::1] h_n,             # (B, H) OUT: the state after each sequence's last step
@@ -635,15 +635,9 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
         Hc = <floating*>sk_pk_alloc(n_kb * hslot, sizeof(floating))
         at = <floating*>malloc(n_at * at_size * sizeof(floating))
         ok = Wpk != NULL and WihK != NULL and Xc != NULL and Hc != NULL and at != NULL
-    if not ok:
-        free(hs)
-        free(Wpk)
-        free(WihK)
-        free(Xc)
-        free(Hc)
-        free(at)
-        raise MemoryError()
     try:
+        if not ok:
+            raise MemoryError()
         t = 0
         dz_next = NULL
         do_t = NULL
@@ -663,8 +657,8 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                             do_t = NULL if dop == NULL else dop + t * step
                             c_prev = c0p if t == 0 else csp + (t - 1) * step
                             for blk in prange(n_units, schedule='static'):
-                                _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, kh, kslot, carry_h,
-                                                carry_c, dzp + (t % Tc) * zstep, do_t,
+                                _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, kh, kslot,
+                                                carry_h, carry_c, dzp + (t % Tc) * zstep, do_t,
                                                 zp + t * zstep, csp + t * step, c_prev, lens)
                 else:
                     for t in range(t1 - 1, t0 - 1, -1):
@@ -672,8 +666,8 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                         do_t = NULL if dop == NULL else dop + t * step
                         c_prev = c0p if t == 0 else csp + (t - 1) * step
                         for blk in range(n_units):
-                            _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, kh, kslot, carry_h,
-                                            carry_c, dzp + (t % Tc) * zstep, do_t,
+                            _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, kh, kslot,
+                                            carry_h, carry_c, dzp + (t % Tc) * zstep, do_t,
                                             zp + t * zstep, csp + t * step, c_prev, lens)
 
                 # 2. The chunk's weight, bias and input gradients.
@@ -703,12 +697,12 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
             # 3. dh0 = carry_h + dz_0 @ W_hh.
             if nt > 1 and n_units > 1:
                 for blk in prange(n_units, num_threads=nt, schedule='static'):
-                    _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, kh, kslot, carry_h, carry_c,
-                                    NULL, NULL, NULL, NULL, NULL, lens)
+                    _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, kh, kslot, carry_h,
+                                    carry_c, NULL, NULL, NULL, NULL, NULL, lens)
             else:
                 for blk in range(n_units):
-                    _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, kh, kslot, carry_h, carry_c,
-                                    NULL, NULL, NULL, NULL, NULL, lens)
+                    _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, kh, kslot, carry_h,
+                                    carry_c, NULL, NULL, NULL, NULL, NULL, lens)
     finally:
         free(hs)
         free(Wpk)
