@@ -45,7 +45,7 @@ from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
-from seqkern._step cimport n_blocks, packs, rows_times_wt
+from seqkern._step cimport final_states, n_blocks, packs, rows_times_wt
 from seqkern._packed_gemm cimport (pk_gemm, pk_gemm_dir, pk_pack_nn, pk_pack_nt, pk_size,
                                    sk_pk_alloc)
 
@@ -318,8 +318,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef Py_ssize_t rb = _block(Tc * B)
     cdef Py_ssize_t rows
     cdef int n_rows
-    cdef int i, blk, b
-    cdef Py_ssize_t t, t0, t1, L
+    cdef int i, blk
+    cdef Py_ssize_t t, t0, t1
     cdef int nt = n_threads
     cdef floating* Wpk = NULL     # W_hh packed for h_prev @ W_hh^T
     cdef floating* Xpk = NULL     # W_ih packed for x @ W_ih^T
@@ -369,13 +369,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                 t0 = t1
 
             # 3. The final state of each sequence.
-            for b in range(B):
-                L = T if lens == NULL else lens[b]
-                if L == 0:
-                    memcpy(&h_n[b, 0], h0p + <Py_ssize_t>b * H, H * sizeof(floating))
-                else:
-                    memcpy(&h_n[b, 0], outp + (L - 1) * step + <Py_ssize_t>b * H,
-                           H * sizeof(floating))
+            final_states(B, H, T, lens, h0p, outp, &h_n[0, 0])
     finally:
         free(pk_buf)
 

@@ -175,15 +175,6 @@ cdef void _repack_rows(const floating* W, floating* Wp, int H, int K, int U) noe
 # Forward
 # ---------------------------------------------------------------------------
 
-cdef void _project_rows(const floating* x, const floating* Wp, const floating* Wp_pk,
-                        floating* z, Py_ssize_t r0, Py_ssize_t r1,
-                        int I, int G) noexcept nogil:
-    """z[r0:r1] := x[r0:r1] @ Wp^T; x (rows, I), Wp (G, I), z (rows, G). The bias
-    is added in the gate pass (cell_forward).
-    Wp_pk: Wp packed for x @ Wp^T (_packed_gemm.h), or NULL (OpenBLAS)."""
-    rows_times_wt(x, Wp, Wp_pk, z, r0, r1, I, G, False)
-
-
 cdef void _project_chunk(int B, int H, int U, int k, int I, Py_ssize_t t0, Py_ssize_t t1,
                          const floating* x, const floating* Wp, const floating* Wp_pk,
                          floating* z) noexcept nogil:
@@ -347,12 +338,12 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                 # between the threads), then the steps on one thread.
                 if nt > 1 and n_rows > 1 and TB * I * G >= PAR_MIN_GEMM:
                     for i in prange(n_rows, num_threads=nt, schedule='static'):
-                        _project_rows(xp, Wih, Xpk, zp, <Py_ssize_t>i * ROW_BLOCK,
-                                      min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
+                        rows_times_wt(xp, Wih, Xpk, zp, <Py_ssize_t>i * ROW_BLOCK,
+                                      min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G, False)
                 else:
                     for i in range(n_rows):
-                        _project_rows(xp, Wih, Xpk, zp, <Py_ssize_t>i * ROW_BLOCK,
-                                      min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
+                        rows_times_wt(xp, Wih, Xpk, zp, <Py_ssize_t>i * ROW_BLOCK,
+                                      min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G, False)
                 for t in range(T):
                     h_prev = h0p if t == 0 else outp + (t - 1) * step
                     c_prev = c0p if t == 0 else csp + ((t - 1) % n_slots) * step
@@ -473,7 +464,7 @@ cdef void _chunk_grad_job(int job, int n_w, int n_c64, int n_xc, int U, int R, i
                           const floating* hc, const floating* Wih_p,
                           const floating* Xc, Py_ssize_t xslot,
                           const floating* Hc, Py_ssize_t hslot,
-                          const floating* WihK, Py_ssize_t wslot, floating* at,
+                          const floating* WihK, floating* at,
                           floating* dWih, floating* dWhh, floating* dbp,
                           floating* dxc) noexcept nogil:
     """Job ``job`` of one chunk's gradients; jobs write disjoint elements.
@@ -525,7 +516,7 @@ cdef void _chunk_grad_job(int job, int n_w, int n_c64, int n_xc, int U, int R, i
     c0 = (job % n_xc) * DX_BLOCK
     c1 = min(c0 + DX_BLOCK, I)
     if WihK != NULL:
-        _gemm_kblocks(<int>(r1 - r0), G, dzc + r0 * G, G, WihK, wslot, dxc + r0 * I, I,
+        _gemm_kblocks(<int>(r1 - r0), G, dzc + r0 * G, G, WihK, xslot, dxc + r0 * I, I,
                       c0, c1, False)
     else:
         gemm(False, False, <int>(r1 - r0), c1 - c0, G, <floating>1, dzc + r0 * G, G,
@@ -607,13 +598,13 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef floating* Wpk = NULL
     cdef floating* WihK = NULL
     # Packed path: a chunk's x and h_{t-1} rows packed in K_BLOCK-row blocks (Xc,
-    # Hc: xslot, hslot elements per block), 64 x R_max scratch per thread (at).
+    # Hc: xslot, hslot elements per block; Wih_p's blocks in WihK are xslot too),
+    # 64 x R_max scratch per thread (at).
     cdef floating* Xc = NULL
     cdef floating* Hc = NULL
     cdef floating* at = NULL
     cdef Py_ssize_t xslot = pk_size(Xc, I, K_BLOCK)
     cdef Py_ssize_t hslot = pk_size(Xc, H, K_BLOCK)
-    cdef Py_ssize_t wslot = pk_size(Xc, I, K_BLOCK)
     # B = 1: the step's dz @ W_hh in two halves of K = 4H (see _backward_block)
     cdef int kh = (G + 1) // 2 if B == 1 else 0
     cdef Py_ssize_t kslot = pk_size(Xc, H, kh)
@@ -630,7 +621,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                 pk_pack_nn(G - kh, H, Whh + <Py_ssize_t>kh * H, H, Wpk + kslot)
         else:
             Wpk = pk_alloc_nn(G, H, Whh)           # for dz @ Whh_p
-        WihK = <floating*>sk_pk_alloc(n_blocks(G, K_BLOCK) * wslot, sizeof(floating))
+        WihK = <floating*>sk_pk_alloc(n_blocks(G, K_BLOCK) * xslot, sizeof(floating))
         Xc = <floating*>sk_pk_alloc(n_kb * xslot, sizeof(floating))
         Hc = <floating*>sk_pk_alloc(n_kb * hslot, sizeof(floating))
         at = <floating*>malloc(n_at * at_size * sizeof(floating))
@@ -644,7 +635,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
         c_prev = NULL
         with nogil:
             if WihK != NULL:
-                _pack_kblocks(Wih, G, I, WihK, wslot)      # for dz @ Wih_p
+                _pack_kblocks(Wih, G, I, WihK, xslot)      # for dz @ Wih_p
             for ch in range(n_chunks - 1, -1, -1):
                 t0 = <Py_ssize_t>ch * Tc
                 t1 = min(t0 + Tc, <Py_ssize_t>T)
@@ -685,14 +676,14 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                     for job in prange(n_jobs, num_threads=nt, schedule='dynamic'):
                         _chunk_grad_job(job, n_w, n_c64, n_xc, U, R, B, I, H,
                                         dzp, xp + t0 * B * I, hc, Wih, Xc, xslot, Hc, hslot,
-                                        WihK, wslot,
+                                        WihK,
                                         NULL if at == NULL else at + threadid() * at_size,
                                         dWih, dWhh, dbp, dxp + t0 * B * I)
                 else:
                     for job in range(n_jobs):
                         _chunk_grad_job(job, n_w, n_c64, n_xc, U, R, B, I, H,
                                         dzp, xp + t0 * B * I, hc, Wih, Xc, xslot, Hc, hslot,
-                                        WihK, wslot, at, dWih, dWhh, dbp, dxp + t0 * B * I)
+                                        WihK, at, dWih, dWhh, dbp, dxp + t0 * B * I)
 
             # 3. dh0 = carry_h + dz_0 @ W_hh.
             if nt > 1 and n_units > 1:

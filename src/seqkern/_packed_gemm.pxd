@@ -12,10 +12,6 @@ cdef extern from "_packed_gemm.h" nogil:
     void sk_pk_pack_nt_d(int N, int K, const double* W, Py_ssize_t ldw, double* P)
     void sk_pk_pack_nn_f(int K, int N, const float* W, Py_ssize_t ldw, float* P)
     void sk_pk_pack_nn_d(int K, int N, const double* W, Py_ssize_t ldw, double* P)
-    void sk_pk_gemm_f(int M, int K, const float* A, Py_ssize_t lda, const float* P,
-                      float* C, Py_ssize_t ldc, int n0, int n1, int accumulate)
-    void sk_pk_gemm_d(int M, int K, const double* A, Py_ssize_t lda, const double* P,
-                      double* C, Py_ssize_t ldc, int n0, int n1, int accumulate)
     void sk_pk_gemm_dir_f(int M, int K, const float* A, Py_ssize_t lda, const float* P,
                           float* C, Py_ssize_t ldc, int n0, int n1, int accumulate,
                           int reverse)
@@ -50,16 +46,6 @@ cdef inline void pk_pack_nn(int K, int N, const floating* W, Py_ssize_t ldw,
         sk_pk_pack_nn_d(K, N, W, ldw, P)
 
 
-cdef inline void pk_gemm(int M, int K, const floating* A, Py_ssize_t lda,
-                         const floating* P, floating* C, Py_ssize_t ldc,
-                         int n0, int n1, bint accumulate) noexcept nogil:
-    """C[:, n0:n1] (+)= A @ W[:, n0:n1]; A (M, K), C (M, N), P the packed (K, N) W."""
-    if floating is float:
-        sk_pk_gemm_f(M, K, A, lda, P, C, ldc, n0, n1, accumulate)
-    else:
-        sk_pk_gemm_d(M, K, A, lda, P, C, ldc, n0, n1, accumulate)
-
-
 cdef inline void pk_gemm_dir(int M, int K, const floating* A, Py_ssize_t lda,
                              const floating* P, floating* C, Py_ssize_t ldc,
                              int n0, int n1, bint accumulate, bint reverse) noexcept nogil:
@@ -68,6 +54,13 @@ cdef inline void pk_gemm_dir(int M, int K, const floating* A, Py_ssize_t lda,
         sk_pk_gemm_dir_f(M, K, A, lda, P, C, ldc, n0, n1, accumulate, reverse)
     else:
         sk_pk_gemm_dir_d(M, K, A, lda, P, C, ldc, n0, n1, accumulate, reverse)
+
+
+cdef inline void pk_gemm(int M, int K, const floating* A, Py_ssize_t lda,
+                         const floating* P, floating* C, Py_ssize_t ldc,
+                         int n0, int n1, bint accumulate) noexcept nogil:
+    """C[:, n0:n1] (+)= A @ W[:, n0:n1]; A (M, K), C (M, N), P the packed (K, N) W."""
+    pk_gemm_dir(M, K, A, lda, P, C, ldc, n0, n1, accumulate, False)
 
 
 cdef inline floating* pk_alloc_nt(int N, int K, const floating* W) noexcept nogil:

@@ -29,7 +29,7 @@ from libc.string cimport memcpy, memset
 from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_gemm_dir
 from seqkern._activations cimport tanh_
-from seqkern._step cimport n_blocks, packs, rows_times_wt
+from seqkern._step cimport final_states, n_blocks, packs, rows_times_wt
 
 # A step's recurrent product is split over `n_parts` blocks of hidden units
 # (n_parts: the machine's core count, fixed per process, so that the blocks do not
@@ -138,20 +138,19 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef int width = _col_block(B, H, n_parts)
     cdef int n_cols = n_blocks(H, width)
     cdef int n_rows = n_blocks(TB, ROW_BLOCK)
-    cdef int i, blk, b
-    cdef Py_ssize_t t, L
+    cdef int i, blk
+    cdef Py_ssize_t t
     cdef int nt = n_threads
 
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
-    if packs(step_gemm, TB):
+    cdef bint packed = packs(step_gemm, TB)
+    if packed:
         Wpk = pk_alloc_nt(H, H, Whh)       # for h_prev @ W_hh^T
         Xpk = pk_alloc_nt(H, I, Wih)       # for x @ W_ih^T
-        if Wpk == NULL or Xpk == NULL:
-            free(Wpk)
-            free(Xpk)
-            raise MemoryError()
     try:
+        if packed and (Wpk == NULL or Xpk == NULL):
+            raise MemoryError()
         t = 0
         h_prev = NULL
         with nogil:
@@ -181,13 +180,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                                       blk * width, min((blk + 1) * width, H))
 
             # 3. The final state of each sequence.
-            for b in range(B):
-                L = T if lens == NULL else lens[b]
-                if L == 0:
-                    memcpy(&h_n[b, 0], h0p + <Py_ssize_t>b * H, H * sizeof(floating))
-                else:
-                    memcpy(&h_n[b, 0], outp + (L - 1) * step + <Py_ssize_t>b * H,
-                           H * sizeof(floating))
+            final_states(B, H, T, lens, h0p, outp, &h_n[0, 0])
     finally:
         free(Wpk)
         free(Xpk)
@@ -347,14 +340,13 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
 
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
-    if packs(step_gemm, <Py_ssize_t>T * B):
+    cdef bint packed = packs(step_gemm, <Py_ssize_t>T * B)
+    if packed:
         Wpk = pk_alloc_nn(H, H, Whh)               # for dz @ W_hh
         Xpk = pk_alloc_nn(H, I, &W_ih[0, 0])       # for dz @ W_ih
-        if Wpk == NULL or Xpk == NULL:
-            free(Wpk)
-            free(Xpk)
-            raise MemoryError()
     try:
+        if packed and (Wpk == NULL or Xpk == NULL):
+            raise MemoryError()
         t = 0
         dz_next = NULL
         do_t = NULL

@@ -9,6 +9,8 @@
 # records what was measured for it. seqkern._step_gemm forces either choice.
 
 from cython cimport floating
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy
 
 from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_gemm
@@ -50,3 +52,19 @@ cdef inline void rows_times_wt(const floating* x, const floating* W, const float
     else:
         gemm(False, True, <int>(r1 - r0), G, I, <floating>1, x + r0 * I, I, W, I,
              <floating>(1 if accumulate else 0), out + r0 * G, G)
+
+
+cdef inline void final_states(int B, int H, Py_ssize_t T, const int64_t* lengths,
+                              const floating* h0, const floating* out,
+                              floating* h_n) noexcept nogil:
+    """h_n[b] := out[lengths[b] - 1, b] (T - 1 without lengths), or h0[b] for a
+    sequence of length 0; h0, h_n (B, H), out (T, B, H)."""
+    cdef int b
+    cdef Py_ssize_t L
+    for b in range(B):
+        L = T if lengths == NULL else lengths[b]
+        if L == 0:
+            memcpy(h_n + <Py_ssize_t>b * H, h0 + <Py_ssize_t>b * H, H * sizeof(floating))
+        else:
+            memcpy(h_n + <Py_ssize_t>b * H, out + ((L - 1) * B + b) * <Py_ssize_t>H,
+                   H * sizeof(floating))
