@@ -52,6 +52,8 @@ SHAPES = [  # (T, B, I, H)
     (3, 16, 8, 70),    # blocks of 64 with a ragged last block
     (6, 9, 20, 200),
     (30, 10, 12, 70),  # T*B = 300: the packed weight gradients sum over 2 K blocks
+    (33, 1, 16, 33),   # batch 1, packed: the projection runs inside the steps ...
+    (40, 1, 70, 3),    # ... also where it is more work than the step's product
 ]
 
 

@@ -118,6 +118,38 @@ def test_nan_and_inf_propagate(rng, dtype, M):
     assert np.isnan(C[0]).all() and np.isnan(C[-1, 9])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K,N,K2,N2,m2", [
+    (64, 256, 64, 256, 16),    # the batch-1 LSTM step at H = I = 64
+    (7, 13, 5, 37, 3),         # ragged panels and vector columns, few side rows
+    (3, 200, 90, 70, 11),      # more side steps than row-product steps
+    (40, 70, 1, 16, 16),       # K2 = 1: a column ends at every side step
+])
+def test_gemv_side_matches_numpy(rng, dtype, K, N, K2, N2, m2):
+    """The row product c (+)= a @ W in either panel order, and the interleaved side
+    product written to exactly its vector columns [v0, v1) of C2."""
+    vl = 64 // np.dtype(dtype).itemsize
+    n_vec = -(-N2 // vl)
+    W = rng.standard_normal((K, N)).astype(dtype)
+    W2 = rng.standard_normal((K2, N2)).astype(dtype)
+    P, P2 = pg.pack(W, False), pg.pack(W2, False)
+    a = rng.standard_normal(K).astype(dtype)
+    A2 = rng.standard_normal((m2, K2)).astype(dtype)
+    side = A2.astype(np.float64) @ W2.astype(np.float64)
+    for v0, v1 in [(0, n_vec), (1, n_vec), (0, 1), (n_vec - 1, n_vec), (0, 0)]:
+        for accumulate in (True, False):
+            for reverse in (False, True):
+                c0 = rng.standard_normal(N).astype(dtype)
+                C2 = np.full((m2, N2), 7.0, dtype)
+                c, C2 = pg.gemv_side(a, P, c0.copy(), A2, P2, C2, v0, v1, accumulate, reverse)
+                want = a.astype(np.float64) @ W.astype(np.float64)
+                assert_close(c, want + c0 if accumulate else want, dtype, "c")
+                cols = np.zeros(N2, bool)
+                cols[v0 * vl:v1 * vl] = True
+                assert_close(C2[:, cols], side[:, cols], dtype, "C2")
+                assert np.all(C2[:, ~cols] == 7.0)
+
+
 def test_bad_arguments(rng):
     A = np.ones((2, 3), np.float32)
     P = pg.pack(np.ones((5, 3), np.float32), True)
@@ -162,9 +194,14 @@ def test_rnn_with_each_step_product(rng, mode, dtype, shape):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 130),
                                    (600, 1, 3, 20), (5, 600, 4, 10), (5, 300, 4, 130),
-                                   (300, 4, 5, 130)])
+                                   (300, 4, 5, 130), (16, 1, 8, 64), (33, 1, 16, 33),
+                                   (40, 1, 70, 3)])
 def test_lstm_with_each_step_product(rng, mode, dtype, shape):
-    """(20, 8, 16, 130): several unit blocks, split over 2 threads; (600, 1, ..):
+    """(9, 1, ..), (600, 1, ..), (16, 1, ..), (33, 1, ..), (40, 1, ..): batch 1, whose
+    packed forward projects the next 16 steps inside each step's product: less than
+    one chunk, many, exactly one, two and one row, and more projection than
+    recurrent work per step (I > 4H). (20, 8, 16, 130): several unit blocks, split
+    over 2 threads; (600, 1, ..) also:
     two backward chunks (512 rows, then 88); (5, 600, ..): two steps per chunk,
     1200 rows in five K blocks; (5, 300, 4, 130): the same beside unit blocks
     (whose steps read dz_{t+1} across all blocks while writing dz_t);

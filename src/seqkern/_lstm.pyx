@@ -29,7 +29,9 @@
 # GEMMs over many rows at once: the projection over chunks of ~CHUNK_ROWS rows run
 # just ahead of their steps, the gradients over chunks of ~BWD_CHUNK_ROWS rows
 # right after the backward steps that produced them (so that what they read is
-# still in cache, and the scratch is one chunk, not T*B rows).
+# still in cache, and the scratch is one chunk, not T*B rows). At batch 1 the
+# projection of the next 16 steps runs inside each step's product instead, which
+# is bound by reading W_hh and leaves the FMA units idle (_forward_one_row).
 #
 # Threads: work is cut into blocks whose boundaries depend only on the problem
 # size, never on the thread count, and no two blocks write the same element; the
@@ -46,14 +48,15 @@ from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
 from seqkern._step cimport n_blocks, packs, rows_times_wt
-from seqkern._packed_gemm cimport (pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_gemm_dir, pk_pack_nn,
-                                   pk_size, sk_pk_alloc)
+from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, pk_alloc_nn, pk_alloc_nt, pk_gemm,
+                                   pk_gemm_dir, pk_gemv_side, pk_pack_nn, pk_pack_side, pk_size,
+                                   sk_pk_alloc)
 
 cdef extern from "_lstm_cell.h" nogil:
     void sk_lstm_cell_fwd_f(float* z, const float* bias, const float* c_prev, float* c,
-                            float* h, int n)
+                            float* h, int n, Py_ssize_t ld)
     void sk_lstm_cell_fwd_d(double* z, const double* bias, const double* c_prev, double* c,
-                            double* h, int n)
+                            double* h, int n, Py_ssize_t ld)
     void sk_lstm_cell_bwd_f(const float* z, const float* c, const float* c_prev,
                             const float* d_out, float* carry_h, float* carry_c,
                             float* dz, int n)
@@ -65,9 +68,9 @@ cdef extern from "_lstm_cell.h" nogil:
 cdef inline void cell_forward(floating* z, const floating* bias, const floating* c_prev,
                               floating* c, floating* h, int n) noexcept nogil:
     if floating is float:
-        sk_lstm_cell_fwd_f(z, bias, c_prev, c, h, n)
+        sk_lstm_cell_fwd_f(z, bias, c_prev, c, h, n, n)
     else:
-        sk_lstm_cell_fwd_d(z, bias, c_prev, c, h, n)
+        sk_lstm_cell_fwd_d(z, bias, c_prev, c, h, n, n)
 
 
 cdef inline void cell_backward(const floating* z, const floating* c, const floating* c_prev,
@@ -149,11 +152,20 @@ cdef inline int _chunk_steps(int B) noexcept nogil:
     return max(1, CHUNK_ROWS // B)
 
 
-def gate_slots(int T, int B, int H, bint keep_all):
+cdef inline bint _one_row(Py_ssize_t T, int B, int H, int step_gemm) noexcept nogil:
+    """Does forward() take the batch-1 path (_forward_one_row)?"""
+    return B == 1 and _unit_block(B, H) == H and packs(step_gemm, T)
+
+
+def gate_slots(int T, int B, int H, bint keep_all, int step_gemm):
     """Time steps the (slots, B, 4H) gate buffer of forward() must hold: T if
     ``keep_all`` (the cache) or the projection runs ahead of the time loop, else
-    one chunk."""
-    if keep_all or _unit_block(B, H) == H:
+    one chunk (two on the batch-1 path)."""
+    if keep_all:
+        return T
+    if _one_row(T, B, H, step_gemm):
+        return min(T, 2 * SK_PK_SIDE_ROWS)
+    if _unit_block(B, H) == H:
         return T
     return min(T, _chunk_steps(B))
 
@@ -212,16 +224,28 @@ cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
     cdef int G = 4 * H
     cdef int u0 = k * U
     cdef int uk = min(U, H - u0)
-    cdef int b
-    cdef Py_ssize_t L
-    cdef floating* cn
-    cdef floating* hn
     if W_pk != NULL:
         # alternate the panel order from step to step: see pk_gemm_dir
         pk_gemm_dir(B, H, h_prev, H, W_pk, z_t, G, 4 * u0, 4 * (u0 + uk), True, t & 1)
     else:
         gemm(False, True, B, 4 * uk, H, <floating>1, h_prev, H,
              Whh_p + <Py_ssize_t>4 * u0 * H, H, <floating>1, z_t + 4 * u0, G)
+    _forward_cells(B, H, U, k, t, T, c_prev, bias_p, z_t, c_t, h_t, h_n, c_n, lengths)
+
+
+cdef inline void _forward_cells(int B, int H, int U, int k, Py_ssize_t t, int T,
+                                const floating* c_prev, const floating* bias_p,
+                                floating* z_t, floating* c_t, floating* h_t, floating* h_n,
+                                floating* c_n, const int64_t* lengths) noexcept nogil:
+    """The gate pass of step t on the units of block k, once z_t holds the whole
+    pre-activation less the bias (see _forward_block)."""
+    cdef int G = 4 * H
+    cdef int u0 = k * U
+    cdef int uk = min(U, H - u0)
+    cdef int b
+    cdef Py_ssize_t L
+    cdef floating* cn
+    cdef floating* hn
     for b in range(B):
         cn = c_t + <Py_ssize_t>b * H + u0
         hn = h_t + <Py_ssize_t>b * H + u0
@@ -236,6 +260,43 @@ cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
         if t == L - 1:
             memcpy(h_n + <Py_ssize_t>b * H + u0, hn, uk * sizeof(floating))
             memcpy(c_n + <Py_ssize_t>b * H + u0, cn, uk * sizeof(floating))
+
+
+cdef void _forward_one_row(int T, int I, int H, const floating* x, const floating* Xpk,
+                           const floating* Wpk, floating* S, const floating* bias_p,
+                           floating* z, int nz, floating* cs, int n_slots, floating* out,
+                           floating* h_n, floating* c_n, const floating* h0,
+                           const floating* c0, const int64_t* lengths) noexcept nogil:
+    """The forward at batch 1 (one block, weights packed: _one_row). Each step's
+    product h_{t-1} @ W_hh^T is bound by reading W_hh from L2 and leaves the FMA
+    units mostly idle; the input projection is bound by the FMAs. So the steps run
+    in chunks of R = SK_PK_SIDE_ROWS, and each step of a chunk computes, interleaved
+    with its own product (pk_gemv_side), 1/R of the next chunk's projection. S
+    (I x R scratch) holds the next chunk's x rows; z has nz slots (T, or 2R), step
+    t in slot t % nz; the rest as in forward()."""
+    cdef int G = 4 * H
+    cdef int R = SK_PK_SIDE_ROWS
+    cdef int nv = <int>((G * sizeof(floating) + 63) // 64)    # 64-byte vector columns
+    cdef int j, m2 = 0, v0, v1
+    cdef Py_ssize_t t, r0
+    cdef const floating* h_prev
+    cdef const floating* c_prev
+    pk_gemm(min(R, T), I, x, I, Xpk, z, G, 0, G, False)      # the first chunk's projection
+    for t in range(T):
+        j = <int>(t % R)
+        r0 = t - j + R                                          # the next chunk's first step
+        if j == 0:
+            m2 = <int>min(<Py_ssize_t>R, T - r0) if r0 < T else 0
+            if m2 > 0:
+                pk_pack_side(m2, I, x + r0 * I, I, S)
+        v0 = j * nv // R if m2 > 0 else 0
+        v1 = (j + 1) * nv // R if m2 > 0 else 0
+        h_prev = h0 if t == 0 else out + (t - 1) * H
+        c_prev = c0 if t == 0 else cs + ((t - 1) % n_slots) * H
+        pk_gemv_side(H, h_prev, Wpk, G, z + (t % nz) * G, True, t & 1,
+                     I, S, Xpk, G, z + (r0 % nz) * G, G, m2, v0, v1)
+        _forward_cells(1, H, H, 0, t, T, c_prev, bias_p, z + (t % nz) * G,
+                       cs + (t % n_slots) * H, out + t * H, h_n, c_n, lengths)
 
 
 def forward(const floating[:, :, ::1] x,      # (T, B, I)
@@ -287,7 +348,9 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
+    cdef floating* S = NULL
     cdef bint packed = packs(step_gemm, TB)
+    cdef bint one_row = _one_row(T, B, H, step_gemm)
     try:
         t = 0
         h_prev = NULL
@@ -299,12 +362,17 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             if packed:
                 Wpk = pk_alloc_nt(G, H, Whh)       # for h_prev @ Whh_p^T
                 Xpk = pk_alloc_nt(G, I, Wih)       # for x @ Wih_p^T
-        if packed and (Wpk == NULL or Xpk == NULL):
+            if one_row:
+                S = <floating*>sk_pk_alloc(<size_t>I * SK_PK_SIDE_ROWS, sizeof(floating))
+        if packed and (Wpk == NULL or Xpk == NULL) or one_row and S == NULL:
             raise MemoryError()
-        if nz != gate_slots(T, B, H, nz == T):
+        if nz != gate_slots(T, B, H, nz == T, step_gemm):
             raise ValueError("z must have gate_slots() time slots")
         with nogil:
-            if n_units > 1:
+            if one_row:
+                _forward_one_row(T, I, H, xp, Xpk, Wpk, S, bp, zp, nz, csp, n_slots, outp,
+                                 hnp, cnp, h0p, c0p, lens)
+            elif n_units > 1:
                 # The projection in chunks of Tc steps, each block its own columns,
                 # then the steps; static schedules give each thread the same blocks.
                 if nt > 1:
@@ -362,6 +430,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     finally:
         free(Wpk)
         free(Xpk)
+        free(S)
 
 
 # ---------------------------------------------------------------------------

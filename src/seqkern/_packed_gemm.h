@@ -18,6 +18,11 @@
  * is summed over k in an order that depends only on K and on M == 1, so the
  * result does not depend on the split (1 thread == N threads, bitwise).
  *
+ * sk_pk_gemv_side_{f,d} runs a one-row product (M = 1, bound by reading W from L2
+ * where W is larger than L1) interleaved with an independent 16-row product
+ * (bound by the FMAs), so that each uses the units the other leaves idle: the
+ * batch-1 LSTM step and the input projection of later steps.
+ *
  * Plain C arithmetic (no -ffast-math): NaN and Inf propagate. Padding columns
  * may compute 0 * Inf = NaN, but they are never stored. Loads and stores are
  * unaligned-safe (the vector types are declared with element alignment), so any
@@ -71,6 +76,9 @@ static inline void *sk_pk_alloc(size_t n_elements, size_t elsize)
 #else
 #define SK_PK_IN_REGS(a, b, c, d) ((void)0)
 #endif
+
+/* Rows of the side product of sk_pk_gemv_side_{f,d}: one accumulator each. */
+#define SK_PK_SIDE_ROWS 16
 
 #define SK_T float
 #define SK_V sk_pk_vf

@@ -5,6 +5,7 @@
 from cython cimport floating
 
 cdef extern from "_packed_gemm.h" nogil:
+    enum: SK_PK_SIDE_ROWS
     void* sk_pk_alloc(size_t n_elements, size_t elsize)
     size_t sk_pk_size_f(int N, int K)
     size_t sk_pk_size_d(int N, int K)
@@ -18,6 +19,16 @@ cdef extern from "_packed_gemm.h" nogil:
     void sk_pk_gemm_dir_d(int M, int K, const double* A, Py_ssize_t lda, const double* P,
                           double* C, Py_ssize_t ldc, int n0, int n1, int accumulate,
                           int reverse)
+    void sk_pk_pack_side_f(int m, int K, const float* A, Py_ssize_t lda, float* S)
+    void sk_pk_pack_side_d(int m, int K, const double* A, Py_ssize_t lda, double* S)
+    void sk_pk_gemv_side_f(int K, const float* a, const float* P, int N, float* c,
+                           int accumulate, int reverse, int K2, const float* S,
+                           const float* P2, int N2, float* C2, Py_ssize_t ldc2, int m2,
+                           int v0, int v1)
+    void sk_pk_gemv_side_d(int K, const double* a, const double* P, int N, double* c,
+                           int accumulate, int reverse, int K2, const double* S,
+                           const double* P2, int N2, double* C2, Py_ssize_t ldc2, int m2,
+                           int v0, int v1)
 
 
 cdef inline size_t pk_size(floating* dummy, int N, int K) noexcept nogil:
@@ -79,3 +90,30 @@ cdef inline floating* pk_alloc_nn(int K, int N, const floating* W) noexcept nogi
     if P != NULL:
         pk_pack_nn(K, N, W, N, P)
     return P
+
+
+cdef inline void pk_pack_side(int m, int K, const floating* A, Py_ssize_t lda,
+                              floating* S) noexcept nogil:
+    """S (K, SK_PK_SIDE_ROWS) := A^T for the m <= SK_PK_SIDE_ROWS rows of A (m, K), 0 past m:
+    the left operand of pk_gemv_side's side product."""
+    if floating is float:
+        sk_pk_pack_side_f(m, K, A, lda, S)
+    else:
+        sk_pk_pack_side_d(m, K, A, lda, S)
+
+
+cdef inline void pk_gemv_side(int K, const floating* a, const floating* P, int N,
+                              floating* c, bint accumulate, bint reverse,
+                              int K2, const floating* S, const floating* P2, int N2,
+                              floating* C2, Py_ssize_t ldc2, int m2, int v0,
+                              int v1) noexcept nogil:
+    """c (N,) (+)= a (K,) @ W (P packed; panels last to first if ``reverse``) and,
+    interleaved, the side product C2[:m2, v VL:(v+1) VL] := A2 @ W2[:, v VL:(v+1) VL]
+    for the vector columns v0 <= v < v1 (VL = 64 bytes of elements; A2 packed in S by
+    pk_pack_side, W2 (K2, N2) packed in P2, C2 row stride ldc2). See _packed_gemm_impl.h."""
+    if floating is float:
+        sk_pk_gemv_side_f(K, a, P, N, c, accumulate, reverse, K2, S, P2, N2, C2, ldc2, m2,
+                          v0, v1)
+    else:
+        sk_pk_gemv_side_d(K, a, P, N, c, accumulate, reverse, K2, S, P2, N2, C2, ldc2, m2,
+                          v0, v1)

@@ -4,12 +4,15 @@ and for measuring it against BLAS.
 Not public API. ``pack(W, transposed)`` packs W (N, K) as the operand of
 ``A @ W.T`` (transposed=True) or W (K, N) as the operand of ``A @ W``;
 ``gemm(A, P, C, n0, n1, accumulate)`` computes ``C[:, n0:n1] (+)= A @ op(W)[:, n0:n1]``
-in place, exactly as the kernels do.
+in place, exactly as the kernels do; ``gemv_side`` runs the one-row product with
+an interleaved side product (the batch-1 LSTM step with the projection of later
+steps).
 """
 
 import numpy as np
 from cython cimport floating
-from seqkern._packed_gemm cimport pk_size, pk_pack_nt, pk_pack_nn, pk_gemm
+from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, pk_gemm, pk_gemv_side, pk_pack_nn,
+                                   pk_pack_nt, pk_pack_side, pk_size)
 
 
 def _check(name, x, ndim, dtype=None):
@@ -104,3 +107,64 @@ def gemm(A, P, C, n0=0, n1=None, bint accumulate=True, int repeat=1):
         with nogil:
             _gemm(Ad, k, Pd, Cd, n0_, n1_, accumulate, reps)
     return C
+
+
+SIDE_ROWS = SK_PK_SIDE_ROWS
+
+
+cdef void _gemv_side(const floating[::1] a, const floating[::1] P, floating[::1] c,
+                     bint accumulate, bint reverse, const floating[:, ::1] A2,
+                     const floating[::1] P2, floating[:, ::1] C2, floating[::1] S,
+                     int v0, int v1, int repeat) noexcept nogil:
+    cdef int r
+    cdef int m2 = <int>A2.shape[0]
+    pk_pack_side(m2, <int>A2.shape[1], &A2[0, 0], A2.shape[1], &S[0])
+    for r in range(repeat):
+        pk_gemv_side(<int>a.shape[0], &a[0], &P[0], <int>c.shape[0], &c[0], accumulate,
+                     reverse, <int>A2.shape[1], &S[0], &P2[0], <int>C2.shape[1], &C2[0, 0],
+                     C2.shape[1], m2, v0, v1)
+
+
+def gemv_side(a, P, c, A2, P2, C2, int v0, int v1, bint accumulate=True,
+              bint reverse=False, int repeat=1):
+    """c (N,) (+)= a (K,) @ W and, interleaved, C2[:, v VL:(v+1) VL] := A2 @ W2[:, v VL:(v+1) VL]
+    for v0 <= v < v1 (VL: elements per 64 bytes; columns past N2 untouched); P, P2
+    from pack() of W (K, N) and W2 (K2, N2); A2 (m2 <= SIDE_ROWS, K2), C2 (m2, N2),
+    K, K2 >= 1. ``repeat`` runs it that many times (for timing)."""
+    _check("A2", A2, 2)
+    dt = A2.dtype
+    _check("C2", C2, 2, dt)
+    _check("P", P, 1, dt)
+    _check("P2", P2, 1, dt)
+    if not isinstance(a, np.ndarray) or a.ndim != 1 or a.dtype != dt or not a.flags.c_contiguous:
+        raise TypeError("a must be a contiguous 1-d array of A2's dtype")
+    if not isinstance(c, np.ndarray) or c.ndim != 1 or c.dtype != dt or not c.flags.c_contiguous:
+        raise TypeError("c must be a contiguous 1-d array of A2's dtype")
+    m2, K2 = A2.shape
+    N2 = C2.shape[1]
+    vl = 64 // dt.itemsize
+    if not 1 <= m2 <= SIDE_ROWS or C2.shape[0] != m2 or K2 < 1 or a.shape[0] < 1:
+        raise ValueError(f"need 1 <= A2.shape[0] = C2.shape[0] <= {SIDE_ROWS}, K, K2 >= 1")
+    if P.shape[0] < packed_size(c.shape[0], a.shape[0], dt) or P2.shape[0] < packed_size(N2, K2, dt):
+        raise ValueError("P or P2 is too small")
+    if not 0 <= v0 <= v1 <= (N2 + vl - 1) // vl:
+        raise ValueError("need 0 <= v0 <= v1 <= the vector columns of C2")
+    S = np.empty(K2 * SIDE_ROWS, dt)
+    cdef int v0_ = v0, v1_ = v1, reps = repeat
+    cdef const float[::1] af, Pf, P2f
+    cdef float[::1] cf, Sf
+    cdef const float[:, ::1] A2f
+    cdef float[:, ::1] C2f
+    cdef const double[::1] ad, Pd, P2d
+    cdef double[::1] cd, Sd
+    cdef const double[:, ::1] A2d
+    cdef double[:, ::1] C2d
+    if dt == np.float32:
+        af, Pf, cf, A2f, P2f, C2f, Sf = a, P, c, A2, P2, C2, S
+        with nogil:
+            _gemv_side(af, Pf, cf, accumulate, reverse, A2f, P2f, C2f, Sf, v0_, v1_, reps)
+    else:
+        ad, Pd, cd, A2d, P2d, C2d, Sd = a, P, c, A2, P2, C2, S
+        with nogil:
+            _gemv_side(ad, Pd, cd, accumulate, reverse, A2d, P2d, C2d, Sd, v0_, v1_, reps)
+    return c, C2

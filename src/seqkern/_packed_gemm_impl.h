@@ -235,6 +235,122 @@ static void SK_FN(sk_pk_gemm_dir_)(int M, int K, const SK_T *restrict A, ptrdiff
     }
 }
 
+/* dst[0:l] = v[0:l], l < SK_VL, with no call (a call to memcpy would clobber every
+ * vector register, and GCC then spills the accumulators of sk_pk_gemv_side_ around
+ * its whole side path). */
+static inline __attribute__((always_inline)) void
+SK_FN(sk_pk_store_part_)(SK_T *restrict dst, SK_V v, int l)
+{
+    _Pragma("GCC unroll 16")
+    for (int j = 0; j < SK_VL; j++)
+        if (j < l)
+            dst[j] = v[j];
+}
+
+/* The side operand of sk_pk_gemv_side_: S[k][r] = A[r][k] for r < m, 0 for
+ * m <= r < SK_PK_SIDE_ROWS; A (m, K) row-major (row stride lda), S (K, SK_PK_SIDE_ROWS). */
+static void SK_FN(sk_pk_pack_side_)(int m, int K, const SK_T *restrict A, ptrdiff_t lda,
+                                    SK_T *restrict S)
+{
+    for (ptrdiff_t k = 0; k < K; k++)
+        for (int r = 0; r < SK_PK_SIDE_ROWS; r++)
+            S[k * SK_PK_SIDE_ROWS + r] = r < m ? A[r * lda + k] : 0;
+}
+
+/* A one-row product and, interleaved with it, an independent "side" product.
+ *
+ * Row product: c[0:N] (+)= a @ W, a (K,), W the (K, N) operand packed in P, panels
+ * last to first if reverse; each element summed over k in order (one chain: not
+ * the even/odd split of sk_pk_gemm_dir_ at M = 1, so the two differ in rounding).
+ * Side product: for each vector column v in [v0, v1) (columns v VL .. v VL + VL - 1),
+ * C2[r][v VL + l] := sum_k A2[r][k] W2[k][v VL + l] for r < m2 <= SK_PK_SIDE_ROWS,
+ * over k in order; A2 given as S (sk_pk_pack_side_), W2 the (K2, N2) operand packed
+ * in P2, C2 row stride ldc2; columns past N2 are not stored.
+ *
+ * Why: with W larger than L1 the row product is bound by reading W from L2 (one
+ * vector FMA per 64 bytes, ~32 bytes per cycle here) and leaves the FMA units
+ * mostly idle, while the side product (SK_PK_SIDE_ROWS FMAs per 64 bytes of W2) is
+ * bound by the FMAs. A batch-1 recurrence spends every step on the first; the
+ * input projection of later steps is the second. Interleaved step by step (the
+ * side product advancing in proportion), each runs in the other's idle units. */
+static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *restrict P,
+                                    int N, SK_T *restrict c, int accumulate, int reverse,
+                                    int K2, const SK_T *restrict S, const SK_T *restrict P2,
+                                    int N2, SK_T *restrict C2, ptrdiff_t ldc2, int m2,
+                                    int v0, int v1)
+{
+    int np = N > 0 ? (N + SK_NR - 1) / SK_NR : 0;
+    if (K < 0)
+        K = 0;
+    long long tg = (long long)np * K;
+    long long ts = (v1 > v0 && K2 > 0 && m2 > 0) ? (long long)(v1 - v0) * K2 : 0;
+    long long g = 0, s = 0;
+    int v = v0, k2 = 0;
+    SK_V z = {0};
+    SK_V acc[SK_PK_SIDE_ROWS];
+    _Pragma("GCC unroll 16")
+    for (int r = 0; r < SK_PK_SIDE_ROWS; r++)
+        acc[r] = z;
+
+    /* column v of W2: panel v / 4, vector v % 4 of its rows */
+#define SK_SIDE_COL(v) (P2 + (ptrdiff_t)((v) / 4) * K2 * SK_NR + ((v) % 4) * SK_VL)
+    const SK_T *restrict w2 = SK_SIDE_COL(v0);
+    const SK_T *restrict sk = S;
+
+/* One k of the side product; at the end of a vector column, its store. */
+#define SK_SIDE_STEP()                                                             \
+    do {                                                                           \
+        SK_V wv = SK_FN(sk_pk_ld_)(w2);                                            \
+        _Pragma("GCC unroll 16")                                                   \
+        for (int r = 0; r < SK_PK_SIDE_ROWS; r++)                                  \
+            acc[r] += SK_FN(sk_pk_bc_)(sk[r]) * wv;                                \
+        w2 += SK_NR;                                                               \
+        sk += SK_PK_SIDE_ROWS;                                                     \
+        if (++k2 == K2) {                                                          \
+            int l = N2 - v * SK_VL < SK_VL ? N2 - v * SK_VL : SK_VL;               \
+            _Pragma("GCC unroll 16")                                               \
+            for (int r = 0; r < SK_PK_SIDE_ROWS; r++) {                            \
+                if (r < m2) {                                                      \
+                    SK_T *dst = C2 + r * ldc2 + (ptrdiff_t)v * SK_VL;              \
+                    if (l == SK_VL)                                                \
+                        *(SK_V *)dst = acc[r];                                     \
+                    else                                                           \
+                        SK_FN(sk_pk_store_part_)(dst, acc[r], l);                  \
+                }                                                                  \
+                acc[r] = z;                                                        \
+            }                                                                      \
+            k2 = 0;                                                                \
+            v++;                                                                   \
+            w2 = SK_SIDE_COL(v);                                                   \
+            sk = S;                                                                \
+        }                                                                          \
+        s++;                                                                       \
+    } while (0)
+
+    for (int q = 0; q < np; q++) {
+        int p = reverse ? np - 1 - q : q;
+        const SK_T *restrict w = P + (ptrdiff_t)p * K * SK_NR;
+        SK_V c0 = z, c1 = z, c2 = z, c3 = z;
+        for (ptrdiff_t k = 0; k < K; k++) {
+            const SK_T *wk = w + k * SK_NR;
+            SK_V x = SK_FN(sk_pk_bc_)(a[k]);
+            c0 += x * SK_FN(sk_pk_ld_)(wk);
+            c1 += x * SK_FN(sk_pk_ld_)(wk + SK_VL);
+            c2 += x * SK_FN(sk_pk_ld_)(wk + 2 * SK_VL);
+            c3 += x * SK_FN(sk_pk_ld_)(wk + 3 * SK_VL);
+            g++;
+            while (s * tg < g * ts)
+                SK_SIDE_STEP();
+        }
+        int j1 = N - p * SK_NR < SK_NR ? N - p * SK_NR : SK_NR;
+        SK_FN(sk_pk_store_)(c + (ptrdiff_t)p * SK_NR, c0, c1, c2, c3, 0, j1, accumulate);
+    }
+    while (s < ts)
+        SK_SIDE_STEP();
+#undef SK_SIDE_STEP
+#undef SK_SIDE_COL
+}
+
 static inline void SK_FN(sk_pk_gemm_)(int M, int K, const SK_T *restrict A, ptrdiff_t lda,
                                       const SK_T *restrict P, SK_T *restrict C, ptrdiff_t ldc,
                                       int n0, int n1, int accumulate)

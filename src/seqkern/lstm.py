@@ -98,14 +98,15 @@ def _forward(a, return_cache):
         out = np.empty((T, B, H), dt)       # the kernel writes every element
         # Without a cache the gates need one chunk of steps (or all of them where
         # the input projection runs first) and the cells the previous step.
-        z = np.empty((_lstm.gate_slots(T, B, H, return_cache), B, 4 * H), dt)
+        mode = step_gemm_mode()
+        z = np.empty((_lstm.gate_slots(T, B, H, return_cache, mode), B, 4 * H), dt)
         cs = np.empty((T if return_cache else min(T, 2), B, H), dt)
         Wih_p = np.empty((4 * H, I), dt)
         Whh_p = np.empty((4 * H, H), dt)
         with blas_single_thread():
             _lstm.forward(a.x, a.h0, a.c0, a.W_ih, a.W_hh, a.bias(), a.lengths,
                           Wih_p, Whh_p, np.empty(4 * H, dt), z, cs, out, h_n, c_n,
-                          effective_num_threads(), step_gemm_mode())
+                          effective_num_threads(), mode)
     cache = LSTMCache(a, out, z, cs, Wih_p, Whh_p) if return_cache else None
     return out, h_n, c_n, cache
 
