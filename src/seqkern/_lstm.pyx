@@ -86,18 +86,19 @@ cdef inline void cell_backward(const floating* z, const floating* c, const float
 # product (B * 4H * H multiply-adds) reaches PAR_MIN_STEP; below that a single
 # block (U = H) is used and the barrier per step would cost more than it saves.
 # Tried and undone: 65536, which splits B = 1, H = 128 (W_hh 256 KiB, read from
-# L2 every step) over two threads. Alone it ran (1,100,128,128) forward in 0.41
-# instead of 0.54 ms on 2 threads, but inside `python -m seqkern.bench`, after
-# the NumPy reference had run on 2 threads, it fell into a state where 2 threads
-# were no faster than 1, or took 10-15 ms per call (a few us of work between
-# two barriers, 100 barriers a call).
+# L2 every step) over two threads. In a tight loop it ran (1,100,128,128) forward
+# in 0.30 ms on 2 threads (0.38 on one, _forward_one_row), but in samples taken
+# after the NumPy reference had run on 2 threads it took 0.31 or 0.47 ms by
+# turns, and inside `python -m seqkern.bench` up to 10-15 ms per call (a few us
+# of work between two barriers, 100 barriers a call).
 # The GEMMs outside the time loop (the projection where the steps are not split,
 # each backward chunk's gradients) go parallel only from PAR_MIN_GEMM
-# multiply-adds, as in _gru.pyx: below that a parallel region saves tens of
-# microseconds and, in a process whose other thread pools (NumPy's OpenBLAS,
-# PyTorch's) have just run, was measured to cost milliseconds: (1,100,128,128)
-# forward+backward on 2 threads took 5-8 ms instead of 1.2 in half the samples of
-# `python -m seqkern.bench`, with one such region per call.
+# multiply-adds, as in _gru.pyx. Below that a parallel region saves little and
+# its start can cost milliseconds on this 2-core VM: after a pause, waking the
+# idle second core took up to ~7 ms per call (measured: single (1,100,128,128)
+# forward+backward calls 20 ms apart, 4-7.7 ms on 2 threads against 1.2-1.5 ms on
+# one, with one such region per call), and even in back-to-back samples 2^24
+# (parallel gradients there) gave 1.15-1.45 ms against 1.07-1.37 ms with 2^25.
 # The forward's input projection runs in chunks of ~CHUNK_ROWS rows and the
 # backward in chunks of ~BWD_CHUNK_ROWS rows (see below); the weight gradients
 # in jobs of UNIT_BLOCK rows of one gate, dx in DX_BLOCK x DX_BLOCK tiles.

@@ -52,7 +52,8 @@ def thread_count(n):
 def time_interleaved(fns, budget_s=0.3, min_repeats=3, max_repeats=30, pauses=None):
     """{name: [seconds per call, ...]} for each callable in ``fns``.
 
-    After one warm-up call each, the implementations take turns: each turn is
+    After one warm-up call each (two where one is shorter than 10 SAMPLE_S, the
+    faster sizing the samples), the implementations take turns: each turn is
     one sample of back-to-back calls (enough to fill SAMPLE_S), then a pause
     (``pauses[name]``, default PAUSE_S). The number of samples fits ``budget_s``
     per implementation.
@@ -63,6 +64,14 @@ def time_interleaved(fns, budget_s=0.3, min_repeats=3, max_repeats=30, pauses=No
         t0 = time.perf_counter()
         fn()
         first[name] = time.perf_counter() - t0
+        if first[name] < 10 * SAMPLE_S:
+            # The samples are sized on the faster of two calls: a first call that
+            # waits for a sleeping core (measured here: up to ~7 ms to start a
+            # 2-thread region after a pause) would otherwise size every sample to
+            # one call, and then every sample would measure such a wake-up.
+            t0 = time.perf_counter()
+            fn()
+            first[name] = min(first[name], time.perf_counter() - t0)
         time.sleep(pauses.get(name, PAUSE_S))
     calls = {name: max(1, int(SAMPLE_S / max(t, 1e-9))) for name, t in first.items()}
     sample = max((first[n] * calls[n] for n in fns), default=0.0)
