@@ -342,7 +342,8 @@ def test_return_cache_false_and_cache_bytes(shape, n_threads):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("T,B,H,I", [(0, 3, 4, 2), (3, 0, 4, 2), (0, 0, 4, 2), (3, 2, 0, 2), (3, 2, 4, 0)])
+@pytest.mark.parametrize("T,B,H,I", [(0, 3, 4, 2), (3, 0, 4, 2), (0, 0, 4, 2), (3, 2, 0, 2), (3, 2, 4, 0),
+                                     (40, 1, 5, 0)])   # batch 1, packed: past the first 16 steps
 def test_empty_shapes(dtype, T, B, H, I):
     x, h0, c0, *W = make(T, B, I, H, dtype)
     for mod in (seqkern, ref):

@@ -124,6 +124,7 @@ def test_nan_and_inf_propagate(rng, dtype, M):
     (7, 13, 5, 37, 3),         # ragged panels and vector columns, few side rows
     (3, 200, 90, 70, 11),      # more side steps than row-product steps
     (40, 70, 1, 16, 16),       # K2 = 1: a column ends at every side step
+    (5, 70, 0, 20, 4),         # K2 = 0: the side columns are empty sums, 0
 ])
 def test_gemv_side_matches_numpy(rng, dtype, K, N, K2, N2, m2):
     """The row product c (+)= a @ W in either panel order, and the interleaved side

@@ -29,9 +29,10 @@
 # GEMMs over many rows at once: the projection over chunks of ~CHUNK_ROWS rows run
 # just ahead of their steps, the gradients over chunks of ~BWD_CHUNK_ROWS rows
 # right after the backward steps that produced them (so that what they read is
-# still in cache, and the scratch is one chunk, not T*B rows). At batch 1 the
-# projection of the next 16 steps runs inside each step's product instead, which
-# is bound by reading W_hh and leaves the FMA units idle (_forward_one_row).
+# still in cache, and the scratch is one chunk, not T*B rows). At batch 1 (where
+# a step is one unit block and the weights are packed: _one_row) the projection
+# of the next 16 steps runs inside each step's product instead, which is bound by
+# reading W_hh and leaves the FMA units idle (_forward_one_row).
 #
 # Threads: work is cut into blocks whose boundaries depend only on the problem
 # size, never on the thread count, and no two blocks write the same element; the
@@ -54,9 +55,9 @@ from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, pk_alloc_nn, pk_alloc_nt, pk
 
 cdef extern from "_lstm_cell.h" nogil:
     void sk_lstm_cell_fwd_f(float* z, const float* bias, const float* c_prev, float* c,
-                            float* h, int n, Py_ssize_t ld)
+                            float* h, int n)
     void sk_lstm_cell_fwd_d(double* z, const double* bias, const double* c_prev, double* c,
-                            double* h, int n, Py_ssize_t ld)
+                            double* h, int n)
     void sk_lstm_cell_bwd_f(const float* z, const float* c, const float* c_prev,
                             const float* d_out, float* carry_h, float* carry_c,
                             float* dz, int n)
@@ -68,9 +69,9 @@ cdef extern from "_lstm_cell.h" nogil:
 cdef inline void cell_forward(floating* z, const floating* bias, const floating* c_prev,
                               floating* c, floating* h, int n) noexcept nogil:
     if floating is float:
-        sk_lstm_cell_fwd_f(z, bias, c_prev, c, h, n, n)
+        sk_lstm_cell_fwd_f(z, bias, c_prev, c, h, n)
     else:
-        sk_lstm_cell_fwd_d(z, bias, c_prev, c, h, n, n)
+        sk_lstm_cell_fwd_d(z, bias, c_prev, c, h, n)
 
 
 cdef inline void cell_backward(const floating* z, const floating* c, const floating* c_prev,
@@ -273,8 +274,8 @@ cdef void _forward_one_row(int T, int I, int H, const floating* x, const floatin
     units mostly idle; the input projection is bound by the FMAs. So the steps run
     in chunks of R = SK_PK_SIDE_ROWS, and each step of a chunk computes, interleaved
     with its own product (pk_gemv_side), 1/R of the next chunk's projection. S
-    (I x R scratch) holds the next chunk's x rows; z has nz slots (T, or 2R), step
-    t in slot t % nz; the rest as in forward()."""
+    (I x R scratch) holds the next chunk's x rows; z has nz slots (T, or min(T, 2R)
+    without a cache), step t in slot t % nz; the rest as in forward()."""
     cdef int G = 4 * H
     cdef int R = SK_PK_SIDE_ROWS
     cdef int nv = <int>((G * sizeof(floating) + 63) // 64)    # 64-byte vector columns

@@ -6,8 +6,7 @@
  *
  * z holds the row's gates of the n units as four runs of n: i, f, g, o
  * (pre-activations less the bias on entry to the forward, activations on exit);
- * bias has the same layout. The forward takes the distance between two runs
- * (ld >= n) apart, so that it can run on the first n units of longer runs. Adding the bias here, not before the GEMMs, saves a
+ * bias has the same layout. Adding the bias here, not before the GEMMs, saves a
  * pass over the whole (T, B, 4H) gate buffer (a copy, then a read-modify-write).
  *
  * Forward:  i, f, o = sigmoid(. + b), g = tanh(. + b), c = f c_prev + i g, h = o tanh(c)
@@ -42,13 +41,12 @@
 #define SK_LSTM_CELL(T, S, SIGMOID, TANH)                                          \
 static inline void sk_lstm_cell_fwd_##S(T *restrict z, const T *restrict bias,     \
                                         const T *restrict c_prev,                  \
-                                        T *restrict c, T *restrict h, int n,       \
-                                        ptrdiff_t ld)                              \
+                                        T *restrict c, T *restrict h, int n)       \
 {                                                                                  \
-    T *restrict zi = z, *restrict zf = z + ld, *restrict zg = z + 2 * ld;          \
-    T *restrict zo = z + 3 * ld;                                                   \
-    const T *restrict bi = bias, *restrict bf = bias + ld;                         \
-    const T *restrict bg = bias + 2 * ld, *restrict bo = bias + 3 * ld;            \
+    T *restrict zi = z, *restrict zf = z + n, *restrict zg = z + 2 * n;            \
+    T *restrict zo = z + 3 * n;                                                    \
+    const T *restrict bi = bias, *restrict bf = bias + n;                          \
+    const T *restrict bg = bias + 2 * n, *restrict bo = bias + 3 * n;              \
     for (ptrdiff_t j = 0; j < n; j++) {                                            \
         T i = SIGMOID(zi[j] + bi[j]), f = SIGMOID(zf[j] + bf[j]);                  \
         T g = TANH(zg[j] + bg[j]), o = SIGMOID(zo[j] + bo[j]);                     \

@@ -115,13 +115,13 @@ SIDE_ROWS = SK_PK_SIDE_ROWS
 cdef void _gemv_side(const floating[::1] a, const floating[::1] P, floating[::1] c,
                      bint accumulate, bint reverse, const floating[:, ::1] A2,
                      const floating[::1] P2, floating[:, ::1] C2, floating[::1] S,
-                     int v0, int v1, int repeat) noexcept nogil:
+                     int K2, int v0, int v1, int repeat) noexcept nogil:
     cdef int r
     cdef int m2 = <int>A2.shape[0]
-    pk_pack_side(m2, <int>A2.shape[1], &A2[0, 0], A2.shape[1], &S[0])
+    pk_pack_side(m2, K2, &A2[0, 0], A2.shape[1], &S[0])
     for r in range(repeat):
         pk_gemv_side(<int>a.shape[0], &a[0], &P[0], <int>c.shape[0], &c[0], accumulate,
-                     reverse, <int>A2.shape[1], &S[0], &P2[0], <int>C2.shape[1], &C2[0, 0],
+                     reverse, K2, &S[0], &P2[0], <int>C2.shape[1], &C2[0, 0],
                      C2.shape[1], m2, v0, v1)
 
 
@@ -130,7 +130,8 @@ def gemv_side(a, P, c, A2, P2, C2, int v0, int v1, bint accumulate=True,
     """c (N,) (+)= a (K,) @ W and, interleaved, C2[:, v VL:(v+1) VL] := A2 @ W2[:, v VL:(v+1) VL]
     for v0 <= v < v1 (VL: elements per 64 bytes; columns past N2 untouched); P, P2
     from pack() of W (K, N) and W2 (K2, N2); A2 (m2 <= SIDE_ROWS, K2), C2 (m2, N2),
-    K, K2 >= 1. ``repeat`` runs it that many times (for timing)."""
+    K, N >= 1 (K2 = 0: those columns are 0). ``repeat`` runs it that many times
+    (for timing)."""
     _check("A2", A2, 2)
     dt = A2.dtype
     _check("C2", C2, 2, dt)
@@ -143,14 +144,16 @@ def gemv_side(a, P, c, A2, P2, C2, int v0, int v1, bint accumulate=True,
     m2, K2 = A2.shape
     N2 = C2.shape[1]
     vl = 64 // dt.itemsize
-    if not 1 <= m2 <= SIDE_ROWS or C2.shape[0] != m2 or K2 < 1 or a.shape[0] < 1:
-        raise ValueError(f"need 1 <= A2.shape[0] = C2.shape[0] <= {SIDE_ROWS}, K, K2 >= 1")
+    if not 1 <= m2 <= SIDE_ROWS or C2.shape[0] != m2 or a.shape[0] < 1 or c.shape[0] < 1:
+        raise ValueError(f"need 1 <= A2.shape[0] = C2.shape[0] <= {SIDE_ROWS}, K, N >= 1")
     if P.shape[0] < packed_size(c.shape[0], a.shape[0], dt) or P2.shape[0] < packed_size(N2, K2, dt):
         raise ValueError("P or P2 is too small")
     if not 0 <= v0 <= v1 <= (N2 + vl - 1) // vl:
         raise ValueError("need 0 <= v0 <= v1 <= the vector columns of C2")
-    S = np.empty(K2 * SIDE_ROWS, dt)
-    cdef int v0_ = v0, v1_ = v1, reps = repeat
+    if K2 == 0:
+        A2 = np.zeros((m2, 1), dt)          # a valid pointer; nothing is read
+    S = np.empty(max(K2, 1) * SIDE_ROWS, dt)
+    cdef int k2 = K2, v0_ = v0, v1_ = v1, reps = repeat
     cdef const float[::1] af, Pf, P2f
     cdef float[::1] cf, Sf
     cdef const float[:, ::1] A2f
@@ -162,9 +165,9 @@ def gemv_side(a, P, c, A2, P2, C2, int v0, int v1, bint accumulate=True,
     if dt == np.float32:
         af, Pf, cf, A2f, P2f, C2f, Sf = a, P, c, A2, P2, C2, S
         with nogil:
-            _gemv_side(af, Pf, cf, accumulate, reverse, A2f, P2f, C2f, Sf, v0_, v1_, reps)
+            _gemv_side(af, Pf, cf, accumulate, reverse, A2f, P2f, C2f, Sf, k2, v0_, v1_, reps)
     else:
         ad, Pd, cd, A2d, P2d, C2d, Sd = a, P, c, A2, P2, C2, S
         with nogil:
-            _gemv_side(ad, Pd, cd, accumulate, reverse, A2d, P2d, C2d, Sd, v0_, v1_, reps)
+            _gemv_side(ad, Pd, cd, accumulate, reverse, A2d, P2d, C2d, Sd, k2, v0_, v1_, reps)
     return c, C2

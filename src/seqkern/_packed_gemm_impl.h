@@ -282,6 +282,12 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
     int np = N > 0 ? (N + SK_NR - 1) / SK_NR : 0;
     if (K < 0)
         K = 0;
+    if (K2 <= 0 && m2 > 0 && v1 > v0) {     /* empty sums: the columns are 0 */
+        int j0 = v0 * SK_VL, j1 = v1 * SK_VL < N2 ? v1 * SK_VL : N2;
+        for (int r = 0; r < m2; r++)
+            for (int j = j0; j < j1; j++)
+                C2[r * ldc2 + j] = 0;
+    }
     long long tg = (long long)np * K;
     long long ts = (v1 > v0 && K2 > 0 && m2 > 0) ? (long long)(v1 - v0) * K2 : 0;
     long long g = 0, s = 0;

@@ -96,8 +96,9 @@ def _forward(a, return_cache):
         Wih_p, Whh_p = a.W_ih, a.W_hh       # any layout fits zero gradients
     else:
         out = np.empty((T, B, H), dt)       # the kernel writes every element
-        # Without a cache the gates need one chunk of steps (or all of them where
-        # the input projection runs first) and the cells the previous step.
+        # Without a cache the gates need one chunk of steps (two of 16 at batch 1,
+        # all of them where the input projection runs first) and the cells the
+        # previous step: _lstm.gate_slots.
         mode = step_gemm_mode()
         z = np.empty((_lstm.gate_slots(T, B, H, return_cache, mode), B, 4 * H), dt)
         cs = np.empty((T if return_cache else min(T, 2), B, H), dt)
