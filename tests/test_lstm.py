@@ -252,6 +252,26 @@ def test_threads_bitwise_identical(dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T", [300, 513])
+def test_threads_bitwise_identical_batch_1(dtype, T):
+    """Batch 1 with a projection large enough (T I 4H >= 2^25) to run first, in
+    parallel, on 2 threads, and inside the steps on 1: the same bits."""
+    args = make(T, 1, 512, 64, dtype)
+    res = []
+    for n in (1, 2):
+        with seqkern.threads(n):
+            out, h_n, c_n, cache = seqkern.lstm_forward(*args)
+            o2, _, _, _ = seqkern.lstm_forward(*args, return_cache=False)
+            np.testing.assert_array_equal(o2, out)
+            g = seqkern.lstm_backward(np.ones_like(out), None, None, cache)
+            res.append((out, h_n, c_n) + tuple(g))
+    for a, b in zip(*res):
+        assert np.array_equal(a, b)
+    want = ref.lstm_forward(*map(f64, args))
+    assert_close("out", res[0][0], want[0], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_nan_propagates(dtype):
     T, B, I, H = 4, 2, 3, 5
     x, h0, c0, *W = make(T, B, I, H, dtype)

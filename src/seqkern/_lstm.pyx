@@ -159,13 +159,18 @@ cdef inline bint _one_row(Py_ssize_t T, int B, int H, int step_gemm) noexcept no
     return B == 1 and _unit_block(B, H) == H and packs(step_gemm, T)
 
 
-def gate_slots(int T, int B, int H, bint keep_all, int step_gemm):
+cdef inline bint _project_first(Py_ssize_t T, int I, int H, int n_threads) noexcept nogil:
+    """On the batch-1 path: project all steps first, in parallel (see _forward_one_row)?"""
+    return n_threads > 1 and T >= 2 and T * I * 4 * H >= PAR_MIN_GEMM
+
+
+def gate_slots(int T, int B, int H, int I, bint keep_all, int step_gemm, int n_threads):
     """Time steps the (slots, B, 4H) gate buffer of forward() must hold: T if
     ``keep_all`` (the cache) or the projection runs ahead of the time loop, else
     one chunk (two on the batch-1 path)."""
     if keep_all:
         return T
-    if _one_row(T, B, H, step_gemm):
+    if _one_row(T, B, H, step_gemm) and not _project_first(T, I, H, n_threads):
         return min(T, 2 * SK_PK_SIDE_ROWS)
     if _unit_block(B, H) == H:
         return T
@@ -268,27 +273,42 @@ cdef void _forward_one_row(int T, int I, int H, const floating* x, const floatin
                            const floating* Wpk, floating* S, const floating* bias_p,
                            floating* z, int nz, floating* cs, int n_slots, floating* out,
                            floating* h_n, floating* c_n, const floating* h0,
-                           const floating* c0, const int64_t* lengths) noexcept nogil:
+                           const floating* c0, const int64_t* lengths,
+                           int nt) noexcept nogil:
     """The forward at batch 1 (one block, weights packed: _one_row). Each step's
     product h_{t-1} @ W_hh^T is bound by reading W_hh from L2 and leaves the FMA
     units mostly idle; the input projection is bound by the FMAs. So the steps run
     in chunks of R = SK_PK_SIDE_ROWS, and each step of a chunk computes, interleaved
     with its own product (pk_gemv_side), 1/R of the next chunk's projection. S
     (I x R scratch) holds the next chunk's x rows; z has nz slots (T, or min(T, 2R)
-    without a cache), step t in slot t % nz; the rest as in forward()."""
+    without a cache), step t in slot t % nz; the rest as in forward().
+    Where a second thread can take half of a large projection (_project_first:
+    measured (1,1000,256,64) forward 1.37 ms that way on 2 threads, 1.83 inside
+    the steps), all of it runs first, in blocks of >= 2 rows shared between the
+    threads, and the steps run alone (z then has T slots). Both ways each element
+    of the projection is one k-ordered chain of FMAs from 0 (4-row tiles, or the
+    side product's rows), so the results do not depend on the thread count."""
     cdef int G = 4 * H
     cdef int R = SK_PK_SIDE_ROWS
     cdef int nv = <int>((G * sizeof(floating) + 63) // 64)    # 64-byte vector columns
-    cdef int j, m2 = 0, v0, v1
+    cdef int j, m2 = 0, v0, v1, i
+    cdef bint first = _project_first(T, I, H, nt)
+    cdef int n_rb = max(1, T // ROW_BLOCK)
     cdef Py_ssize_t t, r0
     cdef const floating* h_prev
     cdef const floating* c_prev
-    pk_gemm(min(R, T), I, x, I, Xpk, z, G, 0, G, False)      # the first chunk's projection
+    if first:
+        for i in prange(n_rb, num_threads=nt, schedule='static'):
+            pk_gemm(<int>((i + 1) * <Py_ssize_t>T // n_rb - i * <Py_ssize_t>T // n_rb), I,
+                    x + (i * <Py_ssize_t>T // n_rb) * I, I, Xpk,
+                    z + (i * <Py_ssize_t>T // n_rb) * G, G, 0, G, False)
+    else:
+        pk_gemm(min(R, T), I, x, I, Xpk, z, G, 0, G, False)  # the first chunk's projection
     for t in range(T):
         j = <int>(t % R)
         r0 = t - j + R                                          # the next chunk's first step
         if j == 0:
-            m2 = <int>min(<Py_ssize_t>R, T - r0) if r0 < T else 0
+            m2 = <int>min(<Py_ssize_t>R, T - r0) if r0 < T and not first else 0
             if m2 > 0:
                 pk_pack_side(m2, I, x + r0 * I, I, S)
         v0 = j * nv // R if m2 > 0 else 0
@@ -368,12 +388,12 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                 S = <floating*>sk_pk_alloc(<size_t>I * SK_PK_SIDE_ROWS, sizeof(floating))
         if packed and (Wpk == NULL or Xpk == NULL) or one_row and S == NULL:
             raise MemoryError()
-        if nz != gate_slots(T, B, H, nz == T, step_gemm):
+        if nz != gate_slots(T, B, H, I, nz == T, step_gemm, nt):
             raise ValueError("z must have gate_slots() time slots")
         with nogil:
             if one_row:
                 _forward_one_row(T, I, H, xp, Xpk, Wpk, S, bp, zp, nz, csp, n_slots, outp,
-                                 hnp, cnp, h0p, c0p, lens)
+                                 hnp, cnp, h0p, c0p, lens, nt)
             elif n_units > 1:
                 # The projection in chunks of Tc steps, each block its own columns,
                 # then the steps; static schedules give each thread the same blocks.

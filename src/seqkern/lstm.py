@@ -99,15 +99,15 @@ def _forward(a, return_cache):
         # Without a cache the gates need one chunk of steps (two of 16 at batch 1,
         # all of them where the input projection runs first) and the cells the
         # previous step: _lstm.gate_slots.
-        mode = step_gemm_mode()
-        z = np.empty((_lstm.gate_slots(T, B, H, return_cache, mode), B, 4 * H), dt)
+        mode, n_threads = step_gemm_mode(), effective_num_threads()
+        z = np.empty((_lstm.gate_slots(T, B, H, I, return_cache, mode, n_threads), B, 4 * H), dt)
         cs = np.empty((T if return_cache else min(T, 2), B, H), dt)
         Wih_p = np.empty((4 * H, I), dt)
         Whh_p = np.empty((4 * H, H), dt)
         with blas_single_thread():
             _lstm.forward(a.x, a.h0, a.c0, a.W_ih, a.W_hh, a.bias(), a.lengths,
                           Wih_p, Whh_p, np.empty(4 * H, dt), z, cs, out, h_n, c_n,
-                          effective_num_threads(), mode)
+                          n_threads, mode)
     cache = LSTMCache(a, out, z, cs, Wih_p, Whh_p) if return_cache else None
     return out, h_n, c_n, cache
 
