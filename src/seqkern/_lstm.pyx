@@ -291,32 +291,30 @@ cdef void _forward_one_row(int T, int I, int H, const floating* x, const floatin
     cdef int G = 4 * H
     cdef int R = SK_PK_SIDE_ROWS
     cdef int nv = <int>((G * sizeof(floating) + 63) // 64)    # 64-byte vector columns
-    cdef int j, m2 = 0, v0, v1, i
+    cdef int j, i, m2 = 0
     cdef bint first = _project_first(T, I, H, nt)
-    cdef int n_rb = max(1, T // ROW_BLOCK)
-    cdef Py_ssize_t t, r0
+    cdef Py_ssize_t n_rb = max(1, T // ROW_BLOCK)       # row blocks of >= 2 rows
+    cdef Py_ssize_t t, r0, rb0, rb1
     cdef const floating* h_prev
     cdef const floating* c_prev
     if first:
         for i in prange(n_rb, num_threads=nt, schedule='static'):
-            pk_gemm(<int>((i + 1) * <Py_ssize_t>T // n_rb - i * <Py_ssize_t>T // n_rb), I,
-                    x + (i * <Py_ssize_t>T // n_rb) * I, I, Xpk,
-                    z + (i * <Py_ssize_t>T // n_rb) * G, G, 0, G, False)
+            rb0 = i * T // n_rb
+            rb1 = (i + 1) * T // n_rb
+            pk_gemm(<int>(rb1 - rb0), I, x + rb0 * I, I, Xpk, z + rb0 * G, G, 0, G, False)
     else:
         pk_gemm(min(R, T), I, x, I, Xpk, z, G, 0, G, False)  # the first chunk's projection
     for t in range(T):
         j = <int>(t % R)
         r0 = t - j + R                                          # the next chunk's first step
-        if j == 0:
+        if j == 0:                                              # m2 = 0: no side product
             m2 = <int>min(<Py_ssize_t>R, T - r0) if r0 < T and not first else 0
             if m2 > 0:
                 pk_pack_side(m2, I, x + r0 * I, I, S)
-        v0 = j * nv // R if m2 > 0 else 0
-        v1 = (j + 1) * nv // R if m2 > 0 else 0
         h_prev = h0 if t == 0 else out + (t - 1) * H
         c_prev = c0 if t == 0 else cs + ((t - 1) % n_slots) * H
         pk_gemv_side(H, h_prev, Wpk, G, z + (t % nz) * G, True, t & 1,
-                     I, S, Xpk, G, z + (r0 % nz) * G, G, m2, v0, v1)
+                     I, S, Xpk, G, z + (r0 % nz) * G, G, m2, j * nv // R, (j + 1) * nv // R)
         _forward_cells(1, H, H, 0, t, T, c_prev, bias_p, z + (t % nz) * G,
                        cs + (t % n_slots) * H, out + t * H, h_n, c_n, lengths)
 

@@ -13,8 +13,8 @@
  * A @ W^T, the forward's h @ W_hh^T), sk_pk_pack_nn_{f,d} takes W given as
  * (K, N) row-major (for A @ W, the backward's dz @ W_hh).
  *
- * sk_pk_gemm_{f,d}(M, K, A, lda, P, C, ldc, n0, n1, accumulate) computes columns
- * [n0, n1) only, so threads can split a product by column ranges; every element
+ * sk_pk_gemm_dir_{f,d}(M, K, A, lda, P, C, ldc, n0, n1, accumulate, reverse)
+ * computes columns [n0, n1) only (visiting the panels last to first if reverse), so threads can split a product by column ranges; every element
  * is summed over k in an order that depends only on K and on M == 1, so the
  * result does not depend on the split (1 thread == N threads, bitwise).
  *

@@ -169,6 +169,16 @@ SK_FN(sk_pk_tile4_)(ptrdiff_t K, const SK_T *restrict a, ptrdiff_t lda,
     if (mr > 3) SK_FN(sk_pk_store_)(c + 3 * ldc, c30, c31, c32, c33, j0, j1, accumulate);
 }
 
+/* One k of a one-row product over a panel: (c0..c3) += x * the panel row at wk
+ * (a macro, not a function, so that the accumulators stay plain locals). */
+#define SK_PK_ROW_FMA(x, wk, c0, c1, c2, c3)                                       \
+    do {                                                                           \
+        c0 += (x) * SK_FN(sk_pk_ld_)(wk);                                          \
+        c1 += (x) * SK_FN(sk_pk_ld_)((wk) + SK_VL);                                \
+        c2 += (x) * SK_FN(sk_pk_ld_)((wk) + 2 * SK_VL);                            \
+        c3 += (x) * SK_FN(sk_pk_ld_)((wk) + 3 * SK_VL);                            \
+    } while (0)
+
 /* One row x one panel (M = 1): the k sum split into even and odd k, (even + odd) at
  * the end, so that two FMA chains per vector hide the FMA latency. */
 static inline void SK_FN(sk_pk_tile1_)(ptrdiff_t K, const SK_T *restrict a,
@@ -181,22 +191,12 @@ static inline void SK_FN(sk_pk_tile1_)(ptrdiff_t K, const SK_T *restrict a,
     for (; k + 1 < K; k += 2) {
         const SK_T *wk = w + k * SK_NR;
         SK_V x = SK_FN(sk_pk_bc_)(a[k]), y = SK_FN(sk_pk_bc_)(a[k + 1]);
-        c00 += x * SK_FN(sk_pk_ld_)(wk);
-        c01 += x * SK_FN(sk_pk_ld_)(wk + SK_VL);
-        c02 += x * SK_FN(sk_pk_ld_)(wk + 2 * SK_VL);
-        c03 += x * SK_FN(sk_pk_ld_)(wk + 3 * SK_VL);
-        c10 += y * SK_FN(sk_pk_ld_)(wk + SK_NR);
-        c11 += y * SK_FN(sk_pk_ld_)(wk + SK_NR + SK_VL);
-        c12 += y * SK_FN(sk_pk_ld_)(wk + SK_NR + 2 * SK_VL);
-        c13 += y * SK_FN(sk_pk_ld_)(wk + SK_NR + 3 * SK_VL);
+        SK_PK_ROW_FMA(x, wk, c00, c01, c02, c03);
+        SK_PK_ROW_FMA(y, wk + SK_NR, c10, c11, c12, c13);
     }
     if (k < K) {
-        const SK_T *wk = w + k * SK_NR;
         SK_V x = SK_FN(sk_pk_bc_)(a[k]);
-        c00 += x * SK_FN(sk_pk_ld_)(wk);
-        c01 += x * SK_FN(sk_pk_ld_)(wk + SK_VL);
-        c02 += x * SK_FN(sk_pk_ld_)(wk + 2 * SK_VL);
-        c03 += x * SK_FN(sk_pk_ld_)(wk + 3 * SK_VL);
+        SK_PK_ROW_FMA(x, w + k * SK_NR, c00, c01, c02, c03);
     }
     SK_FN(sk_pk_store_)(c, c00 + c10, c01 + c11, c02 + c12, c03 + c13, j0, j1, accumulate);
 }
@@ -338,12 +338,8 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
         const SK_T *restrict w = P + (ptrdiff_t)p * K * SK_NR;
         SK_V c0 = z, c1 = z, c2 = z, c3 = z;
         for (ptrdiff_t k = 0; k < K; k++) {
-            const SK_T *wk = w + k * SK_NR;
             SK_V x = SK_FN(sk_pk_bc_)(a[k]);
-            c0 += x * SK_FN(sk_pk_ld_)(wk);
-            c1 += x * SK_FN(sk_pk_ld_)(wk + SK_VL);
-            c2 += x * SK_FN(sk_pk_ld_)(wk + 2 * SK_VL);
-            c3 += x * SK_FN(sk_pk_ld_)(wk + 3 * SK_VL);
+            SK_PK_ROW_FMA(x, w + k * SK_NR, c0, c1, c2, c3);
             g++;
             while (s * tg < g * ts)
                 SK_SIDE_STEP();
@@ -357,13 +353,7 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
 #undef SK_SIDE_COL
 }
 
-static inline void SK_FN(sk_pk_gemm_)(int M, int K, const SK_T *restrict A, ptrdiff_t lda,
-                                      const SK_T *restrict P, SK_T *restrict C, ptrdiff_t ldc,
-                                      int n0, int n1, int accumulate)
-{
-    SK_FN(sk_pk_gemm_dir_)(M, K, A, lda, P, C, ldc, n0, n1, accumulate, 0);
-}
-
+#undef SK_PK_ROW_FMA
 #undef SK_NR
 #undef SK_FN
 #undef SK_CAT
