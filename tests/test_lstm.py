@@ -485,3 +485,37 @@ def test_reference_sigmoid_is_stable():
     np.testing.assert_allclose(s[:5], [0, 1 / (1 + np.exp(50)), 0.5, 1 / (1 + np.exp(-50)), 1],
                                rtol=1e-15, atol=0)
     assert np.isnan(s[5])
+
+
+@pytest.mark.parametrize("mode, T, holds", [("blas", 20, True), ("packed", 20, False),
+                                             ("auto", 2, True), ("auto", 20, False)])
+def test_blas_held_only_where_blas_runs(monkeypatch, mode, T, holds):
+    """The wrapper holds BLAS at one thread (a few us of ctypes calls) only around
+    calls whose products run on BLAS; the packed path calls none, and must still
+    match the reference."""
+    from contextlib import contextmanager
+
+    import seqkern.lstm as lstm_mod
+    from seqkern._step_gemm import step_gemm
+
+    entered = []
+
+    @contextmanager
+    def counting():
+        entered.append(1)
+        yield
+
+    monkeypatch.setattr(lstm_mod, "blas_single_thread", counting)
+    rng = np.random.default_rng(5)
+    B, I, H = 1, 6, 16
+    x = rng.standard_normal((T, B, I))
+    W_ih = rng.standard_normal((4 * H, I)) * 0.3
+    W_hh = rng.standard_normal((4 * H, H)) * 0.3
+    with step_gemm(mode):
+        out, h_n, c_n, cache = seqkern.lstm_forward(x, None, None, W_ih, W_hh)
+        g = seqkern.lstm_backward(np.ones_like(out), None, None, cache)
+    assert len(entered) == (2 if holds else 0)
+    r_out, _, _, r_cache = ref.lstm_forward(x, None, None, W_ih, W_hh)
+    np.testing.assert_allclose(out, r_out, rtol=1e-10, atol=1e-12)
+    r_g = ref.lstm_backward(np.ones_like(out), None, None, r_cache)
+    np.testing.assert_allclose(g.dW_hh, r_g.dW_hh, rtol=1e-9, atol=1e-11)

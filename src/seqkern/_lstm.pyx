@@ -143,6 +143,14 @@ def unit_block(int B, int H):
     return _unit_block(B, H)
 
 
+def calls_blas(Py_ssize_t rows, int step_gemm):
+    """Do forward() and backward() call BLAS for a call over ``rows`` = T * B rows?
+    Only where the products are not packed: the packed path runs every product,
+    weight gradients included, on _packed_gemm.h (so the wrapper need not hold
+    BLAS at one thread around it, ~5 us a call)."""
+    return not packs(step_gemm, rows)
+
+
 # Where a step is split over unit blocks, the input projection runs in chunks of
 # ~CHUNK_ROWS rows (Tc steps) just before those steps, each block projecting its
 # own columns: the gate rows are then still in the thread's L2 when the step's

@@ -18,6 +18,7 @@ work is split in blocks fixed by the problem size, so 1 and N threads give
 bitwise-identical results.
 """
 
+from contextlib import nullcontext
 from typing import Optional, Tuple
 
 import numpy as np
@@ -84,6 +85,12 @@ class LSTMStepCache:
         self.seq = seq
 
 
+def _blas_guard(rows, mode):
+    """BLAS held at one thread around a kernel call that uses it (see _threads);
+    a call whose products all run packed uses none, and skips the ~5 us that costs."""
+    return blas_single_thread() if _lstm.calls_blas(rows, mode) else nullcontext()
+
+
 def _forward(a, return_cache):
     T, B, I, H = a.T, a.B, a.I, a.H
     dt = a.dtype
@@ -104,7 +111,7 @@ def _forward(a, return_cache):
         cs = np.empty((T if return_cache else min(T, 2), B, H), dt)
         Wih_p = np.empty((4 * H, I), dt)
         Whh_p = np.empty((4 * H, H), dt)
-        with blas_single_thread():
+        with _blas_guard(T * B, mode):
             _lstm.forward(a.x, a.h0, a.c0, a.W_ih, a.W_hh, a.bias(), a.lengths,
                           Wih_p, Whh_p, np.empty(4 * H, dt), z, cs, out, h_n, c_n,
                           n_threads, mode)
@@ -160,11 +167,12 @@ def _backward(cache, d_out, d_h_n, d_c_n):
     if T and B and H:
         # dz scratch for one chunk of steps (the kernel adds each chunk's gradients)
         dz = np.empty((min(T, _lstm.bwd_chunk_steps(B)), B, 4 * H), dt)
-        with blas_single_thread():
+        mode = step_gemm_mode()
+        with _blas_guard(T * B, mode):
             _lstm.backward(a.x, d_out, d_h_n, d_c_n, a.h0, a.c0, cache.out, cache.z,
                            cache.cs, cache.Wih_p, cache.Whh_p, a.lengths,
                            dz, dx, dh0, dc0, dW_ih, dW_hh, db, effective_num_threads(),
-                           step_gemm_mode())
+                           mode)
     return LSTMGrads(
         dx, dh0, dc0, dW_ih, dW_hh,
         None if a.b_ih is None else db,
