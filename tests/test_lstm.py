@@ -519,3 +519,52 @@ def test_blas_held_only_where_blas_runs(monkeypatch, mode, T, holds):
     np.testing.assert_allclose(out, r_out, rtol=1e-10, atol=1e-12)
     r_g = ref.lstm_backward(np.ones_like(out), None, None, r_cache)
     np.testing.assert_allclose(g.dW_hh, r_g.dW_hh, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype,H", [(np.float32, 128), (np.float64, 64), (np.float64, 128)])
+@pytest.mark.parametrize("T,I,length,join", [(100, 8, None, 0), (100, 8, None, 48),
+                                             (40, 70, 33, 16), (21, 3, None, 0),
+                                             (21, 3, None, 16), (37, 16, 0, 0),
+                                             (33, 16, 16, 32)])
+def test_batch_1_step_split_between_threads(monkeypatch, request, dtype, H, T, I, length,
+                                            join):
+    """On 2 threads the batch-1 steps split in halves of the units (each half of a
+    gate whole panels: H a multiple of 128 in float32, of 64 in float64), the
+    second thread joining at a chunk boundary: the same bits as on 1 thread, with
+    and without a cache, with lengths. Here the first thread waits for the second
+    (wait_for_helper) at step ``join``, so that the split surely runs from there,
+    after the first thread ran the steps before it alone."""
+    import seqkern.lstm as lstm_mod
+
+    splits = []
+    forward = lstm_mod._lstm.forward
+
+    def recording(*a):
+        splits.append(forward(*a))
+        return splits[-1]
+
+    monkeypatch.setattr(lstm_mod._lstm, "forward", recording)
+    args = make(T, 1, I, H, dtype)
+    lengths = None if length is None else np.array([length])
+    lstm_mod._lstm.wait_for_helper(10 ** 8, join)  # the split surely runs from `join`
+    request.addfinalizer(lambda: lstm_mod._lstm.wait_for_helper(0, 0))
+    d_out = np.random.default_rng(3).standard_normal((T, 1, H)).astype(dtype)
+
+    def run():
+        out, h_n, c_n, cache = seqkern.lstm_forward(*args, lengths=lengths)
+        o2, h2, c2, _ = seqkern.lstm_forward(*args, lengths=lengths, return_cache=False)
+        g = seqkern.lstm_backward(d_out, h_n, c_n, cache)
+        return (out, h_n, c_n, o2, h2, c2) + tuple(g)
+
+    with seqkern.threads(1):
+        want = run()
+    assert splits == [-1, -1]                      # 1 thread: never split
+    with seqkern.threads(2):
+        got = run()
+    for a, b in zip(want, got):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+    assert splits[2:] == [join, join]              # 2 threads: split from `join`
+    np.testing.assert_array_equal(want[0], want[3])
+    r_out = ref.lstm_forward(*map(f64, args), lengths=lengths)[0]
+    assert_close("out", want[0], r_out, dtype)

@@ -151,6 +151,47 @@ def test_gemv_side_matches_numpy(rng, dtype, K, N, K2, N2, m2):
                 assert np.all(C2[:, ~cols] == 7.0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hg,n_panels", [(1, 8), (2, 8), (1, 5), (2, 7)])
+def test_gemv_side_halves(rng, dtype, hg, n_panels):
+    """hg > 0: the two halves (groups of hg panels, alternating) each write exactly
+    their panels' columns of c and, numbered within those panels, their side
+    columns of C2, bitwise as the whole call does (how two threads split a batch-1
+    LSTM step); with whole and ragged last groups."""
+    vl = 64 // np.dtype(dtype).itemsize
+    nr = 4 * vl
+    K, K2, m2 = 9, 6, 5
+    N = n_panels * nr - (3 if n_panels % 2 else 0)     # a ragged last panel too
+    W = rng.standard_normal((K, N)).astype(dtype)
+    W2 = rng.standard_normal((K2, N)).astype(dtype)
+    P, P2 = pg.pack(W, False), pg.pack(W2, False)
+    a = rng.standard_normal(K).astype(dtype)
+    A2 = rng.standard_normal((m2, K2)).astype(dtype)
+    n_vec = -(-N // vl)
+    whole_c, whole_C2 = pg.gemv_side(a, P, np.zeros(N, dtype), A2, P2, np.zeros((m2, N), dtype),
+                                     0, n_vec, False)
+    panel = np.arange(N) // nr
+    mine = [(panel // hg) % 2 == h for h in (0, 1)]
+    for h in (0, 1):
+        n_mine = -(-int(mine[h].sum()) // vl)             # its vector columns
+        for reverse in (False, True):
+            c = np.full(N, 7.0, dtype)
+            C2 = np.full((m2, N), 7.0, dtype)
+            pg.gemv_side(a, P, c, A2, P2, C2, 0, n_mine, False, reverse, hg=hg, half=h)
+            np.testing.assert_array_equal(c[mine[h]], whole_c[mine[h]])
+            assert np.all(c[~mine[h]] == 7.0)
+            np.testing.assert_array_equal(C2[:, mine[h]], whole_C2[:, mine[h]])
+            assert np.all(C2[:, ~mine[h]] == 7.0)
+    # a range of the half's side columns lands in the mapped columns only
+    c = np.zeros(N, dtype)
+    C2 = np.full((m2, N), 7.0, dtype)
+    pg.gemv_side(a, P, c, A2, P2, C2, 1, 2, False, hg=hg, half=1)
+    cols = np.flatnonzero(mine[1])[vl:2 * vl]
+    np.testing.assert_array_equal(C2[:, cols], whole_C2[:, cols])
+    changed = C2 != 7.0
+    assert changed[:, cols].all() and changed.sum() == changed[:, cols].sum()
+
+
 def test_bad_arguments(rng):
     A = np.ones((2, 3), np.float32)
     P = pg.pack(np.ones((5, 3), np.float32), True)

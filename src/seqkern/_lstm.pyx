@@ -53,11 +53,20 @@ from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, pk_alloc_nn, pk_alloc_nt, pk
                                    pk_gemm_dir, pk_gemv_side, pk_pack_nn, pk_pack_side, pk_size,
                                    sk_pk_alloc)
 
+cdef extern from "_sync.h" nogil:
+    ctypedef struct sk_flag:
+        pass
+    void sk_flag_set(sk_flag* f, long long v)
+    long long sk_flag_get(sk_flag* f)
+    void sk_flag_wait(sk_flag* f, long long v)
+    int sk_flag_wait_for(sk_flag* f, long long v, long long spins)
+    void sk_prefetch(const void* p, size_t n)
+
 cdef extern from "_lstm_cell.h" nogil:
     void sk_lstm_cell_fwd_f(float* z, const float* bias, const float* c_prev, float* c,
-                            float* h, int n)
+                            float* h, int n, Py_ssize_t gs)
     void sk_lstm_cell_fwd_d(double* z, const double* bias, const double* c_prev, double* c,
-                            double* h, int n)
+                            double* h, int n, Py_ssize_t gs)
     void sk_lstm_cell_bwd_f(const float* z, const float* c, const float* c_prev,
                             const float* d_out, float* carry_h, float* carry_c,
                             float* dz, int n)
@@ -67,11 +76,12 @@ cdef extern from "_lstm_cell.h" nogil:
 
 
 cdef inline void cell_forward(floating* z, const floating* bias, const floating* c_prev,
-                              floating* c, floating* h, int n) noexcept nogil:
+                              floating* c, floating* h, int n, Py_ssize_t gs) noexcept nogil:
+    """n units; z and bias hold their gates as runs i, f, g, o, gs >= n apart."""
     if floating is float:
-        sk_lstm_cell_fwd_f(z, bias, c_prev, c, h, n)
+        sk_lstm_cell_fwd_f(z, bias, c_prev, c, h, n, gs)
     else:
-        sk_lstm_cell_fwd_d(z, bias, c_prev, c, h, n)
+        sk_lstm_cell_fwd_d(z, bias, c_prev, c, h, n, gs)
 
 
 cdef inline void cell_backward(const floating* z, const floating* c, const floating* c_prev,
@@ -141,6 +151,16 @@ cdef inline int _unit_block(int B, int H) noexcept nogil:
 def unit_block(int B, int H):
     """Units per gate block for a batch of B and H hidden units (for tests)."""
     return _unit_block(B, H)
+
+
+def splits_steps(int T, int B, int H, int itemsize, int step_gemm, int n_threads):
+    """Does forward() split each batch-1 step between two threads (_split_one_row)?
+    The two then write alternate 64-element runs of the same rows of z, out and cs,
+    which must therefore start on a cache line (else lines at the seams cross
+    between the cores at every step; measured: (1,1000,128,128) forward 2.6 or
+    4.6 ms on 2 threads by the arrays' offsets)."""
+    return (_one_row(T, B, H, step_gemm) and T > 1
+            and _split_one_row(H, itemsize, n_threads))
 
 
 def calls_blas(Py_ssize_t rows, int step_gemm):
@@ -245,18 +265,21 @@ cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t, int T,
     else:
         gemm(False, True, B, 4 * uk, H, <floating>1, h_prev, H,
              Whh_p + <Py_ssize_t>4 * u0 * H, H, <floating>1, z_t + 4 * u0, G)
-    _forward_cells(B, H, U, k, t, T, c_prev, bias_p, z_t, c_t, h_t, h_n, c_n, lengths)
+    _forward_cells(B, H, u0, uk, 4 * u0, uk, t, T, c_prev, bias_p, z_t, c_t, h_t, h_n, c_n,
+                   lengths)
 
 
-cdef inline void _forward_cells(int B, int H, int U, int k, Py_ssize_t t, int T,
-                                const floating* c_prev, const floating* bias_p,
-                                floating* z_t, floating* c_t, floating* h_t, floating* h_n,
-                                floating* c_n, const int64_t* lengths) noexcept nogil:
-    """The gate pass of step t on the units of block k, once z_t holds the whole
-    pre-activation less the bias (see _forward_block)."""
+cdef inline void _forward_cells(int B, int H, int u0, int uk, int zo, int gs,
+                                Py_ssize_t t, int T, const floating* c_prev,
+                                const floating* bias_p, floating* z_t, floating* c_t,
+                                floating* h_t, floating* h_n, floating* c_n,
+                                const int64_t* lengths) noexcept nogil:
+    """The gate pass of step t on units u0 .. u0+uk-1, once z_t holds the whole
+    pre-activation less the bias (see _forward_block). Their gates are at z_t[b]
+    + zo, as runs i, f, g, o, gs apart (as in bias_p + zo): zo = 4 u0, gs = uk
+    for the block of u0 in the block layout; zo = u0, gs = H for units of a
+    single block (U = H)."""
     cdef int G = 4 * H
-    cdef int u0 = k * U
-    cdef int uk = min(U, H - u0)
     cdef int b
     cdef Py_ssize_t L
     cdef floating* cn
@@ -269,62 +292,183 @@ cdef inline void _forward_cells(int B, int H, int U, int k, Py_ssize_t t, int T,
             memset(cn, 0, uk * sizeof(floating))
             memset(hn, 0, uk * sizeof(floating))
             continue
-        cell_forward(z_t + <Py_ssize_t>b * G + 4 * u0, bias_p + 4 * u0,
-                     c_prev + <Py_ssize_t>b * H + u0,
-                     cn, hn, uk)
+        cell_forward(z_t + <Py_ssize_t>b * G + zo, bias_p + zo,
+                     c_prev + <Py_ssize_t>b * H + u0, cn, hn, uk, gs)
         if t == L - 1:
             memcpy(h_n + <Py_ssize_t>b * H + u0, hn, uk * sizeof(floating))
             memcpy(c_n + <Py_ssize_t>b * H + u0, cn, uk * sizeof(floating))
 
 
-cdef void _forward_one_row(int T, int I, int H, const floating* x, const floating* Xpk,
+cdef inline void _one_row_step(Py_ssize_t t, int part, int T, int I, int H,
+                               const floating* x, const floating* Xpk, const floating* Wpk,
+                               floating* S, const floating* bias_p, floating* z, int nz,
+                               floating* cs, int n_slots, floating* out, floating* h_n,
+                               floating* c_n, const floating* h0, const floating* c0,
+                               const int64_t* lengths, bint first) noexcept nogil:
+    """Step t of _forward_one_row: all of it (part = -1), or the half of its units
+    numbered ``part`` (0: the first H/2, 1: the rest; see _split_one_row), with the
+    same half of the side product's columns. S: this thread's side operand (packed
+    here at the first step of each chunk)."""
+    cdef int G = 4 * H
+    cdef int R = SK_PK_SIDE_ROWS
+    cdef int nv = <int>((G * sizeof(floating) + 63) // 64)    # 64-byte vector columns
+    cdef int j = <int>(t % R)
+    cdef Py_ssize_t r0 = t - j + R                              # the next chunk's first step
+    cdef int m2 = 0 if first or r0 >= T else <int>min(<Py_ssize_t>R, T - r0)
+    cdef int hg = 0, u0 = 0, uk = H         # panels in half a gate (0: all), units
+    if part >= 0:
+        hg = H // (2 * 4 * (64 // <int>sizeof(floating)))
+        nv = nv // 2                        # the half's columns, numbered from 0
+        u0 = part * (H // 2)
+        uk = H // 2
+    if j == 0 and m2 > 0:
+        pk_pack_side(m2, I, x + r0 * I, I, S)
+    cdef const floating* h_prev = h0 if t == 0 else out + (t - 1) * H
+    cdef const floating* c_prev = c0 if t == 0 else cs + ((t - 1) % n_slots) * H
+    pk_gemv_side(H, h_prev, Wpk, G, z + (t % nz) * G, True, t & 1, hg, max(part, 0),
+                 I, S, Xpk, G, z + (r0 % nz) * G, G, m2, j * nv // R, (j + 1) * nv // R)
+    _forward_cells(1, H, u0, uk, u0, H, t, T, c_prev, bias_p, z + (t % nz) * G,
+                   cs + (t % n_slots) * H, out + t * H, h_n, c_n, lengths)
+
+
+cdef inline bint _split_one_row(int H, size_t elsize, int n_threads) noexcept nogil:
+    """Does _forward_one_row split each step between two threads? Where it has
+    them and each half of a gate's H columns is whole panels of 4 x 64 bytes
+    (H a multiple of 128 in float32, of 64 in float64): each thread then reads
+    half of W_hh^T, all four gates of half of the units, and runs their gate pass."""
+    return n_threads > 1 and H % (2 * 4 * (64 // <int>elsize)) == 0
+
+
+# For tests: the lead splits no step before _join_at, and there waits up to
+# _join_spins pauses for the helper, so that the split surely runs from that step
+# (the defaults 0, 0: from the first chunk boundary the helper is there, no wait).
+cdef long long _join_spins = 0
+cdef Py_ssize_t _join_at = 0
+
+
+def wait_for_helper(long long spins, Py_ssize_t at_step=0):
+    """Make the batch-1 forward on two threads split no step before ``at_step``,
+    and wait there up to ``spins`` pauses for the second thread (for tests; the
+    default (0, 0): no wait)."""
+    global _join_spins, _join_at
+    _join_spins = spins
+    _join_at = at_step
+
+
+# The flags of a split step (_sync.h): the helper is here; the step from which the
+# two split (T: never); the last step each has finished.
+cdef enum:
+    FLAG_HERE = 0
+    FLAG_START = 1
+    FLAG_LEAD = 2
+    FLAG_HELP = 3
+    N_FLAGS = 4
+
+
+cdef void _one_row_lead(int T, int I, int H, const floating* x, const floating* Xpk,
+                        const floating* Wpk, floating* S, const floating* bias_p,
+                        floating* z, int nz, floating* cs, int n_slots, floating* out,
+                        floating* h_n, floating* c_n, const floating* h0,
+                        const floating* c0, const int64_t* lengths, bint first,
+                        sk_flag* fl) noexcept nogil:
+    """The steps on the calling thread: alone until the helper (_one_row_help) has
+    come, then, from the next chunk of R steps on, half of each (fl NULL: alone).
+    fl[FLAG_START] ends holding the first step split (T: none)."""
+    cdef int R = SK_PK_SIDE_ROWS
+    cdef Py_ssize_t t, split = -1
+    if not first:       # the first chunk's projection (the helper's time to come)
+        pk_gemm(min(R, T), I, x, I, Xpk, z, 4 * H, 0, 4 * H, False)
+    for t in range(T):
+        if split < 0 and fl != NULL and t % R == 0 and t >= _join_at and _join_spins > 0:
+            sk_flag_wait_for(&fl[FLAG_HERE], 1, _join_spins)
+        if (split < 0 and fl != NULL and t % R == 0 and t >= _join_at
+                and sk_flag_get(&fl[FLAG_HERE])):
+            split = t
+            sk_flag_set(&fl[FLAG_START], t)        # publishes steps < t to the helper
+        if split < 0:
+            _one_row_step(t, -1, T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out,
+                          h_n, c_n, h0, c0, lengths, first)
+            continue
+        if t > split:
+            sk_flag_wait(&fl[FLAG_HELP], t - 1)    # the other half of h_{t-1}
+            sk_prefetch(out + (t - 1) * H + H // 2, (H // 2) * sizeof(floating))
+        _one_row_step(t, 0, T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out,
+                      h_n, c_n, h0, c0, lengths, first)
+        sk_flag_set(&fl[FLAG_LEAD], t)
+    if split < 0 and fl != NULL:
+        sk_flag_set(&fl[FLAG_START], T)            # nothing left for a late helper
+
+
+cdef void _one_row_help(int T, int I, int H, const floating* x, const floating* Xpk,
+                        const floating* Wpk, floating* S, const floating* bias_p,
+                        floating* z, int nz, floating* cs, int n_slots, floating* out,
+                        floating* h_n, floating* c_n, const floating* h0,
+                        const floating* c0, const int64_t* lengths, bint first,
+                        sk_flag* fl) noexcept nogil:
+    """The second thread: says it is here, then runs half of every step from the
+    one _one_row_lead names (none if the lead finished first)."""
+    sk_flag_set(&fl[FLAG_HERE], 1)
+    sk_flag_wait(&fl[FLAG_START], 0)
+    cdef Py_ssize_t t, s = sk_flag_get(&fl[FLAG_START])
+    for t in range(s, T):
+        if t > s:
+            sk_flag_wait(&fl[FLAG_LEAD], t - 1)
+            sk_prefetch(out + (t - 1) * H, (H // 2) * sizeof(floating))
+        _one_row_step(t, 1, T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out,
+                      h_n, c_n, h0, c0, lengths, first)
+        sk_flag_set(&fl[FLAG_HELP], t)
+
+
+cdef Py_ssize_t _forward_one_row(int T, int I, int H, const floating* x, const floating* Xpk,
                            const floating* Wpk, floating* S, const floating* bias_p,
                            floating* z, int nz, floating* cs, int n_slots, floating* out,
                            floating* h_n, floating* c_n, const floating* h0,
-                           const floating* c0, const int64_t* lengths,
-                           int nt) noexcept nogil:
+                           const floating* c0, const int64_t* lengths, int nt,
+                           sk_flag* fl) noexcept nogil:
     """The forward at batch 1 (one block, weights packed: _one_row). Each step's
     product h_{t-1} @ W_hh^T is bound by reading W_hh from L2 and leaves the FMA
     units mostly idle; the input projection is bound by the FMAs. So the steps run
     in chunks of R = SK_PK_SIDE_ROWS, and each step of a chunk computes, interleaved
     with its own product (pk_gemv_side), 1/R of the next chunk's projection. S
-    (I x R scratch) holds the next chunk's x rows; z has nz slots (T, or min(T, 2R)
-    without a cache), step t in slot t % nz; the rest as in forward().
+    (I x R scratch, two of them where the steps split) holds the next chunk's x
+    rows; z has nz slots (T, or min(T, 2R) without a cache), step t in slot t % nz;
+    the rest as in forward().
     Where a second thread can take half of a large projection (_project_first:
     measured (1,1000,256,64) forward 1.37 ms that way on 2 threads, 1.83 inside
     the steps), all of it runs first, in blocks of >= 2 rows shared between the
-    threads, and the steps run alone (z then has T slots). Both ways each element
-    of the projection is one k-ordered chain of FMAs from 0 (4-row tiles, or the
-    side product's rows), so the results do not depend on the thread count."""
+    threads (z then has T slots). Both ways each element of the projection is one
+    k-ordered chain of FMAs from 0 (4-row tiles, or the side product's rows).
+    On two threads (_split_one_row; fl: N_FLAGS flags, else NULL) the steps split
+    in halves of the units, synchronised by flags (_sync.h), never by a barrier:
+    the calling thread starts alone, and the second joins at the first chunk
+    boundary after it has come, so a second core that is slow to wake (up to ~4 ms
+    after a pause, measured on this 2-vCPU VM) delays nothing but the end of the
+    region. A half step computes each of its elements exactly as the whole step
+    does, so the results do not depend on the thread count. Returns the first
+    step that was split (T: none)."""
     cdef int G = 4 * H
     cdef int R = SK_PK_SIDE_ROWS
-    cdef int nv = <int>((G * sizeof(floating) + 63) // 64)    # 64-byte vector columns
-    cdef int j, i, m2 = 0
+    cdef int i
     cdef bint first = _project_first(T, I, H, nt)
     cdef Py_ssize_t n_rb = max(1, T // ROW_BLOCK)       # row blocks of >= 2 rows
-    cdef Py_ssize_t t, r0, rb0, rb1
-    cdef const floating* h_prev
-    cdef const floating* c_prev
+    cdef Py_ssize_t rb0, rb1
     if first:
         for i in prange(n_rb, num_threads=nt, schedule='static'):
             rb0 = i * T // n_rb
             rb1 = (i + 1) * T // n_rb
             pk_gemm(<int>(rb1 - rb0), I, x + rb0 * I, I, Xpk, z + rb0 * G, G, 0, G, False)
-    else:
-        pk_gemm(min(R, T), I, x, I, Xpk, z, G, 0, G, False)  # the first chunk's projection
-    for t in range(T):
-        j = <int>(t % R)
-        r0 = t - j + R                                          # the next chunk's first step
-        if j == 0:                                              # m2 = 0: no side product
-            m2 = <int>min(<Py_ssize_t>R, T - r0) if r0 < T and not first else 0
-            if m2 > 0:
-                pk_pack_side(m2, I, x + r0 * I, I, S)
-        h_prev = h0 if t == 0 else out + (t - 1) * H
-        c_prev = c0 if t == 0 else cs + ((t - 1) % n_slots) * H
-        pk_gemv_side(H, h_prev, Wpk, G, z + (t % nz) * G, True, t & 1,
-                     I, S, Xpk, G, z + (r0 % nz) * G, G, m2, j * nv // R, (j + 1) * nv // R)
-        _forward_cells(1, H, H, 0, t, T, c_prev, bias_p, z + (t % nz) * G,
-                       cs + (t % n_slots) * H, out + t * H, h_n, c_n, lengths)
+    if fl == NULL:
+        _one_row_lead(T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out, h_n, c_n,
+                      h0, c0, lengths, first, NULL)
+        return T
+    with parallel(num_threads=2):
+        if threadid() == 0:
+            _one_row_lead(T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out, h_n,
+                          c_n, h0, c0, lengths, first, fl)
+        else:
+            _one_row_help(T, I, H, x, Xpk, Wpk, S + <Py_ssize_t>I * R, bias_p, z, nz, cs,
+                          n_slots, out, h_n, c_n, h0, c0, lengths, first, fl)
+    return sk_flag_get(&fl[FLAG_START])
 
 
 def forward(const floating[:, :, ::1] x,      # (T, B, I)
@@ -344,7 +488,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             floating[:, ::1] c_n,             # (B, H) OUT: the cell after each sequence's last step
             int n_threads, int step_gemm):
     """LSTM forward over a whole sequence. T, B, H >= 1 (the wrapper handles empties).
-    step_gemm: seqkern._step_gemm's AUTO, BLAS or PACKED."""
+    step_gemm: seqkern._step_gemm's AUTO, BLAS or PACKED. Returns the first step
+    that ran split between two threads (_forward_one_row), or -1 (for tests)."""
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = W_hh.shape[1]
     cdef int G = 4 * H
     cdef Py_ssize_t TB = <Py_ssize_t>T * B
@@ -379,6 +524,9 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef floating* S = NULL
     cdef bint packed = packs(step_gemm, TB)
     cdef bint one_row = _one_row(T, B, H, step_gemm)
+    cdef bint split = splits_steps(T, B, H, sizeof(floating), step_gemm, nt)
+    cdef sk_flag* fl = NULL
+    cdef Py_ssize_t split_at = T
     try:
         t = 0
         h_prev = NULL
@@ -391,15 +539,23 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                 Wpk = pk_alloc_nt(G, H, Whh)       # for h_prev @ Whh_p^T
                 Xpk = pk_alloc_nt(G, I, Wih)       # for x @ Wih_p^T
             if one_row:
-                S = <floating*>sk_pk_alloc(<size_t>I * SK_PK_SIDE_ROWS, sizeof(floating))
-        if packed and (Wpk == NULL or Xpk == NULL) or one_row and S == NULL:
+                S = <floating*>sk_pk_alloc(<size_t>I * SK_PK_SIDE_ROWS * (2 if split else 1),
+                                           sizeof(floating))
+            if split:
+                fl = <sk_flag*>sk_pk_alloc(N_FLAGS * 64, 1)
+                if fl != NULL:
+                    sk_flag_set(&fl[FLAG_HERE], 0)
+                    for i in range(FLAG_START, N_FLAGS):
+                        sk_flag_set(&fl[i], -1)
+        if (packed and (Wpk == NULL or Xpk == NULL) or one_row and S == NULL
+                or split and fl == NULL):
             raise MemoryError()
         if nz != gate_slots(T, B, H, I, nz == T, step_gemm, nt):
             raise ValueError("z must have gate_slots() time slots")
         with nogil:
             if one_row:
-                _forward_one_row(T, I, H, xp, Xpk, Wpk, S, bp, zp, nz, csp, n_slots, outp,
-                                 hnp, cnp, h0p, c0p, lens, nt)
+                split_at = _forward_one_row(T, I, H, xp, Xpk, Wpk, S, bp, zp, nz, csp,
+                                            n_slots, outp, hnp, cnp, h0p, c0p, lens, nt, fl)
             elif n_units > 1:
                 # The projection in chunks of Tc steps, each block its own columns,
                 # then the steps; static schedules give each thread the same blocks.
@@ -459,6 +615,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
         free(Wpk)
         free(Xpk)
         free(S)
+        free(fl)
+    return -1 if split_at >= T else split_at
 
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,9 @@
  *
  * z holds the row's gates of the n units as four runs of n: i, f, g, o
  * (pre-activations less the bias on entry to the forward, activations on exit);
- * bias has the same layout. Adding the bias here, not before the GEMMs, saves a
+ * bias has the same layout. The forward also takes runs gs >= n apart (the
+ * first n units of each run of gs: half of the units of a one-block row, for
+ * the batch-1 step split between two threads). Adding the bias here, not before the GEMMs, saves a
  * pass over the whole (T, B, 4H) gate buffer (a copy, then a read-modify-write).
  *
  * Forward:  i, f, o = sigmoid(. + b), g = tanh(. + b), c = f c_prev + i g, h = o tanh(c)
@@ -41,12 +43,13 @@
 #define SK_LSTM_CELL(T, S, SIGMOID, TANH)                                          \
 static inline void sk_lstm_cell_fwd_##S(T *restrict z, const T *restrict bias,     \
                                         const T *restrict c_prev,                  \
-                                        T *restrict c, T *restrict h, int n)       \
+                                        T *restrict c, T *restrict h, int n,       \
+                                        ptrdiff_t gs)                              \
 {                                                                                  \
-    T *restrict zi = z, *restrict zf = z + n, *restrict zg = z + 2 * n;            \
-    T *restrict zo = z + 3 * n;                                                    \
-    const T *restrict bi = bias, *restrict bf = bias + n;                          \
-    const T *restrict bg = bias + 2 * n, *restrict bo = bias + 3 * n;              \
+    T *restrict zi = z, *restrict zf = z + gs, *restrict zg = z + 2 * gs;          \
+    T *restrict zo = z + 3 * gs;                                                   \
+    const T *restrict bi = bias, *restrict bf = bias + gs;                         \
+    const T *restrict bg = bias + 2 * gs, *restrict bo = bias + 3 * gs;            \
     for (ptrdiff_t j = 0; j < n; j++) {                                            \
         T i = SIGMOID(zi[j] + bi[j]), f = SIGMOID(zf[j] + bf[j]);                  \
         T g = TANH(zg[j] + bg[j]), o = SIGMOID(zo[j] + bo[j]);                     \

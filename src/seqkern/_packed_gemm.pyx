@@ -113,25 +113,26 @@ SIDE_ROWS = SK_PK_SIDE_ROWS
 
 
 cdef void _gemv_side(const floating[::1] a, const floating[::1] P, floating[::1] c,
-                     bint accumulate, bint reverse, const floating[:, ::1] A2,
-                     const floating[::1] P2, floating[:, ::1] C2, floating[::1] S,
-                     int K2, int v0, int v1, int repeat) noexcept nogil:
+                     bint accumulate, bint reverse, int hg, int half,
+                     const floating[:, ::1] A2, const floating[::1] P2, floating[:, ::1] C2,
+                     floating[::1] S, int K2, int v0, int v1, int repeat) noexcept nogil:
     cdef int r
     cdef int m2 = <int>A2.shape[0]
     pk_pack_side(m2, K2, &A2[0, 0], A2.shape[1], &S[0])
     for r in range(repeat):
         pk_gemv_side(<int>a.shape[0], &a[0], &P[0], <int>c.shape[0], &c[0], accumulate,
-                     reverse, K2, &S[0], &P2[0], <int>C2.shape[1], &C2[0, 0],
+                     reverse, hg, half, K2, &S[0], &P2[0], <int>C2.shape[1], &C2[0, 0],
                      C2.shape[1], m2, v0, v1)
 
 
 def gemv_side(a, P, c, A2, P2, C2, int v0, int v1, bint accumulate=True,
-              bint reverse=False, int repeat=1):
+              bint reverse=False, int repeat=1, int hg=0, int half=0):
     """c (N,) (+)= a (K,) @ W and, interleaved, C2[:, v VL:(v+1) VL] := A2 @ W2[:, v VL:(v+1) VL]
     for v0 <= v < v1 (VL: elements per 64 bytes; columns past N2 untouched); P, P2
     from pack() of W (K, N) and W2 (K2, N2); A2 (m2 <= SIDE_ROWS, K2), C2 (m2, N2),
     K, N >= 1 (K2 = 0: those columns are 0). ``repeat`` runs it that many times
-    (for timing)."""
+    (for timing). hg > 0: the row product only on the groups of hg panels (of
+    4 VL columns) numbered ``half`` (0 or 1) mod 2, c's other columns untouched."""
     _check("A2", A2, 2)
     dt = A2.dtype
     _check("C2", C2, 2, dt)
@@ -150,10 +151,12 @@ def gemv_side(a, P, c, A2, P2, C2, int v0, int v1, bint accumulate=True,
         raise ValueError("P or P2 is too small")
     if not 0 <= v0 <= v1 <= (N2 + vl - 1) // vl:
         raise ValueError("need 0 <= v0 <= v1 <= the vector columns of C2")
+    if hg < 0 or half not in (0, 1):
+        raise ValueError("need hg >= 0 and half 0 or 1")
     if K2 == 0:
         A2 = np.zeros((m2, 1), dt)          # a valid pointer; nothing is read
     S = np.empty(max(K2, 1) * SIDE_ROWS, dt)
-    cdef int k2 = K2, v0_ = v0, v1_ = v1, reps = repeat
+    cdef int k2 = K2, v0_ = v0, v1_ = v1, reps = repeat, hg_ = hg, half_ = half
     cdef const float[::1] af, Pf, P2f
     cdef float[::1] cf, Sf
     cdef const float[:, ::1] A2f
@@ -165,9 +168,11 @@ def gemv_side(a, P, c, A2, P2, C2, int v0, int v1, bint accumulate=True,
     if dt == np.float32:
         af, Pf, cf, A2f, P2f, C2f, Sf = a, P, c, A2, P2, C2, S
         with nogil:
-            _gemv_side(af, Pf, cf, accumulate, reverse, A2f, P2f, C2f, Sf, k2, v0_, v1_, reps)
+            _gemv_side(af, Pf, cf, accumulate, reverse, hg_, half_, A2f, P2f, C2f, Sf, k2,
+                       v0_, v1_, reps)
     else:
         ad, Pd, cd, A2d, P2d, C2d, Sd = a, P, c, A2, P2, C2, S
         with nogil:
-            _gemv_side(ad, Pd, cd, accumulate, reverse, A2d, P2d, C2d, Sd, k2, v0_, v1_, reps)
+            _gemv_side(ad, Pd, cd, accumulate, reverse, hg_, half_, A2d, P2d, C2d, Sd, k2,
+                       v0_, v1_, reps)
     return c, C2

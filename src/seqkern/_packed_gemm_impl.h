@@ -262,6 +262,14 @@ static void SK_FN(sk_pk_pack_side_)(int m, int K, const SK_T *restrict A, ptrdif
  * Row product: c[0:N] (+)= a @ W, a (K,), W the (K, N) operand packed in P, panels
  * last to first if reverse; each element summed over k in order (one chain: not
  * the even/odd split of sk_pk_gemm_dir_ at M = 1, so the two differ in rounding).
+ * hg > 0 restricts it to half of the panels, taken in groups of hg: the groups
+ * 0, 2, 4, ... (half = 0) or 1, 3, 5, ... (half = 1); the other panels' columns
+ * of c are not touched. The side product's vector columns v are then numbered
+ * within those panels too (v0 = 0 is the first vector column of the first panel
+ * visited), so that the thread that runs a half also writes the columns of C2
+ * that it reads later (no cache line crosses between the cores). With W_hh^T in the LSTM's gate order and hg the panels
+ * of half a gate, each half holds all four gates of half of the units: two
+ * threads split a batch-1 step so. hg = 0: every panel.
  * Side product: for each vector column v in [v0, v1) (columns v VL .. v VL + VL - 1),
  * C2[r][v VL + l] := sum_k A2[r][k] W2[k][v VL + l] for r < m2 <= SK_PK_SIDE_ROWS,
  * over k in order; A2 given as S (sk_pk_pack_side_), W2 the (K2, N2) operand packed
@@ -275,23 +283,33 @@ static void SK_FN(sk_pk_pack_side_)(int m, int K, const SK_T *restrict A, ptrdif
  * side product advancing in proportion), each runs in the other's idle units. */
 static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *restrict P,
                                     int N, SK_T *restrict c, int accumulate, int reverse,
+                                    int hg, int half,
                                     int K2, const SK_T *restrict S, const SK_T *restrict P2,
                                     int N2, SK_T *restrict C2, ptrdiff_t ldc2, int m2,
                                     int v0, int v1)
 {
-    int np = N > 0 ? (N + SK_NR - 1) / SK_NR : 0;
+    int np = N > 0 ? (N + SK_NR - 1) / SK_NR : 0;      /* panels visited */
+    if (hg > 0) {                                       /* half of the groups of hg */
+        int rest = np % (2 * hg) - half * hg;           /* in the last, partial pair */
+        np = np / (2 * hg) * hg + (rest < 0 ? 0 : rest < hg ? rest : hg);
+    }
     if (K < 0)
         K = 0;
-    if (K2 <= 0 && m2 > 0 && v1 > v0) {     /* empty sums: the columns are 0 */
-        int j0 = v0 * SK_VL, j1 = v1 * SK_VL < N2 ? v1 * SK_VL : N2;
-        for (int r = 0; r < m2; r++)
-            for (int j = j0; j < j1; j++)
-                C2[r * ldc2 + j] = 0;
+/* vector column v of the visited panels -> of W2 and C2 (the same with hg = 0) */
+#define SK_SIDE_MAP(v)                                                             \
+    (hg > 0 ? (((v) / 4 / hg) * 2 * hg + half * hg + ((v) / 4) % hg) * 4 + (v) % 4 : (v))
+    if (K2 <= 0 && m2 > 0) {                /* empty sums: the columns are 0 */
+        for (int u = v0; u < v1; u++) {
+            int j0 = SK_SIDE_MAP(u) * SK_VL, j1 = j0 + SK_VL < N2 ? j0 + SK_VL : N2;
+            for (int r = 0; r < m2; r++)
+                for (int j = j0; j < j1; j++)
+                    C2[r * ldc2 + j] = 0;
+        }
     }
     long long tg = (long long)np * K;
     long long ts = (v1 > v0 && K2 > 0 && m2 > 0) ? (long long)(v1 - v0) * K2 : 0;
     long long g = 0, s = 0;
-    int v = v0, k2 = 0;
+    int v = v0, vm = SK_SIDE_MAP(v0), k2 = 0;   /* vm: v mapped */
     SK_V z = {0};
     SK_V acc[SK_PK_SIDE_ROWS];
     _Pragma("GCC unroll 16")
@@ -300,7 +318,7 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
 
     /* column v of W2: panel v / 4, vector v % 4 of its rows */
 #define SK_SIDE_COL(v) (P2 + (ptrdiff_t)((v) / 4) * K2 * SK_NR + ((v) % 4) * SK_VL)
-    const SK_T *restrict w2 = SK_SIDE_COL(v0);
+    const SK_T *restrict w2 = SK_SIDE_COL(vm);
     const SK_T *restrict sk = S;
 
 /* One k of the side product; at the end of a vector column, its store. */
@@ -313,11 +331,11 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
         w2 += SK_NR;                                                               \
         sk += SK_PK_SIDE_ROWS;                                                     \
         if (++k2 == K2) {                                                          \
-            int l = N2 - v * SK_VL < SK_VL ? N2 - v * SK_VL : SK_VL;               \
+            int l = N2 - vm * SK_VL < SK_VL ? N2 - vm * SK_VL : SK_VL;             \
             _Pragma("GCC unroll 16")                                               \
             for (int r = 0; r < SK_PK_SIDE_ROWS; r++) {                            \
                 if (r < m2) {                                                      \
-                    SK_T *dst = C2 + r * ldc2 + (ptrdiff_t)v * SK_VL;              \
+                    SK_T *dst = C2 + r * ldc2 + (ptrdiff_t)vm * SK_VL;             \
                     if (l == SK_VL)                                                \
                         *(SK_V *)dst = acc[r];                                     \
                     else                                                           \
@@ -327,7 +345,8 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
             }                                                                      \
             k2 = 0;                                                                \
             v++;                                                                   \
-            w2 = SK_SIDE_COL(v);                                                   \
+            vm = SK_SIDE_MAP(v);                                                   \
+            w2 = SK_SIDE_COL(vm);                                                  \
             sk = S;                                                                \
         }                                                                          \
         s++;                                                                       \
@@ -335,6 +354,8 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
 
     for (int q = 0; q < np; q++) {
         int p = reverse ? np - 1 - q : q;
+        if (hg > 0)
+            p = (p / hg) * 2 * hg + half * hg + p % hg;
         const SK_T *restrict w = P + (ptrdiff_t)p * K * SK_NR;
         SK_V c0 = z, c1 = z, c2 = z, c3 = z;
         for (ptrdiff_t k = 0; k < K; k++) {
@@ -351,6 +372,7 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
         SK_SIDE_STEP();
 #undef SK_SIDE_STEP
 #undef SK_SIDE_COL
+#undef SK_SIDE_MAP
 }
 
 #undef SK_PK_ROW_FMA

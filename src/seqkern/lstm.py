@@ -28,7 +28,7 @@ from seqkern import _lstm
 from seqkern._step_gemm import step_gemm_mode
 from seqkern._threads import blas_single_thread, effective_num_threads
 from seqkern._types import LSTMGrads
-from seqkern._recurrent import RecurrentArgs
+from seqkern._recurrent import RecurrentArgs, empty_aligned
 from seqkern._validation import check_bool, check_cache
 
 __all__ = [
@@ -102,13 +102,16 @@ def _forward(a, return_cache):
         cs = np.zeros((T, B, H), dt)
         Wih_p, Whh_p = a.W_ih, a.W_hh       # any layout fits zero gradients
     else:
-        out = np.empty((T, B, H), dt)       # the kernel writes every element
+        mode, n_threads = step_gemm_mode(), effective_num_threads()
+        # Where two threads split each step, the rows they share start on a cache line.
+        empty = (empty_aligned if _lstm.splits_steps(T, B, H, dt.itemsize, mode, n_threads)
+                 else np.empty)
+        out = empty((T, B, H), dt)          # the kernel writes every element
         # Without a cache the gates need one chunk of steps (two of 16 at batch 1,
         # all of them where the input projection runs first) and the cells the
         # previous step: _lstm.gate_slots.
-        mode, n_threads = step_gemm_mode(), effective_num_threads()
-        z = np.empty((_lstm.gate_slots(T, B, H, I, return_cache, mode, n_threads), B, 4 * H), dt)
-        cs = np.empty((T if return_cache else min(T, 2), B, H), dt)
+        z = empty((_lstm.gate_slots(T, B, H, I, return_cache, mode, n_threads), B, 4 * H), dt)
+        cs = empty((T if return_cache else min(T, 2), B, H), dt)
         Wih_p = np.empty((4 * H, I), dt)
         Whh_p = np.empty((4 * H, H), dt)
         with _blas_guard(T * B, mode):
