@@ -46,6 +46,13 @@ def test_quick_cli_json_has_every_case(tmp_path, capsys):
     assert doc["machine"]["cores"] >= 1 and "compiler_flags" in doc["machine"]
     printed = capsys.readouterr().out
     assert "GFLOP/s" in printed and "rnn 1x100x128x128 fwd float32" in printed
+    from seqkern._openmp_helpers import openmp_enabled
+    h = doc["handoff_ns_before_after"]
+    if openmp_enabled():
+        assert len(h) == 2 and all(1 < ns < 1e6 for ns in h)
+        assert "between two threads and back" in printed
+    else:
+        assert h == [None, None]
 
     # --compare against itself: every case in common, ratios are old/new medians.
     rows = runner.compare(str(path), doc["results"])

@@ -92,3 +92,15 @@ def test_kernels_release_the_gil():
     # With the GIL held for the whole call the ticker could not tick at all.
     assert end - start > 0.005
     assert len(during) >= 2, f"{len(during)} ticks during a {1e3 * (end - start):.1f} ms call"
+
+
+def test_handoff_between_two_threads():
+    """The bench's probe of what handing a step between two threads costs: a
+    positive time (two threads really alternated), or None without OpenMP."""
+    from seqkern._openmp_helpers import handoff_ns, openmp_enabled
+
+    ns = handoff_ns(2000)
+    if openmp_enabled():
+        assert ns is not None and 1 < ns < 1e6
+    else:
+        assert ns is None

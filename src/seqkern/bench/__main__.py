@@ -78,6 +78,7 @@ def main(argv=None):
     print(f"seqkern {c['seqkern']} on {c['cpu']} ({c['cores']} cores), OpenMP "
           f"{'on' if c['openmp'] else 'off'}, flags {c['compiler_flags']}")
     t0 = time.perf_counter()
+    handoff = [runner.handoff()]
     results, peaks = runner.run(cases, threads, impls=args.impls, budget_s=budget) if cases else ([], {})
     if sweep_cases:
         print("\nSequence-length study (seqkern only): an RNN parallelises only across the batch "
@@ -87,10 +88,15 @@ def main(argv=None):
         peaks.update(more_peaks)
     peak_txt = ", ".join(f"{d} {n} thr {g:.0f}" for (d, n), g in sorted(peaks.items()))
     print(f"\nGEMM peak GFLOP/s measured in this run (1024^3 in SciPy's BLAS): {peak_txt}")
+    handoff.append(runner.handoff())
+    if handoff[0] is not None:
+        print("Handing a step between two threads and back (spin flags, as the batch-1 LSTM "
+              f"does on 2 threads): {handoff[0]:.0f} ns before the run, {handoff[1]:.0f} ns "
+              "after (a VM's vCPUs can be near or far apart: ~50-100 ns, or ~200+)")
     print(f"{len(results)} measurements in {time.perf_counter() - t0:.1f} s; "
           "medians of interleaved calls; fwd = inference, fwd+bwd = training step")
     if args.json:
-        runner.write_json(args.json, results, peaks, argv)
+        runner.write_json(args.json, results, peaks, argv, handoff)
         print(f"wrote {args.json}")
     if args.compare:
         runner.compare(args.compare, results)

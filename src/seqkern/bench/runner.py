@@ -109,6 +109,15 @@ def gemm_peak(n_threads, dtype="float32", size=1024, repeats=7):
     return 2.0 * size ** 3 / min(ts) / 1e9
 
 
+def handoff():
+    """Median ns of 5 measurements of seqkern._openmp_helpers.handoff_ns (None
+    without two OpenMP threads)."""
+    from seqkern._openmp_helpers import handoff_ns
+
+    ns = [handoff_ns() for _ in range(5)]
+    return None if None in ns else statistics.median(ns)
+
+
 def default_threads():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     ts, n = [], 1
@@ -182,7 +191,7 @@ def format_row(r):
             f"{r['parallel_efficiency']:>7.2f}")
 
 
-def write_json(path, results, peaks, argv):
+def write_json(path, results, peaks, argv, handoff_ns=None):
     from seqkern._config import config
 
     doc = dict(
@@ -191,6 +200,7 @@ def write_json(path, results, peaks, argv):
         machine=config(),
         torch=_torch_version(),
         gemm_peaks=[dict(dtype=d, threads=n, gflops=g) for (d, n), g in sorted(peaks.items())],
+        handoff_ns_before_after=handoff_ns,
         results=results,
     )
     with open(path, "w") as f:
