@@ -522,18 +522,19 @@ def test_blas_held_only_where_blas_runs(monkeypatch, mode, T, holds):
 
 
 @pytest.mark.parametrize("dtype,H", [(np.float32, 128), (np.float64, 64), (np.float64, 128)])
-@pytest.mark.parametrize("T,I,length,join", [(100, 8, None, 0), (100, 8, None, 48),
-                                             (40, 70, 33, 16), (21, 3, None, 0),
-                                             (21, 3, None, 16), (37, 16, 0, 0),
-                                             (33, 16, 16, 32)])
+@pytest.mark.parametrize("T,I,length,join,stop", [
+    (100, 8, None, 0, -1), (100, 8, None, 48, -1), (40, 70, 33, 16, -1), (21, 3, None, 0, -1),
+    (21, 3, None, 16, -1), (37, 16, 0, 0, -1), (33, 16, 16, 32, -1),
+    (100, 8, None, 0, 32), (90, 5, 70, 16, 48)])     # back to one thread
 def test_batch_1_step_split_between_threads(monkeypatch, request, dtype, H, T, I, length,
-                                            join):
+                                            join, stop):
     """On 2 threads the batch-1 steps split in halves of the units (each half of a
     gate whole panels: H a multiple of 128 in float32, of 64 in float64), the
     second thread joining at a chunk boundary: the same bits as on 1 thread, with
     and without a cache, with lengths. Here the first thread waits for the second
     (wait_for_helper) at step ``join``, so that the split surely runs from there,
-    after the first thread ran the steps before it alone."""
+    after the first thread ran the steps before it alone; and where the handoff is
+    deemed too slow, back to the first thread alone from a chunk boundary."""
     import seqkern.lstm as lstm_mod
 
     splits = []
@@ -546,8 +547,10 @@ def test_batch_1_step_split_between_threads(monkeypatch, request, dtype, H, T, I
     monkeypatch.setattr(lstm_mod._lstm, "forward", recording)
     args = make(T, 1, I, H, dtype)
     lengths = None if length is None else np.array([length])
-    lstm_mod._lstm.wait_for_helper(10 ** 8, join)  # the split surely runs from `join`
-    request.addfinalizer(lambda: lstm_mod._lstm.wait_for_helper(0, 0))
+    # the split surely runs from `join` (however slow the handoff); max_wait < 0:
+    # the first thread goes on alone after the second split chunk (at `stop`)
+    lstm_mod._lstm.wait_for_helper(10 ** 8, join, 1e12 if stop < 0 else -1.0)
+    request.addfinalizer(lambda: lstm_mod._lstm.wait_for_helper(0, 0, 0.5))
     d_out = np.random.default_rng(3).standard_normal((T, 1, H)).astype(dtype)
 
     def run():
@@ -558,13 +561,13 @@ def test_batch_1_step_split_between_threads(monkeypatch, request, dtype, H, T, I
 
     with seqkern.threads(1):
         want = run()
-    assert splits == [-1, -1]                      # 1 thread: never split
+    assert splits == [(-1, -1)] * 2                # 1 thread: never split
     with seqkern.threads(2):
         got = run()
     for a, b in zip(want, got):
         if a is not None:
             np.testing.assert_array_equal(a, b)
-    assert splits[2:] == [join, join]              # 2 threads: split from `join`
+    assert splits[2:] == [(join, stop)] * 2        # 2 threads: split from `join` to `stop`
     np.testing.assert_array_equal(want[0], want[3])
     r_out = ref.lstm_forward(*map(f64, args), lengths=lengths)[0]
     assert_close("out", want[0], r_out, dtype)

@@ -46,6 +46,7 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from seqkern._blas cimport gemm
 from seqkern._step cimport n_blocks, packs, rows_times_wt
@@ -60,7 +61,7 @@ cdef extern from "_sync.h" nogil:
     long long sk_flag_get(sk_flag* f)
     void sk_flag_wait(sk_flag* f, long long v)
     int sk_flag_wait_for(sk_flag* f, long long v, long long spins)
-    void sk_prefetch(const void* p, size_t n)
+    void sk_cpu_relax()
 
 cdef extern from "_lstm_cell.h" nogil:
     void sk_lstm_cell_fwd_f(float* z, const float* bias, const float* c_prev, float* c,
@@ -339,30 +340,61 @@ cdef inline bint _split_one_row(int H, size_t elsize, int n_threads) noexcept no
     return n_threads > 1 and H % (2 * 4 * (64 // <int>elsize)) == 0
 
 
+# A split step pays only while handing each step across is quick. Measured on this
+# 2-vCPU VM, (1,1000,128,128) float32 forward, us per step: 1.94 split against
+# 3.0 alone where a round trip between the threads took ~100 ns, but 3.65 split
+# where it took ~400 (the host had placed the two vCPUs far apart: seen about a
+# quarter of the time, for tens of seconds at once); and a spinning wait for a
+# thread that another process has pushed off its core lasts a scheduler time
+# slice. So the lead times its waits for the helper over each split chunk of R
+# steps (the first one excepted: the helper's caches are cold) and goes back to
+# running the steps alone, from the next chunk on, once they exceed MAX_WAIT
+# times the rest of the chunk's time (near: ~0.1; far: ~1). Whether and when the
+# steps split never changes the results, only who computes them.
+cdef double MAX_WAIT = 0.5
+# Where a call did not split (its helper came too late) or went back to one thread,
+# the next _skip calls run alone without a parallel region (whose start and end
+# wait for a sleeping core: ~4 ms after a pause on this VM), _skip doubling from
+# 1 to 64 while calls fail; a call that splits to its end sets it back to 0.
+cdef int _skip = 0
+cdef int _backoff = 0
 # For tests: the lead splits no step before _join_at, and there waits up to
 # _join_spins pauses for the helper, so that the split surely runs from that step
-# (the defaults 0, 0: from the first chunk boundary the helper is there, no wait).
+# (the defaults 0, 0: from the first chunk boundary the helper is there, no wait);
+# _max_wait replaces MAX_WAIT.
 cdef long long _join_spins = 0
 cdef Py_ssize_t _join_at = 0
+cdef double _max_wait = MAX_WAIT
 
 
-def wait_for_helper(long long spins, Py_ssize_t at_step=0):
+def wait_for_helper(long long spins, Py_ssize_t at_step=0, double max_wait=MAX_WAIT):
     """Make the batch-1 forward on two threads split no step before ``at_step``,
-    and wait there up to ``spins`` pauses for the second thread (for tests; the
-    default (0, 0): no wait)."""
-    global _join_spins, _join_at
+    wait there up to ``spins`` pauses for the second thread, and stop splitting
+    once its waits exceed ``max_wait`` times its work over a chunk (for tests;
+    the defaults: no wait, MAX_WAIT). Clears the back-off; spins > 0 disables it."""
+    global _join_spins, _join_at, _max_wait, _skip, _backoff
+    _skip = _backoff = 0
     _join_spins = spins
     _join_at = at_step
+    _max_wait = max_wait
 
 
 # The flags of a split step (_sync.h): the helper is here; the step from which the
-# two split (T: never); the last step each has finished.
+# two split (T: never); the step from which the lead runs alone again (T: none);
+# the last step each has finished.
 cdef enum:
     FLAG_HERE = 0
     FLAG_START = 1
-    FLAG_LEAD = 2
-    FLAG_HELP = 3
-    N_FLAGS = 4
+    FLAG_STOP = 2
+    FLAG_LEAD = 3
+    FLAG_HELP = 4
+    N_FLAGS = 5
+
+
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + 1e-9 * ts.tv_nsec
 
 
 cdef void _one_row_lead(int T, int I, int H, const floating* x, const floating* Xpk,
@@ -372,30 +404,44 @@ cdef void _one_row_lead(int T, int I, int H, const floating* x, const floating* 
                         const floating* c0, const int64_t* lengths, bint first,
                         sk_flag* fl) noexcept nogil:
     """The steps on the calling thread: alone until the helper (_one_row_help) has
-    come, then, from the next chunk of R steps on, half of each (fl NULL: alone).
-    fl[FLAG_START] ends holding the first step split (T: none)."""
+    come, then, from the next chunk of R steps on, half of each, until handing
+    them across costs too much (MAX_WAIT); fl NULL: alone. fl[FLAG_START] and
+    fl[FLAG_STOP] end holding the first step split and the first run alone again
+    (T: none)."""
     cdef int R = SK_PK_SIDE_ROWS
-    cdef Py_ssize_t t, split = -1
+    cdef Py_ssize_t t, split = -1, stop = T
+    cdef double t_chunk = 0, waited = 0, t0
     if not first:       # the first chunk's projection (the helper's time to come)
         pk_gemm(min(R, T), I, x, I, Xpk, z, 4 * H, 0, 4 * H, False)
     for t in range(T):
-        if split < 0 and fl != NULL and t % R == 0 and t >= _join_at and _join_spins > 0:
-            sk_flag_wait_for(&fl[FLAG_HERE], 1, _join_spins)
-        if (split < 0 and fl != NULL and t % R == 0 and t >= _join_at
-                and sk_flag_get(&fl[FLAG_HERE])):
-            split = t
-            sk_flag_set(&fl[FLAG_START], t)        # publishes steps < t to the helper
-        if split < 0:
+        if fl != NULL and split < 0 and t % R == 0 and t >= _join_at:
+            if _join_spins > 0:
+                sk_flag_wait_for(&fl[FLAG_HERE], 1, _join_spins)
+            if sk_flag_get(&fl[FLAG_HERE]):
+                split = t
+                sk_flag_set(&fl[FLAG_START], t)    # publishes steps < t to the helper
+                t_chunk = _now()
+        if split < 0 or t >= stop:
             _one_row_step(t, -1, T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out,
                           h_n, c_n, h0, c0, lengths, first)
             continue
-        if t > split:
+        if t > split and sk_flag_get(&fl[FLAG_HELP]) < t - 1:
+            t0 = _now()
             sk_flag_wait(&fl[FLAG_HELP], t - 1)    # the other half of h_{t-1}
-            sk_prefetch(out + (t - 1) * H + H // 2, (H // 2) * sizeof(floating))
+            waited += _now() - t0
         _one_row_step(t, 0, T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out,
                       h_n, c_n, h0, c0, lengths, first)
+        if (t + 1) % R == 0 and t + 1 < T:        # the end of a chunk: go on split?
+            t0 = _now()
+            if t + 1 - split > R and waited > _max_wait * (t0 - t_chunk - waited):
+                stop = t + 1
+                sk_flag_set(&fl[FLAG_STOP], stop)  # before the helper may start step t+1
+            t_chunk = t0
+            waited = 0
         sk_flag_set(&fl[FLAG_LEAD], t)
-    if split < 0 and fl != NULL:
+        if t + 1 == stop:
+            sk_flag_wait(&fl[FLAG_HELP], t)        # its half of the last split step
+    if fl != NULL and split < 0:
         sk_flag_set(&fl[FLAG_START], T)            # nothing left for a late helper
 
 
@@ -406,20 +452,22 @@ cdef void _one_row_help(int T, int I, int H, const floating* x, const floating* 
                         const floating* c0, const int64_t* lengths, bint first,
                         sk_flag* fl) noexcept nogil:
     """The second thread: says it is here, then runs half of every step from the
-    one _one_row_lead names (none if the lead finished first)."""
+    one _one_row_lead names (none if the lead finished first) until the one from
+    which the lead runs alone again."""
     sk_flag_set(&fl[FLAG_HERE], 1)
     sk_flag_wait(&fl[FLAG_START], 0)
     cdef Py_ssize_t t, s = sk_flag_get(&fl[FLAG_START])
     for t in range(s, T):
         if t > s:
             sk_flag_wait(&fl[FLAG_LEAD], t - 1)
-            sk_prefetch(out + (t - 1) * H, (H // 2) * sizeof(floating))
+            if sk_flag_get(&fl[FLAG_STOP]) <= t:
+                break
         _one_row_step(t, 1, T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out,
                       h_n, c_n, h0, c0, lengths, first)
         sk_flag_set(&fl[FLAG_HELP], t)
 
 
-cdef Py_ssize_t _forward_one_row(int T, int I, int H, const floating* x, const floating* Xpk,
+cdef void _forward_one_row(int T, int I, int H, const floating* x, const floating* Xpk,
                            const floating* Wpk, floating* S, const floating* bias_p,
                            floating* z, int nz, floating* cs, int n_slots, floating* out,
                            floating* h_n, floating* c_n, const floating* h0,
@@ -443,9 +491,11 @@ cdef Py_ssize_t _forward_one_row(int T, int I, int H, const floating* x, const f
     the calling thread starts alone, and the second joins at the first chunk
     boundary after it has come, so a second core that is slow to wake (up to ~4 ms
     after a pause, measured on this 2-vCPU VM) delays nothing but the end of the
-    region. A half step computes each of its elements exactly as the whole step
-    does, so the results do not depend on the thread count. Returns the first
-    step that was split (T: none)."""
+    region; and it goes back to running the steps alone where handing them
+    across costs too much (MAX_WAIT). A half step computes each of its elements
+    exactly as the whole step does, so the results do not depend on the thread
+    count. fl[FLAG_START] and fl[FLAG_STOP] end holding the first step split and
+    the first run alone again (T: none)."""
     cdef int G = 4 * H
     cdef int R = SK_PK_SIDE_ROWS
     cdef int i
@@ -460,7 +510,7 @@ cdef Py_ssize_t _forward_one_row(int T, int I, int H, const floating* x, const f
     if fl == NULL:
         _one_row_lead(T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out, h_n, c_n,
                       h0, c0, lengths, first, NULL)
-        return T
+        return
     with parallel(num_threads=2):
         if threadid() == 0:
             _one_row_lead(T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out, h_n,
@@ -468,7 +518,6 @@ cdef Py_ssize_t _forward_one_row(int T, int I, int H, const floating* x, const f
         else:
             _one_row_help(T, I, H, x, Xpk, Wpk, S + <Py_ssize_t>I * R, bias_p, z, nz, cs,
                           n_slots, out, h_n, c_n, h0, c0, lengths, first, fl)
-    return sk_flag_get(&fl[FLAG_START])
 
 
 def forward(const floating[:, :, ::1] x,      # (T, B, I)
@@ -488,8 +537,9 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             floating[:, ::1] c_n,             # (B, H) OUT: the cell after each sequence's last step
             int n_threads, int step_gemm):
     """LSTM forward over a whole sequence. T, B, H >= 1 (the wrapper handles empties).
-    step_gemm: seqkern._step_gemm's AUTO, BLAS or PACKED. Returns the first step
-    that ran split between two threads (_forward_one_row), or -1 (for tests)."""
+    step_gemm: seqkern._step_gemm's AUTO, BLAS or PACKED. Returns (for tests) the
+    first step split between two threads (_forward_one_row) and the first run
+    alone again after it, each -1 for none."""
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = W_hh.shape[1]
     cdef int G = 4 * H
     cdef Py_ssize_t TB = <Py_ssize_t>T * B
@@ -525,8 +575,12 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef bint packed = packs(step_gemm, TB)
     cdef bint one_row = _one_row(T, B, H, step_gemm)
     cdef bint split = splits_steps(T, B, H, sizeof(floating), step_gemm, nt)
+    global _skip, _backoff
+    if split and _skip > 0 and _join_spins == 0:
+        _skip -= 1
+        split = False
     cdef sk_flag* fl = NULL
-    cdef Py_ssize_t split_at = T
+    cdef Py_ssize_t split_at = -1, stop_at = -1
     try:
         t = 0
         h_prev = NULL
@@ -544,9 +598,9 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             if split:
                 fl = <sk_flag*>sk_pk_alloc(N_FLAGS * 64, 1)
                 if fl != NULL:
-                    sk_flag_set(&fl[FLAG_HERE], 0)
-                    for i in range(FLAG_START, N_FLAGS):
-                        sk_flag_set(&fl[i], -1)
+                    for i in range(N_FLAGS):
+                        sk_flag_set(&fl[i], 0 if i == FLAG_HERE else T if i == FLAG_STOP
+                                    else -1)
         if (packed and (Wpk == NULL or Xpk == NULL) or one_row and S == NULL
                 or split and fl == NULL):
             raise MemoryError()
@@ -554,8 +608,12 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             raise ValueError("z must have gate_slots() time slots")
         with nogil:
             if one_row:
-                split_at = _forward_one_row(T, I, H, xp, Xpk, Wpk, S, bp, zp, nz, csp,
-                                            n_slots, outp, hnp, cnp, h0p, c0p, lens, nt, fl)
+                _forward_one_row(T, I, H, xp, Xpk, Wpk, S, bp, zp, nz, csp, n_slots, outp,
+                                 hnp, cnp, h0p, c0p, lens, nt, fl)
+                if fl != NULL and sk_flag_get(&fl[FLAG_START]) < T:
+                    split_at = sk_flag_get(&fl[FLAG_START])
+                    stop_at = sk_flag_get(&fl[FLAG_STOP])
+                    stop_at = -1 if stop_at >= T else stop_at
             elif n_units > 1:
                 # The projection in chunks of Tc steps, each block its own columns,
                 # then the steps; static schedules give each thread the same blocks.
@@ -616,7 +674,13 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
         free(Xpk)
         free(S)
         free(fl)
-    return -1 if split_at >= T else split_at
+    if split and _join_spins == 0:
+        if split_at < 0 or stop_at >= 0:
+            _backoff = min(max(2 * _backoff, 1), 64)
+            _skip = _backoff
+        else:
+            _backoff = 0
+    return split_at, stop_at
 
 
 # ---------------------------------------------------------------------------

@@ -8,13 +8,16 @@
  * Why not an OpenMP barrier per step: libgomp's barrier sleeps in the kernel after
  * a short spin, and waking a sleeping vCPU on the VM this was written on took
  * milliseconds (a step takes ~1.5 us). A flag costs one cache-line transfer
- * (~50 ns for a round trip here). A thread only ever waits for a step the other
- * thread is running, so the wait ends.
+ * (~50-100 ns for a round trip here, ~400 when the host placed the vCPUs far
+ * apart). A thread only ever waits for a step the other thread is running, so the
+ * wait ends; past a while it yields the core between looks (sk_flag_wait).
  */
 #ifndef SEQKERN_SYNC_H
 #define SEQKERN_SYNC_H
 
-#include <stddef.h>
+#if !defined(_WIN32)
+#include <sched.h>
+#endif
 
 typedef struct {
     long long v;
@@ -37,19 +40,19 @@ static inline void sk_cpu_relax(void)
     __builtin_ia32_pause();
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
-/* Start loading [p, p + bytes) into this core's cache: the lines the other thread
- * has just written, so that their transfers overlap instead of each waiting for
- * the last (a cross-core line took ~100 to ~140 ns here, depending on where the
- * host placed the two vCPUs). */
-static inline void sk_prefetch(const void *p, size_t bytes)
-{
-    const char *c = (const char *)p;
-    for (size_t i = 0; i < bytes; i += 64)
-        __builtin_prefetch(c + i, 0, 3);
-    if (bytes)
-        __builtin_prefetch(c + bytes - 1, 0, 3);
+#endif
 }
 
+/* Pauses a wait spins before it yields: ~50 us here (a pause took 25 ns), far
+ * beyond a step (~2 us), far below a scheduler time slice (~ms). */
+#define SK_SPINS 2000
+
+static inline void sk_yield(void)
+{
+#if defined(_WIN32)
+    sk_cpu_relax();
+#else
+    sched_yield();
 #endif
 }
 
@@ -64,24 +67,18 @@ static inline int sk_flag_wait_for(sk_flag *f, long long v, long long spins)
     return sk_flag_get(f) >= v;
 }
 
-/* Wait until the flag holds at least v. */
+/* Wait until the flag holds at least v: spinning for a while (the other thread is
+ * normally a step away), then giving the core up between looks, so that a thread
+ * it may be waiting for (or any other) can run there. */
 static inline void sk_flag_wait(sk_flag *f, long long v)
 {
-    while (sk_flag_get(f) < v)
+    for (int i = 0; i < SK_SPINS; i++) {
+        if (sk_flag_get(f) >= v)
+            return;
         sk_cpu_relax();
-}
-
-/* Start loading [p, p + bytes) into this core's cache: the lines the other thread
- * has just written, so that their transfers overlap instead of each waiting for
- * the last (a cross-core line took ~100 to ~140 ns here, depending on where the
- * host placed the two vCPUs). */
-static inline void sk_prefetch(const void *p, size_t bytes)
-{
-    const char *c = (const char *)p;
-    for (size_t i = 0; i < bytes; i += 64)
-        __builtin_prefetch(c + i, 0, 3);
-    if (bytes)
-        __builtin_prefetch(c + bytes - 1, 0, 3);
+    }
+    while (sk_flag_get(f) < v)
+        sk_yield();
 }
 
 #endif
