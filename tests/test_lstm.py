@@ -571,3 +571,24 @@ def test_batch_1_step_split_between_threads(monkeypatch, request, dtype, H, T, I
     np.testing.assert_array_equal(want[0], want[3])
     r_out = ref.lstm_forward(*map(f64, args), lengths=lengths)[0]
     assert_close("out", want[0], r_out, dtype)
+
+
+def test_weights_not_copied_where_the_layout_is_theirs():
+    """With one unit block the kernel's gate layout is PyTorch's: the cache then
+    refers to W_ih, W_hh (no copy, never written); with several it holds them
+    repacked. The backward matches the reference either way."""
+    from seqkern import _lstm
+
+    for T, B, I, H in [(20, 1, 6, 16), (3, 64, 8, 256)]:
+        args = make(T, B, I, H, np.float32)
+        W_ih, W_hh = args[3].copy(), args[4].copy()
+        out, h_n, c_n, cache = seqkern.lstm_forward(*args)
+        one_block = _lstm.unit_block(B, H) == H
+        assert one_block == (B == 1)
+        assert (cache.Wih_p is args[3] and cache.Whh_p is args[4]) == one_block
+        g = seqkern.lstm_backward(np.ones_like(out), None, None, cache)
+        np.testing.assert_array_equal(args[3], W_ih)
+        np.testing.assert_array_equal(args[4], W_hh)
+        r_out, _, _, r_cache = ref.lstm_forward(*map(f64, args))
+        r_g = ref.lstm_backward(np.ones(out.shape), None, None, r_cache)
+        assert_close("dW_hh", g.dW_hh, r_g.dW_hh, np.float32)

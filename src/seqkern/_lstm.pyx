@@ -527,8 +527,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             const floating[:, ::1] W_hh,      # (4H, H)
             const floating[::1] bias,         # (4H,) = b_ih + b_hh
             const int64_t[::1] lengths,       # (B,) or None
-            floating[:, ::1] Wih_p,           # (4H, I) OUT: W_ih in the block layout
-            floating[:, ::1] Whh_p,           # (4H, H) OUT: W_hh in the block layout
+            const floating[:, ::1] Wih_p,     # (4H, I) OUT: W_ih in the block layout (*)
+            const floating[:, ::1] Whh_p,     # (4H, H) OUT: W_hh in the block layout (*)
             floating[::1] bias_p,             # (4H,) scratch: bias in the block layout
             floating[:, :, ::1] z,            # (gate_slots(), B, 4H) OUT: gates, step t in slot t % len
             floating[:, :, ::1] cs,           # (T or 2, B, H) OUT: c_t (step t in slot t % len)
@@ -537,6 +537,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             floating[:, ::1] c_n,             # (B, H) OUT: the cell after each sequence's last step
             int n_threads, int step_gemm):
     """LSTM forward over a whole sequence. T, B, H >= 1 (the wrapper handles empties).
+    (*) Where unit_block(B, H) == H the block layout is the given one, and Wih_p,
+    Whh_p may be W_ih, W_hh themselves: no copy (~26 us a call at H = I = 128).
     step_gemm: seqkern._step_gemm's AUTO, BLAS or PACKED. Returns (for tests) the
     first step split between two threads (_forward_one_row) and the first run
     alone again after it, each -1 for none."""
@@ -557,8 +559,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef const floating* xp = &x[0, 0, 0]
     cdef const floating* h0p = &h0[0, 0]
     cdef const floating* c0p = &c0[0, 0]
-    cdef floating* Wih = &Wih_p[0, 0]
-    cdef floating* Whh = &Whh_p[0, 0]
+    cdef floating* Wih = <floating*>&Wih_p[0, 0]
+    cdef floating* Whh = <floating*>&Whh_p[0, 0]
     cdef floating* bp = &bias_p[0]
     cdef const floating* h_prev
     cdef const floating* c_prev
@@ -585,9 +587,13 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
         t = 0
         h_prev = NULL
         c_prev = NULL
+        if (Wih == &W_ih[0, 0] or Whh == &W_hh[0, 0]) and U != H:
+            raise ValueError("Wih_p and Whh_p may be W_ih and W_hh only with one unit block")
         with nogil:
-            _repack_rows(&W_ih[0, 0], Wih, H, I, U)
-            _repack_rows(&W_hh[0, 0], Whh, H, H, U)
+            if Wih != &W_ih[0, 0]:
+                _repack_rows(&W_ih[0, 0], Wih, H, I, U)
+            if Whh != &W_hh[0, 0]:
+                _repack_rows(&W_hh[0, 0], Whh, H, H, U)
             _repack_rows(&bias[0], bp, H, 1, U)
             if packed:
                 Wpk = pk_alloc_nt(G, H, Whh)       # for h_prev @ Whh_p^T

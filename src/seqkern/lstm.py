@@ -60,9 +60,9 @@ class LSTMCache:
     and the cell state: 5 H values, i.e. ``20 H`` bytes in float32 and ``40 H``
     in float64, beside ``out`` (the hidden states, returned anyway and held by
     reference). It also holds the weights repacked in the kernel's gate layout
-    (4H (I + H) values, once per call) and references, not copies, to x, h0, c0
-    and the weights: do not modify those arrays in place between forward and
-    backward.
+    (4H (I + H) values, once per call; the weights themselves where that layout
+    is theirs: small B x H) and references, not copies, to x, h0, c0 and the
+    weights: do not modify those arrays in place between forward and backward.
     """
 
     __slots__ = ("args", "out", "z", "cs", "Wih_p", "Whh_p")
@@ -112,8 +112,11 @@ def _forward(a, return_cache):
         # previous step: _lstm.gate_slots.
         z = empty((_lstm.gate_slots(T, B, H, I, return_cache, mode, n_threads), B, 4 * H), dt)
         cs = empty((T if return_cache else min(T, 2), B, H), dt)
-        Wih_p = np.empty((4 * H, I), dt)
-        Whh_p = np.empty((4 * H, H), dt)
+        if _lstm.unit_block(B, H) == H:     # the kernel's layout is the given one
+            Wih_p, Whh_p = a.W_ih, a.W_hh
+        else:
+            Wih_p = np.empty((4 * H, I), dt)
+            Whh_p = np.empty((4 * H, H), dt)
         with _blas_guard(T * B, mode):
             _lstm.forward(a.x, a.h0, a.c0, a.W_ih, a.W_hh, a.bias(), a.lengths,
                           Wih_p, Whh_p, np.empty(4 * H, dt), z, cs, out, h_n, c_n,
