@@ -49,7 +49,7 @@ def test_quick_cli_json_has_every_case(tmp_path, capsys):
     from seqkern._openmp_helpers import openmp_enabled
     h = doc["handoff_ns_before_after"]
     if openmp_enabled():
-        assert len(h) == 2 and all(1 < ns < 1e6 for ns in h)
+        assert len(h) == 2 and all(ns > 1 for ns in h)
         assert "between two threads and back" in printed
     else:
         assert h == [None, None]

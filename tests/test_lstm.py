@@ -525,6 +525,7 @@ def test_blas_held_only_where_blas_runs(monkeypatch, mode, T, holds):
 @pytest.mark.parametrize("T,I,length,join,stop", [
     (100, 8, None, 0, -1), (100, 8, None, 48, -1), (40, 70, 33, 16, -1), (21, 3, None, 0, -1),
     (21, 3, None, 16, -1), (37, 16, 0, 0, -1), (33, 16, 16, 32, -1),
+    (300, 256, None, 16, -1),                        # projection first where T I 4H >= 2^25
     (100, 8, None, 0, 32), (90, 5, 70, 16, 48)])     # back to one thread
 def test_batch_1_step_split_between_threads(monkeypatch, request, dtype, H, T, I, length,
                                             join, stop):
@@ -548,9 +549,13 @@ def test_batch_1_step_split_between_threads(monkeypatch, request, dtype, H, T, I
     args = make(T, 1, I, H, dtype)
     lengths = None if length is None else np.array([length])
     # the split surely runs from `join` (however slow the handoff); max_wait < 0:
-    # the first thread goes on alone after the second split chunk (at `stop`)
-    lstm_mod._lstm.wait_for_helper(10 ** 8, join, 1e12 if stop < 0 else -1.0)
-    request.addfinalizer(lambda: lstm_mod._lstm.wait_for_helper(0, 0, 0.5))
+    # the first thread goes on alone after the second split chunk (at `stop`).
+    # Where OpenMP gives no second thread, the steps never split.
+    from seqkern._openmp_helpers import handoff_ns, openmp_enabled
+    if not (openmp_enabled() and handoff_ns(10) is not None):
+        join = stop = -1
+    lstm_mod._lstm.wait_for_helper(10 ** 6, max(join, 0), 1e12 if stop < 0 else -1.0, False)
+    request.addfinalizer(lambda: lstm_mod._lstm.wait_for_helper(0))
     d_out = np.random.default_rng(3).standard_normal((T, 1, H)).astype(dtype)
 
     def run():
@@ -592,3 +597,32 @@ def test_weights_not_copied_where_the_layout_is_theirs():
         r_out, _, _, r_cache = ref.lstm_forward(*map(f64, args))
         r_g = ref.lstm_backward(np.ones(out.shape), None, None, r_cache)
         assert_close("dW_hh", g.dW_hh, r_g.dW_hh, np.float32)
+
+
+def test_batch_1_split_backs_off(monkeypatch, request):
+    """A call that went back to one thread makes the next 1, then 2, 4 .. calls run
+    alone from the start (no second thread at all); a call split to its end
+    resets that. Results bitwise equal throughout."""
+    import seqkern.lstm as lstm_mod
+    from seqkern._openmp_helpers import handoff_ns, openmp_enabled
+
+    if not (openmp_enabled() and handoff_ns(10) is not None):
+        pytest.skip("needs two OpenMP threads")
+    splits = []
+    forward = lstm_mod._lstm.forward
+    monkeypatch.setattr(lstm_mod._lstm, "forward",
+                        lambda *a: splits.append(forward(*a)) or splits[-1])
+    request.addfinalizer(lambda: lstm_mod._lstm.wait_for_helper(0))
+    args = make(100, 1, 8, 128, np.float32)
+    with seqkern.threads(1):
+        want = seqkern.lstm_forward(*args)[0]
+    splits.clear()
+    lstm_mod._lstm.wait_for_helper(10 ** 6, 0, -1.0)   # every split goes back at 32
+    with seqkern.threads(2):
+        for _ in range(7):
+            np.testing.assert_array_equal(seqkern.lstm_forward(*args)[0], want)
+        assert splits == [(0, 32), (-1, -1), (0, 32), (-1, -1), (-1, -1), (0, 32), (-1, -1)]
+        assert lstm_mod._lstm.backoff_state() == (3, 4)
+        lstm_mod._lstm.wait_for_helper(10 ** 6, 0, 1e12)  # clears; splits run to the end
+        seqkern.lstm_forward(*args)
+        assert splits[-1] == (0, -1) and lstm_mod._lstm.backoff_state() == (0, 0)

@@ -190,6 +190,9 @@ def test_gemv_side_halves(rng, dtype, hg, n_panels):
     np.testing.assert_array_equal(C2[:, cols], whole_C2[:, cols])
     changed = C2 != 7.0
     assert changed[:, cols].all() and changed.sum() == changed[:, cols].sum()
+    with pytest.raises(ValueError, match="half's panels"):     # past the half's columns
+        pg.gemv_side(a, P, c, A2, P2, C2, 0, -(-int(mine[1].sum()) // vl) + 1, False,
+                     hg=hg, half=1)
 
 
 def test_bad_arguments(rng):

@@ -3,7 +3,7 @@
 # Axis legend: T = time steps, B = batch, I = input features, H = hidden units,
 # G = 4H gate pre-activations. Every array is C-contiguous and time-major; the
 # Python wrapper (lstm.py) checks and prepares arguments, allocates outputs and
-# scratch, and holds BLAS at one thread.
+# scratch, and holds BLAS at one thread where the products run on it.
 #
 # Forward:   z_t = x_t W_ih^T + (b_ih + b_hh) + h_{t-1} W_hh^T        (B, 4H)
 #            i, f, g, o = sig(z_i), sig(z_f), tanh(z_g), sig(z_o)
@@ -39,7 +39,8 @@
 # threads only decide who runs which block. So the results are bitwise identical
 # for every thread count. Inside the time loop, one OpenMP parallel region spans
 # the steps and the end of each step's work-shared loop is the barrier between
-# steps.
+# steps; the batch-1 steps split in two halves hand each step across through
+# spin flags instead (_forward_one_row).
 
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
@@ -156,7 +157,7 @@ def unit_block(int B, int H):
 
 def splits_steps(int T, int B, int H, int itemsize, int step_gemm, int n_threads):
     """Does forward() split each batch-1 step between two threads (_split_one_row)?
-    The two then write alternate 64-element runs of the same rows of z, out and cs,
+    The two then write alternate runs of H/2 elements of the same rows of z, out and cs,
     which must therefore start on a cache line (else lines at the seams cross
     between the cores at every step; measured: (1,1000,128,128) forward 2.6 or
     4.6 ms on 2 threads by the arrays' offsets)."""
@@ -342,9 +343,9 @@ cdef inline bint _split_one_row(int H, size_t elsize, int n_threads) noexcept no
 
 # A split step pays only while handing each step across is quick. Measured on this
 # 2-vCPU VM, (1,1000,128,128) float32 forward, us per step: 1.94 split against
-# 3.0 alone where a round trip between the threads took ~100 ns, but 3.65 split
-# where it took ~400 (the host had placed the two vCPUs far apart: seen about a
-# quarter of the time, for tens of seconds at once); and a spinning wait for a
+# 3.0 alone where a round trip between the threads took ~100 ns (handoff_ns), but
+# 3.65 split where it took ~400 (the host had placed the two vCPUs far apart: seen
+# about a quarter of the time, for tens of seconds at once); and a spinning wait for a
 # thread that another process has pushed off its core lasts a scheduler time
 # slice. So the lead times its waits for the helper over each split chunk of R
 # steps (the first one excepted: the helper's caches are cold) and goes back to
@@ -359,24 +360,33 @@ cdef double MAX_WAIT = 0.5
 cdef int _skip = 0
 cdef int _backoff = 0
 # For tests: the lead splits no step before _join_at, and there waits up to
-# _join_spins pauses for the helper, so that the split surely runs from that step
+# _join_spins looks for the helper, so that the split surely runs from that step
 # (the defaults 0, 0: from the first chunk boundary the helper is there, no wait);
-# _max_wait replaces MAX_WAIT.
+# _max_wait replaces MAX_WAIT; _use_backoff False turns the back-off off.
 cdef long long _join_spins = 0
 cdef Py_ssize_t _join_at = 0
 cdef double _max_wait = MAX_WAIT
+cdef bint _use_backoff = True
 
 
-def wait_for_helper(long long spins, Py_ssize_t at_step=0, double max_wait=MAX_WAIT):
+def wait_for_helper(long long spins, Py_ssize_t at_step=0, double max_wait=MAX_WAIT,
+                    bint backoff=True):
     """Make the batch-1 forward on two threads split no step before ``at_step``,
-    wait there up to ``spins`` pauses for the second thread, and stop splitting
-    once its waits exceed ``max_wait`` times its work over a chunk (for tests;
-    the defaults: no wait, MAX_WAIT). Clears the back-off; spins > 0 disables it."""
-    global _join_spins, _join_at, _max_wait, _skip, _backoff
+    wait there up to ``spins`` looks for the second thread, stop splitting once
+    its waits exceed ``max_wait`` times its work over a chunk, and back off after
+    a call that did not split to its end if ``backoff`` (for tests; the defaults
+    are the kernel's own: no wait, MAX_WAIT, back-off). Clears the back-off."""
+    global _join_spins, _join_at, _max_wait, _use_backoff, _skip, _backoff
     _skip = _backoff = 0
     _join_spins = spins
     _join_at = at_step
     _max_wait = max_wait
+    _use_backoff = backoff
+
+
+def backoff_state():
+    """(calls left to run alone, current back-off length), for tests."""
+    return _skip, _backoff
 
 
 # The flags of a split step (_sync.h): the helper is here; the step from which the
@@ -578,7 +588,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef bint one_row = _one_row(T, B, H, step_gemm)
     cdef bint split = splits_steps(T, B, H, sizeof(floating), step_gemm, nt)
     global _skip, _backoff
-    if split and _skip > 0 and _join_spins == 0:
+    if split and _skip > 0 and _use_backoff:
         _skip -= 1
         split = False
     cdef sk_flag* fl = NULL
@@ -680,7 +690,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
         free(Xpk)
         free(S)
         free(fl)
-    if split and _join_spins == 0:
+    if split and _use_backoff:
         if split_at < 0 or stop_at >= 0:
             _backoff = min(max(2 * _backoff, 1), 64)
             _skip = _backoff

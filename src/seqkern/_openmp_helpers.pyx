@@ -65,9 +65,11 @@ def handoff_ns(int rounds=20000):
     """Nanoseconds for two OpenMP threads to hand a step to each other and back
     through spin flags (_sync.h), the way the batch-1 LSTM forward on two threads
     hands each step across; None without two threads. On the 2-vCPU VM this was
-    written on it moved, with where the host placed the vCPUs, between ~50 ns
-    (the split forward then ran 1.55x faster than one thread) and ~200 ns (1.2x
-    slower)."""
+    written on it moved, with where the host placed the vCPUs, between ~100 ns
+    (the split (1,1000,128,128) forward then ran 1.55x faster than on one thread)
+    and ~400 ns (1.2x slower)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     cdef sk_flag* fl = <sk_flag*>aligned_alloc(64, 128)
     cdef double seconds = -1.0
     if fl == NULL:

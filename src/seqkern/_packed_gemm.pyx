@@ -153,6 +153,10 @@ def gemv_side(a, P, c, A2, P2, C2, int v0, int v1, bint accumulate=True,
         raise ValueError("need 0 <= v0 <= v1 <= the vector columns of C2")
     if hg < 0 or half not in (0, 1):
         raise ValueError("need hg >= 0 and half 0 or 1")
+    if hg > 0:      # the side columns are numbered within the half's panels
+        mine = int(np.count_nonzero((np.arange(N2) // (4 * vl) // hg) % 2 == half))
+        if v1 > (mine + vl - 1) // vl:
+            raise ValueError("need v1 <= the vector columns of C2 in the half's panels")
     if K2 == 0:
         A2 = np.zeros((m2, 1), dt)          # a valid pointer; nothing is read
     S = np.empty(max(K2, 1) * SIDE_ROWS, dt)

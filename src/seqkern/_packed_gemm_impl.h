@@ -265,9 +265,10 @@ static void SK_FN(sk_pk_pack_side_)(int m, int K, const SK_T *restrict A, ptrdif
  * hg > 0 restricts it to half of the panels, taken in groups of hg: the groups
  * 0, 2, 4, ... (half = 0) or 1, 3, 5, ... (half = 1); the other panels' columns
  * of c are not touched. The side product's vector columns v are then numbered
- * within those panels too (v0 = 0 is the first vector column of the first panel
- * visited), so that the thread that runs a half also writes the columns of C2
- * that it reads later (no cache line crosses between the cores). With W_hh^T in the LSTM's gate order and hg the panels
+ * within those panels too, in ascending panel order whatever `reverse` (v = 0 is
+ * the first vector column of the half's first panel), so that the thread that
+ * runs a half also writes the columns of C2 that it reads later (no cache line
+ * crosses between the cores); v1 must not pass the half's columns. With W_hh^T in the LSTM's gate order and hg the panels
  * of half a gate, each half holds all four gates of half of the units: two
  * threads split a batch-1 step so. hg = 0: every panel.
  * Side product: for each vector column v in [v0, v1) (columns v VL .. v VL + VL - 1),

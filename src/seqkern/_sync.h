@@ -7,9 +7,9 @@
  *
  * Why not an OpenMP barrier per step: libgomp's barrier sleeps in the kernel after
  * a short spin, and waking a sleeping vCPU on the VM this was written on took
- * milliseconds (a step takes ~1.5 us). A flag costs one cache-line transfer
- * (~50-100 ns for a round trip here, ~400 when the host placed the vCPUs far
- * apart). A thread only ever waits for a step the other thread is running, so the
+ * milliseconds (a split step takes ~2 us at H = 128). A flag costs one
+ * cache-line transfer each way (a round trip ~100 ns here, ~400 when the host
+ * placed the vCPUs far apart). A thread only ever waits for a step the other thread is running, so the
  * wait ends; past a while it yields the core between looks (sk_flag_wait).
  */
 #ifndef SEQKERN_SYNC_H
@@ -44,7 +44,7 @@ static inline void sk_cpu_relax(void)
 }
 
 /* Pauses a wait spins before it yields: ~50 us here (a pause took 25 ns), far
- * beyond a step (~2 us), far below a scheduler time slice (~ms). */
+ * beyond a step (a few us), far below a scheduler time slice (~ms). */
 #define SK_SPINS 2000
 
 static inline void sk_yield(void)
@@ -56,13 +56,17 @@ static inline void sk_yield(void)
 #endif
 }
 
-/* Wait until the flag holds at least v, for at most `spins` pauses: 1 if it did. */
+/* Wait until the flag holds at least v, for at most `spins` looks (pausing, then
+ * yielding as sk_flag_wait): 1 if it did. */
 static inline int sk_flag_wait_for(sk_flag *f, long long v, long long spins)
 {
     for (long long i = 0; i < spins; i++) {
         if (sk_flag_get(f) >= v)
             return 1;
-        sk_cpu_relax();
+        if (i < SK_SPINS)
+            sk_cpu_relax();
+        else
+            sk_yield();
     }
     return sk_flag_get(f) >= v;
 }

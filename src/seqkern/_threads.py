@@ -3,8 +3,8 @@
 seqkern parallelises with its own OpenMP loops, in which every BLAS call must
 run on one thread: two thread pools that fight over the cores (OpenMP's and
 OpenBLAS's) were measured to slow each other several-fold. So every public
-kernel runs inside :func:`blas_single_thread`, and splits its large products
-over its own threads itself.
+kernel that calls BLAS runs inside :func:`blas_single_thread`, and splits its
+large products over its own threads itself.
 """
 
 import os
