@@ -62,7 +62,6 @@ cdef extern from "_sync.h" nogil:
     long long sk_flag_get(sk_flag* f)
     void sk_flag_wait(sk_flag* f, long long v)
     int sk_flag_wait_for(sk_flag* f, long long v, long long spins)
-    void sk_cpu_relax()
 
 cdef extern from "_lstm_cell.h" nogil:
     void sk_lstm_cell_fwd_f(float* z, const float* bias, const float* c_prev, float* c,
@@ -157,10 +156,10 @@ def unit_block(int B, int H):
 
 def splits_steps(int T, int B, int H, int itemsize, int step_gemm, int n_threads):
     """Does forward() split each batch-1 step between two threads (_split_one_row)?
-    The two then write alternate runs of H/2 elements of the same rows of z, out and cs,
-    which must therefore start on a cache line (else lines at the seams cross
-    between the cores at every step; measured: (1,1000,128,128) forward 2.6 or
-    4.6 ms on 2 threads by the arrays' offsets)."""
+    The two then write alternate runs of H/2 elements of the same rows of z, out
+    and cs, which the wrapper therefore starts on a cache line: else the lines at
+    the seams would be written by both cores at every step (NumPy's arrays start
+    16 or 48 bytes past one here; no difference stood out of this VM's noise)."""
     return (_one_row(T, B, H, step_gemm) and T > 1
             and _split_one_row(H, itemsize, n_threads))
 
@@ -350,7 +349,7 @@ cdef inline bint _split_one_row(int H, size_t elsize, int n_threads) noexcept no
 # slice. So the lead times its waits for the helper over each split chunk of R
 # steps (the first one excepted: the helper's caches are cold) and goes back to
 # running the steps alone, from the next chunk on, once they exceed MAX_WAIT
-# times the rest of the chunk's time (near: ~0.1; far: ~1). Whether and when the
+# times the rest of the chunk's time (from the step times above: ~0.1 near, ~1 far). Whether and when the
 # steps split never changes the results, only who computes them.
 cdef double MAX_WAIT = 0.5
 # Where a call did not split (its helper came too late) or went back to one thread,
@@ -548,7 +547,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             int n_threads, int step_gemm):
     """LSTM forward over a whole sequence. T, B, H >= 1 (the wrapper handles empties).
     (*) Where unit_block(B, H) == H the block layout is the given one, and Wih_p,
-    Whh_p may be W_ih, W_hh themselves: no copy (~26 us a call at H = I = 128).
+    Whh_p may be W_ih, W_hh themselves: no copy (two 256 KiB copies, ~15 us a call,
+    at H = I = 128 in float32).
     step_gemm: seqkern._step_gemm's AUTO, BLAS or PACKED. Returns (for tests) the
     first step split between two threads (_forward_one_row) and the first run
     alone again after it, each -1 for none."""
