@@ -39,8 +39,8 @@
 # threads only decide who runs which block. So the results are bitwise identical
 # for every thread count. Inside the time loop, one OpenMP parallel region spans
 # the steps and the end of each step's work-shared loop is the barrier between
-# steps; the batch-1 steps split in two halves hand each step across through
-# spin flags instead (_forward_one_row).
+# steps; the batch-1 steps split in two halves (forward and backward) hand each
+# step across through spin flags instead (_split_lead).
 
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
@@ -70,10 +70,10 @@ cdef extern from "_lstm_cell.h" nogil:
                             double* h, int n, Py_ssize_t gs)
     void sk_lstm_cell_bwd_f(const float* z, const float* c, const float* c_prev,
                             const float* d_out, float* carry_h, float* carry_c,
-                            float* dz, int n)
+                            float* dz, int n, Py_ssize_t gs)
     void sk_lstm_cell_bwd_d(const double* z, const double* c, const double* c_prev,
                             const double* d_out, double* carry_h, double* carry_c,
-                            double* dz, int n)
+                            double* dz, int n, Py_ssize_t gs)
 
 
 cdef inline void cell_forward(floating* z, const floating* bias, const floating* c_prev,
@@ -87,11 +87,12 @@ cdef inline void cell_forward(floating* z, const floating* bias, const floating*
 
 cdef inline void cell_backward(const floating* z, const floating* c, const floating* c_prev,
                                const floating* d_out, floating* carry_h, floating* carry_c,
-                               floating* dz, int n) noexcept nogil:
+                               floating* dz, int n, Py_ssize_t gs) noexcept nogil:
+    """n units; z and dz hold their gates as runs i, f, g, o, gs >= n apart."""
     if floating is float:
-        sk_lstm_cell_bwd_f(z, c, c_prev, d_out, carry_h, carry_c, dz, n)
+        sk_lstm_cell_bwd_f(z, c, c_prev, d_out, carry_h, carry_c, dz, n, gs)
     else:
-        sk_lstm_cell_bwd_d(z, c, c_prev, d_out, carry_h, carry_c, dz, n)
+        sk_lstm_cell_bwd_d(z, c, c_prev, d_out, carry_h, carry_c, dz, n, gs)
 
 
 # A step is split over blocks of UNIT_BLOCK hidden units once its recurrent
@@ -406,74 +407,133 @@ cdef inline double _now() noexcept nogil:
     return ts.tv_sec + 1e-9 * ts.tv_nsec
 
 
-cdef void _one_row_lead(int T, int I, int H, const floating* x, const floating* Xpk,
-                        const floating* Wpk, floating* S, const floating* bias_p,
-                        floating* z, int nz, floating* cs, int n_slots, floating* out,
-                        floating* h_n, floating* c_n, const floating* h0,
-                        const floating* c0, const int64_t* lengths, bint first,
-                        sk_flag* fl) noexcept nogil:
-    """The steps on the calling thread: alone until the helper (_one_row_help) has
-    come, then, from the next chunk of R steps on, half of each, until handing
-    them across costs too much (MAX_WAIT); fl NULL: alone. fl[FLAG_START] and
-    fl[FLAG_STOP] end holding the first step split and the first run alone again
-    (T: none)."""
+# A batch-1 step for the protocol below: step s of a sequence of them, all of it
+# (part = -1) or one half of its units (part 0 or 1); ctx holds the arguments.
+# s = -1: what the calling thread does first (while the helper wakes).
+ctypedef void (*step_fn)(void* ctx, Py_ssize_t s, int part) noexcept nogil
+
+
+cdef void _split_lead(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n) noexcept nogil:
+    """Steps 0 .. n-1 on the calling thread: alone until the helper (_split_help)
+    has come, then, from the next chunk of R steps on, half of each, until handing
+    them across costs too much (MAX_WAIT); fl NULL: alone. Step s needs both
+    halves of step s-1 and nothing later. fl[FLAG_START] and fl[FLAG_STOP] end
+    holding the first step split and the first run alone again (n: none)."""
     cdef int R = SK_PK_SIDE_ROWS
-    cdef Py_ssize_t t, split = -1, stop = T
+    cdef Py_ssize_t s, split = -1, stop = n
     cdef double t_chunk = 0, waited = 0, t0
-    if not first:       # the first chunk's projection (the helper's time to come)
-        pk_gemm(min(R, T), I, x, I, Xpk, z, 4 * H, 0, 4 * H, False)
-    for t in range(T):
-        if fl != NULL and split < 0 and t % R == 0 and t >= _join_at:
+    step(ctx, -1, -1)
+    for s in range(n):
+        if fl != NULL and split < 0 and s % R == 0 and s >= _join_at:
             if _join_spins > 0:
                 sk_flag_wait_for(&fl[FLAG_HERE], 1, _join_spins)
             if sk_flag_get(&fl[FLAG_HERE]):
-                split = t
-                sk_flag_set(&fl[FLAG_START], t)    # publishes steps < t to the helper
+                split = s
+                sk_flag_set(&fl[FLAG_START], s)    # publishes steps < s to the helper
                 t_chunk = _now()
-        if split < 0 or t >= stop:
-            _one_row_step(t, -1, T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out,
-                          h_n, c_n, h0, c0, lengths, first)
+        if split < 0 or s >= stop:
+            step(ctx, s, -1)
             continue
-        if t > split and sk_flag_get(&fl[FLAG_HELP]) < t - 1:
+        if s > split and sk_flag_get(&fl[FLAG_HELP]) < s - 1:
             t0 = _now()
-            sk_flag_wait(&fl[FLAG_HELP], t - 1)    # the other half of h_{t-1}
+            sk_flag_wait(&fl[FLAG_HELP], s - 1)    # the other half of step s-1
             waited += _now() - t0
-        _one_row_step(t, 0, T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out,
-                      h_n, c_n, h0, c0, lengths, first)
-        if (t + 1) % R == 0 and t + 1 < T:        # the end of a chunk: go on split?
+        step(ctx, s, 0)
+        if (s + 1) % R == 0 and s + 1 < n:        # the end of a chunk: go on split?
             t0 = _now()
-            if t + 1 - split > R and waited > _max_wait * (t0 - t_chunk - waited):
-                stop = t + 1
-                sk_flag_set(&fl[FLAG_STOP], stop)  # before the helper may start step t+1
+            if s + 1 - split > R and waited > _max_wait * (t0 - t_chunk - waited):
+                stop = s + 1
+                sk_flag_set(&fl[FLAG_STOP], stop)  # before the helper may start step s+1
             t_chunk = t0
             waited = 0
-        sk_flag_set(&fl[FLAG_LEAD], t)
-        if t + 1 == stop:
-            sk_flag_wait(&fl[FLAG_HELP], t)        # its half of the last split step
+        sk_flag_set(&fl[FLAG_LEAD], s)
+        if s + 1 == stop:
+            sk_flag_wait(&fl[FLAG_HELP], s)        # its half of the last split step
     if fl != NULL and split < 0:
-        sk_flag_set(&fl[FLAG_START], T)            # nothing left for a late helper
+        sk_flag_set(&fl[FLAG_START], n)            # nothing left for a late helper
 
 
-cdef void _one_row_help(int T, int I, int H, const floating* x, const floating* Xpk,
-                        const floating* Wpk, floating* S, const floating* bias_p,
-                        floating* z, int nz, floating* cs, int n_slots, floating* out,
-                        floating* h_n, floating* c_n, const floating* h0,
-                        const floating* c0, const int64_t* lengths, bint first,
-                        sk_flag* fl) noexcept nogil:
-    """The second thread: says it is here, then runs half of every step from the
-    one _one_row_lead names (none if the lead finished first) until the one from
+cdef void _split_help(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n) noexcept nogil:
+    """The second thread: says it is here, then runs half 1 of every step from the
+    one _split_lead names (none if the lead finished first) until the one from
     which the lead runs alone again."""
     sk_flag_set(&fl[FLAG_HERE], 1)
     sk_flag_wait(&fl[FLAG_START], 0)
-    cdef Py_ssize_t t, s = sk_flag_get(&fl[FLAG_START])
-    for t in range(s, T):
-        if t > s:
-            sk_flag_wait(&fl[FLAG_LEAD], t - 1)
-            if sk_flag_get(&fl[FLAG_STOP]) <= t:
+    cdef Py_ssize_t s, s0 = sk_flag_get(&fl[FLAG_START])
+    for s in range(s0, n):
+        if s > s0:
+            sk_flag_wait(&fl[FLAG_LEAD], s - 1)
+            if sk_flag_get(&fl[FLAG_STOP]) <= s:
                 break
-        _one_row_step(t, 1, T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out,
-                      h_n, c_n, h0, c0, lengths, first)
-        sk_flag_set(&fl[FLAG_HELP], t)
+        step(ctx, s, 1)
+        sk_flag_set(&fl[FLAG_HELP], s)
+
+
+cdef void _split_run(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n) noexcept nogil:
+    """Steps 0 .. n-1 on the calling thread and, if fl is not NULL, a second thread
+    that joins when it comes (the flags start as _init_flags sets them)."""
+    if fl == NULL:
+        _split_lead(NULL, ctx, step, n)
+        return
+    with parallel(num_threads=2):
+        if threadid() == 0:
+            _split_lead(fl, ctx, step, n)
+        else:
+            _split_help(fl, ctx, step, n)
+
+
+cdef void _init_flags(sk_flag* fl, Py_ssize_t n) noexcept nogil:
+    cdef int i
+    for i in range(N_FLAGS):
+        sk_flag_set(&fl[i], 0 if i == FLAG_HERE else n if i == FLAG_STOP else -1)
+
+
+cdef struct RowArgs:
+    # the arguments of _one_row_step, for _fwd_row_step (pointers typed by is_double)
+    bint is_double, first
+    int T, n_in, H, nz, n_slots          # n_in: I (a C macro, from complex.h)
+    const void* x
+    const void* Xpk
+    const void* Wpk
+    void* S                              # the calling thread's side operand
+    void* S_help                         # the helper's
+    const void* bias_p
+    void* z
+    void* cs
+    void* out
+    void* h_n
+    void* c_n
+    const void* h0
+    const void* c0
+    const int64_t* lengths
+
+
+cdef void _fwd_row_step(void* ctx, Py_ssize_t t, int part) noexcept nogil:
+    cdef RowArgs* a = <RowArgs*>ctx
+    cdef void* S = a.S_help if part == 1 else a.S
+    cdef int R = SK_PK_SIDE_ROWS
+    if t < 0:           # the first chunk's projection (unless all of it ran first)
+        if a.first:
+            return
+        if a.is_double:
+            pk_gemm(min(R, a.T), a.n_in, <const double*>a.x, a.n_in, <const double*>a.Xpk,
+                    <double*>a.z, 4 * a.H, 0, 4 * a.H, False)
+        else:
+            pk_gemm(min(R, a.T), a.n_in, <const float*>a.x, a.n_in, <const float*>a.Xpk,
+                    <float*>a.z, 4 * a.H, 0, 4 * a.H, False)
+        return
+    if a.is_double:
+        _one_row_step(t, part, a.T, a.n_in, a.H, <const double*>a.x, <const double*>a.Xpk,
+                      <const double*>a.Wpk, <double*>S, <const double*>a.bias_p,
+                      <double*>a.z, a.nz, <double*>a.cs, a.n_slots, <double*>a.out,
+                      <double*>a.h_n, <double*>a.c_n, <const double*>a.h0,
+                      <const double*>a.c0, a.lengths, a.first)
+    else:
+        _one_row_step(t, part, a.T, a.n_in, a.H, <const float*>a.x, <const float*>a.Xpk,
+                      <const float*>a.Wpk, <float*>S, <const float*>a.bias_p,
+                      <float*>a.z, a.nz, <float*>a.cs, a.n_slots, <float*>a.out,
+                      <float*>a.h_n, <float*>a.c_n, <const float*>a.h0,
+                      <const float*>a.c0, a.lengths, a.first)
 
 
 cdef void _forward_one_row(int T, int I, int H, const floating* x, const floating* Xpk,
@@ -496,9 +556,9 @@ cdef void _forward_one_row(int T, int I, int H, const floating* x, const floatin
     threads (z then has T slots). Both ways each element of the projection is one
     k-ordered chain of FMAs from 0 (4-row tiles, or the side product's rows).
     On two threads (_split_one_row; fl: N_FLAGS flags, else NULL) the steps split
-    in halves of the units, synchronised by flags (_sync.h), never by a barrier:
-    the calling thread starts alone, and the second joins at the first chunk
-    boundary after it has come, so a second core that is slow to wake (up to ~4 ms
+    in halves of the units (_split_run, as the backward's at batch 1), synchronised
+    by flags (_sync.h), never by a barrier: the calling thread starts alone, and
+    the second joins at the first chunk boundary after it has come, so a second core that is slow to wake (up to ~4 ms
     after a pause, measured on this 2-vCPU VM) delays nothing but the end of the
     region; and it goes back to running the steps alone where handing them
     across costs too much (MAX_WAIT). A half step computes each of its elements
@@ -516,17 +576,10 @@ cdef void _forward_one_row(int T, int I, int H, const floating* x, const floatin
             rb0 = i * T // n_rb
             rb1 = (i + 1) * T // n_rb
             pk_gemm(<int>(rb1 - rb0), I, x + rb0 * I, I, Xpk, z + rb0 * G, G, 0, G, False)
-    if fl == NULL:
-        _one_row_lead(T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out, h_n, c_n,
-                      h0, c0, lengths, first, NULL)
-        return
-    with parallel(num_threads=2):
-        if threadid() == 0:
-            _one_row_lead(T, I, H, x, Xpk, Wpk, S, bias_p, z, nz, cs, n_slots, out, h_n,
-                          c_n, h0, c0, lengths, first, fl)
-        else:
-            _one_row_help(T, I, H, x, Xpk, Wpk, S + <Py_ssize_t>I * R, bias_p, z, nz, cs,
-                          n_slots, out, h_n, c_n, h0, c0, lengths, first, fl)
+    cdef RowArgs a = RowArgs(floating is double, first, T, I, H, nz, n_slots, x, Xpk, Wpk,
+                             S, S + <Py_ssize_t>I * R, bias_p, z, cs, out, h_n, c_n, h0, c0,
+                             lengths)
+    _split_run(fl, &a, _fwd_row_step, T)
 
 
 def forward(const floating[:, :, ::1] x,      # (T, B, I)
@@ -614,9 +667,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             if split:
                 fl = <sk_flag*>sk_pk_alloc(N_FLAGS * 64, 1)
                 if fl != NULL:
-                    for i in range(N_FLAGS):
-                        sk_flag_set(&fl[i], 0 if i == FLAG_HERE else T if i == FLAG_STOP
-                                    else -1)
+                    _init_flags(fl, T)
         if (packed and (Wpk == NULL or Xpk == NULL) or one_row and S == NULL
                 or split and fl == NULL):
             raise MemoryError()
@@ -703,7 +754,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 # Backward
 # ---------------------------------------------------------------------------
 
-cdef void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
+cdef void _backward_block(int B, int H, int u0, int uk, int zo, int gs, Py_ssize_t t,
                           const floating* dz_next, const floating* Whh_p,
                           const floating* W_pk, int kh, Py_ssize_t w_slot,
                           floating* carry_h, floating* carry_c,
@@ -711,7 +762,9 @@ cdef void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
                           const floating* d_out_t, const floating* z_t,
                           const floating* c_t, const floating* c_prev,
                           const int64_t* lengths) noexcept nogil:
-    """One step back on the units of block k.
+    """One step back on units u0 .. u0+uk-1, whose gates in z_t and dz_t rows are
+    at + zo as runs i, f, g, o, gs apart (the block of u0 in the block layout: zo =
+    4 u0, gs = uk; half of a single block: zo = u0, gs = H).
 
     carry_h (B, H) is the gradient reaching h_t from later steps and from d_h_n;
     the rows that step t+1 consumed were zeroed, so adding dz_{t+1} @ W_hh (zero
@@ -726,8 +779,6 @@ cdef void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
     and the step adds their products in an order that alternates with t: the
     half read last is then still partly in L1 (the forward's pk_gemm_dir, over K)."""
     cdef int G = 4 * H
-    cdef int u0 = k * U
-    cdef int uk = min(U, H - u0)
     cdef int b, i, kb
     cdef Py_ssize_t off
     cdef floating* di
@@ -744,14 +795,15 @@ cdef void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
     if t < 0:
         return
     for b in range(B):
-        di = dz_t + <Py_ssize_t>b * G + 4 * u0
+        di = dz_t + <Py_ssize_t>b * G + zo
         if lengths != NULL and t >= lengths[b]:
-            memset(di, 0, 4 * uk * sizeof(floating))
+            for i in range(4):
+                memset(di + i * gs, 0, uk * sizeof(floating))
             continue
         off = <Py_ssize_t>b * H + u0
-        cell_backward(z_t + <Py_ssize_t>b * G + 4 * u0, c_t + off, c_prev + off,
+        cell_backward(z_t + <Py_ssize_t>b * G + zo, c_t + off, c_prev + off,
                       NULL if d_out_t == NULL else d_out_t + off,
-                      carry_h + off, carry_c + off, di, uk)
+                      carry_h + off, carry_c + off, di, uk, gs)
 
 
 # The backward runs the time loop in chunks of Tc = max(1, BWD_CHUNK_ROWS // B)
@@ -761,6 +813,57 @@ cdef void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
 # cost ~0.1 s per call to fault in) and is still in cache when those GEMMs read it.
 # Each gradient element is summed chunk by chunk, latest first, and within a
 # chunk in K_BLOCK blocks of rows: an order fixed by T and B alone.
+
+cdef struct BwdRowArgs:
+    # the arguments of a batch-1 backward step (_bwd_row_step), over one chunk of
+    # steps ending at t1 (pointers typed by is_double)
+    bint is_double
+    int T, H, Tc, kh
+    Py_ssize_t t1, kslot
+    const void* Whh
+    const void* Wpk
+    void* carry_h
+    void* carry_c
+    void* dz
+    const void* d_out
+    const void* z
+    const void* cs
+    const void* c0
+    const int64_t* lengths
+
+
+cdef void _bwd_row_step(void* ctx, Py_ssize_t s, int part) noexcept nogil:
+    """Step t = t1 - 1 - s back (_backward_block at batch 1, one block): all units
+    (part -1), or half of them (part 0, 1) with their columns of dz_{t+1} @ W_hh,
+    all of dz_{t+1} read (the protocol of _split_lead hands it across)."""
+    cdef BwdRowArgs* a = <BwdRowArgs*>ctx
+    if s < 0:
+        return
+    cdef Py_ssize_t t = a.t1 - 1 - s
+    cdef int H = a.H, G = 4 * a.H
+    cdef int u0 = 0 if part < 0 else part * (H // 2)
+    cdef int uk = H if part < 0 else H // 2
+    if a.is_double:
+        _backward_block(1, H, u0, uk, u0, H, t,
+                        NULL if t == a.T - 1 else <const double*>a.dz + ((t + 1) % a.Tc) * G,
+                        <const double*>a.Whh, <const double*>a.Wpk, a.kh, a.kslot,
+                        <double*>a.carry_h, <double*>a.carry_c,
+                        <double*>a.dz + (t % a.Tc) * G,
+                        NULL if a.d_out == NULL else <const double*>a.d_out + t * H,
+                        <const double*>a.z + t * G, <const double*>a.cs + t * H,
+                        <const double*>a.c0 if t == 0 else <const double*>a.cs + (t - 1) * H,
+                        a.lengths)
+    else:
+        _backward_block(1, H, u0, uk, u0, H, t,
+                        NULL if t == a.T - 1 else <const float*>a.dz + ((t + 1) % a.Tc) * G,
+                        <const float*>a.Whh, <const float*>a.Wpk, a.kh, a.kslot,
+                        <float*>a.carry_h, <float*>a.carry_c,
+                        <float*>a.dz + (t % a.Tc) * G,
+                        NULL if a.d_out == NULL else <const float*>a.d_out + t * H,
+                        <const float*>a.z + t * G, <const float*>a.cs + t * H,
+                        <const float*>a.c0 if t == 0 else <const float*>a.cs + (t - 1) * H,
+                        a.lengths)
+
 
 def bwd_chunk_steps(int B):
     """Time steps per backward chunk: the (slots, B, 4H) dz scratch holds
@@ -961,6 +1064,21 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
         Hc = <floating*>sk_pk_alloc(n_kb * hslot, sizeof(floating))
         at = <floating*>malloc(n_at * at_size * sizeof(floating))
         ok = Wpk != NULL and WihK != NULL and Xc != NULL and Hc != NULL and at != NULL
+    # B = 1, one block, packed: each step split in halves of the units between two
+    # threads, as the forward's (_forward_one_row, _split_lead)
+    global _skip, _backoff
+    cdef bint split = (B == 1 and n_units == 1 and kh > 0 and Wpk != NULL
+                       and _split_one_row(H, sizeof(floating), nt))
+    if split and _skip > 0 and _use_backoff:
+        _skip -= 1
+        split = False
+    cdef sk_flag* fl = NULL
+    cdef bint split_all = True                     # every chunk split to its end
+    cdef BwdRowArgs args = BwdRowArgs(floating is double, T, H, Tc, kh, 0, kslot, Whh, Wpk,
+                                      carry_h, carry_c, dzp, dop, zp, csp, c0p, lens)
+    if split:
+        fl = <sk_flag*>sk_pk_alloc(N_FLAGS * 64, 1)
+        ok = ok and fl != NULL
     try:
         if not ok:
             raise MemoryError()
@@ -976,14 +1094,21 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                 t1 = min(t0 + Tc, <Py_ssize_t>T)
                 R = <int>((t1 - t0) * B)
                 # 1. Through the chunk's steps, latest first (dz_t in slot t % Tc).
-                if nt > 1 and n_units > 1:
+                if split:
+                    _init_flags(fl, t1 - t0)
+                    args.t1 = t1
+                    _split_run(fl, &args, _bwd_row_step, t1 - t0)
+                    split_all = (split_all and sk_flag_get(&fl[FLAG_START]) < t1 - t0
+                                 and sk_flag_get(&fl[FLAG_STOP]) >= t1 - t0)
+                elif nt > 1 and n_units > 1:
                     with parallel(num_threads=nt):
                         for t in range(t1 - 1, t0 - 1, -1):
                             dz_next = NULL if t == T - 1 else dzp + ((t + 1) % Tc) * zstep
                             do_t = NULL if dop == NULL else dop + t * step
                             c_prev = c0p if t == 0 else csp + (t - 1) * step
                             for blk in prange(n_units, schedule='static'):
-                                _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, kh, kslot,
+                                _backward_block(B, H, blk * U, min(U, H - blk * U),
+                                                4 * blk * U, min(U, H - blk * U), t, dz_next, Whh, Wpk, kh, kslot,
                                                 carry_h, carry_c, dzp + (t % Tc) * zstep, do_t,
                                                 zp + t * zstep, csp + t * step, c_prev, lens)
                 else:
@@ -992,7 +1117,8 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                         do_t = NULL if dop == NULL else dop + t * step
                         c_prev = c0p if t == 0 else csp + (t - 1) * step
                         for blk in range(n_units):
-                            _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, kh, kslot,
+                            _backward_block(B, H, blk * U, min(U, H - blk * U),
+                                            4 * blk * U, min(U, H - blk * U), t, dz_next, Whh, Wpk, kh, kslot,
                                             carry_h, carry_c, dzp + (t % Tc) * zstep, do_t,
                                             zp + t * zstep, csp + t * step, c_prev, lens)
 
@@ -1023,11 +1149,13 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
             # 3. dh0 = carry_h + dz_0 @ W_hh.
             if nt > 1 and n_units > 1:
                 for blk in prange(n_units, num_threads=nt, schedule='static'):
-                    _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, kh, kslot, carry_h,
+                    _backward_block(B, H, blk * U, min(U, H - blk * U), 4 * blk * U,
+                                    min(U, H - blk * U), -1, dzp, Whh, Wpk, kh, kslot, carry_h,
                                     carry_c, NULL, NULL, NULL, NULL, NULL, lens)
             else:
                 for blk in range(n_units):
-                    _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, kh, kslot, carry_h,
+                    _backward_block(B, H, blk * U, min(U, H - blk * U), 4 * blk * U,
+                                    min(U, H - blk * U), -1, dzp, Whh, Wpk, kh, kslot, carry_h,
                                     carry_c, NULL, NULL, NULL, NULL, NULL, lens)
     finally:
         free(hs)
@@ -1036,3 +1164,10 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
         free(Xc)
         free(Hc)
         free(at)
+        free(fl)
+    if split and _use_backoff:
+        if split_all:
+            _backoff = 0
+        else:
+            _backoff = min(max(2 * _backoff, 1), 64)
+            _skip = _backoff

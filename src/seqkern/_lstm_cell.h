@@ -6,9 +6,9 @@
  *
  * z holds the row's gates of the n units as four runs of n: i, f, g, o
  * (pre-activations less the bias on entry to the forward, activations on exit);
- * bias has the same layout. The forward also takes runs gs >= n apart (the
- * first n units of each run of gs: half of the units of a one-block row, for
- * the batch-1 step split between two threads). Adding the bias here, not before the GEMMs, saves a
+ * bias has the same layout. Both also take runs gs >= n apart (the first n
+ * units of each run of gs: half of the units of a one-block row, for the
+ * batch-1 step split between two threads); dz is laid out as z. Adding the bias here, not before the GEMMs, saves a
  * pass over the whole (T, B, 4H) gate buffer (a copy, then a read-modify-write).
  *
  * Forward:  i, f, o = sigmoid(. + b), g = tanh(. + b), c = f c_prev + i g, h = o tanh(c)
@@ -63,12 +63,12 @@ static inline void sk_lstm_cell_fwd_##S(T *restrict z, const T *restrict bias,  
 static inline void sk_lstm_cell_bwd_##S(                                           \
     const T *restrict z, const T *restrict c, const T *restrict c_prev,            \
     const T *restrict d_out, T *restrict carry_h, T *restrict carry_c,             \
-    T *restrict dz, int n)                                                         \
+    T *restrict dz, int n, ptrdiff_t gs)                                           \
 {                                                                                  \
-    const T *restrict zi = z, *restrict zf = z + n, *restrict zg = z + 2 * n;      \
-    const T *restrict zo = z + 3 * n;                                              \
-    T *restrict di = dz, *restrict df = dz + n, *restrict dg = dz + 2 * n;         \
-    T *restrict do_ = dz + 3 * n;                                                  \
+    const T *restrict zi = z, *restrict zf = z + gs, *restrict zg = z + 2 * gs;    \
+    const T *restrict zo = z + 3 * gs;                                             \
+    T *restrict di = dz, *restrict df = dz + gs, *restrict dg = dz + 2 * gs;       \
+    T *restrict do_ = dz + 3 * gs;                                                 \
     if (d_out) {                                                                   \
         for (ptrdiff_t j = 0; j < n; j++) {                                        \
             SK_LSTM_BWD_ONE(T, TANH, carry_h[j] + d_out[j])                        \
