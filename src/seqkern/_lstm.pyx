@@ -319,7 +319,7 @@ cdef inline void _one_row_step(Py_ssize_t t, int part, int T, int I, int H,
     cdef int m2 = 0 if first or r0 >= T else <int>min(<Py_ssize_t>R, T - r0)
     cdef int hg = 0, u0 = 0, uk = H         # panels in half a gate (0: all), units
     if part >= 0:
-        hg = H // (2 * 4 * (64 // <int>sizeof(floating)))
+        hg = _half_gate_panels(H, sizeof(floating))
         nv = nv // 2                        # the half's columns, numbered from 0
         u0 = part * (H // 2)
         uk = H // 2
@@ -333,25 +333,33 @@ cdef inline void _one_row_step(Py_ssize_t t, int part, int T, int I, int H,
                    cs + (t % n_slots) * H, out + t * H, h_n, c_n, lengths)
 
 
+cdef inline int _half_gate_panels(int H, size_t elsize) noexcept nogil:
+    """Panels (4 x 64 bytes of columns) in half of a gate's H columns; 0 where
+    that is not whole panels."""
+    cdef int nr = 4 * (64 // <int>elsize)
+    return H // (2 * nr) if H % (2 * nr) == 0 else 0
+
+
 cdef inline bint _split_one_row(int H, size_t elsize, int n_threads) noexcept nogil:
-    """Does _forward_one_row split each step between two threads? Where it has
-    them and each half of a gate's H columns is whole panels of 4 x 64 bytes
-    (H a multiple of 128 in float32, of 64 in float64): each thread then reads
-    half of W_hh^T, all four gates of half of the units, and runs their gate pass."""
-    return n_threads > 1 and H % (2 * 4 * (64 // <int>elsize)) == 0
+    """Do the batch-1 steps split between two threads? Where there are two and
+    half of each gate is whole panels (H a multiple of 128 in float32, of 64 in
+    float64): each thread then reads half of W_hh^T, all four gates of half of
+    the units, and runs their gate pass."""
+    return n_threads > 1 and _half_gate_panels(H, elsize) > 0
 
 
 # A split step pays only while handing each step across is quick. Measured on this
 # 2-vCPU VM, (1,1000,128,128) float32 forward, us per step: 1.94 split against
 # 3.0 alone where a round trip between the threads took ~100 ns (handoff_ns), but
-# 3.65 split where it took ~400 (the host had placed the two vCPUs far apart: seen
-# about a quarter of the time, for tens of seconds at once); and a spinning wait for a
-# thread that another process has pushed off its core lasts a scheduler time
-# slice. So the lead times its waits for the helper over each split chunk of R
+# 3.65 split where it took ~400 (the host had placed the two vCPUs far apart:
+# seen about a quarter of the time, for tens of seconds at once); and a spinning
+# wait for a thread that another process has pushed off its core lasts a
+# scheduler time slice. So the lead times its waits for the helper over each split chunk of R
 # steps (the first one excepted: the helper's caches are cold) and goes back to
 # running the steps alone, from the next chunk on, once they exceed MAX_WAIT
-# times the rest of the chunk's time (from the step times above: ~0.1 near, ~1 far). Whether and when the
-# steps split never changes the results, only who computes them.
+# times the rest of the chunk's time (from the step times above: ~0.1 near, ~1
+# far). Whether and when the steps split never changes the results, only who
+# computes them.
 cdef double MAX_WAIT = 0.5
 # Where a call did not split (its helper came too late) or went back to one thread,
 # the next _skip calls run alone without a parallel region (whose start and end
@@ -384,6 +392,29 @@ def wait_for_helper(long long spins, Py_ssize_t at_step=0, double max_wait=MAX_W
     _use_backoff = backoff
 
 
+cdef bint _may_split(bint eligible):
+    """Split this call's steps, if eligible? Not while the back-off says to run
+    alone (a call it makes alone counts down). Called with the GIL held."""
+    global _skip
+    if eligible and _skip > 0 and _use_backoff:
+        _skip -= 1
+        return False
+    return eligible
+
+
+cdef void _note_split(bint ran_split):
+    """After a call that tried to split: the back-off is cleared if its steps ran
+    split to their end, else doubled (1 .. 64). Called with the GIL held."""
+    global _skip, _backoff
+    if not _use_backoff:
+        return
+    if ran_split:
+        _backoff = 0
+    else:
+        _backoff = min(max(2 * _backoff, 1), 64)
+        _skip = _backoff
+
+
 def backoff_state():
     """(calls left to run alone, current back-off length), for tests."""
     return _skip, _backoff
@@ -399,6 +430,11 @@ cdef enum:
     FLAG_LEAD = 3
     FLAG_HELP = 4
     N_FLAGS = 5
+
+
+cdef bint _ran_split(sk_flag* fl, Py_ssize_t n) noexcept nogil:
+    """Did the n steps of a _split_run split and run split to their end?"""
+    return sk_flag_get(&fl[FLAG_START]) < n and sk_flag_get(&fl[FLAG_STOP]) >= n
 
 
 cdef inline double _now() noexcept nogil:
@@ -558,10 +594,11 @@ cdef void _forward_one_row(int T, int I, int H, const floating* x, const floatin
     On two threads (_split_one_row; fl: N_FLAGS flags, else NULL) the steps split
     in halves of the units (_split_run, as the backward's at batch 1), synchronised
     by flags (_sync.h), never by a barrier: the calling thread starts alone, and
-    the second joins at the first chunk boundary after it has come, so a second core that is slow to wake (up to ~4 ms
-    after a pause, measured on this 2-vCPU VM) delays nothing but the end of the
-    region; and it goes back to running the steps alone where handing them
-    across costs too much (MAX_WAIT). A half step computes each of its elements
+    the second joins at the first chunk boundary after it has come, so a second
+    core that is slow to wake (up to ~4 ms after a pause, measured on this 2-vCPU
+    VM) delays nothing but the end of the region; and the calling thread goes
+    back to running the steps alone where handing them across costs too much
+    (MAX_WAIT). A half step computes each of its elements
     exactly as the whole step does, so the results do not depend on the thread
     count. fl[FLAG_START] and fl[FLAG_STOP] end holding the first step split and
     the first run alone again (T: none)."""
@@ -639,11 +676,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef floating* S = NULL
     cdef bint packed = packs(step_gemm, TB)
     cdef bint one_row = _one_row(T, B, H, step_gemm)
-    cdef bint split = splits_steps(T, B, H, sizeof(floating), step_gemm, nt)
-    global _skip, _backoff
-    if split and _skip > 0 and _use_backoff:
-        _skip -= 1
-        split = False
+    cdef bint split = _may_split(splits_steps(T, B, H, sizeof(floating), step_gemm, nt))
+    cdef bint ran_split = False
     cdef sk_flag* fl = NULL
     cdef Py_ssize_t split_at = -1, stop_at = -1
     try:
@@ -677,10 +711,12 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             if one_row:
                 _forward_one_row(T, I, H, xp, Xpk, Wpk, S, bp, zp, nz, csp, n_slots, outp,
                                  hnp, cnp, h0p, c0p, lens, nt, fl)
-                if fl != NULL and sk_flag_get(&fl[FLAG_START]) < T:
-                    split_at = sk_flag_get(&fl[FLAG_START])
-                    stop_at = sk_flag_get(&fl[FLAG_STOP])
-                    stop_at = -1 if stop_at >= T else stop_at
+                if fl != NULL:
+                    ran_split = _ran_split(fl, T)
+                    if sk_flag_get(&fl[FLAG_START]) < T:
+                        split_at = sk_flag_get(&fl[FLAG_START])
+                        stop_at = sk_flag_get(&fl[FLAG_STOP])
+                        stop_at = -1 if stop_at >= T else stop_at
             elif n_units > 1:
                 # The projection in chunks of Tc steps, each block its own columns,
                 # then the steps; static schedules give each thread the same blocks.
@@ -741,12 +777,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
         free(Xpk)
         free(S)
         free(fl)
-    if split and _use_backoff:
-        if split_at < 0 or stop_at >= 0:
-            _backoff = min(max(2 * _backoff, 1), 64)
-            _skip = _backoff
-        else:
-            _backoff = 0
+    if split:
+        _note_split(ran_split)
     return split_at, stop_at
 
 
@@ -754,7 +786,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 # Backward
 # ---------------------------------------------------------------------------
 
-cdef void _backward_block(int B, int H, int u0, int uk, int zo, int gs, Py_ssize_t t,
+cdef void _backward_units(int B, int H, int u0, int uk, int zo, int gs, Py_ssize_t t,
                           const floating* dz_next, const floating* Whh_p,
                           const floating* W_pk, int kh, Py_ssize_t w_slot,
                           floating* carry_h, floating* carry_c,
@@ -806,6 +838,20 @@ cdef void _backward_block(int B, int H, int u0, int uk, int zo, int gs, Py_ssize
                       carry_h + off, carry_c + off, di, uk, gs)
 
 
+cdef inline void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
+                                 const floating* dz_next, const floating* Whh_p,
+                                 const floating* W_pk, int kh, Py_ssize_t w_slot,
+                                 floating* carry_h, floating* carry_c, floating* dz_t,
+                                 const floating* d_out_t, const floating* z_t,
+                                 const floating* c_t, const floating* c_prev,
+                                 const int64_t* lengths) noexcept nogil:
+    """_backward_units on the units of block k (block layout)."""
+    cdef int u0 = k * U
+    cdef int uk = min(U, H - u0)
+    _backward_units(B, H, u0, uk, 4 * u0, uk, t, dz_next, Whh_p, W_pk, kh, w_slot, carry_h,
+                    carry_c, dz_t, d_out_t, z_t, c_t, c_prev, lengths)
+
+
 # The backward runs the time loop in chunks of Tc = max(1, BWD_CHUNK_ROWS // B)
 # steps (R = Tc B rows), latest first. After each chunk its weight, bias and input
 # gradients are added with GEMMs over the chunk's R rows, so dz needs R rows of
@@ -833,7 +879,7 @@ cdef struct BwdRowArgs:
 
 
 cdef void _bwd_row_step(void* ctx, Py_ssize_t s, int part) noexcept nogil:
-    """Step t = t1 - 1 - s back (_backward_block at batch 1, one block): all units
+    """Step t = t1 - 1 - s back (_backward_units at batch 1, one block): all units
     (part -1), or half of them (part 0, 1) with their columns of dz_{t+1} @ W_hh,
     all of dz_{t+1} read (the protocol of _split_lead hands it across)."""
     cdef BwdRowArgs* a = <BwdRowArgs*>ctx
@@ -844,7 +890,7 @@ cdef void _bwd_row_step(void* ctx, Py_ssize_t s, int part) noexcept nogil:
     cdef int u0 = 0 if part < 0 else part * (H // 2)
     cdef int uk = H if part < 0 else H // 2
     if a.is_double:
-        _backward_block(1, H, u0, uk, u0, H, t,
+        _backward_units(1, H, u0, uk, u0, H, t,
                         NULL if t == a.T - 1 else <const double*>a.dz + ((t + 1) % a.Tc) * G,
                         <const double*>a.Whh, <const double*>a.Wpk, a.kh, a.kslot,
                         <double*>a.carry_h, <double*>a.carry_c,
@@ -854,7 +900,7 @@ cdef void _bwd_row_step(void* ctx, Py_ssize_t s, int part) noexcept nogil:
                         <const double*>a.c0 if t == 0 else <const double*>a.cs + (t - 1) * H,
                         a.lengths)
     else:
-        _backward_block(1, H, u0, uk, u0, H, t,
+        _backward_units(1, H, u0, uk, u0, H, t,
                         NULL if t == a.T - 1 else <const float*>a.dz + ((t + 1) % a.Tc) * G,
                         <const float*>a.Whh, <const float*>a.Wpk, a.kh, a.kslot,
                         <float*>a.carry_h, <float*>a.carry_c,
@@ -1066,12 +1112,8 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
         ok = Wpk != NULL and WihK != NULL and Xc != NULL and Hc != NULL and at != NULL
     # B = 1, one block, packed: each step split in halves of the units between two
     # threads, as the forward's (_forward_one_row, _split_lead)
-    global _skip, _backoff
-    cdef bint split = (B == 1 and n_units == 1 and kh > 0 and Wpk != NULL
-                       and _split_one_row(H, sizeof(floating), nt))
-    if split and _skip > 0 and _use_backoff:
-        _skip -= 1
-        split = False
+    cdef bint split = _may_split(B == 1 and n_units == 1 and kh > 0 and Wpk != NULL
+                                 and _split_one_row(H, sizeof(floating), nt))
     cdef sk_flag* fl = NULL
     cdef bint split_all = True                     # every chunk split to its end
     cdef BwdRowArgs args = BwdRowArgs(floating is double, T, H, Tc, kh, 0, kslot, Whh, Wpk,
@@ -1098,8 +1140,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                     _init_flags(fl, t1 - t0)
                     args.t1 = t1
                     _split_run(fl, &args, _bwd_row_step, t1 - t0)
-                    split_all = (split_all and sk_flag_get(&fl[FLAG_START]) < t1 - t0
-                                 and sk_flag_get(&fl[FLAG_STOP]) >= t1 - t0)
+                    split_all = split_all and _ran_split(fl, t1 - t0)
                 elif nt > 1 and n_units > 1:
                     with parallel(num_threads=nt):
                         for t in range(t1 - 1, t0 - 1, -1):
@@ -1107,8 +1148,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                             do_t = NULL if dop == NULL else dop + t * step
                             c_prev = c0p if t == 0 else csp + (t - 1) * step
                             for blk in prange(n_units, schedule='static'):
-                                _backward_block(B, H, blk * U, min(U, H - blk * U),
-                                                4 * blk * U, min(U, H - blk * U), t, dz_next, Whh, Wpk, kh, kslot,
+                                _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, kh, kslot,
                                                 carry_h, carry_c, dzp + (t % Tc) * zstep, do_t,
                                                 zp + t * zstep, csp + t * step, c_prev, lens)
                 else:
@@ -1117,8 +1157,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                         do_t = NULL if dop == NULL else dop + t * step
                         c_prev = c0p if t == 0 else csp + (t - 1) * step
                         for blk in range(n_units):
-                            _backward_block(B, H, blk * U, min(U, H - blk * U),
-                                            4 * blk * U, min(U, H - blk * U), t, dz_next, Whh, Wpk, kh, kslot,
+                            _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, kh, kslot,
                                             carry_h, carry_c, dzp + (t % Tc) * zstep, do_t,
                                             zp + t * zstep, csp + t * step, c_prev, lens)
 
@@ -1149,13 +1188,11 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
             # 3. dh0 = carry_h + dz_0 @ W_hh.
             if nt > 1 and n_units > 1:
                 for blk in prange(n_units, num_threads=nt, schedule='static'):
-                    _backward_block(B, H, blk * U, min(U, H - blk * U), 4 * blk * U,
-                                    min(U, H - blk * U), -1, dzp, Whh, Wpk, kh, kslot, carry_h,
+                    _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, kh, kslot, carry_h,
                                     carry_c, NULL, NULL, NULL, NULL, NULL, lens)
             else:
                 for blk in range(n_units):
-                    _backward_block(B, H, blk * U, min(U, H - blk * U), 4 * blk * U,
-                                    min(U, H - blk * U), -1, dzp, Whh, Wpk, kh, kslot, carry_h,
+                    _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, kh, kslot, carry_h,
                                     carry_c, NULL, NULL, NULL, NULL, NULL, lens)
     finally:
         free(hs)
@@ -1165,9 +1202,5 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
         free(Hc)
         free(at)
         free(fl)
-    if split and _use_backoff:
-        if split_all:
-            _backoff = 0
-        else:
-            _backoff = min(max(2 * _backoff, 1), 64)
-            _skip = _backoff
+    if split:
+        _note_split(split_all)

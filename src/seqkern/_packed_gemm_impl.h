@@ -268,9 +268,10 @@ static void SK_FN(sk_pk_pack_side_)(int m, int K, const SK_T *restrict A, ptrdif
  * within those panels too, in ascending panel order whatever `reverse` (v = 0 is
  * the first vector column of the half's first panel), so that the thread that
  * runs a half also writes the columns of C2 that it reads later (no cache line
- * crosses between the cores); v1 must not pass the half's columns. With W_hh^T in the LSTM's gate order and hg the panels
- * of half a gate, each half holds all four gates of half of the units: two
- * threads split a batch-1 step so. hg = 0: every panel.
+ * crosses between the cores); v1 must not pass the half's columns. With W_hh^T
+ * in the LSTM's gate order and hg the panels of half a gate, each half holds all
+ * four gates of half of the units: two threads split a batch-1 step so. hg = 0:
+ * every panel.
  * Side product: for each vector column v in [v0, v1) (columns v VL .. v VL + VL - 1),
  * C2[r][v VL + l] := sum_k A2[r][k] W2[k][v VL + l] for r < m2 <= SK_PK_SIDE_ROWS,
  * over k in order; A2 given as S (sk_pk_pack_side_), W2 the (K2, N2) operand packed

@@ -9,12 +9,14 @@
  * a short spin, and waking a sleeping vCPU on the VM this was written on took
  * milliseconds (a split step takes ~2 us at H = 128). A flag costs one
  * cache-line transfer each way (a round trip ~100 ns here, ~400 when the host
- * placed the vCPUs far apart). A thread only ever waits for a step the other thread is running, so the
- * wait ends; past a while it yields the core between looks (sk_flag_wait).
+ * placed the vCPUs far apart). A thread only ever waits for a step the other
+ * thread is running, so the wait ends; past a while it yields the core between
+ * looks (sk_flag_wait).
  */
 #ifndef SEQKERN_SYNC_H
 #define SEQKERN_SYNC_H
 
+#include <limits.h>
 #if !defined(_WIN32)
 #include <sched.h>
 #endif
@@ -76,13 +78,7 @@ static inline int sk_flag_wait_for(sk_flag *f, long long v, long long spins)
  * it may be waiting for (or any other) can run there. */
 static inline void sk_flag_wait(sk_flag *f, long long v)
 {
-    for (int i = 0; i < SK_SPINS; i++) {
-        if (sk_flag_get(f) >= v)
-            return;
-        sk_cpu_relax();
-    }
-    while (sk_flag_get(f) < v)
-        sk_yield();
+    sk_flag_wait_for(f, v, LLONG_MAX);
 }
 
 #endif
