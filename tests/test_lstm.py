@@ -526,13 +526,15 @@ def test_blas_held_only_where_blas_runs(monkeypatch, mode, T, holds):
     (100, 8, None, 0, -1), (100, 8, None, 48, -1), (40, 70, 33, 16, -1), (21, 3, None, 0, -1),
     (21, 3, None, 16, -1), (37, 16, 0, 0, -1), (33, 16, 16, 32, -1),
     (300, 256, None, 16, -1),                        # projection first where T I 4H >= 2^25
+    (530, 4, 520, 0, -1),                            # two backward chunks (512 steps each)
     (100, 8, None, 0, 32), (90, 5, 70, 16, 48)])     # back to one thread
 def test_batch_1_step_split_between_threads(monkeypatch, request, dtype, H, T, I, length,
                                             join, stop):
     """On 2 threads the batch-1 steps split in halves of the units (each half of a
     gate whole panels: H a multiple of 128 in float32, of 64 in float64), the
     second thread joining at a chunk boundary: the same bits as on 1 thread, with
-    and without a cache, with lengths. Here the first thread waits for the second
+    and without a cache, with lengths; the backward's gradient jobs after each
+    chunk of steps are shared between the two threads. Here the first thread waits for the second
     (wait_for_helper) at step ``join``, so that the split surely runs from there,
     after the first thread ran the steps before it alone; and where the handoff is
     deemed too slow, back to the first thread alone from a chunk boundary."""

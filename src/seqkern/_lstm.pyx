@@ -62,6 +62,7 @@ cdef extern from "_sync.h" nogil:
     long long sk_flag_get(sk_flag* f)
     void sk_flag_wait(sk_flag* f, long long v)
     int sk_flag_wait_for(sk_flag* f, long long v, long long spins)
+    long long sk_flag_take(sk_flag* f)
 
 cdef extern from "_lstm_cell.h" nogil:
     void sk_lstm_cell_fwd_f(float* z, const float* bias, const float* c_prev, float* c,
@@ -112,6 +113,10 @@ cdef inline void cell_backward(const floating* z, const floating* c, const float
 # forward+backward calls 20 ms apart, 4-7.7 ms on 2 threads against 1.2-1.5 ms on
 # one, with one such region per call), and even in back-to-back samples 2^24
 # (parallel gradients there) gave 1.15-1.45 ms against 1.07-1.37 ms with 2^25.
+# Where the batch-1 backward steps split between two threads, though, the
+# chunk's gradients are shared by those two inside the same region, whatever
+# their size (_bwd_grad_tail): (1,100,128,128) float32 forward+backward on 2
+# threads 0.89 -> 0.71 ms, float64 (1,1000,64,64) 4.4 -> 3.6 ms (tight loops).
 # The forward's input projection runs in chunks of ~CHUNK_ROWS rows and the
 # backward in chunks of ~BWD_CHUNK_ROWS rows (see below); the weight gradients
 # in jobs of UNIT_BLOCK rows of one gate, dx in DX_BLOCK x DX_BLOCK tiles.
@@ -422,14 +427,16 @@ def backoff_state():
 
 # The flags of a split step (_sync.h): the helper is here; the step from which the
 # two split (T: never); the step from which the lead runs alone again (T: none);
-# the last step each has finished.
+# the last step each has finished; all steps done (1); the next job of the tail.
 cdef enum:
     FLAG_HERE = 0
     FLAG_START = 1
     FLAG_STOP = 2
     FLAG_LEAD = 3
     FLAG_HELP = 4
-    N_FLAGS = 5
+    FLAG_DONE = 5
+    FLAG_JOB = 6
+    N_FLAGS = 7
 
 
 cdef bint _ran_split(sk_flag* fl, Py_ssize_t n) noexcept nogil:
@@ -447,6 +454,10 @@ cdef inline double _now() noexcept nogil:
 # (part = -1) or one half of its units (part 0 or 1); ctx holds the arguments.
 # s = -1: what the calling thread does first (while the helper wakes).
 ctypedef void (*step_fn)(void* ctx, Py_ssize_t s, int part) noexcept nogil
+# Work after the steps that both threads share by taking numbered jobs from the
+# counter ``jobs`` (sk_flag_take) until none is left; who: 0 the calling thread,
+# 1 the helper (e.g. for its own scratch).
+ctypedef void (*tail_fn)(void* ctx, sk_flag* jobs, int who) noexcept nogil
 
 
 cdef void _split_lead(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n) noexcept nogil:
@@ -505,23 +516,38 @@ cdef void _split_help(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n) noexce
         sk_flag_set(&fl[FLAG_HELP], s)
 
 
-cdef void _split_run(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n) noexcept nogil:
+cdef void _split_run(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n,
+                     tail_fn tail) noexcept nogil:
     """Steps 0 .. n-1 on the calling thread and, if fl is not NULL, a second thread
-    that joins when it comes (the flags start as _init_flags sets them)."""
+    that joins when it comes (the flags start as _init_flags sets them); then, if
+    tail is not NULL, its jobs, shared by both (the helper, even one that came too
+    late for the steps, starts on them once every step is done). Which thread runs
+    a job must not change its result."""
+    cdef sk_flag jobs
     if fl == NULL:
         _split_lead(NULL, ctx, step, n)
+        if tail != NULL:
+            sk_flag_set(&jobs, 0)
+            tail(ctx, &jobs, 0)
         return
     with parallel(num_threads=2):
         if threadid() == 0:
             _split_lead(fl, ctx, step, n)
+            if tail != NULL:
+                sk_flag_set(&fl[FLAG_DONE], 1)
+                tail(ctx, &fl[FLAG_JOB], 0)
         else:
             _split_help(fl, ctx, step, n)
+            if tail != NULL:
+                sk_flag_wait(&fl[FLAG_DONE], 1)
+                tail(ctx, &fl[FLAG_JOB], 1)
 
 
 cdef void _init_flags(sk_flag* fl, Py_ssize_t n) noexcept nogil:
     cdef int i
     for i in range(N_FLAGS):
-        sk_flag_set(&fl[i], 0 if i == FLAG_HERE else n if i == FLAG_STOP else -1)
+        sk_flag_set(&fl[i], n if i == FLAG_STOP else
+                    0 if i == FLAG_HERE or i == FLAG_DONE or i == FLAG_JOB else -1)
 
 
 cdef struct RowArgs:
@@ -616,7 +642,7 @@ cdef void _forward_one_row(int T, int I, int H, const floating* x, const floatin
     cdef RowArgs a = RowArgs(floating is double, first, T, I, H, nz, n_slots, x, Xpk, Wpk,
                              S, S + <Py_ssize_t>I * R, bias_p, z, cs, out, h_n, c_n, h0, c0,
                              lengths)
-    _split_run(fl, &a, _fwd_row_step, T)
+    _split_run(fl, &a, _fwd_row_step, T, NULL)
 
 
 def forward(const floating[:, :, ::1] x,      # (T, B, I)
@@ -862,7 +888,9 @@ cdef inline void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
 
 cdef struct BwdRowArgs:
     # the arguments of a batch-1 backward step (_bwd_row_step), over one chunk of
-    # steps ending at t1 (pointers typed by is_double)
+    # steps ending at t1, and of the chunk's gradient jobs (_bwd_grad_tail: R rows,
+    # the rest as _chunk_grad_job's; at: two threads' scratch, at_size apart);
+    # pointers typed by is_double
     bint is_double
     int T, H, Tc, kh
     Py_ssize_t t1, kslot
@@ -876,6 +904,19 @@ cdef struct BwdRowArgs:
     const void* cs
     const void* c0
     const int64_t* lengths
+    int n_jobs, n_w, n_c64, n_xc, R, n_in          # n_in: I (a C macro, from complex.h)
+    Py_ssize_t xslot, hslot, at_size
+    const void* xc
+    const void* hc
+    const void* Wih
+    const void* Xc
+    const void* Hc
+    const void* WihK
+    void* at
+    void* dWih
+    void* dWhh
+    void* db
+    void* dxc
 
 
 cdef void _bwd_row_step(void* ctx, Py_ssize_t s, int part) noexcept nogil:
@@ -911,6 +952,31 @@ cdef void _bwd_row_step(void* ctx, Py_ssize_t s, int part) noexcept nogil:
                         a.lengths)
 
 
+cdef void _bwd_grad_tail(void* ctx, sk_flag* jobs, int who) noexcept nogil:
+    """The gradient jobs of a batch-1 chunk (_chunk_grad_job), taken from ``jobs``
+    by both threads once the chunk's steps are done."""
+    cdef BwdRowArgs* a = <BwdRowArgs*>ctx
+    cdef long long job
+    while True:
+        job = sk_flag_take(jobs)
+        if job >= a.n_jobs:
+            return
+        if a.is_double:
+            _chunk_grad_job(<int>job, a.n_w, a.n_c64, a.n_xc, a.H, a.R, 1, a.n_in, a.H,
+                            <const double*>a.dz, <const double*>a.xc, <const double*>a.hc,
+                            <const double*>a.Wih, <const double*>a.Xc, a.xslot,
+                            <const double*>a.Hc, a.hslot, <const double*>a.WihK,
+                            <double*>a.at + who * a.at_size, <double*>a.dWih,
+                            <double*>a.dWhh, <double*>a.db, <double*>a.dxc)
+        else:
+            _chunk_grad_job(<int>job, a.n_w, a.n_c64, a.n_xc, a.H, a.R, 1, a.n_in, a.H,
+                            <const float*>a.dz, <const float*>a.xc, <const float*>a.hc,
+                            <const float*>a.Wih, <const float*>a.Xc, a.xslot,
+                            <const float*>a.Hc, a.hslot, <const float*>a.WihK,
+                            <float*>a.at + who * a.at_size, <float*>a.dWih,
+                            <float*>a.dWhh, <float*>a.db, <float*>a.dxc)
+
+
 def bwd_chunk_steps(int B):
     """Time steps per backward chunk: the (slots, B, 4H) dz scratch holds
     min(T, bwd_chunk_steps(B)) of them. At least 2: step t reads dz_{t+1} (all
@@ -941,6 +1007,28 @@ cdef void _gemm_kblocks(int M, Py_ssize_t K, const floating* A, Py_ssize_t lda,
         k0 = kb * K_BLOCK
         pk_gemm(M, <int>min(<Py_ssize_t>K_BLOCK, K - k0), A + k0, lda, P + kb * slot,
                 C, ldc, n0, n1, accumulate or kb > 0)
+
+
+cdef const floating* _chunk_rows(Py_ssize_t t0, int R, int B, int I, int H,
+                                 const floating* x, const floating* h0,
+                                 const floating* out, floating* hs, floating* Xc,
+                                 Py_ssize_t xslot, floating* Hc,
+                                 Py_ssize_t hslot) noexcept nogil:
+    """The h_{t-1} rows (R, H) of the backward chunk of R rows from step t0: out's
+    rows from step t0-1, or h0 then out's first rows copied into hs (t0 = 0); and,
+    if Xc is not NULL, x's rows and those packed in K_BLOCK-row blocks into Xc, Hc."""
+    cdef Py_ssize_t step = <Py_ssize_t>B * H
+    cdef const floating* hc
+    if t0 == 0:
+        memcpy(hs, h0, step * sizeof(floating))
+        memcpy(hs + step, out, <Py_ssize_t>(R - B) * H * sizeof(floating))
+        hc = hs
+    else:
+        hc = out + (t0 - 1) * step
+    if Xc != NULL:
+        _pack_kblocks(x + t0 * B * I, R, I, Xc, xslot)
+        _pack_kblocks(hc, R, H, Hc, hslot)
+    return hc
 
 
 cdef void _chunk_grad_job(int job, int n_w, int n_c64, int n_xc, int U, int R, int B,
@@ -1117,7 +1205,10 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef sk_flag* fl = NULL
     cdef bint split_all = True                     # every chunk split to its end
     cdef BwdRowArgs args = BwdRowArgs(floating is double, T, H, Tc, kh, 0, kslot, Whh, Wpk,
-                                      carry_h, carry_c, dzp, dop, zp, csp, c0p, lens)
+                                      carry_h, carry_c, dzp, dop, zp, csp, c0p, lens,
+                                      0, n_w, n_c64, n_xc, 0, I, xslot, hslot, at_size,
+                                      NULL, NULL, Wih, Xc, Hc, WihK, at, dWih, dWhh, dbp,
+                                      NULL)
     if split:
         fl = <sk_flag*>sk_pk_alloc(N_FLAGS * 64, 1)
         ok = ok and fl != NULL
@@ -1135,13 +1226,24 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                 t0 = <Py_ssize_t>ch * Tc
                 t1 = min(t0 + Tc, <Py_ssize_t>T)
                 R = <int>((t1 - t0) * B)
-                # 1. Through the chunk's steps, latest first (dz_t in slot t % Tc).
+                n_jobs = n_w + n_blocks(R, DX_BLOCK) * n_xc
                 if split:
-                    _init_flags(fl, t1 - t0)
+                    # The chunk's steps, then its gradient jobs shared by the two
+                    # threads (no parallel region of its own to wake a core for),
+                    # its x and h_{t-1} rows packed first.
+                    args.hc = _chunk_rows(t0, R, B, I, H, xp, &h0[0, 0], outp, hs, Xc,
+                                          xslot, Hc, hslot)
+                    args.xc = xp + t0 * B * I
+                    args.dxc = dxp + t0 * B * I
+                    args.R = R
+                    args.n_jobs = n_jobs
                     args.t1 = t1
-                    _split_run(fl, &args, _bwd_row_step, t1 - t0)
+                    _init_flags(fl, t1 - t0)
+                    _split_run(fl, &args, _bwd_row_step, t1 - t0, _bwd_grad_tail)
                     split_all = split_all and _ran_split(fl, t1 - t0)
-                elif nt > 1 and n_units > 1:
+                    continue
+                # 1. Through the chunk's steps, latest first (dz_t in slot t % Tc).
+                if nt > 1 and n_units > 1:
                     with parallel(num_threads=nt):
                         for t in range(t1 - 1, t0 - 1, -1):
                             dz_next = NULL if t == T - 1 else dzp + ((t + 1) % Tc) * zstep
@@ -1162,16 +1264,8 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                                             zp + t * zstep, csp + t * step, c_prev, lens)
 
                 # 2. The chunk's weight, bias and input gradients.
-                if t0 == 0:
-                    memcpy(hs, &h0[0, 0], step * sizeof(floating))
-                    memcpy(hs + step, outp, <Py_ssize_t>(R - B) * H * sizeof(floating))
-                    hc = hs
-                else:
-                    hc = outp + (t0 - 1) * step
-                if Xc != NULL:
-                    _pack_kblocks(xp + t0 * B * I, R, I, Xc, xslot)
-                    _pack_kblocks(hc, R, H, Hc, hslot)
-                n_jobs = n_w + n_blocks(R, DX_BLOCK) * n_xc
+                hc = _chunk_rows(t0, R, B, I, H, xp, &h0[0, 0], outp, hs, Xc, xslot, Hc,
+                                 hslot)
                 if nt > 1 and <Py_ssize_t>R * G * (2 * I + H) >= PAR_MIN_GEMM:
                     for job in prange(n_jobs, num_threads=nt, schedule='dynamic'):
                         _chunk_grad_job(job, n_w, n_c64, n_xc, U, R, B, I, H,

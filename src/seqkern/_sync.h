@@ -36,6 +36,13 @@ static inline long long sk_flag_get(sk_flag *f)
     return __atomic_load_n(&f->v, __ATOMIC_ACQUIRE);
 }
 
+/* Add 1 to the flag and return its value before (a shared job counter: each
+ * number is handed to exactly one thread). */
+static inline long long sk_flag_take(sk_flag *f)
+{
+    return __atomic_fetch_add(&f->v, 1, __ATOMIC_ACQ_REL);
+}
+
 static inline void sk_cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
