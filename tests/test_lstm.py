@@ -556,7 +556,8 @@ def test_batch_1_step_split_between_threads(monkeypatch, request, dtype, H, T, I
     from seqkern._openmp_helpers import handoff_ns, openmp_enabled
     if not (openmp_enabled() and handoff_ns(10) is not None):
         join = stop = -1
-    lstm_mod._lstm.wait_for_helper(10 ** 6, max(join, 0), 1e12 if stop < 0 else -1.0, False)
+    lstm_mod._lstm.wait_for_helper(10 ** 6, max(join, 0), 1e12 if stop < 0 else -1.0, False,
+                                   max_slower=None)
     request.addfinalizer(lambda: lstm_mod._lstm.wait_for_helper(0))
     d_out = np.random.default_rng(3).standard_normal((T, 1, H)).astype(dtype)
 
@@ -619,12 +620,54 @@ def test_batch_1_split_backs_off(monkeypatch, request):
     with seqkern.threads(1):
         want = seqkern.lstm_forward(*args)[0]
     splits.clear()
-    lstm_mod._lstm.wait_for_helper(10 ** 6, 0, -1.0)   # every split goes back at 32
+    lstm_mod._lstm.wait_for_helper(10 ** 6, 0, -1.0, max_slower=None)  # back at 32
     with seqkern.threads(2):
         for _ in range(7):
             np.testing.assert_array_equal(seqkern.lstm_forward(*args)[0], want)
         assert splits == [(0, 32), (-1, -1), (0, 32), (-1, -1), (-1, -1), (0, 32), (-1, -1)]
         assert lstm_mod._lstm.backoff_state() == (3, 4)
-        lstm_mod._lstm.wait_for_helper(10 ** 6, 0, 1e12)  # clears; splits run to the end
+        lstm_mod._lstm.wait_for_helper(10 ** 6, 0, 1e12, max_slower=None)  # to the end
         seqkern.lstm_forward(*args)
         assert splits[-1] == (0, -1) and lstm_mod._lstm.backoff_state() == (0, 0)
+
+
+def test_batch_1_split_judged_against_alone(monkeypatch, request):
+    """The lead also stops splitting where a split chunk takes over max_slower
+    times as long as a chunk alone: it measures that on the first chunk of a call
+    (run alone for it) where it has no figure for these sizes or the figure is 32
+    calls old; the first split chunk is not judged (the second thread's caches are
+    cold). Results bitwise equal throughout, forward and backward."""
+    import seqkern.lstm as lstm_mod
+    from seqkern._openmp_helpers import handoff_ns, openmp_enabled
+
+    if not (openmp_enabled() and handoff_ns(10) is not None):
+        pytest.skip("needs two OpenMP threads")
+    splits = []
+    forward = lstm_mod._lstm.forward
+    monkeypatch.setattr(lstm_mod._lstm, "forward",
+                        lambda *a: splits.append(forward(*a)) or splits[-1])
+    request.addfinalizer(lambda: lstm_mod._lstm.wait_for_helper(0))
+    args = make(100, 1, 8, 128, np.float32)
+    d_out = np.random.default_rng(4).standard_normal((100, 1, 128)).astype(np.float32)
+
+    def run():
+        out, h_n, c_n, cache = seqkern.lstm_forward(*args)
+        return (out, h_n, c_n) + tuple(seqkern.lstm_backward(d_out, None, None, cache))
+
+    with seqkern.threads(1):
+        want = run()
+    splits.clear()
+    with seqkern.threads(2):
+        # never slower: measured alone on the first chunk, then split to the end
+        lstm_mod._lstm.wait_for_helper(10 ** 6, 0, 1e12, False, max_slower=1e12)
+        for _ in range(34):
+            for a, b in zip(want, run()):
+                np.testing.assert_array_equal(a, b)
+        assert splits == [(16, -1)] + [(0, -1)] * 32 + [(16, -1)]   # measured again
+        # always slower: alone again after the second split chunk
+        splits.clear()
+        lstm_mod._lstm.wait_for_helper(10 ** 6, 0, 1e12, False, max_slower=-1.0)
+        for _ in range(2):
+            for a, b in zip(want, run()):
+                np.testing.assert_array_equal(a, b)
+        assert splits == [(16, 48), (0, 32)]

@@ -44,6 +44,7 @@
 
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
+from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -366,6 +367,18 @@ cdef inline bint _split_one_row(int H, size_t elsize, int n_threads) noexcept no
 # far). Whether and when the steps split never changes the results, only who
 # computes them.
 cdef double MAX_WAIT = 0.5
+# The waits do not show every slow split: in some states of this VM the split
+# steps themselves ran slow, with short waits (measured (1,100,128,128) float32
+# forward: 0.56 ms a call split to its end against 0.38 alone, a flag round trip
+# ~200 ns; in another such stretch ~23 ns, as if the two vCPUs shared a core).
+# So the lead also compares each split chunk's time with a step run alone, and
+# goes on alone once a chunk takes over MAX_SLOWER times that. The time alone is
+# measured on the first chunk of a call (run alone for that) where no figure for
+# the same sizes is at hand or it is SOLO_CALLS calls old; one figure for the
+# forward, one for the backward (_solo_ref).
+cdef double MAX_SLOWER = 0.85
+cdef enum:
+    SOLO_CALLS = 32
 # Where a call did not split (its helper came too late) or went back to one thread,
 # the next _skip calls run alone without a parallel region (whose start and end
 # wait for a sleeping core: ~4 ms after a pause on this VM), _skip doubling from
@@ -380,21 +393,51 @@ cdef long long _join_spins = 0
 cdef Py_ssize_t _join_at = 0
 cdef double _max_wait = MAX_WAIT
 cdef bint _use_backoff = True
+# _max_slower replaces MAX_SLOWER; None (inf here) turns that rule off, and with
+# it the chunk run alone to measure.
+cdef double _max_slower = MAX_SLOWER
+
+
+cdef struct SoloRef:
+    # seconds per step run alone (0: none yet) at the sizes (H, I, itemsize), and
+    # the calls since it was measured
+    int H, n_in, size, age
+    double per_step
+
+cdef SoloRef _solo[2]                   # 0: forward, 1: backward
+
+
+cdef double* _solo_ref(int kind, int H, int I, int size):
+    """Where _split_lead finds (or, at 0, puts) the time per step alone of the
+    forward (kind 0) or backward (1) at these sizes; NULL where MAX_SLOWER is off.
+    Called with the GIL held, once per call that may split."""
+    cdef SoloRef* r = &_solo[kind]
+    if _max_slower == INFINITY:
+        return NULL
+    r.age += 1
+    if r.H != H or r.n_in != I or r.size != size or r.age > SOLO_CALLS:
+        r.H, r.n_in, r.size, r.age, r.per_step = H, I, size, 0, 0
+    return &r.per_step
 
 
 def wait_for_helper(long long spins, Py_ssize_t at_step=0, double max_wait=MAX_WAIT,
-                    bint backoff=True):
-    """Make the batch-1 forward on two threads split no step before ``at_step``,
+                    bint backoff=True, max_slower=MAX_SLOWER):
+    """Make the batch-1 steps on two threads split no step before ``at_step``,
     wait there up to ``spins`` looks for the second thread, stop splitting once
-    its waits exceed ``max_wait`` times its work over a chunk, and back off after
+    its waits exceed ``max_wait`` times its work over a chunk or the chunk takes
+    over ``max_slower`` times as long as alone (None: never), and back off after
     a call that did not split to its end if ``backoff`` (for tests; the defaults
-    are the kernel's own: no wait, MAX_WAIT, back-off). Clears the back-off."""
-    global _join_spins, _join_at, _max_wait, _use_backoff, _skip, _backoff
+    are the kernel's own: no wait, MAX_WAIT, MAX_SLOWER, back-off). Clears the
+    back-off and the times measured alone."""
+    global _join_spins, _join_at, _max_wait, _use_backoff, _skip, _backoff, _max_slower
     _skip = _backoff = 0
     _join_spins = spins
     _join_at = at_step
     _max_wait = max_wait
     _use_backoff = backoff
+    _max_slower = INFINITY if max_slower is None else max_slower
+    for kind in range(2):
+        _solo[kind].per_step = 0
 
 
 cdef bint _may_split(bint eligible):
@@ -460,18 +503,27 @@ ctypedef void (*step_fn)(void* ctx, Py_ssize_t s, int part) noexcept nogil
 ctypedef void (*tail_fn)(void* ctx, sk_flag* jobs, int who) noexcept nogil
 
 
-cdef void _split_lead(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n) noexcept nogil:
+cdef void _split_lead(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n,
+                      double* solo) noexcept nogil:
     """Steps 0 .. n-1 on the calling thread: alone until the helper (_split_help)
     has come, then, from the next chunk of R steps on, half of each, until handing
-    them across costs too much (MAX_WAIT); fl NULL: alone. Step s needs both
-    halves of step s-1 and nothing later. fl[FLAG_START] and fl[FLAG_STOP] end
-    holding the first step split and the first run alone again (n: none)."""
+    them across costs too much (MAX_WAIT) or a split chunk is not quicker than
+    alone (MAX_SLOWER, against solo[0] seconds per step; solo NULL: not judged;
+    solo[0] = 0: the first chunk runs alone to measure it); fl NULL: alone. Step
+    s needs both halves of step s-1 and nothing later. fl[FLAG_START] and
+    fl[FLAG_STOP] end holding the first step split and the first run alone
+    again (n: none)."""
     cdef int R = SK_PK_SIDE_ROWS
     cdef Py_ssize_t s, split = -1, stop = n
     cdef double t_chunk = 0, waited = 0, t0
+    cdef bint measure = fl != NULL and solo != NULL and solo[0] <= 0 and n > R
     step(ctx, -1, -1)
+    cdef double t_alone = _now() if measure else 0
     for s in range(n):
-        if fl != NULL and split < 0 and s % R == 0 and s >= _join_at:
+        if measure and s == R:
+            solo[0] = (_now() - t_alone) / R
+            measure = False
+        if fl != NULL and split < 0 and s % R == 0 and s >= _join_at and not measure:
             if _join_spins > 0:
                 sk_flag_wait_for(&fl[FLAG_HERE], 1, _join_spins)
             if sk_flag_get(&fl[FLAG_HERE]):
@@ -488,7 +540,9 @@ cdef void _split_lead(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n) noexce
         step(ctx, s, 0)
         if (s + 1) % R == 0 and s + 1 < n:        # the end of a chunk: go on split?
             t0 = _now()
-            if s + 1 - split > R and waited > _max_wait * (t0 - t_chunk - waited):
+            if s + 1 - split > R and (waited > _max_wait * (t0 - t_chunk - waited) or
+                                      solo != NULL and solo[0] > 0 and
+                                      t0 - t_chunk > _max_slower * R * solo[0]):
                 stop = s + 1
                 sk_flag_set(&fl[FLAG_STOP], stop)  # before the helper may start step s+1
             t_chunk = t0
@@ -517,22 +571,22 @@ cdef void _split_help(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n) noexce
 
 
 cdef void _split_run(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n,
-                     tail_fn tail) noexcept nogil:
+                     tail_fn tail, double* solo) noexcept nogil:
     """Steps 0 .. n-1 on the calling thread and, if fl is not NULL, a second thread
     that joins when it comes (the flags start as _init_flags sets them); then, if
     tail is not NULL, its jobs, shared by both (the helper, even one that came too
     late for the steps, starts on them once every step is done). Which thread runs
-    a job must not change its result."""
+    a job must not change its result. solo: as _split_lead's."""
     cdef sk_flag jobs
     if fl == NULL:
-        _split_lead(NULL, ctx, step, n)
+        _split_lead(NULL, ctx, step, n, NULL)
         if tail != NULL:
             sk_flag_set(&jobs, 0)
             tail(ctx, &jobs, 0)
         return
     with parallel(num_threads=2):
         if threadid() == 0:
-            _split_lead(fl, ctx, step, n)
+            _split_lead(fl, ctx, step, n, solo)
             if tail != NULL:
                 sk_flag_set(&fl[FLAG_DONE], 1)
                 tail(ctx, &fl[FLAG_JOB], 0)
@@ -603,7 +657,7 @@ cdef void _forward_one_row(int T, int I, int H, const floating* x, const floatin
                            floating* z, int nz, floating* cs, int n_slots, floating* out,
                            floating* h_n, floating* c_n, const floating* h0,
                            const floating* c0, const int64_t* lengths, int nt,
-                           sk_flag* fl) noexcept nogil:
+                           sk_flag* fl, double* solo) noexcept nogil:
     """The forward at batch 1 (one block, weights packed: _one_row). Each step's
     product h_{t-1} @ W_hh^T is bound by reading W_hh from L2 and leaves the FMA
     units mostly idle; the input projection is bound by the FMAs. So the steps run
@@ -624,10 +678,11 @@ cdef void _forward_one_row(int T, int I, int H, const floating* x, const floatin
     core that is slow to wake (up to ~4 ms after a pause, measured on this 2-vCPU
     VM) delays nothing but the end of the region; and the calling thread goes
     back to running the steps alone where handing them across costs too much
-    (MAX_WAIT). A half step computes each of its elements
-    exactly as the whole step does, so the results do not depend on the thread
-    count. fl[FLAG_START] and fl[FLAG_STOP] end holding the first step split and
-    the first run alone again (T: none)."""
+    (MAX_WAIT) or a split chunk is not quicker than alone (MAX_SLOWER; solo: the
+    time per step alone, see _split_lead). A half step computes each of its
+    elements exactly as the whole step does, so the results do not depend on the
+    thread count. fl[FLAG_START] and fl[FLAG_STOP] end holding the first step
+    split and the first run alone again (T: none)."""
     cdef int G = 4 * H
     cdef int R = SK_PK_SIDE_ROWS
     cdef int i
@@ -642,7 +697,7 @@ cdef void _forward_one_row(int T, int I, int H, const floating* x, const floatin
     cdef RowArgs a = RowArgs(floating is double, first, T, I, H, nz, n_slots, x, Xpk, Wpk,
                              S, S + <Py_ssize_t>I * R, bias_p, z, cs, out, h_n, c_n, h0, c0,
                              lengths)
-    _split_run(fl, &a, _fwd_row_step, T, NULL)
+    _split_run(fl, &a, _fwd_row_step, T, NULL, solo)
 
 
 def forward(const floating[:, :, ::1] x,      # (T, B, I)
@@ -703,6 +758,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef bint packed = packs(step_gemm, TB)
     cdef bint one_row = _one_row(T, B, H, step_gemm)
     cdef bint split = _may_split(splits_steps(T, B, H, sizeof(floating), step_gemm, nt))
+    cdef double* solo = _solo_ref(0, H, I, sizeof(floating)) if split else NULL
     cdef bint ran_split = False
     cdef sk_flag* fl = NULL
     cdef Py_ssize_t split_at = -1, stop_at = -1
@@ -736,7 +792,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
         with nogil:
             if one_row:
                 _forward_one_row(T, I, H, xp, Xpk, Wpk, S, bp, zp, nz, csp, n_slots, outp,
-                                 hnp, cnp, h0p, c0p, lens, nt, fl)
+                                 hnp, cnp, h0p, c0p, lens, nt, fl, solo)
                 if fl != NULL:
                     ran_split = _ran_split(fl, T)
                     if sk_flag_get(&fl[FLAG_START]) < T:
@@ -1202,6 +1258,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     # threads, as the forward's (_forward_one_row, _split_lead)
     cdef bint split = _may_split(B == 1 and n_units == 1 and kh > 0 and Wpk != NULL
                                  and _split_one_row(H, sizeof(floating), nt))
+    cdef double* solo = _solo_ref(1, H, I, sizeof(floating)) if split else NULL
     cdef sk_flag* fl = NULL
     cdef bint split_all = True                     # every chunk split to its end
     cdef BwdRowArgs args = BwdRowArgs(floating is double, T, H, Tc, kh, 0, kslot, Whh, Wpk,
@@ -1239,7 +1296,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                     args.n_jobs = n_jobs
                     args.t1 = t1
                     _init_flags(fl, t1 - t0)
-                    _split_run(fl, &args, _bwd_row_step, t1 - t0, _bwd_grad_tail)
+                    _split_run(fl, &args, _bwd_row_step, t1 - t0, _bwd_grad_tail, solo)
                     split_all = split_all and _ran_split(fl, t1 - t0)
                     continue
                 # 1. Through the chunk's steps, latest first (dz_t in slot t % Tc).
@@ -1298,3 +1355,4 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
         free(fl)
     if split:
         _note_split(split_all)
+
