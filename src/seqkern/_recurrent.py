@@ -6,7 +6,6 @@ GRU: 3, r z n): x (T, B, I) (or (B, T, I) with batch_first), each state (B, H),
 W_ih (G*H, I), W_hh (G*H, H), b_ih and b_hh (G*H,) or None.
 """
 
-import math
 from typing import Tuple
 
 import numpy as np
@@ -104,14 +103,3 @@ def grad_array(name, g, expected, legend, dtype):
     g = float_array(name, g, len(expected), dtype)
     check_shape(name, g, expected, legend)
     return g
-
-
-def empty_aligned(shape, dtype, align=64):
-    """np.empty whose data starts on an ``align``-byte boundary (a cache line):
-    NumPy's own start 16 or 48 bytes past one here. A view of a slightly larger
-    buffer (~2 us more than np.empty)."""
-    dtype = np.dtype(dtype)
-    n = math.prod(shape) * dtype.itemsize
-    buf = np.empty(n + align, np.uint8)
-    off = -buf.ctypes.data % align
-    return buf[off:off + n].view(dtype).reshape(shape)

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from seqkern import _gru
+from seqkern import _gru, _workspace
 from seqkern._threads import blas_single_thread, effective_num_threads
 from seqkern._types import GRUGrads
 from seqkern._recurrent import RecurrentArgs
@@ -146,8 +146,8 @@ def _forward(a, return_cache):
     # Without a cache the steps run in chunks of about _CHUNK_ROWS rows (T*B), so
     # the gate buffer stays small (see _gru.forward).
     Tc = T if return_cache else min(T, max(1, _CHUNK_ROWS // B))
-    gates = np.empty((Tc, B, 3 * H), dt)
-    hn = np.empty((T if return_cache else 1, B, H), dt)
+    gates = _workspace.empty((Tc, B, 3 * H), dt)
+    hn = _workspace.empty((T if return_cache else 1, B, H), dt)
     gh = np.empty((B, 3 * H), dt)
     with blas_single_thread():
         _gru.forward(a.x, a.h0, W_ih, W_hh, W_hh_T, _pack(bias, order), b_hn, a.lengths,

@@ -28,7 +28,8 @@ from seqkern import _lstm
 from seqkern._step_gemm import step_gemm_mode
 from seqkern._threads import blas_single_thread, effective_num_threads
 from seqkern._types import LSTMGrads
-from seqkern._recurrent import RecurrentArgs, empty_aligned
+from seqkern import _workspace
+from seqkern._recurrent import RecurrentArgs
 from seqkern._validation import check_bool, check_cache
 
 __all__ = [
@@ -103,20 +104,21 @@ def _forward(a, return_cache):
         Wih_p, Whh_p = a.W_ih, a.W_hh       # any layout fits zero gradients
     else:
         mode, n_threads = step_gemm_mode(), effective_num_threads()
-        # Where two threads split each step, the rows they share start on a cache line.
-        empty = (empty_aligned if _lstm.splits_steps(T, B, H, dt.itemsize, mode, n_threads)
-                 else np.empty)
-        out = empty((T, B, H), dt)          # the kernel writes every element
+        # Where two threads split each step, the rows they share start on a cache
+        # line; large arrays are reused blocks, always so aligned (_workspace).
+        aligned = _lstm.splits_steps(T, B, H, dt.itemsize, mode, n_threads)
+        out = _workspace.empty((T, B, H), dt, aligned)  # the kernel writes every element
         # Without a cache the gates need one chunk of steps (two of 16 at batch 1,
         # all of them where the input projection runs first) and the cells the
         # previous step: _lstm.gate_slots.
-        z = empty((_lstm.gate_slots(T, B, H, I, return_cache, mode, n_threads), B, 4 * H), dt)
-        cs = empty((T if return_cache else min(T, 2), B, H), dt)
+        z = _workspace.empty((_lstm.gate_slots(T, B, H, I, return_cache, mode, n_threads),
+                              B, 4 * H), dt, aligned)
+        cs = _workspace.empty((T if return_cache else min(T, 2), B, H), dt, aligned)
         if _lstm.unit_block(B, H) == H:     # the kernel's layout is the given one
             Wih_p, Whh_p = a.W_ih, a.W_hh
         else:
-            Wih_p = np.empty((4 * H, I), dt)
-            Whh_p = np.empty((4 * H, H), dt)
+            Wih_p = _workspace.empty((4 * H, I), dt)
+            Whh_p = _workspace.empty((4 * H, H), dt)
         with _blas_guard(T * B, mode):
             _lstm.forward(a.x, a.h0, a.c0, a.W_ih, a.W_hh, a.bias(), a.lengths,
                           Wih_p, Whh_p, np.empty(4 * H, dt), z, cs, out, h_n, c_n,
@@ -164,7 +166,7 @@ def _backward(cache, d_out, d_h_n, d_c_n):
     T, B, I, H = a.T, a.B, a.I, a.H
     dt = a.dtype
     # written by the kernel (not added to: fresh zero pages would fault twice)
-    dx = np.empty((T, B, I), dt) if (T and B and H) else np.zeros((T, B, I), dt)
+    dx = _workspace.empty((T, B, I), dt) if (T and B and H) else np.zeros((T, B, I), dt)
     dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
     dc0 = np.zeros((B, H), dt) if d_c_n is None else d_c_n.copy()
     dW_ih = np.zeros((4 * H, I), dt)

@@ -19,7 +19,7 @@ from typing import Literal, Optional, Tuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from seqkern import _rnn
+from seqkern import _rnn, _workspace
 from seqkern._step_gemm import step_gemm_mode
 from seqkern._threads import blas_single_thread, block_count, effective_num_threads
 from seqkern._types import RNNGrads
@@ -130,7 +130,7 @@ def _backward(cache, d_out, d_h_n):
     dW_hh = np.zeros((H, H), dt)
     db = np.zeros(H, dt)
     if T and B and H:
-        dz = np.empty((T, B, H), dt)
+        dz = _workspace.empty((T, B, H), dt)
         with blas_single_thread():
             _rnn.backward(a.x, d_out, d_h_n, a.h0, out, a.W_ih, a.W_hh, a.lengths,
                           dz, dx, dh0, dW_ih, dW_hh, db,
