@@ -74,6 +74,14 @@ def test_free_list_limit_and_clear():
     assert ws.held() == (0, 0)
     with pytest.raises(ValueError, match="limit"):
         ws.max_bytes(-1)
+    for bad in (1.5, "2", True):
+        with pytest.raises(TypeError, match="limit must be an integer"):
+            ws.max_bytes(bad)
+
+
+def test_public_names():
+    assert seqkern.workspace_limit is ws.max_bytes and seqkern.free_workspace is ws.clear
+    assert seqkern.workspace_limit() == 1 << 30
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])

@@ -2,7 +2,8 @@
 
 Every kernel has a plain-NumPy twin in :mod:`seqkern.reference` that it is
 tested against. Threads: :func:`get_num_threads`, :func:`set_num_threads` and
-the context manager :func:`threads`.
+the context manager :func:`threads`. Memory: :func:`workspace_limit` and
+:func:`free_workspace` (freed large arrays kept for reuse).
 """
 
 __version__ = "0.1.0"
@@ -10,6 +11,7 @@ __version__ = "0.1.0"
 from seqkern._config import show_config
 from seqkern._threads import get_num_threads, set_num_threads, threads
 from seqkern._types import AttentionGrads, GRUGrads, LSTMGrads, RNNGrads
+from seqkern._workspace import clear as free_workspace, max_bytes as workspace_limit
 from seqkern.attention import attention_backward, attention_forward
 from seqkern.gru import gru_backward, gru_forward, gru_step_backward, gru_step_forward
 from seqkern.lstm import lstm_backward, lstm_forward, lstm_step_backward, lstm_step_forward
@@ -24,6 +26,8 @@ __all__ = [
     "get_num_threads",
     "set_num_threads",
     "threads",
+    "workspace_limit",
+    "free_workspace",
     "RNNGrads",
     "rnn_forward",
     "rnn_backward",

@@ -139,7 +139,9 @@ def empty(shape, dtype, aligned=False):
 
 
 def clear():
-    """Free every block on the free list."""
+    """Free the large arrays kept for reuse (seqkern.free_workspace): seqkern
+    keeps the memory of freed arrays of >= 4 MiB that it allocated (caches,
+    outputs, scratch), up to workspace_limit() bytes, for its next calls."""
     while _n > 0:
         _drop(_n - 1)
 
@@ -150,11 +152,15 @@ def held():
 
 
 def max_bytes(limit=None):
-    """The most bytes the free list keeps; ``limit`` sets it (0: keep nothing).
-    Returns the value in force before."""
+    """The most bytes of freed large arrays seqkern keeps for reuse
+    (seqkern.workspace_limit; 1 GiB to start with); ``limit`` sets it (0: keep
+    nothing, every array's memory goes back to the system). Returns the value
+    in force before."""
     global _max_bytes
     old = _max_bytes
     if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)):
+            raise TypeError(f"limit must be an integer number of bytes, got {limit!r}")
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         _max_bytes = limit
