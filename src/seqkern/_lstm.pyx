@@ -360,10 +360,10 @@ cdef inline bint _split_one_row(int H, size_t elsize, int n_threads) noexcept no
 # 3.65 split where it took ~400 (the host had placed the two vCPUs far apart:
 # seen about a quarter of the time, for tens of seconds at once); and a spinning
 # wait for a thread that another process has pushed off its core lasts a
-# scheduler time slice. So the lead times its waits for the helper over each split chunk of R
-# steps (the first one excepted: the helper's caches are cold) and goes back to
-# running the steps alone, from the next chunk on, once they exceed MAX_WAIT
-# times the rest of the chunk's time (from the step times above: ~0.1 near, ~1
+# scheduler time slice. So the lead times its waits for the helper over the split
+# chunks of R steps (the first one excepted: the helper's caches are cold) and
+# goes back to running the steps alone, from the next chunk on, once they exceed
+# MAX_WAIT times the rest of their time (from the step times above: ~0.1 near, ~1
 # far). Whether and when the steps split never changes the results, only who
 # computes them.
 cdef double MAX_WAIT = 0.5
@@ -371,8 +371,8 @@ cdef double MAX_WAIT = 0.5
 # steps themselves ran slow, with short waits (measured (1,100,128,128) float32
 # forward: 0.56 ms a call split to its end against 0.38 alone, a flag round trip
 # ~200 ns; in another such stretch ~23 ns, as if the two vCPUs shared a core).
-# So the lead also compares each split chunk's time with a step run alone, and
-# goes on alone once a chunk takes over MAX_SLOWER times that. The time alone is
+# So the lead also compares the split chunks' time with steps run alone, and
+# goes on alone once they take over MAX_SLOWER times that. The time alone is
 # measured on the first chunk of a call (run alone for that) where no figure for
 # the same sizes is at hand or it is SOLO_CALLS calls old; one figure for the
 # forward, one for the backward (_solo_ref).
@@ -507,15 +507,19 @@ cdef void _split_lead(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n,
                       double* solo) noexcept nogil:
     """Steps 0 .. n-1 on the calling thread: alone until the helper (_split_help)
     has come, then, from the next chunk of R steps on, half of each, until handing
-    them across costs too much (MAX_WAIT) or a split chunk is not quicker than
+    them across costs too much (MAX_WAIT) or the split steps are not quicker than
     alone (MAX_SLOWER, against solo[0] seconds per step; solo NULL: not judged;
-    solo[0] = 0: the first chunk runs alone to measure it); fl NULL: alone. Step
+    solo[0] = 0: the first chunk runs alone to measure it), judged at the end of
+    each chunk from the third split one on, over all split chunks but the first
+    (one chunk alone is too short a sample: judged chunk by chunk, one slow chunk
+    stopped a split that paid in half the calls of (1,1000,64,64) float64);
+    fl NULL: alone. Step
     s needs both halves of step s-1 and nothing later. fl[FLAG_START] and
     fl[FLAG_STOP] end holding the first step split and the first run alone
     again (n: none)."""
     cdef int R = SK_PK_SIDE_ROWS
     cdef Py_ssize_t s, split = -1, stop = n
-    cdef double t_chunk = 0, waited = 0, t0
+    cdef double t_judged = 0, waited = 0, t0
     cdef bint measure = fl != NULL and solo != NULL and solo[0] <= 0 and n > R
     step(ctx, -1, -1)
     cdef double t_alone = _now() if measure else 0
@@ -529,7 +533,6 @@ cdef void _split_lead(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n,
             if sk_flag_get(&fl[FLAG_HERE]):
                 split = s
                 sk_flag_set(&fl[FLAG_START], s)    # publishes steps < s to the helper
-                t_chunk = _now()
         if split < 0 or s >= stop:
             step(ctx, s, -1)
             continue
@@ -540,13 +543,15 @@ cdef void _split_lead(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n,
         step(ctx, s, 0)
         if (s + 1) % R == 0 and s + 1 < n:        # the end of a chunk: go on split?
             t0 = _now()
-            if s + 1 - split > R and (waited > _max_wait * (t0 - t_chunk - waited) or
-                                      solo != NULL and solo[0] > 0 and
-                                      t0 - t_chunk > _max_slower * R * solo[0]):
+            if s + 1 - split == R:                 # the first split chunk: not judged
+                t_judged = t0
+                waited = 0
+            elif s + 1 - split >= 3 * R and (
+                    waited > _max_wait * (t0 - t_judged - waited) or
+                    solo != NULL and solo[0] > 0 and
+                    t0 - t_judged > _max_slower * (s + 1 - split - R) * solo[0]):
                 stop = s + 1
                 sk_flag_set(&fl[FLAG_STOP], stop)  # before the helper may start step s+1
-            t_chunk = t0
-            waited = 0
         sk_flag_set(&fl[FLAG_LEAD], s)
         if s + 1 == stop:
             sk_flag_wait(&fl[FLAG_HELP], s)        # its half of the last split step
@@ -678,7 +683,7 @@ cdef void _forward_one_row(int T, int I, int H, const floating* x, const floatin
     core that is slow to wake (up to ~4 ms after a pause, measured on this 2-vCPU
     VM) delays nothing but the end of the region; and the calling thread goes
     back to running the steps alone where handing them across costs too much
-    (MAX_WAIT) or a split chunk is not quicker than alone (MAX_SLOWER; solo: the
+    (MAX_WAIT) or the split steps are not quicker than alone (MAX_SLOWER; solo: the
     time per step alone, see _split_lead). A half step computes each of its
     elements exactly as the whole step does, so the results do not depend on the
     thread count. fl[FLAG_START] and fl[FLAG_STOP] end holding the first step
