@@ -24,6 +24,10 @@ import math
 
 import numpy as np
 
+cimport numpy as cnp
+
+cnp.import_array()
+
 cdef extern from "<stdlib.h>" nogil:
     void* aligned_alloc(size_t alignment, size_t size)
 
@@ -123,15 +127,16 @@ def empty(shape, dtype, aligned=False):
     """An uninitialised C-contiguous array, like np.empty(shape, dtype). From a
     reused block, starting on a 64-byte boundary, where it takes >= MIN_BYTES;
     below that np.empty's, which starts 16 or 48 bytes past one here, unless
-    ``aligned`` (then a view of a slightly larger one, ~2 us more)."""
+    ``aligned`` (then a view of a slightly larger one, ~0.5 us more)."""
+    cdef cnp.ndarray buf
+    cdef size_t off
     dtype = np.dtype(dtype)
-    shape = tuple(int(s) for s in shape)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes >= MIN_BYTES:
         buf = np.frombuffer(_take(nbytes), np.uint8, nbytes)
     elif aligned:
         buf = np.empty(nbytes + ALIGN, np.uint8)
-        off = -buf.ctypes.data % ALIGN
+        off = (ALIGN - <size_t>cnp.PyArray_DATA(buf) % ALIGN) % ALIGN
         buf = buf[off:off + nbytes]
     else:
         return np.empty(shape, dtype)
