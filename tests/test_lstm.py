@@ -526,7 +526,7 @@ def test_blas_held_only_where_blas_runs(monkeypatch, mode, T, holds):
     (100, 8, None, 0, -1), (100, 8, None, 48, -1), (40, 70, 33, 16, -1), (21, 3, None, 0, -1),
     (21, 3, None, 16, -1), (37, 16, 0, 0, -1), (33, 16, 16, 32, -1),
     (300, 256, None, 16, -1),                        # projection first where T I 4H >= 2^25
-    (530, 4, 520, 0, -1),                            # two backward chunks (512 steps each)
+    (530, 4, 520, 0, -1),                            # two backward chunks (18, 512 steps)
     (100, 8, None, 0, 48), (90, 5, 70, 16, 64)])     # back to one thread
 def test_batch_1_step_split_between_threads(monkeypatch, request, dtype, H, T, I, length,
                                             join, stop):
@@ -672,3 +672,28 @@ def test_batch_1_split_judged_against_alone(monkeypatch, request):
             for a, b in zip(want, run()):
                 np.testing.assert_array_equal(a, b)
         assert splits == [(16, 64), (0, 48)]
+
+
+def test_batch_1_backward_shares_gradient_jobs(request):
+    """Where the batch-1 backward steps split, each chunk's gradient jobs are taken
+    by both threads: every job runs once, some on the second thread."""
+    import seqkern.lstm as lstm_mod
+    from seqkern._openmp_helpers import handoff_ns, openmp_enabled
+
+    if not (openmp_enabled() and handoff_ns(10) is not None):
+        pytest.skip("needs two OpenMP threads")
+    _lstm = lstm_mod._lstm
+    request.addfinalizer(lambda: _lstm.wait_for_helper(0))
+    T, I, H = 530, 8, 128
+    args = make(T, 1, I, H, np.float32)
+    d_out = np.random.default_rng(4).standard_normal((T, 1, H)).astype(np.float32)
+    _lstm.wait_for_helper(10 ** 6, 0, 1e12, False, max_slower=None)   # split to the end
+    # per chunk: 4 gates x 2 blocks of 64 units of dW, and dx in 64-row blocks
+    jobs = sum(8 + -(-R // 64) for R in (T - 512, 512))
+    with seqkern.threads(2):
+        cache = seqkern.lstm_forward(*args)[3]
+        _lstm.tail_jobs()
+        for _ in range(3):
+            seqkern.lstm_backward(d_out, None, None, cache)
+        lead, helper = _lstm.tail_jobs()
+    assert lead + helper == 3 * jobs and helper > 0

@@ -373,12 +373,14 @@ cdef double MAX_WAIT = 0.5
 # ~200 ns; in another such stretch ~23 ns, as if the two vCPUs shared a core).
 # So the lead also compares the split chunks' time with steps run alone, and
 # goes on alone once they take over MAX_SLOWER times that. The time alone is
-# measured on the first chunk of a call (run alone for that) where no figure for
-# the same sizes is at hand or it is SOLO_CALLS calls old; one figure for the
-# forward, one for the backward (_solo_ref).
+# measured on the first chunk of a call (run alone for that, its first
+# SOLO_FROM steps not timed: caches still cold) where no figure for the same
+# sizes is at hand or it is SOLO_CALLS calls old; one figure for the forward,
+# one for the backward (_solo_get, _solo_put).
 cdef double MAX_SLOWER = 0.85
 cdef enum:
     SOLO_CALLS = 32
+    SOLO_FROM = 2
 # Where a call did not split (its helper came too late) or went back to one thread,
 # the next _skip calls run alone without a parallel region (whose start and end
 # wait for a sleeping core: ~4 ms after a pause on this VM), _skip doubling from
@@ -399,25 +401,37 @@ cdef double _max_slower = MAX_SLOWER
 
 
 cdef struct SoloRef:
-    # seconds per step run alone (0: none yet) at the sizes (H, I, itemsize), and
-    # the calls since it was measured
-    int H, n_in, size, age
+    # seconds per step run alone (0: none yet) for the sizes (H, I, itemsize) and
+    # variant (the forward: whether the projection ran first), and the calls
+    # since it was measured
+    int H, n_in, size, variant, age
     double per_step
 
 cdef SoloRef _solo[2]                   # 0: forward, 1: backward
 
 
-cdef double* _solo_ref(int kind, int H, int I, int size):
-    """Where _split_lead finds (or, at 0, puts) the time per step alone of the
-    forward (kind 0) or backward (1) at these sizes; NULL where MAX_SLOWER is off.
-    Called with the GIL held, once per call that may split."""
+cdef double _solo_get(int kind, int H, int I, int size, int variant):
+    """The time per step alone of the forward (kind 0) or backward (1) at these
+    sizes, for _split_lead: 0 where it is to measure it (none yet, or too old),
+    -1 where MAX_SLOWER is off. Called with the GIL held, once per call that
+    may split; the call hands back what it measured (_solo_put)."""
     cdef SoloRef* r = &_solo[kind]
     if _max_slower == INFINITY:
-        return NULL
+        return -1
     r.age += 1
-    if r.H != H or r.n_in != I or r.size != size or r.age > SOLO_CALLS:
-        r.H, r.n_in, r.size, r.age, r.per_step = H, I, size, 0, 0
-    return &r.per_step
+    if (r.H != H or r.n_in != I or r.size != size or r.variant != variant
+            or r.age > SOLO_CALLS):
+        r.H, r.n_in, r.size, r.variant, r.age, r.per_step = H, I, size, variant, 0, 0
+    return r.per_step
+
+
+cdef void _solo_put(int kind, int H, int I, int size, int variant, double per_step):
+    """Keep a time measured by _split_lead, unless another call (another Python
+    thread) has since claimed the figure for other sizes. With the GIL held."""
+    cdef SoloRef* r = &_solo[kind]
+    if (per_step > 0 and r.per_step == 0 and r.H == H and r.n_in == I
+            and r.size == size and r.variant == variant):
+        r.per_step = per_step
 
 
 def wait_for_helper(long long spins, Py_ssize_t at_step=0, double max_wait=MAX_WAIT,
@@ -508,8 +522,9 @@ cdef void _split_lead(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n,
     """Steps 0 .. n-1 on the calling thread: alone until the helper (_split_help)
     has come, then, from the next chunk of R steps on, half of each, until handing
     them across costs too much (MAX_WAIT) or the split steps are not quicker than
-    alone (MAX_SLOWER, against solo[0] seconds per step; solo NULL: not judged;
-    solo[0] = 0: the first chunk runs alone to measure it), judged at the end of
+    alone (MAX_SLOWER, against solo[0] seconds per step; solo NULL or solo[0] < 0:
+    not judged; solo[0] = 0: the first chunk runs alone to measure it, into
+    solo[0]), judged at the end of
     each chunk from the third split one on, over all split chunks but the first
     (one chunk alone is too short a sample: judged chunk by chunk, one slow chunk
     stopped a split that paid in half the calls of (1,1000,64,64) float64);
@@ -520,12 +535,14 @@ cdef void _split_lead(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n,
     cdef int R = SK_PK_SIDE_ROWS
     cdef Py_ssize_t s, split = -1, stop = n
     cdef double t_judged = 0, waited = 0, t0
-    cdef bint measure = fl != NULL and solo != NULL and solo[0] <= 0 and n > R
+    cdef bint measure = fl != NULL and solo != NULL and solo[0] == 0 and n > R
+    cdef double t_alone = 0
     step(ctx, -1, -1)
-    cdef double t_alone = _now() if measure else 0
     for s in range(n):
+        if measure and s == SOLO_FROM:
+            t_alone = _now()
         if measure and s == R:
-            solo[0] = (_now() - t_alone) / R
+            solo[0] = (_now() - t_alone) / (R - SOLO_FROM)
             measure = False
         if fl != NULL and split < 0 and s % R == 0 and s >= _join_at and not measure:
             if _join_spins > 0:
@@ -559,10 +576,11 @@ cdef void _split_lead(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n,
         sk_flag_set(&fl[FLAG_START], n)            # nothing left for a late helper
 
 
-cdef void _split_help(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n) noexcept nogil:
+cdef bint _split_help(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n) noexcept nogil:
     """The second thread: says it is here, then runs half 1 of every step from the
     one _split_lead names (none if the lead finished first) until the one from
-    which the lead runs alone again."""
+    which the lead runs alone again. Returns False if the lead went on alone
+    before the end (its steps then still to come)."""
     sk_flag_set(&fl[FLAG_HERE], 1)
     sk_flag_wait(&fl[FLAG_START], 0)
     cdef Py_ssize_t s, s0 = sk_flag_get(&fl[FLAG_START])
@@ -570,24 +588,23 @@ cdef void _split_help(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n) noexce
         if s > s0:
             sk_flag_wait(&fl[FLAG_LEAD], s - 1)
             if sk_flag_get(&fl[FLAG_STOP]) <= s:
-                break
+                return False
         step(ctx, s, 1)
         sk_flag_set(&fl[FLAG_HELP], s)
+    return True
 
 
 cdef void _split_run(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n,
                      tail_fn tail, double* solo) noexcept nogil:
     """Steps 0 .. n-1 on the calling thread and, if fl is not NULL, a second thread
     that joins when it comes (the flags start as _init_flags sets them); then, if
-    tail is not NULL, its jobs, shared by both (the helper, even one that came too
-    late for the steps, starts on them once every step is done). Which thread runs
-    a job must not change its result. solo: as _split_lead's."""
-    cdef sk_flag jobs
+    tail is not NULL (only with fl), its jobs, shared by both: the helper starts
+    on them once every step is done, unless the lead went on alone before the
+    end (the split did not pay: the helper then leaves rather than wait
+    through those steps). Which thread runs a job must not change its result.
+    solo: as _split_lead's."""
     if fl == NULL:
         _split_lead(NULL, ctx, step, n, NULL)
-        if tail != NULL:
-            sk_flag_set(&jobs, 0)
-            tail(ctx, &jobs, 0)
         return
     with parallel(num_threads=2):
         if threadid() == 0:
@@ -595,11 +612,9 @@ cdef void _split_run(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n,
             if tail != NULL:
                 sk_flag_set(&fl[FLAG_DONE], 1)
                 tail(ctx, &fl[FLAG_JOB], 0)
-        else:
-            _split_help(fl, ctx, step, n)
-            if tail != NULL:
-                sk_flag_wait(&fl[FLAG_DONE], 1)
-                tail(ctx, &fl[FLAG_JOB], 1)
+        elif _split_help(fl, ctx, step, n) and tail != NULL:
+            sk_flag_wait(&fl[FLAG_DONE], 1)
+            tail(ctx, &fl[FLAG_JOB], 1)
 
 
 cdef void _init_flags(sk_flag* fl, Py_ssize_t n) noexcept nogil:
@@ -763,7 +778,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef bint packed = packs(step_gemm, TB)
     cdef bint one_row = _one_row(T, B, H, step_gemm)
     cdef bint split = _may_split(splits_steps(T, B, H, sizeof(floating), step_gemm, nt))
-    cdef double* solo = _solo_ref(0, H, I, sizeof(floating)) if split else NULL
+    cdef int variant = _project_first(T, I, H, nt)
+    cdef double solo_t = _solo_get(0, H, I, sizeof(floating), variant) if split else -1
     cdef bint ran_split = False
     cdef sk_flag* fl = NULL
     cdef Py_ssize_t split_at = -1, stop_at = -1
@@ -797,7 +813,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
         with nogil:
             if one_row:
                 _forward_one_row(T, I, H, xp, Xpk, Wpk, S, bp, zp, nz, csp, n_slots, outp,
-                                 hnp, cnp, h0p, c0p, lens, nt, fl, solo)
+                                 hnp, cnp, h0p, c0p, lens, nt, fl, &solo_t)
                 if fl != NULL:
                     ran_split = _ran_split(fl, T)
                     if sk_flag_get(&fl[FLAG_START]) < T:
@@ -866,6 +882,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
         free(fl)
     if split:
         _note_split(ran_split)
+        _solo_put(0, H, I, sizeof(floating), variant, solo_t)
     return split_at, stop_at
 
 
@@ -1013,6 +1030,31 @@ cdef void _bwd_row_step(void* ctx, Py_ssize_t s, int part) noexcept nogil:
                         a.lengths)
 
 
+cdef inline void _grad_job(BwdRowArgs* a, int job, int who,
+                           const floating* typed) noexcept nogil:
+    """_chunk_grad_job ``job`` of a batch-1 chunk, on thread ``who``'s scratch; the
+    pointers of ``a`` read as floating* (``typed``, NULL, only selects the type).
+    One unit block: U = H."""
+    _chunk_grad_job(job, a.n_w, a.n_c64, a.n_xc, a.H, a.R, 1, a.n_in, a.H,
+                    <const floating*>a.dz, <const floating*>a.xc, <const floating*>a.hc,
+                    <const floating*>a.Wih, <const floating*>a.Xc, a.xslot,
+                    <const floating*>a.Hc, a.hslot, <const floating*>a.WihK,
+                    <floating*>a.at + who * a.at_size, <floating*>a.dWih,
+                    <floating*>a.dWhh, <floating*>a.db, <floating*>a.dxc)
+
+
+# Jobs of _bwd_grad_tail run by each thread (0: the calling one), for tests.
+cdef long long _tail_jobs[2]
+
+
+def tail_jobs():
+    """(jobs run by the calling thread, by the helper) in the batch-1 backward's
+    shared gradient jobs since the last call (for tests); resets them."""
+    counts = (_tail_jobs[0], _tail_jobs[1])
+    _tail_jobs[0] = _tail_jobs[1] = 0
+    return counts
+
+
 cdef void _bwd_grad_tail(void* ctx, sk_flag* jobs, int who) noexcept nogil:
     """The gradient jobs of a batch-1 chunk (_chunk_grad_job), taken from ``jobs``
     by both threads once the chunk's steps are done."""
@@ -1022,20 +1064,11 @@ cdef void _bwd_grad_tail(void* ctx, sk_flag* jobs, int who) noexcept nogil:
         job = sk_flag_take(jobs)
         if job >= a.n_jobs:
             return
+        _tail_jobs[who] += 1
         if a.is_double:
-            _chunk_grad_job(<int>job, a.n_w, a.n_c64, a.n_xc, a.H, a.R, 1, a.n_in, a.H,
-                            <const double*>a.dz, <const double*>a.xc, <const double*>a.hc,
-                            <const double*>a.Wih, <const double*>a.Xc, a.xslot,
-                            <const double*>a.Hc, a.hslot, <const double*>a.WihK,
-                            <double*>a.at + who * a.at_size, <double*>a.dWih,
-                            <double*>a.dWhh, <double*>a.db, <double*>a.dxc)
+            _grad_job(a, <int>job, who, <const double*>NULL)
         else:
-            _chunk_grad_job(<int>job, a.n_w, a.n_c64, a.n_xc, a.H, a.R, 1, a.n_in, a.H,
-                            <const float*>a.dz, <const float*>a.xc, <const float*>a.hc,
-                            <const float*>a.Wih, <const float*>a.Xc, a.xslot,
-                            <const float*>a.Hc, a.hslot, <const float*>a.WihK,
-                            <float*>a.at + who * a.at_size, <float*>a.dWih,
-                            <float*>a.dWhh, <float*>a.db, <float*>a.dxc)
+            _grad_job(a, <int>job, who, <const float*>NULL)
 
 
 def bwd_chunk_steps(int B):
@@ -1263,7 +1296,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     # threads, as the forward's (_forward_one_row, _split_lead)
     cdef bint split = _may_split(B == 1 and n_units == 1 and kh > 0 and Wpk != NULL
                                  and _split_one_row(H, sizeof(floating), nt))
-    cdef double* solo = _solo_ref(1, H, I, sizeof(floating)) if split else NULL
+    cdef double solo_t = _solo_get(1, H, I, sizeof(floating), 0) if split else -1
     cdef sk_flag* fl = NULL
     cdef bint split_all = True                     # every chunk split to its end
     cdef BwdRowArgs args = BwdRowArgs(floating is double, T, H, Tc, kh, 0, kslot, Whh, Wpk,
@@ -1301,7 +1334,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                     args.n_jobs = n_jobs
                     args.t1 = t1
                     _init_flags(fl, t1 - t0)
-                    _split_run(fl, &args, _bwd_row_step, t1 - t0, _bwd_grad_tail, solo)
+                    _split_run(fl, &args, _bwd_row_step, t1 - t0, _bwd_grad_tail, &solo_t)
                     split_all = split_all and _ran_split(fl, t1 - t0)
                     continue
                 # 1. Through the chunk's steps, latest first (dz_t in slot t % Tc).
@@ -1360,4 +1393,5 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
         free(fl)
     if split:
         _note_split(split_all)
+        _solo_put(1, H, I, sizeof(floating), 0, solo_t)
 

@@ -13,11 +13,13 @@
 # not to the system, when the last array using them dies (each block is owned by
 # a _Block object that every view of it keeps alive: the memory is reused only
 # once nothing refers to it), and the next request that fits takes one:
-# - a block serves a request of n bytes if it holds n to 2n bytes;
+# - a block serves a request of n bytes if it holds n to 1.25 n bytes (an array
+#   keeps its whole block while it lives);
 # - at most max_bytes() in all are kept (the least recently freed go first);
 #   clear() frees them all.
 # Smaller arrays are plain np.empty: malloc reuses their memory itself.
 
+from cpython.buffer cimport PyBuffer_FillInfo
 from libc.stdlib cimport free
 
 import math
@@ -81,20 +83,9 @@ cdef class _Block:
     its death hands the block to the free list."""
     cdef void* p
     cdef size_t n
-    cdef Py_ssize_t shape[1]
 
     def __getbuffer__(self, Py_buffer* buf, int flags):
-        buf.buf = self.p
-        buf.obj = self
-        buf.len = <Py_ssize_t>self.n
-        buf.readonly = 0
-        buf.itemsize = 1
-        buf.format = "B"
-        buf.ndim = 1
-        buf.shape = self.shape
-        buf.strides = NULL
-        buf.suboffsets = NULL
-        buf.internal = NULL
+        PyBuffer_FillInfo(buf, self, self.p, <Py_ssize_t>self.n, 0, flags)
 
     def __releasebuffer__(self, Py_buffer* buf):
         pass
@@ -105,11 +96,11 @@ cdef class _Block:
 
 
 cdef _Block _take(size_t n):
-    """A block of >= n bytes: the most recently freed of n .. 2n bytes, else new."""
+    """A block of >= n bytes: the most recently freed of n .. 1.25 n bytes, else new."""
     cdef _Block b = _Block.__new__(_Block)
     cdef int i
     for i in range(_n - 1, -1, -1):
-        if n <= _size[i] <= 2 * n:
+        if n <= _size[i] <= n + n // 4:
             b.p = _ptr[i]
             b.n = _size[i]
             _remove(i)
@@ -119,7 +110,6 @@ cdef _Block _take(size_t n):
         b.p = aligned_alloc(ALIGN, b.n)
         if b.p == NULL:
             raise MemoryError()
-    b.shape[0] = <Py_ssize_t>b.n
     return b
 
 
@@ -131,6 +121,8 @@ def empty(shape, dtype, aligned=False):
     cdef cnp.ndarray buf
     cdef size_t off
     dtype = np.dtype(dtype)
+    if not isinstance(shape, tuple):
+        shape = tuple(shape) if hasattr(shape, "__len__") else (int(shape),)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes >= MIN_BYTES:
         buf = np.frombuffer(_take(nbytes), np.uint8, nbytes)
