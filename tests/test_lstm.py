@@ -602,10 +602,11 @@ def test_weights_not_copied_where_the_layout_is_theirs():
         assert_close("dW_hh", g.dW_hh, r_g.dW_hh, np.float32)
 
 
-def test_batch_1_split_backs_off(monkeypatch, request):
-    """A call that went back to one thread makes the next 1, then 2, 4 .. calls run
-    alone from the start (no second thread at all); a call split to its end
-    resets that. Results bitwise equal throughout."""
+@pytest.fixture
+def two_threads_split(monkeypatch, request):
+    """(the _lstm module, the list of (split, stop) steps forward() returns, call by
+    call) for tests of the batch-1 split; skips without two OpenMP threads, and
+    restores the kernel's own split rules afterwards."""
     import seqkern.lstm as lstm_mod
     from seqkern._openmp_helpers import handoff_ns, openmp_enabled
 
@@ -616,37 +617,37 @@ def test_batch_1_split_backs_off(monkeypatch, request):
     monkeypatch.setattr(lstm_mod._lstm, "forward",
                         lambda *a: splits.append(forward(*a)) or splits[-1])
     request.addfinalizer(lambda: lstm_mod._lstm.wait_for_helper(0))
+    return lstm_mod._lstm, splits
+
+
+def test_batch_1_split_backs_off(two_threads_split):
+    """A call that went back to one thread makes the next 1, then 2, 4 .. calls run
+    alone from the start (no second thread at all); a call split to its end
+    resets that. Results bitwise equal throughout."""
+    _lstm, splits = two_threads_split
     args = make(100, 1, 8, 128, np.float32)
     with seqkern.threads(1):
         want = seqkern.lstm_forward(*args)[0]
     splits.clear()
-    lstm_mod._lstm.wait_for_helper(10 ** 6, 0, -1.0, max_slower=None)  # back at 48
+    _lstm.wait_for_helper(10 ** 6, 0, -1.0, max_slower=None)  # back at 48
     with seqkern.threads(2):
         for _ in range(7):
             np.testing.assert_array_equal(seqkern.lstm_forward(*args)[0], want)
         assert splits == [(0, 48), (-1, -1), (0, 48), (-1, -1), (-1, -1), (0, 48), (-1, -1)]
-        assert lstm_mod._lstm.backoff_state() == (3, 4)
-        lstm_mod._lstm.wait_for_helper(10 ** 6, 0, 1e12, max_slower=None)  # to the end
+        assert _lstm.backoff_state() == (3, 4)
+        _lstm.wait_for_helper(10 ** 6, 0, 1e12, max_slower=None)  # to the end
         seqkern.lstm_forward(*args)
-        assert splits[-1] == (0, -1) and lstm_mod._lstm.backoff_state() == (0, 0)
+        assert splits[-1] == (0, -1) and _lstm.backoff_state() == (0, 0)
 
 
-def test_batch_1_split_judged_against_alone(monkeypatch, request):
-    """The lead also stops splitting where a split chunk takes over max_slower
-    times as long as a chunk alone: it measures that on the first chunk of a call
+def test_batch_1_split_judged_against_alone(two_threads_split):
+    """The lead also stops splitting where the split chunks take over max_slower
+    times as long as chunks alone: it measures that on the first chunk of a call
     (run alone for it) where it has no figure for these sizes or the figure is 32
     calls old; judged from the third split chunk on over all but the first (the
-    second thread's caches are cold then). Results bitwise equal throughout, forward and backward."""
-    import seqkern.lstm as lstm_mod
-    from seqkern._openmp_helpers import handoff_ns, openmp_enabled
-
-    if not (openmp_enabled() and handoff_ns(10) is not None):
-        pytest.skip("needs two OpenMP threads")
-    splits = []
-    forward = lstm_mod._lstm.forward
-    monkeypatch.setattr(lstm_mod._lstm, "forward",
-                        lambda *a: splits.append(forward(*a)) or splits[-1])
-    request.addfinalizer(lambda: lstm_mod._lstm.wait_for_helper(0))
+    second thread's caches are cold then). Results bitwise equal throughout,
+    forward and backward."""
+    _lstm, splits = two_threads_split
     args = make(100, 1, 8, 128, np.float32)
     d_out = np.random.default_rng(4).standard_normal((100, 1, 128)).astype(np.float32)
 
@@ -659,7 +660,7 @@ def test_batch_1_split_judged_against_alone(monkeypatch, request):
     splits.clear()
     with seqkern.threads(2):
         # never slower: measured alone on the first chunk, then split to the end
-        lstm_mod._lstm.wait_for_helper(10 ** 6, 0, 1e12, False, max_slower=1e12)
+        _lstm.wait_for_helper(10 ** 6, 0, 1e12, False, max_slower=1e12)
         for _ in range(34):
             for a, b in zip(want, run()):
                 np.testing.assert_array_equal(a, b)
@@ -667,23 +668,17 @@ def test_batch_1_split_judged_against_alone(monkeypatch, request):
         # always slower: alone again after the third split chunk (the first is
         # not judged, and then two are)
         splits.clear()
-        lstm_mod._lstm.wait_for_helper(10 ** 6, 0, 1e12, False, max_slower=-1.0)
+        _lstm.wait_for_helper(10 ** 6, 0, 1e12, False, max_slower=-1.0)
         for _ in range(2):
             for a, b in zip(want, run()):
                 np.testing.assert_array_equal(a, b)
         assert splits == [(16, 64), (0, 48)]
 
 
-def test_batch_1_backward_shares_gradient_jobs(request):
+def test_batch_1_backward_shares_gradient_jobs(two_threads_split):
     """Where the batch-1 backward steps split, each chunk's gradient jobs are taken
     by both threads: every job runs once, some on the second thread."""
-    import seqkern.lstm as lstm_mod
-    from seqkern._openmp_helpers import handoff_ns, openmp_enabled
-
-    if not (openmp_enabled() and handoff_ns(10) is not None):
-        pytest.skip("needs two OpenMP threads")
-    _lstm = lstm_mod._lstm
-    request.addfinalizer(lambda: _lstm.wait_for_helper(0))
+    _lstm = two_threads_split[0]
     T, I, H = 530, 8, 128
     args = make(T, 1, I, H, np.float32)
     d_out = np.random.default_rng(4).standard_normal((T, 1, H)).astype(np.float32)
