@@ -438,8 +438,9 @@ def wait_for_helper(long long spins, Py_ssize_t at_step=0, double max_wait=MAX_W
                     bint backoff=True, max_slower=MAX_SLOWER):
     """Make the batch-1 steps on two threads split no step before ``at_step``,
     wait there up to ``spins`` looks for the second thread, stop splitting once
-    its waits exceed ``max_wait`` times its work over a chunk or the chunk takes
-    over ``max_slower`` times as long as alone (None: never), and back off after
+    its waits exceed ``max_wait`` times its work over the split chunks (but the
+    first) or they take over ``max_slower`` times as long as alone (None: never,
+    and no chunk run alone to measure that), and back off after
     a call that did not split to its end if ``backoff`` (for tests; the defaults
     are the kernel's own: no wait, MAX_WAIT, MAX_SLOWER, back-off). Clears the
     back-off and the times measured alone."""
@@ -524,14 +525,12 @@ cdef void _split_lead(sk_flag* fl, void* ctx, step_fn step, Py_ssize_t n,
     them across costs too much (MAX_WAIT) or the split steps are not quicker than
     alone (MAX_SLOWER, against solo[0] seconds per step; solo NULL or solo[0] < 0:
     not judged; solo[0] = 0: the first chunk runs alone to measure it, into
-    solo[0]), judged at the end of
-    each chunk from the third split one on, over all split chunks but the first
-    (one chunk alone is too short a sample: judged chunk by chunk, one slow chunk
-    stopped a split that paid in half the calls of (1,1000,64,64) float64);
-    fl NULL: alone. Step
-    s needs both halves of step s-1 and nothing later. fl[FLAG_START] and
-    fl[FLAG_STOP] end holding the first step split and the first run alone
-    again (n: none)."""
+    solo[0]); fl NULL: alone. Both are judged at the end of each chunk from the
+    third split one on, over all split chunks but the first: one chunk is too
+    short a sample (judged chunk by chunk, one slow chunk stopped a split that
+    paid in half the calls of (1,1000,64,64) float64). Step s needs both halves
+    of step s-1 and nothing later. fl[FLAG_START] and fl[FLAG_STOP] end holding
+    the first step split and the first run alone again (n: none)."""
     cdef int R = SK_PK_SIDE_ROWS
     cdef Py_ssize_t s, split = -1, stop = n
     cdef double t_judged = 0, waited = 0, t0
@@ -1394,4 +1393,3 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     if split:
         _note_split(split_all)
         _solo_put(1, H, I, sizeof(floating), 0, solo_t)
-
