@@ -195,6 +195,38 @@ def test_gemv_side_halves(rng, dtype, hg, n_panels):
                      hg=hg, half=1)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K2,N2,m2,hg", [(37, 70, 5, 0), (256, 64, 16, 0), (9, 300, 16, 1)])
+def test_gemv_side_cut_columns(rng, dtype, K2, N2, m2, hg):
+    """The side product's k-steps cut anywhere over several calls (a column cut
+    keeps its partial sums in C2, ragged last column included) give bitwise the
+    side product of one call: how the batch-1 LSTM backward spreads dx over the
+    steps."""
+    vl = 64 // np.dtype(dtype).itemsize
+    K, N = 8, 2 * 4 * vl
+    W = rng.standard_normal((K, N)).astype(dtype)
+    W2 = rng.standard_normal((K2, N2)).astype(dtype)
+    P, P2 = pg.pack(W, False), pg.pack(W2, False)
+    a = rng.standard_normal(K).astype(dtype)
+    A2 = rng.standard_normal((m2, K2)).astype(dtype)
+    if hg:
+        n_vec = -(-int(np.count_nonzero((np.arange(N2) // (4 * vl) // hg) % 2 == 1)) // vl)
+    else:
+        n_vec = -(-N2 // vl)
+    whole = pg.gemv_side(a, P, np.zeros(N, dtype), A2, P2, np.full((m2, N2), 7.0, dtype),
+                         0, n_vec, False, hg=hg, half=1)[1]
+    total = n_vec * K2
+    for n_calls in (2, 5, 16, total):
+        cuts = sorted({0, total} | set(rng.integers(0, total, n_calls - 1).tolist()))
+        C2 = np.full((m2, N2), 7.0, dtype)
+        for s0, s1 in zip(cuts[:-1], cuts[1:]):
+            pg.gemv_side(a, P, np.zeros(N, dtype), A2, P2, C2, s0 // K2, s1 // K2, False,
+                         hg=hg, half=1, k0=s0 % K2, k1=s1 % K2)
+        np.testing.assert_array_equal(C2, whole)
+    with pytest.raises(ValueError, match="k0, k1"):
+        pg.gemv_side(a, P, np.zeros(N, dtype), A2, P2, C2, 0, 1, k0=K2)
+
+
 def test_bad_arguments(rng):
     A = np.ones((2, 3), np.float32)
     P = pg.pack(np.ones((5, 3), np.float32), True)

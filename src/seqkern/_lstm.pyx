@@ -334,7 +334,8 @@ cdef inline void _one_row_step(Py_ssize_t t, int part, int T, int I, int H,
     cdef const floating* h_prev = h0 if t == 0 else out + (t - 1) * H
     cdef const floating* c_prev = c0 if t == 0 else cs + ((t - 1) % n_slots) * H
     pk_gemv_side(H, h_prev, Wpk, G, z + (t % nz) * G, True, t & 1, hg, max(part, 0),
-                 I, S, Xpk, G, z + (r0 % nz) * G, G, m2, j * nv // R, (j + 1) * nv // R)
+                 I, S, Xpk, G, z + (r0 % nz) * G, G, m2, <long long>(j * nv // R) * max(I, 1),
+                 <long long>((j + 1) * nv // R) * max(I, 1))
     _forward_cells(1, H, u0, uk, u0, H, t, T, c_prev, bias_p, z + (t % nz) * G,
                    cs + (t % n_slots) * H, out + t * H, h_n, c_n, lengths)
 

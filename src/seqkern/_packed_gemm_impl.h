@@ -237,7 +237,7 @@ static void SK_FN(sk_pk_gemm_dir_)(int M, int K, const SK_T *restrict A, ptrdiff
 
 /* dst[0:l] = v[0:l], l < SK_VL, with no call (a call to memcpy would clobber every
  * vector register, and GCC then spills the accumulators of sk_pk_gemv_side_ around
- * its whole side path). */
+ * its whole side path); sk_pk_load_part_ the other way (0 past l). */
 static inline __attribute__((always_inline)) void
 SK_FN(sk_pk_store_part_)(SK_T *restrict dst, SK_V v, int l)
 {
@@ -249,6 +249,17 @@ SK_FN(sk_pk_store_part_)(SK_T *restrict dst, SK_V v, int l)
 
 /* The side operand of sk_pk_gemv_side_: S[k][r] = A[r][k] for r < m, 0 for
  * m <= r < SK_PK_SIDE_ROWS; A (m, K) row-major (row stride lda), S (K, SK_PK_SIDE_ROWS). */
+static inline __attribute__((always_inline)) SK_V
+SK_FN(sk_pk_load_part_)(const SK_T *restrict src, int l)
+{
+    SK_V v = {0};
+    _Pragma("GCC unroll 16")
+    for (int j = 0; j < SK_VL; j++)
+        if (j < l)
+            v[j] = src[j];
+    return v;
+}
+
 static void SK_FN(sk_pk_pack_side_)(int m, int K, const SK_T *restrict A, ptrdiff_t lda,
                                     SK_T *restrict S)
 {
@@ -268,14 +279,19 @@ static void SK_FN(sk_pk_pack_side_)(int m, int K, const SK_T *restrict A, ptrdif
  * within those panels too, in ascending panel order whatever `reverse` (v = 0 is
  * the first vector column of the half's first panel), so that the thread that
  * runs a half also writes the columns of C2 that it reads later (no cache line
- * crosses between the cores); v1 must not pass the half's columns. With W_hh^T
+ * crosses between the cores); s1 must not pass the half's columns. With W_hh^T
  * in the LSTM's gate order and hg the panels of half a gate, each half holds all
  * four gates of half of the units: two threads split a batch-1 step so. hg = 0:
  * every panel.
- * Side product: for each vector column v in [v0, v1) (columns v VL .. v VL + VL - 1),
+ * Side product: for each vector column v (columns v VL .. v VL + VL - 1),
  * C2[r][v VL + l] := sum_k A2[r][k] W2[k][v VL + l] for r < m2 <= SK_PK_SIDE_ROWS,
  * over k in order; A2 given as S (sk_pk_pack_side_), W2 the (K2, N2) operand packed
- * in P2, C2 row stride ldc2; columns past N2 are not stored.
+ * in P2, C2 row stride ldc2; columns past N2 are not stored. The call runs the
+ * k-steps [s0, s1) of these sums, numbered v K2 + k (v = 0, 1, .. and k < K2; one
+ * step a column where K2 <= 0, whose columns are 0): whole columns from v0 to v1
+ * are s0 = v0 K2, s1 = v1 K2, and a column cut between two calls keeps its
+ * partial sums in C2 in between (stored, then loaded and added to in order: the
+ * same sums as in one call).
  *
  * Why: with W larger than L1 the row product is bound by reading W from L2 (one
  * vector FMA per 64 bytes, ~32 bytes per cycle here) and leaves the FMA units
@@ -288,7 +304,7 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
                                     int hg, int half,
                                     int K2, const SK_T *restrict S, const SK_T *restrict P2,
                                     int N2, SK_T *restrict C2, ptrdiff_t ldc2, int m2,
-                                    int v0, int v1)
+                                    long long s0, long long s1)
 {
     int np = N > 0 ? (N + SK_NR - 1) / SK_NR : 0;      /* panels visited */
     if (hg > 0) {                                       /* half of the groups of hg */
@@ -301,7 +317,7 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
 #define SK_SIDE_MAP(v)                                                             \
     (hg > 0 ? (((v) / 4 / hg) * 2 * hg + half * hg + ((v) / 4) % hg) * 4 + (v) % 4 : (v))
     if (K2 <= 0 && m2 > 0) {                /* empty sums: the columns are 0 */
-        for (int u = v0; u < v1; u++) {
+        for (int u = (int)s0; u < s1; u++) {
             int j0 = SK_SIDE_MAP(u) * SK_VL, j1 = j0 + SK_VL < N2 ? j0 + SK_VL : N2;
             for (int r = 0; r < m2; r++)
                 for (int j = j0; j < j1; j++)
@@ -309,19 +325,44 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
         }
     }
     long long tg = (long long)np * K;
-    long long ts = (v1 > v0 && K2 > 0 && m2 > 0) ? (long long)(v1 - v0) * K2 : 0;
+    long long ts = (s1 > s0 && K2 > 0 && m2 > 0) ? s1 - s0 : 0;
     long long g = 0, s = 0;
-    int v = v0, vm = SK_SIDE_MAP(v0), k2 = 0;   /* vm: v mapped */
+    int v = ts ? (int)(s0 / K2) : 0, k2 = ts ? (int)(s0 % K2) : 0;
+    int vm = SK_SIDE_MAP(v);                    /* vm: v mapped */
     SK_V z = {0};
     SK_V acc[SK_PK_SIDE_ROWS];
+    /* the width of column vm in C2 (< SK_VL: the last, partial one) */
+#define SK_SIDE_WIDTH() (N2 - vm * SK_VL < SK_VL ? N2 - vm * SK_VL : SK_VL)
     _Pragma("GCC unroll 16")
-    for (int r = 0; r < SK_PK_SIDE_ROWS; r++)
+    for (int r = 0; r < SK_PK_SIDE_ROWS; r++) {     /* a cut column: its partial sums */
         acc[r] = z;
+        if (k2 > 0 && r < m2) {
+            const SK_T *src = C2 + r * ldc2 + (ptrdiff_t)vm * SK_VL;
+            int l = SK_SIDE_WIDTH();
+            acc[r] = l == SK_VL ? SK_FN(sk_pk_ld_)(src) : SK_FN(sk_pk_load_part_)(src, l);
+        }
+    }
 
     /* column v of W2: panel v / 4, vector v % 4 of its rows */
 #define SK_SIDE_COL(v) (P2 + (ptrdiff_t)((v) / 4) * K2 * SK_NR + ((v) % 4) * SK_VL)
-    const SK_T *restrict w2 = SK_SIDE_COL(vm);
-    const SK_T *restrict sk = S;
+    const SK_T *restrict w2 = SK_SIDE_COL(vm) + (ptrdiff_t)k2 * SK_NR;
+    const SK_T *restrict sk = S + (ptrdiff_t)k2 * SK_PK_SIDE_ROWS;
+
+/* C2's rows of column vm := acc (rows < m2) */
+#define SK_SIDE_STORE()                                                            \
+    do {                                                                           \
+        int l = SK_SIDE_WIDTH();                                                   \
+        _Pragma("GCC unroll 16")                                                   \
+        for (int r = 0; r < SK_PK_SIDE_ROWS; r++) {                                \
+            if (r < m2) {                                                          \
+                SK_T *dst = C2 + r * ldc2 + (ptrdiff_t)vm * SK_VL;                 \
+                if (l == SK_VL)                                                    \
+                    *(SK_V *)dst = acc[r];                                         \
+                else                                                               \
+                    SK_FN(sk_pk_store_part_)(dst, acc[r], l);                      \
+            }                                                                      \
+        }                                                                          \
+    } while (0)
 
 /* One k of the side product; at the end of a vector column, its store. */
 #define SK_SIDE_STEP()                                                             \
@@ -333,18 +374,10 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
         w2 += SK_NR;                                                               \
         sk += SK_PK_SIDE_ROWS;                                                     \
         if (++k2 == K2) {                                                          \
-            int l = N2 - vm * SK_VL < SK_VL ? N2 - vm * SK_VL : SK_VL;             \
+            SK_SIDE_STORE();                                                       \
             _Pragma("GCC unroll 16")                                               \
-            for (int r = 0; r < SK_PK_SIDE_ROWS; r++) {                            \
-                if (r < m2) {                                                      \
-                    SK_T *dst = C2 + r * ldc2 + (ptrdiff_t)vm * SK_VL;             \
-                    if (l == SK_VL)                                                \
-                        *(SK_V *)dst = acc[r];                                     \
-                    else                                                           \
-                        SK_FN(sk_pk_store_part_)(dst, acc[r], l);                  \
-                }                                                                  \
+            for (int r = 0; r < SK_PK_SIDE_ROWS; r++)                              \
                 acc[r] = z;                                                        \
-            }                                                                      \
             k2 = 0;                                                                \
             v++;                                                                   \
             vm = SK_SIDE_MAP(v);                                                   \
@@ -372,7 +405,11 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
     }
     while (s < ts)
         SK_SIDE_STEP();
+    if (ts && k2 > 0)                       /* a column cut here: its partial sums */
+        SK_SIDE_STORE();
 #undef SK_SIDE_STEP
+#undef SK_SIDE_STORE
+#undef SK_SIDE_WIDTH
 #undef SK_SIDE_COL
 #undef SK_SIDE_MAP
 }
