@@ -683,8 +683,8 @@ def test_batch_1_backward_shares_gradient_jobs(two_threads_split):
     args = make(T, 1, I, H, np.float32)
     d_out = np.random.default_rng(4).standard_normal((T, 1, H)).astype(np.float32)
     _lstm.wait_for_helper(10 ** 6, 0, 1e12, False, max_slower=None)   # split to the end
-    # per chunk: 4 gates x 2 blocks of 64 units of dW, and dx in 64-row blocks
-    jobs = sum(8 + -(-R // 64) for R in (T - 512, 512))
+    # per chunk: 4 gates x 2 blocks of 64 units of dW, and the dx the steps left
+    jobs = 2 * (8 + 1)
     with seqkern.threads(2):
         cache = seqkern.lstm_forward(*args)[3]
         _lstm.tail_jobs()
@@ -692,3 +692,27 @@ def test_batch_1_backward_shares_gradient_jobs(two_threads_split):
             seqkern.lstm_backward(d_out, None, None, cache)
         lead, helper = _lstm.tail_jobs()
     assert lead + helper == 3 * jobs and helper > 0
+
+
+@pytest.mark.parametrize("T", [15, 16, 17, 32, 47, 529])
+@pytest.mark.parametrize("I", [1, 20, 130])
+def test_batch_1_backward_dx_inside_the_steps(T, I):
+    """At batch 1 the steps compute dx as they go, 16 rows at a time, the rows of
+    the last whole group and a partial one after the steps: every row right
+    (float64 against the reference), for lengths around the groups of 16 and the
+    512-step chunks, and input sizes with a ragged last vector column; the same
+    bits on 2 threads."""
+    args = make(T, 1, I, 24, np.float64, seed=T + I)
+    d_out = np.random.default_rng(T).standard_normal((T, 1, 24))
+    _, _, _, r_cache = ref.lstm_forward(*args)
+    want = ref.lstm_backward(d_out, None, None, r_cache)
+    got = []
+    for n in (1, 2):
+        with seqkern.threads(n):
+            cache = seqkern.lstm_forward(*args)[3]
+            got.append(seqkern.lstm_backward(d_out, None, None, cache))
+    for name, a, b in zip(GRAD_NAMES, got[0], want):
+        assert_close(name, a, b, np.float64)
+    for a, b in zip(got[0], got[1]):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)

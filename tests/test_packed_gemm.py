@@ -227,6 +227,31 @@ def test_gemv_side_cut_columns(rng, dtype, K2, N2, m2, hg):
         pg.gemv_side(a, P, np.zeros(N, dtype), A2, P2, C2, 0, 1, k0=K2)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K,N,hg", [(256, 64, 0), (7, 200, 0), (129, 256, 1)])
+def test_gemv_side_pair_sums_as_gemm(rng, dtype, K, N, hg):
+    """pair: the row product sums even and odd k apart, as gemm() does at M = 1
+    (bitwise, odd K too), with the side product interleaved as ever; without
+    pair, one chain per element."""
+    W = rng.standard_normal((K, N)).astype(dtype)
+    P = pg.pack(W, False)
+    a = rng.standard_normal(K).astype(dtype)
+    A2 = rng.standard_normal((16, 40)).astype(dtype)
+    W2 = rng.standard_normal((40, 100)).astype(dtype)
+    P2 = pg.pack(W2, False)
+    c0 = rng.standard_normal(N).astype(dtype)
+    want = pg.gemm(a[None], P, c0[None].copy())[0]
+    c, C2 = pg.gemv_side(a, P, c0.copy(), A2, P2, np.zeros((16, 100), dtype), 0, 1,
+                         pair=True, hg=hg)
+    vl = 64 // np.dtype(dtype).itemsize
+    mine = (np.arange(N) // (4 * vl) // hg) % 2 == 0 if hg else np.ones(N, bool)
+    np.testing.assert_array_equal(c[mine], want[mine])
+    assert_close(C2[:, :vl], A2.astype(np.float64) @ W2[:, :vl].astype(np.float64), dtype,
+                 "C2")
+    single = pg.gemv_side(a, P, c0.copy(), A2, P2, np.zeros((16, 100), dtype), 0, 1)[0]
+    assert_close(single, want, dtype, "c")
+
+
 def test_bad_arguments(rng):
     A = np.ones((2, 3), np.float32)
     P = pg.pack(np.ones((5, 3), np.float32), True)

@@ -272,7 +272,9 @@ static void SK_FN(sk_pk_pack_side_)(int m, int K, const SK_T *restrict A, ptrdif
  *
  * Row product: c[0:N] (+)= a @ W, a (K,), W the (K, N) operand packed in P, panels
  * last to first if reverse; each element summed over k in order (one chain: not
- * the even/odd split of sk_pk_gemm_dir_ at M = 1, so the two differ in rounding).
+ * the even/odd split of sk_pk_gemm_dir_ at M = 1, so the two differ in rounding;
+ * pair: that split, the same sums as sk_pk_gemm_dir_'s, and two chains of FMAs
+ * where one would wait on the FMA latency: a step's product over one panel).
  * hg > 0 restricts it to half of the panels, taken in groups of hg: the groups
  * 0, 2, 4, ... (half = 0) or 1, 3, 5, ... (half = 1); the other panels' columns
  * of c are not touched. The side product's vector columns v are then numbered
@@ -301,7 +303,7 @@ static void SK_FN(sk_pk_pack_side_)(int m, int K, const SK_T *restrict A, ptrdif
  * side product advancing in proportion), each runs in the other's idle units. */
 static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *restrict P,
                                     int N, SK_T *restrict c, int accumulate, int reverse,
-                                    int hg, int half,
+                                    int pair, int hg, int half,
                                     int K2, const SK_T *restrict S, const SK_T *restrict P2,
                                     int N2, SK_T *restrict C2, ptrdiff_t ldc2, int m2,
                                     long long s0, long long s1)
@@ -393,7 +395,26 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
             p = (p / hg) * 2 * hg + half * hg + p % hg;
         const SK_T *restrict w = P + (ptrdiff_t)p * K * SK_NR;
         SK_V c0 = z, c1 = z, c2 = z, c3 = z;
-        for (ptrdiff_t k = 0; k < K; k++) {
+        ptrdiff_t k = 0;
+        if (pair) {                         /* odd k in a second chain: tile1's sums */
+            SK_V d0 = z, d1 = z, d2 = z, d3 = z;
+            for (; k + 1 < K; k += 2) {
+                SK_V x = SK_FN(sk_pk_bc_)(a[k]), y = SK_FN(sk_pk_bc_)(a[k + 1]);
+                SK_PK_ROW_FMA(x, w + k * SK_NR, c0, c1, c2, c3);
+                SK_PK_ROW_FMA(y, w + (k + 1) * SK_NR, d0, d1, d2, d3);
+                g += 2;
+                while (s * tg < g * ts)
+                    SK_SIDE_STEP();
+            }
+            if (k < K) {
+                SK_V x = SK_FN(sk_pk_bc_)(a[k]);
+                SK_PK_ROW_FMA(x, w + k * SK_NR, c0, c1, c2, c3);
+                g++;
+            }
+            c0 += d0; c1 += d1; c2 += d2; c3 += d3;
+            k = K;
+        }
+        for (; k < K; k++) {
             SK_V x = SK_FN(sk_pk_bc_)(a[k]);
             SK_PK_ROW_FMA(x, w + k * SK_NR, c0, c1, c2, c3);
             g++;
