@@ -716,3 +716,29 @@ def test_batch_1_backward_dx_inside_the_steps(T, I):
     for a, b in zip(got[0], got[1]):
         if a is not None:
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("T,join,stop,length", [(100, 0, -1, None), (529, 32, -1, 300),
+                                                (70, 16, 64, None)])
+def test_batch_1_backward_dx_inside_split_steps(two_threads_split, T, join, stop, length):
+    """Where the batch-1 backward steps split, each half computes its half's columns
+    of dx inside the steps: right against the reference (float64), the same bits
+    as on one thread, with the split from a later step, a length shorter than T,
+    and the lead going on alone (stop)."""
+    _lstm = two_threads_split[0]
+    args = make(T, 1, 20, 64, np.float64, seed=T)
+    lengths = None if length is None else np.array([length])
+    d_out = np.random.default_rng(T).standard_normal((T, 1, 64))
+    _, _, _, r_cache = ref.lstm_forward(*args, lengths=lengths)
+    want = ref.lstm_backward(d_out, None, None, r_cache)
+    _lstm.wait_for_helper(10 ** 6, join, 1e12 if stop < 0 else -1.0, False, max_slower=None)
+    got = []
+    for n in (1, 2):
+        with seqkern.threads(n):
+            cache = seqkern.lstm_forward(*args, lengths=lengths)[3]
+            got.append(seqkern.lstm_backward(d_out, None, None, cache))
+    for name, a, b in zip(GRAD_NAMES, got[1], want):
+        assert_close(name, a, b, np.float64)
+    for a, b in zip(got[0], got[1]):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)

@@ -1215,7 +1215,8 @@ cdef void _chunk_grad_job(int job, int n_w, int n_c64, int n_xc, int U, int R, i
       (in row order). Packed (Xc not NULL): the columns are first transposed into
       at (64, R), the calling thread's scratch, and xc, hc come packed in Xc, Hc.
     [n_w, ...): 64 rows x 64 columns of dx := dz @ Wih_p (WihK: Wih_p packed in
-      K_BLOCK-row blocks, or NULL for OpenBLAS), n_xc column blocks per row block."""
+      K_BLOCK-row blocks, or NULL for OpenBLAS), n_xc column blocks per row block
+      (not on the batch-1 path, whose steps compute dx: _row_job)."""
     cdef int G = 4 * H
     cdef int q, u0, n, k, uk, col, r, j, c0, c1
     cdef Py_ssize_t s, s0, s1, r0, r1

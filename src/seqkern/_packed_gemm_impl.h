@@ -247,8 +247,6 @@ SK_FN(sk_pk_store_part_)(SK_T *restrict dst, SK_V v, int l)
             dst[j] = v[j];
 }
 
-/* The side operand of sk_pk_gemv_side_: S[k][r] = A[r][k] for r < m, 0 for
- * m <= r < SK_PK_SIDE_ROWS; A (m, K) row-major (row stride lda), S (K, SK_PK_SIDE_ROWS). */
 static inline __attribute__((always_inline)) SK_V
 SK_FN(sk_pk_load_part_)(const SK_T *restrict src, int l)
 {
@@ -260,6 +258,8 @@ SK_FN(sk_pk_load_part_)(const SK_T *restrict src, int l)
     return v;
 }
 
+/* The side operand of sk_pk_gemv_side_: S[k][r] = A[r][k] for r < m, 0 for
+ * m <= r < SK_PK_SIDE_ROWS; A (m, K) row-major (row stride lda), S (K, SK_PK_SIDE_ROWS). */
 static void SK_FN(sk_pk_pack_side_)(int m, int K, const SK_T *restrict A, ptrdiff_t lda,
                                     SK_T *restrict S)
 {
