@@ -702,17 +702,24 @@ def test_batch_1_backward_dx_inside_the_steps(T, I):
     (float64 against the reference), for lengths around the groups of 16 and the
     512-step chunks, and input sizes with a ragged last vector column; the same
     bits on 2 threads."""
-    args = make(T, 1, I, 24, np.float64, seed=T + I)
-    d_out = np.random.default_rng(T).standard_normal((T, 1, 24))
-    _, _, _, r_cache = ref.lstm_forward(*args)
+    _backward_1_and_2_threads_vs_reference(T, I, 24)
+
+
+def _backward_1_and_2_threads_vs_reference(T, I, H, lengths=None):
+    """A batch-1 backward (float64) on 1 and on 2 threads: against the reference,
+    and bitwise the one against the other."""
+    args = make(T, 1, I, H, np.float64, seed=T + I)
+    d_out = np.random.default_rng(T).standard_normal((T, 1, H))
+    _, _, _, r_cache = ref.lstm_forward(*args, lengths=lengths)
     want = ref.lstm_backward(d_out, None, None, r_cache)
     got = []
     for n in (1, 2):
         with seqkern.threads(n):
-            cache = seqkern.lstm_forward(*args)[3]
+            cache = seqkern.lstm_forward(*args, lengths=lengths)[3]
             got.append(seqkern.lstm_backward(d_out, None, None, cache))
-    for name, a, b in zip(GRAD_NAMES, got[0], want):
-        assert_close(name, a, b, np.float64)
+    for g in got:
+        for name, a, b in zip(GRAD_NAMES, g, want):
+            assert_close(name, a, b, np.float64)
     for a, b in zip(got[0], got[1]):
         if a is not None:
             np.testing.assert_array_equal(a, b)
@@ -726,19 +733,6 @@ def test_batch_1_backward_dx_inside_split_steps(two_threads_split, T, join, stop
     as on one thread, with the split from a later step, a length shorter than T,
     and the lead going on alone (stop)."""
     _lstm = two_threads_split[0]
-    args = make(T, 1, 20, 64, np.float64, seed=T)
-    lengths = None if length is None else np.array([length])
-    d_out = np.random.default_rng(T).standard_normal((T, 1, 64))
-    _, _, _, r_cache = ref.lstm_forward(*args, lengths=lengths)
-    want = ref.lstm_backward(d_out, None, None, r_cache)
     _lstm.wait_for_helper(10 ** 6, join, 1e12 if stop < 0 else -1.0, False, max_slower=None)
-    got = []
-    for n in (1, 2):
-        with seqkern.threads(n):
-            cache = seqkern.lstm_forward(*args, lengths=lengths)[3]
-            got.append(seqkern.lstm_backward(d_out, None, None, cache))
-    for name, a, b in zip(GRAD_NAMES, got[1], want):
-        assert_close(name, a, b, np.float64)
-    for a, b in zip(got[0], got[1]):
-        if a is not None:
-            np.testing.assert_array_equal(a, b)
+    _backward_1_and_2_threads_vs_reference(T, 20, 64,
+                                           None if length is None else np.array([length]))

@@ -1091,7 +1091,7 @@ cdef inline void _row_job_t(BwdRowArgs* a, int job, int who,
     rows and a partial one), summed as the steps sum the others."""
     cdef int R = SK_PK_SIDE_ROWS
     cdef int G = 4 * a.H
-    cdef floating* S = <floating*>a.at + who * a.at_size     # the thread's side operand
+    cdef floating* at = <floating*>a.at + who * a.at_size    # the thread's scratch
     cdef int r0 = 0, m = a.R - max(a.R // R - 1, 0) * R   # rows r0 .. m - 1 from t0
     cdef int m2
     if job < a.n_w:
@@ -1099,15 +1099,14 @@ cdef inline void _row_job_t(BwdRowArgs* a, int job, int who,
                         <const floating*>a.dz, <const floating*>a.xc,
                         <const floating*>a.hc, <const floating*>a.Wih,
                         <const floating*>a.Xc, a.xslot, <const floating*>a.Hc, a.hslot,
-                        <const floating*>a.WihK, <floating*>a.at + who * a.at_size,
-                        <floating*>a.dWih, <floating*>a.dWhh, <floating*>a.db,
-                        <floating*>a.dxc)
+                        <const floating*>a.WihK, at, <floating*>a.dWih,
+                        <floating*>a.dWhh, <floating*>a.db, <floating*>a.dxc)
         return
     while r0 < m:
         m2 = min(R, m - r0)
-        pk_pack_side(m2, G, <const floating*>a.dz + (a.t0 % a.Tc + r0) * G, G, S)
+        pk_pack_side(m2, G, <const floating*>a.dz + (a.t0 % a.Tc + r0) * G, G, at)
         pk_gemv_side(0, <const floating*>NULL, <const floating*>NULL, 0, <floating*>NULL,
-                     True, False, False, 0, 0, G, S, <const floating*>a.Wx, a.n_in,
+                     True, False, False, 0, 0, G, at, <const floating*>a.Wx, a.n_in,
                      <floating*>a.dxc + <Py_ssize_t>r0 * a.n_in, a.n_in, m2, 0,
                      <long long>_side_vcols(a.n_in, 0, -1, sizeof(floating)) * G)
         r0 += R
@@ -1409,7 +1408,6 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                 t0 = <Py_ssize_t>ch * Tc
                 t1 = min(t0 + Tc, <Py_ssize_t>T)
                 R = <int>((t1 - t0) * B)
-                n_jobs = n_w + n_blocks(R, DX_BLOCK) * n_xc
                 if row:
                     # The chunk's steps (with most of its dx), then its weight
                     # gradients and the rest of dx (_row_job), its x and h_{t-1}
@@ -1460,6 +1458,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                                             zp + t * zstep, csp + t * step, c_prev, lens)
 
                 # 2. The chunk's weight, bias and input gradients.
+                n_jobs = n_w + n_blocks(R, DX_BLOCK) * n_xc
                 hc = _chunk_rows(t0, R, B, I, H, xp, &h0[0, 0], outp, hs, Xc, xslot, Hc,
                                  hslot)
                 if nt > 1 and <Py_ssize_t>R * G * (2 * I + H) >= PAR_MIN_GEMM:

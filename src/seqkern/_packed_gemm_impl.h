@@ -395,31 +395,25 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
             p = (p / hg) * 2 * hg + half * hg + p % hg;
         const SK_T *restrict w = P + (ptrdiff_t)p * K * SK_NR;
         SK_V c0 = z, c1 = z, c2 = z, c3 = z;
+        SK_V d0 = z, d1 = z, d2 = z, d3 = z;        /* pair: odd k (tile1's sums) */
         ptrdiff_t k = 0;
-        if (pair) {                         /* odd k in a second chain: tile1's sums */
-            SK_V d0 = z, d1 = z, d2 = z, d3 = z;
-            for (; k + 1 < K; k += 2) {
-                SK_V x = SK_FN(sk_pk_bc_)(a[k]), y = SK_FN(sk_pk_bc_)(a[k + 1]);
-                SK_PK_ROW_FMA(x, w + k * SK_NR, c0, c1, c2, c3);
-                SK_PK_ROW_FMA(y, w + (k + 1) * SK_NR, d0, d1, d2, d3);
-                g += 2;
-                while (s * tg < g * ts)
-                    SK_SIDE_STEP();
-            }
-            if (k < K) {
-                SK_V x = SK_FN(sk_pk_bc_)(a[k]);
-                SK_PK_ROW_FMA(x, w + k * SK_NR, c0, c1, c2, c3);
-                g++;
-            }
-            c0 += d0; c1 += d1; c2 += d2; c3 += d3;
-            k = K;
+        for (; pair && k + 1 < K; k += 2) {
+            SK_V x = SK_FN(sk_pk_bc_)(a[k]), y = SK_FN(sk_pk_bc_)(a[k + 1]);
+            SK_PK_ROW_FMA(x, w + k * SK_NR, c0, c1, c2, c3);
+            SK_PK_ROW_FMA(y, w + (k + 1) * SK_NR, d0, d1, d2, d3);
+            g += 2;
+            while (s * tg < g * ts)
+                SK_SIDE_STEP();
         }
-        for (; k < K; k++) {
+        for (; k < K; k++) {                /* all k, or pair's last odd one */
             SK_V x = SK_FN(sk_pk_bc_)(a[k]);
             SK_PK_ROW_FMA(x, w + k * SK_NR, c0, c1, c2, c3);
             g++;
             while (s * tg < g * ts)
                 SK_SIDE_STEP();
+        }
+        if (pair) {
+            c0 += d0; c1 += d1; c2 += d2; c3 += d3;
         }
         int j1 = N - p * SK_NR < SK_NR ? N - p * SK_NR : SK_NR;
         SK_FN(sk_pk_store_)(c + (ptrdiff_t)p * SK_NR, c0, c1, c2, c3, 0, j1, accumulate);
