@@ -736,3 +736,45 @@ def test_batch_1_backward_dx_inside_split_steps(two_threads_split, T, join, stop
     _lstm.wait_for_helper(10 ** 6, join, 1e12 if stop < 0 else -1.0, False, max_slower=None)
     _backward_1_and_2_threads_vs_reference(T, 20, 64,
                                            None if length is None else np.array([length]))
+
+
+@pytest.mark.parametrize("dtype,H", [(np.float32, 128), (np.float64, 64)])
+@pytest.mark.parametrize("T,I,length", [(100, 70, None), (100, 70, 37), (17, 3, None),
+                                        (530, 20, None), (300, 256, None)])
+def test_batch_1_split_packs_each_half_on_its_thread(two_threads_split, dtype, H, T, I,
+                                                     length):
+    """Split steps start with each half of the packed weights (and of the first
+    chunk's projection) written by the thread that reads it in the steps, or all
+    of it by the first thread where the second comes too late: the same bits as on
+    one thread either way, forward and backward (whose packing runs in its first
+    chunk's region: T = 530 has two). Where the whole projection runs first
+    (T I 4H >= 2^25), the forward packs before its region."""
+    _lstm = two_threads_split[0]
+    _lstm.wait_for_helper(10 ** 6, 0, 1e12, False, max_slower=None)
+    args = make(T, 1, I, H, dtype, seed=T + I)
+    lengths = None if length is None else np.array([length])
+    d_out = np.random.default_rng(T).standard_normal((T, 1, H)).astype(dtype)
+
+    def run(who):                                   # -> results, who packed fwd, bwd
+        _lstm.prep_by(who)
+        out, h_n, c_n, cache = seqkern.lstm_forward(*args, lengths=lengths)
+        fwd = _lstm.prep_by(who)
+        g = seqkern.lstm_backward(d_out, None, None, cache)
+        return (out, h_n, c_n) + tuple(g), fwd, _lstm.prep_by(who)
+
+    with seqkern.threads(1):
+        want, fwd, bwd = run(-1)
+    assert (fwd, bwd) == (0, 0)                     # 1 thread: no split, packed first
+    projection_first = T * I * 4 * H >= 2 ** 25
+    try:
+        for who in (0, 1):                          # 0: the first thread packs all
+            with seqkern.threads(2):
+                got, fwd, bwd = run(who)
+            assert (fwd, bwd) == (0 if projection_first else who + 1, who + 1)
+            for a, b in zip(want, got):
+                if a is not None:
+                    np.testing.assert_array_equal(a, b)
+    finally:
+        _lstm.prep_by(-1)
+    r_out = ref.lstm_forward(*map(f64, args), lengths=lengths)[0]
+    assert_close("out", want[0], r_out, dtype)

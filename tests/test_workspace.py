@@ -1,6 +1,6 @@
-"""Large arrays reused between calls (seqkern._workspace): a block goes back to the
-free list only when nothing refers to it any more, and the next request that fits
-takes it."""
+"""Memory reused between calls (seqkern._workspace): large arrays and the kernels'
+scratch. A block goes back to the free list only when nothing refers to it any
+more, and the next request that fits takes it."""
 
 import gc
 import subprocess
@@ -130,3 +130,68 @@ def test_recurrent_calls_reuse_blocks(kind):
             want = getattr(r_g, name)
             np.testing.assert_allclose(getattr(g, name), want, rtol=2e-4,
                                        atol=1e-5 * np.abs(want).max(), err_msg=name)
+
+
+def test_kernel_scratch_reused_between_calls():
+    """The kernels' scratch of >= SCRATCH_MIN bytes (here the weights packed for a
+    call: 4H x (I + H) float64, 1 MiB) goes back to the free list after each call
+    and serves the next, under the same limit as the arrays."""
+    args = [np.random.default_rng(1).standard_normal(s) * 0.1
+            for s in ((100, 1, 128), (1, 128), (1, 128), (512, 128), (512, 128))]
+    with seqkern.threads(1):
+        want = seqkern.lstm_forward(*args, return_cache=False)[0]
+        n, held = ws.held()
+        assert n >= 2 and held >= 2 * 512 * 128 * 8          # W_hh and W_ih packed
+        for _ in range(3):
+            np.testing.assert_array_equal(seqkern.lstm_forward(*args, return_cache=False)[0],
+                                          want)
+            assert ws.held() == (n, held)                    # the same blocks again
+        ws.max_bytes(0)
+        assert ws.held() == (0, 0)
+        np.testing.assert_array_equal(seqkern.lstm_forward(*args, return_cache=False)[0], want)
+        assert ws.held() == (0, 0)                           # limit 0 keeps nothing
+
+
+def test_scratch_shared_by_concurrent_calls():
+    """Kernels running at once in several Python threads (without the GIL) take and
+    give back scratch from the one free list, whose limit here forces blocks out
+    while others come in: every result as computed alone."""
+    import threading
+
+    rng = np.random.default_rng(2)
+    cases = []
+    for T, B, I, H, dt in [(100, 1, 128, 128, np.float64), (60, 1, 64, 128, np.float32),
+                           (20, 4, 70, 96, np.float32), (30, 1, 40, 64, np.float64)]:
+        x = rng.standard_normal((T, B, I)).astype(dt)
+        W = [(rng.standard_normal((4 * H, n)) * 0.1).astype(dt) for n in (I, H)]
+        d_out = rng.standard_normal((T, B, H)).astype(dt)
+        cases.append((x, W, d_out))
+
+    def run(case):
+        x, W, d_out = case
+        out, _, _, cache = seqkern.lstm_forward(x, None, None, *W)
+        return out, seqkern.lstm_backward(d_out, None, None, cache)
+
+    want = [run(c) for c in cases]
+    ws.max_bytes(3 << 20)
+    errors = []
+
+    def worker(i):
+        try:
+            for _ in range(8):
+                out, g = run(cases[i])
+                np.testing.assert_array_equal(out, want[i][0])
+                for a, b in zip(g, want[i][1]):
+                    if a is not None:
+                        np.testing.assert_array_equal(a, b)
+        except Exception as e:          # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(cases))]
+    with seqkern.threads(2):            # each call on 2 threads where OpenMP has them
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert ws.held()[1] <= 3 << 20

@@ -3,7 +3,7 @@
 Every kernel has a plain-NumPy twin in :mod:`seqkern.reference` that it is
 tested against. Threads: :func:`get_num_threads`, :func:`set_num_threads` and
 the context manager :func:`threads`. Memory: :func:`workspace_limit` and
-:func:`free_workspace` (freed large arrays kept for reuse).
+:func:`free_workspace` (freed large arrays and kernel scratch kept for reuse).
 """
 
 __version__ = "0.1.0"

@@ -41,13 +41,12 @@
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.stdint cimport int64_t
-from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
 from seqkern._step cimport final_states, n_blocks, packs, rows_times_wt
-from seqkern._packed_gemm cimport (pk_gemm, pk_gemm_dir, pk_pack_nn, pk_pack_nt, pk_size,
-                                   sk_pk_alloc)
+from seqkern._packed_gemm cimport pk_gemm, pk_gemm_dir, pk_pack_nn, pk_pack_nt, pk_size
+from seqkern._workspace cimport scratch_alloc, scratch_free
 
 cdef extern from "_gru_cell.h" nogil:
     void sk_gru_fwd_row_f(int w, float* gr, float* gz, float* gn, const float* qr,
@@ -143,7 +142,7 @@ cdef floating* _pack_weights(int packed, bint backward, int H, int I, const floa
     """Pack the weights the ``packed`` flags name, for the forward (h @ W_hh^T,
     x @ W_ih^T) or the backward (dgh @ W_hh, dgi @ W_ih); W_hh (G, H), W_ih (G, I).
     Sets *Wpk (PACK_STEP) and *Xpk (PACK_INPUT), else leaves them. Returns the one
-    64-byte aligned buffer holding both (free() it), NULL if out of memory or if
+    64-byte aligned buffer holding both (_workspace: scratch_free() it), NULL if out of memory or if
     nothing is packed. One allocation, not two: see the measurements above
     packed_products."""
     cdef int G = 3 * H
@@ -157,7 +156,7 @@ cdef floating* _pack_weights(int packed, bint backward, int H, int I, const floa
         nx = pk_size(<floating*>NULL, I if backward else G, G if backward else I)
     if not packed:
         return NULL
-    buf = <floating*>sk_pk_alloc(nw + nx, sizeof(floating))
+    buf = <floating*>scratch_alloc((nw + nx) * sizeof(floating))
     if buf == NULL:
         return NULL
     if packed & PACK_STEP:
@@ -371,7 +370,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             # 3. The final state of each sequence.
             final_states(B, H, T, lens, h0p, outp, &h_n[0, 0])
     finally:
-        free(pk_buf)
+        scratch_free(pk_buf)
 
 
 # ---------------------------------------------------------------------------
@@ -618,4 +617,4 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
                 _backward_block(B, H, dghp, Whh, WhhT, Wpk, carry, NULL, NULL, NULL, NULL,
                                 NULL, NULL, lens, -1, blk * width, min((blk + 1) * width, H))
     finally:
-        free(pk_buf)
+        scratch_free(pk_buf)

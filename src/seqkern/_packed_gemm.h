@@ -58,15 +58,6 @@ static inline sk_pk_vd sk_pk_bc_d(double s)
     return (sk_pk_vd){s, s, s, s, s, s, s, s};
 }
 
-/* Scratch for a packed operand: 64-byte aligned (every panel row is then whole
- * cache lines), NULL if out of memory. Free with free(). */
-static inline void *sk_pk_alloc(size_t n_elements, size_t elsize)
-{
-    size_t bytes = n_elements * elsize;
-    bytes = bytes ? (bytes + 63) / 64 * 64 : 64;
-    return aligned_alloc(64, bytes);
-}
-
 /* Keep the four panel vectors of a k step in registers: without this GCC folds
  * each load into its four FMAs (16 vector loads per k instead of 4), and the
  * loads, not the FMAs, then bound the loop. An empty asm that "modifies" them

@@ -4,9 +4,10 @@
 
 from cython cimport floating
 
+from seqkern._workspace cimport scratch_alloc
+
 cdef extern from "_packed_gemm.h" nogil:
     enum: SK_PK_SIDE_ROWS
-    void* sk_pk_alloc(size_t n_elements, size_t elsize)
     size_t sk_pk_size_f(int N, int K)
     size_t sk_pk_size_d(int N, int K)
     void sk_pk_pack_nt_f(int N, int K, const float* W, Py_ssize_t ldw, float* P)
@@ -77,18 +78,18 @@ cdef inline void pk_gemm(int M, int K, const floating* A, Py_ssize_t lda,
 
 
 cdef inline floating* pk_alloc_nt(int N, int K, const floating* W) noexcept nogil:
-    """Packed copy of W (N, K) row-major, for A @ W^T, in new 64-byte aligned memory
-    (free() it); NULL if out of memory."""
-    cdef floating* P = <floating*>sk_pk_alloc(pk_size(<floating*>NULL, N, K), sizeof(floating))
+    """Packed copy of W (N, K) row-major, for A @ W^T, in 64-byte aligned scratch
+    (_workspace: scratch_free() it); NULL if out of memory."""
+    cdef floating* P = <floating*>scratch_alloc(pk_size(<floating*>NULL, N, K) * sizeof(floating))
     if P != NULL:
         pk_pack_nt(N, K, W, K, P)
     return P
 
 
 cdef inline floating* pk_alloc_nn(int K, int N, const floating* W) noexcept nogil:
-    """Packed copy of W (K, N) row-major, for A @ W, in new 64-byte aligned memory
-    (free() it); NULL if out of memory."""
-    cdef floating* P = <floating*>sk_pk_alloc(pk_size(<floating*>NULL, N, K), sizeof(floating))
+    """Packed copy of W (K, N) row-major, for A @ W, in 64-byte aligned scratch
+    (_workspace: scratch_free() it); NULL if out of memory."""
+    cdef floating* P = <floating*>scratch_alloc(pk_size(<floating*>NULL, N, K) * sizeof(floating))
     if P != NULL:
         pk_pack_nn(K, N, W, N, P)
     return P

@@ -23,11 +23,11 @@
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.stdint cimport int64_t
-from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_gemm_dir
+from seqkern._workspace cimport scratch_free
 from seqkern._activations cimport tanh_
 from seqkern._step cimport final_states, n_blocks, packs, rows_times_wt
 
@@ -182,8 +182,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             # 3. The final state of each sequence.
             final_states(B, H, T, lens, h0p, outp, &h_n[0, 0])
     finally:
-        free(Wpk)
-        free(Xpk)
+        scratch_free(Wpk)
+        scratch_free(Xpk)
 
 
 # ---------------------------------------------------------------------------
@@ -382,5 +382,5 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                                  &dW_ih[0, 0], &dW_hh[0, 0], &db[0], &dx[0, 0, 0],
                                  T, B, I, H, n_w, n_x)
     finally:
-        free(Wpk)
-        free(Xpk)
+        scratch_free(Wpk)
+        scratch_free(Xpk)

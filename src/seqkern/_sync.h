@@ -36,6 +36,14 @@ static inline long long sk_flag_get(sk_flag *f)
     return __atomic_load_n(&f->v, __ATOMIC_ACQUIRE);
 }
 
+/* Set the flag to `to` if it holds `from`: 1 if it did (one thread of several
+ * that try wins). */
+static inline int sk_flag_claim(sk_flag *f, long long from, long long to)
+{
+    return __atomic_compare_exchange_n(&f->v, &from, to, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
+}
+
 /* Add 1 to the flag and return its value before (a shared job counter: each
  * number is handed to exactly one thread). */
 static inline long long sk_flag_take(sk_flag *f)
@@ -86,6 +94,19 @@ static inline int sk_flag_wait_for(sk_flag *f, long long v, long long spins)
 static inline void sk_flag_wait(sk_flag *f, long long v)
 {
     sk_flag_wait_for(f, v, LLONG_MAX);
+}
+
+/* A lock for a few instructions' work (no call that may block inside): spins. */
+static inline void sk_lock(int *l)
+{
+    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE))
+        while (__atomic_load_n(l, __ATOMIC_RELAXED))
+            sk_cpu_relax();
+}
+
+static inline void sk_unlock(int *l)
+{
+    __atomic_store_n(l, 0, __ATOMIC_RELEASE);
 }
 
 #endif

@@ -1,10 +1,11 @@
-# Large arrays reused between calls (see _workspace.pyx).
+# Memory reused between calls: large arrays, kernels' scratch (see _workspace.pyx).
 from typing import Optional, Tuple
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 MIN_BYTES: int
+SCRATCH_MIN: int
 
 def empty(shape: Tuple[int, ...], dtype: DTypeLike, aligned: bool = ...) -> NDArray[np.generic]: ...
 def clear() -> None: ...
