@@ -1,4 +1,4 @@
-# Memory reused from one call to the next: large arrays, and the kernels' scratch.
+# Memory reused from one call to the next: arrays, and the kernels' scratch.
 #
 # A training loop runs a forward (which allocates what its cache keeps: the LSTM's
 # gate activations take 105 MB at (B, T, H) = (64, 200, 512) in float32), then the
@@ -7,7 +7,13 @@
 # on every call (malloc maps it, and unmaps it when it is freed), and each of its
 # pages faults in on first touch: measured here 30-230 ms of system time in a
 # (64,200,512,512) float32 forward+backward of ~0.95 s on 2 threads, the most
-# right after another library's call.
+# right after another library's call. Smaller memory does not stay either: a call
+# that frees more than malloc's trim threshold at the top of its heap hands it
+# back to the system (brk), and the next call faults it in again. Measured: the
+# (1,100,128,128) float64 LSTM forward on one thread, 1.2 ms a call with 224 page
+# faults (its 1 MiB of packed weights, and more), 0.77 ms with none from these
+# blocks; whether malloc trims depends on whatever else sits on the heap (with
+# PyTorch imported it did not), so every large buffer comes from here.
 #
 # So arrays of at least MIN_BYTES come from blocks that go back to a free list,
 # not to the system, when the last array using them dies (each block is owned by
@@ -17,20 +23,14 @@
 #   keeps its whole block while it lives);
 # - at most max_bytes() in all are kept (the least recently freed go first);
 #   clear() frees them all.
-# Smaller arrays are plain np.empty.
+# Smaller arrays are plain NumPy ones.
 #
 # The kernels' own scratch (weights packed for a call, the chunks of rows they
 # work on) comes from scratch_alloc, which keeps blocks of SCRATCH_MIN bytes and
-# more on a second list under the same limit. Smaller memory freed at the top of
-# malloc's heap is not kept by malloc either: a call that frees more than its
-# trim threshold there hands it back to the system, and the next call faults it
-# in again. Measured: (1,100,128,128) float64 LSTM forward on one thread, whose
-# packed weights take 1 MiB, 1.2 ms a call from malloc (brk grew and shrank by
-# 1 MiB every call), 0.8 ms from these blocks.
-#
-# The kernels call scratch_alloc and scratch_free without the GIL, from any
-# thread, so every list is behind one spin lock (held for a few loads and stores
-# at a time: memory is allocated and freed outside it).
+# more on a second list under the same limit. The kernels call scratch_alloc and
+# scratch_free without the GIL, from any thread, so both lists are behind one
+# spin lock (held for a few loads and stores at a time: memory is allocated and
+# freed outside it).
 
 from cpython.buffer cimport PyBuffer_FillInfo
 from libc.stdlib cimport free
@@ -57,7 +57,7 @@ cdef enum:
     HEADER = ALIGN      # before a scratch block: its size (and the alignment)
     SCRATCH_KEPT = 1 << 16
 
-MIN_BYTES = 1 << 22
+MIN_BYTES = 1 << 16
 SCRATCH_MIN = SCRATCH_KEPT
 
 cdef size_t _max_bytes = 1 << 30
@@ -201,6 +201,13 @@ def empty(shape, dtype, aligned=False):
     return buf.view(dtype).reshape(shape)
 
 
+def zeros(shape, dtype):
+    """Like np.zeros(shape, dtype), from a reused block where it takes >= MIN_BYTES."""
+    a = empty(shape, dtype)
+    a.fill(0)
+    return a
+
+
 cdef void _trim(size_t limit) noexcept nogil:
     """Free listed blocks, least recently freed first, until at most ``limit``
     bytes are kept."""
@@ -218,9 +225,9 @@ cdef void _trim(size_t limit) noexcept nogil:
 
 def clear():
     """Free the memory kept for reuse (seqkern.free_workspace): seqkern keeps the
-    memory of freed arrays of >= 4 MiB that it allocated (caches, outputs,
-    scratch) and of its kernels' scratch of >= 64 KiB, up to workspace_limit()
-    bytes in all, for its next calls."""
+    memory of freed arrays of >= 64 KiB that it allocated (caches, outputs,
+    gradients) and of its kernels' scratch, up to workspace_limit() bytes in
+    all, for its next calls."""
     _trim(0)
 
 

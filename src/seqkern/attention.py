@@ -37,7 +37,7 @@ from typing import Optional, Tuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from seqkern import _attention
+from seqkern import _attention, _workspace
 from seqkern._threads import effective_num_threads
 from seqkern._types import AttentionGrads
 from seqkern._validation import check_bool, check_cache, check_shape, float_array
@@ -199,7 +199,7 @@ def _pad(x, width):
     columns of v and d_out only add output and gradient columns that are cut off."""
     if x.shape[-1] == width:
         return x
-    p = np.zeros(x.shape[:-1] + (width,), x.dtype)
+    p = _workspace.zeros(x.shape[:-1] + (width,), x.dtype)
     p[..., :x.shape[-1]] = x
     return p
 
@@ -234,7 +234,7 @@ def attention_forward(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool 
     B, Hq, Tq, Tk, Dv = a.B, a.Hq, a.Tq, a.Tk, a.Dv
     Dp, Dvp = _padded_width(a.D, a.dtype), _padded_width(Dv, a.dtype)
     qk, kk, vk = _pad(a.q, Dp), _pad(a.k, Dp), _pad(a.v, Dvp)
-    outk = np.zeros((B, Hq, Tq, Dvp), a.dtype)
+    outk = _workspace.zeros((B, Hq, Tq, Dvp), a.dtype)
     lse = np.full((B, Hq, Tq), np.inf, a.dtype)
     if B and Hq and Tq and Tk and Dv:
         bq, bk = _tile_sizes(a)
@@ -264,12 +264,12 @@ def attention_backward(d_out: ArrayLike, cache: "AttentionCache") -> AttentionGr
     check_shape("d_out", d_out, (B, Hq, Tq, Dv), "(B, Hq, Tq, Dv)")
     dt = a.dtype
     qk, kk, vk, outk = cache.kernel
-    dk = np.zeros(kk.shape, dt)
-    dv = np.zeros(vk.shape, dt)
+    dk = _workspace.zeros(kk.shape, dt)
+    dv = _workspace.zeros(vk.shape, dt)
     if B and Hq and Tq and Tk and Dv:
         Di = np.empty((B, Hq, Tq), dt)
         bq, bk = _tile_sizes(a, backward=True)
-        dq_parts = np.zeros((_key_blocks(a, bk),) + qk.shape, dt)
+        dq_parts = _workspace.zeros((_key_blocks(a, bk),) + qk.shape, dt)
         _attention.backward(qk, kk, vk, outk, cache.lse, _pad(d_out, vk.shape[-1]), Di,
                             dq_parts, dk, dv, a.scale, a.causal, a.key_lengths, a.mask,
                             a.mask_strides, bq, bk, effective_num_threads())

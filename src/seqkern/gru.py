@@ -120,11 +120,11 @@ class GRUStepCache:
 def _forward(a, return_cache):
     T, B, H = a.T, a.B, a.H
     dt = a.dtype
-    out = np.zeros((T, B, H), dt)
+    out = _workspace.zeros((T, B, H), dt)
     h_n = a.h0.copy()
     if not (T and B and H):
-        cache = GRUCache(a, out, None, None, np.zeros((T, B, 3 * H), dt),
-                         np.zeros((T, B, H), dt), H) if return_cache else None
+        cache = GRUCache(a, out, None, None, _workspace.zeros((T, B, 3 * H), dt),
+                         _workspace.zeros((T, B, H), dt), H) if return_cache else None
         return out, h_n, cache
     # packed: the weight products on _packed_gemm.h (see _gru.pyx); otherwise
     # OpenBLAS, and batch 1 runs its steps as vector @ W_hh^T (see _gru_cell.h)
@@ -139,7 +139,7 @@ def _forward(a, return_cache):
     W_ih = _pack(a.W_ih, order)
     W_hh = _pack(a.W_hh, order)
     if B == 1 and not packed & _gru.PK_STEP:
-        W_hh_T = np.empty((H, 3 * H), dt)
+        W_hh_T = _workspace.empty((H, 3 * H), dt)
         _gru.transpose(W_hh, W_hh_T)
     else:
         W_hh_T = np.empty((1, 1), dt)
@@ -194,21 +194,21 @@ def _backward(c, d_out, d_h_n):
     a = c.args
     T, B, I, H = a.T, a.B, a.I, a.H
     dt = a.dtype
-    dx = np.zeros((T, B, I), dt)
+    dx = _workspace.zeros((T, B, I), dt)
     dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
-    dW_ih = np.zeros((3 * H, I), dt)
-    dW_hh = np.zeros((3 * H, H), dt)
+    dW_ih = _workspace.zeros((3 * H, I), dt)
+    dW_hh = _workspace.zeros((3 * H, H), dt)
     db_ih = np.zeros(3 * H, dt)
     db_hh = np.zeros(3 * H, dt)
     if T and B and H:
         order = _gate_order(H, c.width)
         # the backward runs in chunks of about _BWD_CHUNK_ROWS rows (see _gru.backward)
         Tc = min(T, max(2, _BWD_CHUNK_ROWS // B))
-        dgi = np.empty((Tc, B, 3 * H), dt)
-        dgh = np.empty((Tc, B, 3 * H), dt)
+        dgi = _workspace.empty((Tc, B, 3 * H), dt)
+        dgh = _workspace.empty((Tc, B, 3 * H), dt)
         packed = _gru.packed_products(T, B, H, step_gemm_mode(), True)
         if B > 1 and not packed & _gru.PK_STEP:
-            W_hh_T = np.empty((H, 3 * H), dt)
+            W_hh_T = _workspace.empty((H, 3 * H), dt)
             _gru.transpose(c.W_hh, W_hh_T)
         else:
             W_hh_T = np.empty((1, 1), dt)

@@ -97,9 +97,9 @@ def _forward(a, return_cache):
     h_n = a.h0.copy()
     c_n = a.c0.copy()
     if not (T and B and H):
-        out = np.zeros((T, B, H), dt)
-        z = np.zeros((T, B, 4 * H), dt)
-        cs = np.zeros((T, B, H), dt)
+        out = _workspace.zeros((T, B, H), dt)
+        z = _workspace.zeros((T, B, 4 * H), dt)
+        cs = _workspace.zeros((T, B, H), dt)
         Wih_p, Whh_p = a.W_ih, a.W_hh       # any layout fits zero gradients
     else:
         mode, n_threads = step_gemm_mode(), effective_num_threads()
@@ -165,15 +165,15 @@ def _backward(cache, d_out, d_h_n, d_c_n):
     T, B, I, H = a.T, a.B, a.I, a.H
     dt = a.dtype
     # written by the kernel (not added to: fresh zero pages would fault twice)
-    dx = _workspace.empty((T, B, I), dt) if (T and B and H) else np.zeros((T, B, I), dt)
+    dx = _workspace.empty((T, B, I), dt) if (T and B and H) else _workspace.zeros((T, B, I), dt)
     dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
     dc0 = np.zeros((B, H), dt) if d_c_n is None else d_c_n.copy()
-    dW_ih = np.zeros((4 * H, I), dt)
-    dW_hh = np.zeros((4 * H, H), dt)
+    dW_ih = _workspace.zeros((4 * H, I), dt)
+    dW_hh = _workspace.zeros((4 * H, H), dt)
     db = np.zeros(4 * H, dt)
     if T and B and H:
         # dz scratch for one chunk of steps (the kernel adds each chunk's gradients)
-        dz = np.empty((min(T, _lstm.bwd_chunk_steps(B)), B, 4 * H), dt)
+        dz = _workspace.empty((min(T, _lstm.bwd_chunk_steps(B)), B, 4 * H), dt)
         mode = step_gemm_mode()
         with _blas_guard(T * B, mode):
             _lstm.backward(a.x, d_out, d_h_n, d_c_n, a.h0, a.c0, cache.out, cache.z,

@@ -74,7 +74,7 @@ class RNNStepCache:
 
 def _forward(a, return_cache):
     T, B, H = a.T, a.B, a.H
-    out = np.zeros((T, B, H), a.dtype)
+    out = _workspace.zeros((T, B, H), a.dtype)
     h_n = a.h0.copy()
     if T and B and H:
         with blas_single_thread():
@@ -124,10 +124,10 @@ def _backward(cache, d_out, d_h_n):
     a, out = cache.args, cache.out
     T, B, I, H = a.T, a.B, a.I, a.H
     dt = a.dtype
-    dx = np.zeros((T, B, I), dt)
+    dx = _workspace.zeros((T, B, I), dt)
     dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
-    dW_ih = np.zeros((H, I), dt)
-    dW_hh = np.zeros((H, H), dt)
+    dW_ih = _workspace.zeros((H, I), dt)
+    dW_hh = _workspace.zeros((H, H), dt)
     db = np.zeros(H, dt)
     if T and B and H:
         dz = _workspace.empty((T, B, H), dt)
