@@ -47,14 +47,17 @@ class RecurrentArgs:
         self.W_hh = float_array("W_hh", W_hh, 2, dt)
         H = self.H = self.W_hh.shape[1]
         G = self.G = self.GATES * H
-        check_shape("W_hh", self.W_hh, (G, H), f"({g}H, H){stacked}")
+        # (each legend spelt only for the message: the checks run on every call)
+        if self.W_hh.shape != (G, H):
+            check_shape("W_hh", self.W_hh, (G, H), f"({g}H, H){stacked}")
         self.W_ih = float_array("W_ih", W_ih, 2, dt)
-        check_shape("W_ih", self.W_ih, (G, I), f"({g}H, I){stacked} with H = {H}, I = {I}")
+        if self.W_ih.shape != (G, I):
+            check_shape("W_ih", self.W_ih, (G, I), f"({g}H, I){stacked} with H = {H}, I = {I}")
         self.b_ih = optional_float_array("b_ih", b_ih, 1, dt)
-        if self.b_ih is not None:
+        if self.b_ih is not None and self.b_ih.shape != (G,):
             check_shape("b_ih", self.b_ih, (G,), f"({g}H,)")
         self.b_hh = optional_float_array("b_hh", b_hh, 1, dt)
-        if self.b_hh is not None:
+        if self.b_hh is not None and self.b_hh.shape != (G,):
             check_shape("b_hh", self.b_hh, (G,), f"({g}H,)")
         suffix = "_prev" if x_ndim == 2 else "0"
         for name, s in zip(self.STATES, states):
@@ -70,13 +73,11 @@ class RecurrentArgs:
         return s
 
     def bias(self):
-        """b_ih + b_hh (zeros where both are None), shape (G*H,)."""
-        b = np.zeros(self.G, self.dtype)
-        if self.b_ih is not None:
-            b += self.b_ih
-        if self.b_hh is not None:
-            b += self.b_hh
-        return b
+        """b_ih + b_hh (zeros where both are None), shape (G*H,), a new array."""
+        if self.b_ih is not None and self.b_hh is not None:
+            return self.b_ih + self.b_hh
+        b = self.b_ih if self.b_hh is None else self.b_hh
+        return np.zeros(self.G, self.dtype) if b is None else b.copy()
 
     def seq_grad(self, name, g):
         """A gradient shaped like ``out`` ((T, B, H), or (B, T, H) with batch_first)

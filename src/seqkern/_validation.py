@@ -9,6 +9,7 @@ import operator
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_F32, _F64 = FLOAT_DTYPES
 
 
 def float_array(name, a, ndim, dtype=None):
@@ -20,6 +21,10 @@ def float_array(name, a, ndim, dtype=None):
     if a is None:
         raise TypeError(f"{name} must be a float32 or float64 array, got None")
     arr = np.asarray(a)
+    dt = arr.dtype
+    if (dt is _F32 or dt is _F64) and (dtype is None or dt is dtype) and arr.ndim == ndim \
+            and arr.flags.c_contiguous:
+        return arr          # the common case, checked without dtype comparisons (~0.3 us each)
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {arr.dtype}")
     if dtype is not None and arr.dtype != dtype:
