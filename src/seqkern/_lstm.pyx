@@ -528,7 +528,8 @@ ctypedef void (*tail_fn)(void* ctx, sk_flag* jobs, int who) noexcept nogil
 
 # Split steps start with both threads' halves of W_hh (and W_ih) packed, each
 # half by the thread that reads it in the steps, wherever the helper has come by
-# then (the weights are packed anew every call, into the memory of the last one:
+# then (a helper that has claimed its half and then loses its core holds the
+# calling thread up until it gets one back) (the weights are packed anew every call, into the memory of the last one:
 # packed by the lead, the lines the helper had read were first taken from its
 # cache, then sent back to it in the steps). Measured, (1,100,128,128) float32
 # on 2 threads, in tight loops: the forward's kernel 253 -> 218 us a call (its
@@ -545,9 +546,10 @@ cdef long long _last_prep = PREP_OPEN
 
 def prep_by(int who):
     """Who packs the helper's half of the weights in split steps (for tests): -1
-    whoever comes first (the kernel's own), 0 the calling thread, 1 the helper.
-    Returns who did in the last split call: 0 none, 1 the calling thread, 2 the
-    helper."""
+    whoever comes first (the kernel's own), 0 the calling thread, 1 the helper
+    (not where the calling thread times its first chunk alone: it then packs all;
+    see wait_for_helper's max_slower). Returns who did in the last split call: 0
+    none, 1 the calling thread, 2 the helper."""
     global _prep_by
     last = {PREP_LEAD: 1, PREP_DONE: 2}.get(_last_prep, 0)
     _prep_by = who
@@ -741,16 +743,15 @@ cdef void _pack_half_nn(int K, int N, const floating* W, Py_ssize_t ldw, floatin
 cdef void _fwd_prep(RowArgs* a, int half, const floating* typed) noexcept nogil:
     """Half ``half`` of what precedes split steps (_forward_one_row): W_hh's and
     W_ih's panels of that half packed into Wpk and Xpk, and those columns of the
-    first chunk's projection (pk_gemm over any columns sums as over all).
-    ``typed`` (NULL) only selects the type."""
+    first chunk's projection (pk_gemm over any columns sums as over all; never
+    where all of the projection runs first: forward() packs before the region
+    there). ``typed`` (NULL) only selects the type."""
     cdef int G = 4 * a.H
     cdef int hg = _half_gate_panels(a.H, sizeof(floating))
     cdef int nr = 4 * <int>(64 // sizeof(floating))
     cdef int g, n0
     _pack_half_nt(<const floating*>a.W_hh, G, a.H, <floating*>a.Wpk, hg, half)
     _pack_half_nt(<const floating*>a.W_ih, G, a.n_in, <floating*>a.Xpk, hg, half)
-    if a.first:
-        return
     for g in range(half, G // (hg * nr), 2):
         n0 = g * hg * nr
         pk_gemm(min(SK_PK_SIDE_ROWS, a.T), a.n_in, <const floating*>a.x, a.n_in,

@@ -21,12 +21,13 @@
 # once nothing refers to it), and the next request that fits takes one:
 # - a block serves a request of n bytes if it holds n to 1.25 n bytes (an array
 #   keeps its whole block while it lives);
-# - at most max_bytes() in all are kept (the least recently freed go first);
-#   clear() frees them all.
+# - at most max_bytes() in all are kept, MAX_BLOCKS on each list (the least
+#   recently freed of a list go first); clear() frees them all.
 # Smaller arrays are plain NumPy ones.
 #
-# The kernels' own scratch (weights packed for a call, the chunks of rows they
-# work on) comes from scratch_alloc, which keeps blocks of SCRATCH_MIN bytes and
+# The recurrent kernels' own scratch (weights packed for a call, the chunks of rows
+# they work on; attention's per-thread tiles are small and stay on malloc) comes
+# from scratch_alloc, which keeps blocks of SCRATCH_MIN bytes and
 # more on a second list under the same limit. The kernels call scratch_alloc and
 # scratch_free without the GIL, from any thread, so both lists are behind one
 # spin lock (held for a few loads and stores at a time: memory is allocated and
@@ -34,6 +35,7 @@
 
 from cpython.buffer cimport PyBuffer_FillInfo
 from libc.stdlib cimport free
+from libc.string cimport memset
 
 import math
 
@@ -53,7 +55,7 @@ cdef extern from "_sync.h" nogil:
 cdef enum:
     ALIGN = 64          # a cache line: two threads writing alternate runs of a
                         # row never share one at the seams (see _lstm.splits_steps)
-    MAX_BLOCKS = 16
+    MAX_BLOCKS = 64     # per list: a step of a 3-layer LSTM frees ~45 arrays of >= MIN_BYTES
     HEADER = ALIGN      # before a scratch block: its size (and the alignment)
     SCRATCH_KEPT = 1 << 16
 
@@ -61,6 +63,7 @@ MIN_BYTES = 1 << 16
 SCRATCH_MIN = SCRATCH_KEPT
 
 cdef size_t _max_bytes = 1 << 30
+cdef bint _poison = False               # tests: fill scratch with NaN bytes (poison())
 cdef int _lock = 0
 cdef size_t _held = 0
 # The free blocks of each list, least recently freed first: 0 arrays, 1 scratch.
@@ -103,15 +106,15 @@ cdef void _keep(int k, void* p, size_t n) noexcept nogil:
     other), or freed where it alone passes the limit."""
     global _held
     cdef void* old
-    if n > _max_bytes:
-        free(p)
-        return
     while p != NULL:
         sk_lock(&_lock)
         old = NULL
-        if _n[k] == MAX_BLOCKS:
+        if n > _max_bytes:              # (read under the lock: max_bytes may change it)
+            old = p
+            p = NULL
+        elif _n[k] == MAX_BLOCKS:
             old = _unlist(k, 0)
-        elif _held + n > _max_bytes:
+        elif _held + n > _max_bytes:    # then _held > 0: some list holds a block
             old = _unlist(k if _n[k] > 0 else 1 - k, 0)
         else:
             _ptr[k][_n[k]] = p
@@ -135,6 +138,8 @@ cdef void* scratch_alloc(size_t nbytes) noexcept nogil:
         if p == NULL:
             return NULL
         (<size_t*>p)[0] = n
+    if _poison:
+        memset(<char*>p + HEADER, 0xFF, nbytes)
     return <char*>p + HEADER
 
 
@@ -209,8 +214,8 @@ def zeros(shape, dtype):
 
 
 cdef void _trim(size_t limit) noexcept nogil:
-    """Free listed blocks, least recently freed first, until at most ``limit``
-    bytes are kept."""
+    """Free listed blocks until at most ``limit`` bytes are kept: from the list
+    holding more blocks, its least recently freed first."""
     cdef void* p
     while True:
         sk_lock(&_lock)
@@ -226,9 +231,19 @@ cdef void _trim(size_t limit) noexcept nogil:
 def clear():
     """Free the memory kept for reuse (seqkern.free_workspace): seqkern keeps the
     memory of freed arrays of >= 64 KiB that it allocated (caches, outputs,
-    gradients) and of its kernels' scratch, up to workspace_limit() bytes in
-    all, for its next calls."""
+    gradients) and of its recurrent kernels' scratch, up to workspace_limit()
+    bytes in all, for its next calls."""
     _trim(0)
+
+
+def poison(on):
+    """For tests: whether scratch_alloc fills what it hands out with 0xFF bytes (NaN
+    as float32 or float64), new or reused, so that a kernel reading scratch it has
+    not written shows in its results. Returns the setting before."""
+    global _poison
+    old = _poison
+    _poison = bool(on)
+    return old
 
 
 def held():
