@@ -243,4 +243,5 @@ def test_repeated_calls_fault_in_no_fresh_memory():
     assert [(k, d) for k, d, _ in lines] == [(k, d) for k in ("lstm", "gru", "rnn")
                                              for d in ("forward", "backward")]
     for kind, direction, n in lines:
-        assert int(n) < 40, f"{kind} {direction}: {n} page faults in 10 calls"
+        # a few come and go with the process (0-41 seen in 10 calls); 2240 before
+        assert int(n) < 100, f"{kind} {direction}: {n} page faults in 10 calls"
