@@ -12,6 +12,10 @@
  * placed the vCPUs far apart). A thread only ever waits for a step the other
  * thread is running, so the wait ends; past a while it yields the core between
  * looks (sk_flag_wait).
+ *
+ * Also a spin lock (sk_lock), for _workspace's lists of reusable memory, which
+ * kernels on any thread take and give back without the GIL: it is held for a few
+ * loads and stores, never across a call that may block.
  */
 #ifndef SEQKERN_SYNC_H
 #define SEQKERN_SYNC_H
@@ -96,7 +100,7 @@ static inline void sk_flag_wait(sk_flag *f, long long v)
     sk_flag_wait_for(f, v, LLONG_MAX);
 }
 
-/* A lock for a few instructions' work (no call that may block inside): spins. */
+/* Take the lock *l (0: free, 1: taken), spinning until it is free. */
 static inline void sk_lock(int *l)
 {
     while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE))
