@@ -133,7 +133,7 @@ def test_recurrent_calls_reuse_blocks(kind):
 
 
 def test_kernel_scratch_reused_between_calls():
-    """The kernels' scratch of >= SCRATCH_MIN bytes (here the weights packed for a
+    """The kernels' scratch of >= MIN_BYTES (here the weights packed for a
     call: 4H x (I + H) float64, 1 MiB) goes back to the free list after each call
     and serves the next, under the same limit as the arrays."""
     args = [np.random.default_rng(1).standard_normal(s) * 0.1

@@ -528,10 +528,10 @@ ctypedef void (*tail_fn)(void* ctx, sk_flag* jobs, int who) noexcept nogil
 
 # Split steps start with both threads' halves of W_hh (and W_ih) packed, each
 # half by the thread that reads it in the steps, wherever the helper has come by
-# then (a helper that has claimed its half and then loses its core holds the
-# calling thread up until it gets one back) (the weights are packed anew every call, into the memory of the last one:
+# then. The weights are packed anew every call, into the memory of the last one:
 # packed by the lead, the lines the helper had read were first taken from its
-# cache, then sent back to it in the steps). Measured, (1,100,128,128) float32
+# cache, then sent back to it in the steps. (A helper that has claimed its half
+# and then loses its core holds the calling thread up until it gets one back.) Measured, (1,100,128,128) float32
 # on 2 threads, in tight loops: the forward's kernel 253 -> 218 us a call (its
 # first chunk of split steps had taken 3.5 us a step against 1.9 later),
 # forward+backward 0.73 -> 0.66 ms; float64 forward 0.94 -> 0.76 ms.
@@ -717,27 +717,28 @@ cdef struct RowArgs:
     bint prepped
 
 
-cdef void _pack_half_nt(const floating* W, int N, int K, floating* P, int hg,
-                        int half) noexcept nogil:
-    """The panels of half ``half`` (pk_gemv_side's: its groups of hg panels) of the
-    packed W^T, W (N, K) row-major, written into P as pk_pack_nt(N, K, W, K, P)
-    writes them (it packs each panel on its own)."""
+cdef void _pack_half(bint nt, int N, int K, const floating* W, Py_ssize_t ldw,
+                     floating* P, int hg, int half) noexcept nogil:
+    """The panels of half ``half`` (pk_gemv_side's: its groups of hg panels of the N
+    columns) of a packed operand, written into P as the whole pack writes them
+    (it packs each panel on its own): nt, pk_pack_nt(N, K, W, ldw, P) of W (N, K);
+    else pk_pack_nn(K, N, W, ldw, P) of W (K, N). half -1: all of them."""
     cdef int nr = 4 * <int>(64 // sizeof(floating))
-    cdef int p
+    cdef int p, n
+    if half < 0:
+        if nt:
+            pk_pack_nt(N, K, W, ldw, P)
+        else:
+            pk_pack_nn(K, N, W, ldw, P)
+        return
     for p in range(half * hg, (N + nr - 1) // nr):
-        if (p // hg) % 2 == half:
-            pk_pack_nt(min(nr, N - p * nr), K, W + <Py_ssize_t>p * nr * K, K,
-                       P + <Py_ssize_t>p * nr * K)
-
-
-cdef void _pack_half_nn(int K, int N, const floating* W, Py_ssize_t ldw, floating* P,
-                        int hg, int half) noexcept nogil:
-    """_pack_half_nt for pk_pack_nn(K, N, W, ldw, P): W (K, N) row-major."""
-    cdef int nr = 4 * <int>(64 // sizeof(floating))
-    cdef int p
-    for p in range(half * hg, (N + nr - 1) // nr):
-        if (p // hg) % 2 == half:
-            pk_pack_nn(K, min(nr, N - p * nr), W + p * nr, ldw, P + <Py_ssize_t>p * nr * K)
+        if (p // hg) % 2 != half:
+            continue
+        n = min(nr, N - p * nr)
+        if nt:
+            pk_pack_nt(n, K, W + p * nr * ldw, ldw, P + <Py_ssize_t>p * nr * K)
+        else:
+            pk_pack_nn(K, n, W + p * nr, ldw, P + <Py_ssize_t>p * nr * K)
 
 
 cdef void _fwd_prep(RowArgs* a, int half, const floating* typed) noexcept nogil:
@@ -750,8 +751,8 @@ cdef void _fwd_prep(RowArgs* a, int half, const floating* typed) noexcept nogil:
     cdef int hg = _half_gate_panels(a.H, sizeof(floating))
     cdef int nr = 4 * <int>(64 // sizeof(floating))
     cdef int g, n0
-    _pack_half_nt(<const floating*>a.W_hh, G, a.H, <floating*>a.Wpk, hg, half)
-    _pack_half_nt(<const floating*>a.W_ih, G, a.n_in, <floating*>a.Xpk, hg, half)
+    _pack_half(True, G, a.H, <const floating*>a.W_hh, a.H, <floating*>a.Wpk, hg, half)
+    _pack_half(True, G, a.n_in, <const floating*>a.W_ih, a.n_in, <floating*>a.Xpk, hg, half)
     for g in range(half, G // (hg * nr), 2):
         n0 = g * hg * nr
         pk_gemm(min(SK_PK_SIDE_ROWS, a.T), a.n_in, <const floating*>a.x, a.n_in,
@@ -1193,15 +1194,19 @@ cdef inline void _bwd_row_step_t(BwdRowArgs* a, Py_ssize_t s, int part,
 
 cdef void _bwd_prep(BwdRowArgs* a, int half, const floating* typed) noexcept nogil:
     """Half ``half`` of the packed weights of split backward steps (as the forward's
-    _fwd_prep): those panels of W_hh's two K halves in Wpk and of W_ih in Wx.
-    ``typed`` (NULL) only selects the type."""
+    _fwd_prep): those panels of W_hh's two K halves in Wpk and of W_ih in Wx; half
+    -1: all of them, for steps that do not split (B = 1 with several unit blocks
+    included: Wx NULL there). ``typed`` (NULL) only selects
+    the type."""
     cdef int G = 4 * a.H
     cdef int hg = _half_gate_panels(a.H, sizeof(floating))
     cdef const floating* W = <const floating*>a.Whh
-    _pack_half_nn(a.kh, a.H, W, a.H, <floating*>a.Wpk, hg, half)
-    _pack_half_nn(G - a.kh, a.H, W + <Py_ssize_t>a.kh * a.H, a.H,
-                  <floating*>a.Wpk + a.kslot, hg, half)
-    _pack_half_nn(G, a.n_in, <const floating*>a.Wih, a.n_in, <floating*>a.Wx, hg, half)
+    _pack_half(False, a.H, a.kh, W, a.H, <floating*>a.Wpk, hg, half)
+    _pack_half(False, a.H, G - a.kh, W + <Py_ssize_t>a.kh * a.H, a.H,
+               <floating*>a.Wpk + a.kslot, hg, half)
+    if a.Wx != NULL:                    # (NULL where the steps leave dx to jobs)
+        _pack_half(False, a.n_in, G, <const floating*>a.Wih, a.n_in, <floating*>a.Wx, hg,
+                   half)
 
 
 cdef void _bwd_row_prep(void* ctx, int half) noexcept nogil:
@@ -1554,12 +1559,8 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
         do_t = NULL
         c_prev = NULL
         with nogil:
-            if not (split):       # (split: in the first chunk's region, _bwd_prep)
-                if kh > 0 and Wpk != NULL:
-                    pk_pack_nn(kh, H, Whh, H, Wpk)
-                    pk_pack_nn(G - kh, H, Whh + <Py_ssize_t>kh * H, H, Wpk + kslot)
-                if Wx != NULL:
-                    pk_pack_nn(G, I, Wih, I, Wx)
+            if kh > 0 and Wpk != NULL and not split:   # (split: in the first region)
+                _bwd_row_prep(&args, -1)
             if WihK != NULL:
                 _pack_kblocks(Wih, G, I, WihK, xslot)      # for dz @ Wih_p
             for ch in range(n_chunks - 1, -1, -1):

@@ -5,7 +5,6 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 MIN_BYTES: int
-SCRATCH_MIN: int
 
 def empty(shape: Tuple[int, ...], dtype: DTypeLike, aligned: bool = ...) -> NDArray[np.generic]: ...
 def zeros(shape: Tuple[int, ...], dtype: DTypeLike) -> NDArray[np.generic]: ...

@@ -27,7 +27,7 @@
 #
 # The recurrent kernels' own scratch (weights packed for a call, the chunks of rows
 # they work on; attention's per-thread tiles are small and stay on malloc) comes
-# from scratch_alloc, which keeps blocks of SCRATCH_MIN bytes and
+# from scratch_alloc, which keeps blocks of MIN_BYTES and
 # more on a second list under the same limit. The kernels call scratch_alloc and
 # scratch_free without the GIL, from any thread, so both lists are behind one
 # spin lock (held for a few loads and stores at a time: memory is allocated and
@@ -57,10 +57,9 @@ cdef enum:
                         # row never share one at the seams (see _lstm.splits_steps)
     MAX_BLOCKS = 64     # per list: a step of a 3-layer LSTM frees ~45 arrays of >= MIN_BYTES
     HEADER = ALIGN      # before a scratch block: its size (and the alignment)
-    SCRATCH_KEPT = 1 << 16
+    KEPT_MIN = 1 << 16  # blocks of fewer bytes are not kept (arrays: NumPy's own)
 
-MIN_BYTES = 1 << 16
-SCRATCH_MIN = SCRATCH_KEPT
+MIN_BYTES = KEPT_MIN
 
 cdef size_t _max_bytes = 1 << 30
 cdef bint _poison = False               # tests: fill scratch with NaN bytes (poison())
@@ -100,6 +99,17 @@ cdef void* _listed(int k, size_t n, size_t* size) noexcept nogil:
     return p
 
 
+cdef void* _get(int k, size_t n, size_t* size) noexcept nogil:
+    """A block of >= n bytes: off list k (_listed) where one fits and n >= KEPT_MIN,
+    else new, n rounded up to a cache line (*size: its bytes); NULL if out of
+    memory."""
+    cdef void* p = _listed(k, n, size) if n >= <size_t>KEPT_MIN else NULL
+    if p == NULL:
+        size[0] = (n + ALIGN - 1) // ALIGN * ALIGN
+        p = aligned_alloc(ALIGN, size[0])
+    return p
+
+
 cdef void _keep(int k, void* p, size_t n) noexcept nogil:
     """A block nothing uses any more, allocated with n bytes: onto list k, making
     room (freeing the least recently freed blocks of that list, then of the
@@ -129,15 +139,12 @@ cdef void _keep(int k, void* p, size_t n) noexcept nogil:
 cdef void* scratch_alloc(size_t nbytes) noexcept nogil:
     """Uninitialised memory of >= nbytes bytes starting on a 64-byte boundary, for
     a kernel's scratch, or NULL if out of memory; give it back with scratch_free
-    (never free()). Blocks of >= SCRATCH_MIN bytes are reused from call to call."""
-    cdef size_t n = (nbytes + HEADER + ALIGN - 1) // ALIGN * ALIGN
+    (never free()). Blocks of >= MIN_BYTES are reused from call to call."""
     cdef size_t size
-    cdef void* p = _listed(1, n, &size) if n >= <size_t>SCRATCH_KEPT else NULL
+    cdef void* p = _get(1, nbytes + HEADER, &size)
     if p == NULL:
-        p = aligned_alloc(ALIGN, n)
-        if p == NULL:
-            return NULL
-        (<size_t*>p)[0] = n
+        return NULL
+    (<size_t*>p)[0] = size
     if _poison:
         memset(<char*>p + HEADER, 0xFF, nbytes)
     return <char*>p + HEADER
@@ -149,7 +156,7 @@ cdef void scratch_free(void* p) noexcept nogil:
         return
     cdef void* block = <char*>p - HEADER
     cdef size_t n = (<size_t*>block)[0]
-    if n >= <size_t>SCRATCH_KEPT:
+    if n >= <size_t>KEPT_MIN:
         _keep(1, block, n)
     else:
         free(block)
@@ -175,12 +182,9 @@ cdef class _Block:
 cdef _Block _take(size_t n):
     """A block of >= n bytes: the most recently freed of n .. 1.25 n bytes, else new."""
     cdef _Block b = _Block.__new__(_Block)
-    b.p = _listed(0, n, &b.n)
+    b.p = _get(0, n, &b.n)
     if b.p == NULL:
-        b.n = (n + ALIGN - 1) // ALIGN * ALIGN
-        b.p = aligned_alloc(ALIGN, b.n)
-        if b.p == NULL:
-            raise MemoryError()
+        raise MemoryError()
     return b
 
 

@@ -123,8 +123,8 @@ def _forward(a, return_cache):
     out = _workspace.zeros((T, B, H), dt)
     h_n = a.h0.copy()
     if not (T and B and H):
-        cache = GRUCache(a, out, None, None, _workspace.zeros((T, B, 3 * H), dt),
-                         _workspace.zeros((T, B, H), dt), H) if return_cache else None
+        cache = GRUCache(a, out, None, None, np.zeros((T, B, 3 * H), dt),
+                         np.zeros((T, B, H), dt), H) if return_cache else None
         return out, h_n, cache
     # packed: the weight products on _packed_gemm.h (see _gru.pyx); otherwise
     # OpenBLAS, and batch 1 runs its steps as vector @ W_hh^T (see _gru_cell.h)
