@@ -67,6 +67,8 @@ SHAPES = [  # (T, B, I, H)
     (7, 1, 6, 33),
     (4, 16, 8, 70),     # large enough to split a step in unit blocks
     (3, 9, 5, 131),     # odd H, ragged last block
+    (2, 3, 4, 7),       # few rows (T < 4, T*B < 16): no W_hh^T in the backward at B > 1
+    (1, 1, 5, 300),     # a single step: one block where more steps would split
 ]
 
 
@@ -261,6 +263,26 @@ def test_step_vs_reference_and_none_h():
         want, rc = ref.gru_step_forward(x[0], h_prev, W_ih, W_hh, b_ih, b_hh)
         assert_close("h_next", got, want, np.float64)
         assert_grads_close(gru_step_backward(dh, c), ref.gru_step_backward(dh, rc), np.float64)
+
+
+def test_few_steps_keep_the_weights_as_given():
+    """A step (or a call of few steps and rows) neither reorders nor transposes
+    the weights (one block of units): its cache refers to W_ih and W_hh
+    themselves; a longer call at the same sizes splits them into blocks. Both
+    match the reference."""
+    from seqkern import _gru
+
+    for T, B in [(1, 1), (3, 4), (4, 4)]:
+        x, h, W_ih, W_hh, b_ih, b_hh = make(T, B, 6, 300)
+        out, h_n, cache = gru_forward(x, h, W_ih, W_hh, b_ih, b_hh)
+        few = T < 4 and T * B < 16
+        assert _gru.few_steps(T, B) == few
+        assert (cache.W_ih is W_ih and cache.W_hh is W_hh) == few
+        r_out, _, r_cache = ref.gru_forward(x, h, W_ih, W_hh, b_ih, b_hh)
+        assert_close("out", out, r_out, np.float64)
+        d_out = np.random.default_rng(4).standard_normal(out.shape)
+        assert_grads_close(gru_backward(d_out, None, cache),
+                           ref.gru_backward(d_out, None, r_cache), np.float64)
 
 
 # --- threads --------------------------------------------------------------------

@@ -44,7 +44,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
-from seqkern._step cimport final_states, n_blocks, packs, rows_times_wt
+from seqkern._step cimport final_states, few_rows, n_blocks, packs, rows_times_wt
 from seqkern._packed_gemm cimport pk_gemm, pk_gemm_dir, pk_pack_nn, pk_pack_nt, pk_size
 from seqkern._workspace cimport scratch_alloc, scratch_free
 
@@ -181,16 +181,23 @@ cdef inline Py_ssize_t _block(Py_ssize_t n) noexcept nogil:
     return b if b > 0 else 1
 
 
-def unit_block(Py_ssize_t B, Py_ssize_t H, bint packed_step=False):
+def few_steps(Py_ssize_t T, Py_ssize_t B):
+    """Does a call over T steps of a batch of B keep the weights as given: one
+    block of units, no W_hh^T (_step.few_rows)?"""
+    return few_rows(T, B)
+
+
+def unit_block(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, bint packed_step=False):
     """Width of the blocks of hidden units (a function of the problem size and of
     the choice of step product only, not of the thread count); the packed layout of
-    the weights depends on it. With the packed step product (packed_step) the width
+    the weights depends on it: H (the layout given) for a call of few steps
+    (few_steps). With the packed step product (packed_step) the width
     is a multiple of PANEL_UNITS, so that a block's columns, [3 c0, 3 c1) forward and
     [c0, c1) backward, are whole panels of the packed W_hh (64 floats, 32 doubles):
     with blocks of 32 units, as _block gives for H = 128, half of every panel's
     FMAs were wasted and packing lost to OpenBLAS at (B, H) = (8, 128) (measured)."""
     cdef Py_ssize_t w
-    if B * 3 * H * H < PAR_MIN_STEP:
+    if few_rows(T, B) or B * 3 * H * H < PAR_MIN_STEP:
         return H
     w = _block(H)
     if packed_step:
@@ -233,7 +240,8 @@ cdef void _forward_block(int B, int H, const floating* h_prev, const floating* W
     """One step on hidden units [c0, c1) (packed gate columns [3c0, 3c1)).
 
     gh[:, 3c0:3c1] := h_prev @ W_hh[3c0:3c1]^T, on W_pk (W_hh packed for h @ W_hh^T)
-    if given, else by _vecmat on W_hh_T = W_hh^T (H, G) when B = 1, else OpenBLAS.
+    if given, else by _vecmat on W_hh_T = W_hh^T (H, G) when B = 1 and W_hh_T is
+    not NULL, else OpenBLAS.
     Then for each row still running:
     gates_t (input projection on entry) := r, z, n; hn_t := gh_n + b_hn;
     out_t := h'. Rows whose sequence has ended get out_t = 0.
@@ -249,7 +257,7 @@ cdef void _forward_block(int B, int H, const floating* h_prev, const floating* W
     if W_pk != NULL:
         # alternate the panel order from step to step: see pk_gemm_dir
         pk_gemm_dir(B, H, h_prev, H, W_pk, gh, G, p, p + 3 * w, False, t & 1)
-    elif B == 1:
+    elif B == 1 and W_hh_T != NULL:
         _vecmat(3 * w, H, h_prev, W_hh_T + p, G, False, gh + p)
     else:
         gemm(False, True, B, 3 * w, H, <floating>1, h_prev, H, W_hh + <Py_ssize_t>p * H, H,
@@ -274,7 +282,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             const floating[:, ::1] h0,        # (B, H)
             const floating[:, ::1] W_ih,      # (G, I) packed
             const floating[:, ::1] W_hh,      # (G, H) packed
-            const floating[:, ::1] W_hh_T,    # (H, G) W_hh^T (used when B = 1)
+            const floating[:, ::1] W_hh_T,    # (H, G) W_hh^T for B = 1, or (1, 1): none
             const floating[::1] bias,         # (G,) packed: b_ih + (b_hr, b_hz, 0)
             const floating[::1] b_hn,         # (H,)
             const int64_t[::1] lengths,       # (B,) or None
@@ -308,7 +316,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef const floating* h0p = &h0[0, 0]
     cdef const floating* Wih = &W_ih[0, 0]
     cdef const floating* Whh = &W_hh[0, 0]
-    cdef const floating* WhhT = &W_hh_T[0, 0]
+    cdef const floating* WhhT = &W_hh_T[0, 0] if W_hh_T.shape[1] == G else NULL
     cdef const floating* bp = &bias[0]
     cdef const floating* bhn = &b_hn[0]
     cdef const floating* h_prev
@@ -389,7 +397,8 @@ cdef void _backward_block(int B, int H, const floating* dgh_next, const floating
     t+1 left g*z in the rows it consumed (the direct path h' = ... + z h), so adding
     dgh_{t+1} @ W_hh (zero in rows that ended before t+1) completes it:
     carry[:, c0:c1] += dgh_next @ W_hh[:, c0:c1], on W_pk (W_hh packed for dgh @ W_hh)
-    if given, else by _vecmat when B = 1, else OpenBLAS on W_hh_T = W_hh^T.
+    if given, else by _vecmat when B = 1, else OpenBLAS on W_hh_T = W_hh^T (on W_hh
+    itself where W_hh_T is NULL: one block).
     Then, if t >= 0, for rows still
     running at t: g = carry + d_out_t, dgi_t and dgh_t get the gate gradients and
     carry := g*z; rows that have ended get zero gate gradients and keep their carry.
@@ -409,10 +418,13 @@ cdef void _backward_block(int B, int H, const floating* dgh_next, const floating
             pk_gemm(B, G, dgh_next, G, W_pk, carry, H, c0, c1, True)
         elif B == 1:
             _vecmat(w, G, dgh_next, W_hh + c0, H, True, carry + c0)
-        else:
+        elif W_hh_T != NULL:
             # through W_hh^T (H, G): rows c0:c1 are contiguous, which BLAS packs
             # much faster than the strided columns c0:c1 of W_hh (measured)
             gemm(False, True, B, w, G, <floating>1, dgh_next, G, W_hh_T + <Py_ssize_t>c0 * G, G,
+                 <floating>1, carry + c0, H)
+        else:       # a call of few steps: one block, all of W_hh's (contiguous) columns
+            gemm(False, False, B, w, G, <floating>1, dgh_next, G, W_hh + c0, H,
                  <floating>1, carry + c0, H)
     if t < 0:
         return
@@ -493,7 +505,7 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
              const floating[:, :, ::1] out,      # (T, B, H)
              const floating[:, ::1] W_ih,        # (G, I) packed
              const floating[:, ::1] W_hh,        # (G, H) packed
-             const floating[:, ::1] W_hh_T,      # (H, G) W_hh^T (used when B > 1)
+             const floating[:, ::1] W_hh_T,      # (H, G) W_hh^T for B > 1, or (1, 1): none
              const floating[:, :, ::1] gates,    # (T, B, G) r, z, n (packed)
              const floating[:, :, ::1] hn,       # (T, B, H)
              const int64_t[::1] lengths,         # (B,) or None
@@ -528,7 +540,7 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
     cdef const floating* h0p = &h0[0, 0]
     cdef const floating* Wih = &W_ih[0, 0]
     cdef const floating* Whh = &W_hh[0, 0]
-    cdef const floating* WhhT = &W_hh_T[0, 0]
+    cdef const floating* WhhT = &W_hh_T[0, 0] if W_hh_T.shape[1] == G else NULL
     cdef const floating* gp = &gates[0, 0, 0]
     cdef const floating* hnp = &hn[0, 0, 0]
     cdef floating* dgip = &dgi[0, 0, 0]

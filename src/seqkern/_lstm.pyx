@@ -50,7 +50,7 @@ from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from seqkern._blas cimport gemm
-from seqkern._step cimport n_blocks, packs, rows_times_wt
+from seqkern._step cimport few_rows, n_blocks, packs, rows_times_wt
 from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, pk_alloc_nn, pk_alloc_nt, pk_gemm,
                                    pk_gemm_dir, pk_gemv_side, pk_pack_nn, pk_pack_nt, pk_pack_side,
                                    pk_size)
@@ -150,16 +150,16 @@ cdef enum:
 # 1.15/1.13, 1.36/1.14. So AUTO always packs (_step.packs).
 
 
-cdef inline int _unit_block(int B, int H) noexcept nogil:
+cdef inline int _unit_block(Py_ssize_t T, int B, int H) noexcept nogil:
     """Units per block of one time step (a function of the sizes only)."""
-    if <int64_t>B * 4 * H * H < PAR_MIN_STEP or H <= UNIT_BLOCK:
+    if few_rows(T, B) or <int64_t>B * 4 * H * H < PAR_MIN_STEP or H <= UNIT_BLOCK:
         return H
     return UNIT_BLOCK
 
 
-def unit_block(int B, int H):
-    """Units per gate block for a batch of B and H hidden units (for tests)."""
-    return _unit_block(B, H)
+def unit_block(Py_ssize_t T, int B, int H):
+    """Units per gate block for T steps of a batch of B and H hidden units."""
+    return _unit_block(T, B, H)
 
 
 def splits_steps(int T, int B, int H, int itemsize, int step_gemm, int n_threads):
@@ -193,7 +193,7 @@ cdef inline int _chunk_steps(int B) noexcept nogil:
 
 cdef inline bint _one_row(Py_ssize_t T, int B, int H, int step_gemm) noexcept nogil:
     """Does forward() take the batch-1 path (_forward_one_row)?"""
-    return B == 1 and _unit_block(B, H) == H and packs(step_gemm, T)
+    return B == 1 and _unit_block(T, B, H) == H and packs(step_gemm, T)
 
 
 cdef inline bint _project_first(Py_ssize_t T, int I, int H, int n_threads) noexcept nogil:
@@ -209,7 +209,7 @@ def gate_slots(int T, int B, int H, int I, bint keep_all, int step_gemm, int n_t
         return T
     if _one_row(T, B, H, step_gemm) and not _project_first(T, I, H, n_threads):
         return min(T, 2 * SK_PK_SIDE_ROWS)
-    if _unit_block(B, H) == H:
+    if _unit_block(T, B, H) == H:
         return T
     return min(T, _chunk_steps(B))
 
@@ -861,7 +861,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             floating[:, ::1] c_n,             # (B, H) OUT: the cell after each sequence's last step
             int n_threads, int step_gemm):
     """LSTM forward over a whole sequence. T, B, H >= 1 (the wrapper handles empties).
-    (*) Where unit_block(B, H) == H the block layout is the given one, and Wih_p,
+    (*) Where unit_block(T, B, H) == H the block layout is the given one, and Wih_p,
     Whh_p may be W_ih, W_hh themselves: no copy (two 256 KiB copies, ~15 us a call,
     at H = I = 128 in float32).
     step_gemm: seqkern._step_gemm's AUTO, BLAS or PACKED. Returns (for tests) the
@@ -891,7 +891,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef floating* bp = &bias_p[0]
     cdef const floating* h_prev
     cdef const floating* c_prev
-    cdef int U = _unit_block(B, H)
+    cdef int U = _unit_block(T, B, H)
     cdef int n_units = n_blocks(H, U)
     cdef int n_rows = n_blocks(TB, ROW_BLOCK)
     cdef int i, blk, b
@@ -1471,7 +1471,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef const floating* do_t
     cdef const floating* c_prev
     cdef const floating* hc
-    cdef int U = _unit_block(B, H)
+    cdef int U = _unit_block(T, B, H)
     cdef int n_units = n_blocks(H, U)
     cdef int Tc = bwd_chunk_steps(B)
     cdef int n_chunks = n_blocks(T, Tc)

@@ -129,7 +129,7 @@ def _forward(a, return_cache):
     # packed: the weight products on _packed_gemm.h (see _gru.pyx); otherwise
     # OpenBLAS, and batch 1 runs its steps as vector @ W_hh^T (see _gru_cell.h)
     packed = _gru.packed_products(T, B, H, step_gemm_mode(), False)
-    width = _gru.unit_block(B, H, packed & _gru.PK_STEP)
+    width = _gru.unit_block(T, B, H, packed & _gru.PK_STEP)
     order = _gate_order(H, width)
     bias = np.zeros(3 * H, dt) if a.b_ih is None else a.b_ih.copy()
     b_hn = np.zeros(H, dt)
@@ -138,7 +138,7 @@ def _forward(a, return_cache):
         b_hn[:] = a.b_hh[2 * H:]           # b_hn sits inside r * (...): kept apart
     W_ih = _pack(a.W_ih, order)
     W_hh = _pack(a.W_hh, order)
-    if B == 1 and not packed & _gru.PK_STEP:
+    if B == 1 and not packed & _gru.PK_STEP and not _gru.few_steps(T, B):
         W_hh_T = _workspace.empty((H, 3 * H), dt)
         _gru.transpose(W_hh, W_hh_T)
     else:
@@ -207,7 +207,7 @@ def _backward(c, d_out, d_h_n):
         dgi = _workspace.empty((Tc, B, 3 * H), dt)
         dgh = _workspace.empty((Tc, B, 3 * H), dt)
         packed = _gru.packed_products(T, B, H, step_gemm_mode(), True)
-        if B > 1 and not packed & _gru.PK_STEP:
+        if B > 1 and not packed & _gru.PK_STEP and not _gru.few_steps(T, B):
             W_hh_T = _workspace.empty((H, 3 * H), dt)
             _gru.transpose(c.W_hh, W_hh_T)
         else:

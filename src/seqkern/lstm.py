@@ -113,7 +113,7 @@ def _forward(a, return_cache):
         z = _workspace.empty((_lstm.gate_slots(T, B, H, I, return_cache, mode, n_threads),
                               B, 4 * H), dt, aligned)
         cs = _workspace.empty((T if return_cache else min(T, 2), B, H), dt, aligned)
-        if _lstm.unit_block(B, H) == H:     # the kernel's layout is the given one
+        if _lstm.unit_block(T, B, H) == H:  # the kernel's layout is the given one
             Wih_p, Whh_p = a.W_ih, a.W_hh
         else:
             Wih_p = _workspace.empty((4 * H, I), dt)
