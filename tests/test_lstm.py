@@ -49,7 +49,7 @@ SHAPES = [  # (T, B, I, H)
     (7, 1, 3, 9),
     (5, 4, 6, 33),
     (4, 2, 5, 130),    # several unit blocks at B=2? (size decides), odd H
-    (2, 4, 5, 140),    # few rows (T < 4, T*B < 16): one block where 4 steps would split
+    (1, 1, 5, 260),    # a single step: one block where two steps would split
     (3, 16, 8, 70),    # blocks of 64 with a ragged last block
     (6, 9, 20, 200),
     (30, 10, 12, 70),  # T*B = 300: the packed weight gradients sum over 2 K blocks
@@ -588,13 +588,15 @@ def test_weights_not_copied_where_the_layout_is_theirs():
     repacked. The backward matches the reference either way."""
     from seqkern import _lstm
 
-    for T, B, I, H in [(20, 1, 6, 16), (3, 64, 8, 256), (1, 8, 8, 256), (4, 8, 8, 256)]:
+    # (T, B, I, H, one block?): at H = 256 a single step of a single row only
+    for T, B, I, H, expected in [(20, 1, 6, 16, True), (3, 64, 8, 256, False),
+                                 (1, 1, 8, 256, True), (2, 1, 8, 256, False),
+                                 (1, 2, 8, 256, False)]:
         args = make(T, B, I, H, np.float32)
         W_ih, W_hh = args[3].copy(), args[4].copy()
         out, h_n, c_n, cache = seqkern.lstm_forward(*args)
         one_block = _lstm.unit_block(T, B, H) == H
-        # batch 1 at these sizes, or a call of few steps and rows (_step.FEW_STEPS)
-        assert one_block == (B == 1 or T < 4 and T * B < 16)
+        assert one_block == expected
         assert (cache.Wih_p is args[3] and cache.Whh_p is args[4]) == one_block
         g = seqkern.lstm_backward(np.ones_like(out), None, None, cache)
         np.testing.assert_array_equal(args[3], W_ih)

@@ -26,20 +26,6 @@ cdef enum:
     # 1374/4225 vs 704/2933; (1,16,512,512) 2186/6383 vs 2368/6866;
     # (1,16,128,128) 113/259 vs 130/267; (32,1,256,256) 455/1241 vs 594/1520.
     PACK_MIN_ROWS = 16
-    # A call over fewer than FEW_STEPS steps and PACK_MIN_ROWS rows (a single step,
-    # typically: lstm_step_forward and the like) keeps the weights as given, in one
-    # block of hidden units: reordering them into blocks (for threads to share a
-    # step) or transposing them costs a pass over the weights per call, more than
-    # the call's own products. Measured before (float32, batch 1, 1 thread, one
-    # step): the GRU at H = 256 took 177 us, of which the reordering and the
-    # transpose of W_hh ~2/3 (PyTorch's GRUCell: 66 us); the LSTM 109 us (81).
-    FEW_STEPS = 4
-
-
-cdef inline bint few_rows(Py_ssize_t T, Py_ssize_t B) noexcept nogil:
-    """Is a call over T steps of a batch of B so small that its weights stay as
-    given (one block of units, no transpose)? See FEW_STEPS."""
-    return T < FEW_STEPS and T * B < PACK_MIN_ROWS
 
 
 cdef inline bint packs(int step_gemm, Py_ssize_t rows) noexcept nogil:
