@@ -39,16 +39,25 @@ def test_default_honours_omp_num_threads():
     assert out.stdout.strip() == "3"
 
 
-def test_blas_held_at_one_thread_inside_kernels_and_restored():
-    from threadpoolctl import threadpool_info
+@pytest.mark.parametrize("n", [None, 2, 3])
+def test_blas_held_at_one_thread_inside_kernels_and_restored(n):
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     from seqkern._threads import blas_single_thread
 
-    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-    with blas_single_thread():
-        inside = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-    after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-    assert inside and all(n == 1 for n in inside)
+    def counts():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    with threadpool_limits(limits=n, user_api="blas"):
+        before = counts()
+        assert n is None or before == [n] * len(before)
+        with blas_single_thread():
+            inside = counts()
+            with blas_single_thread():          # nested: nothing more to do
+                assert counts() == inside
+            assert counts() == inside
+        after = counts()
+    assert inside and all(k == 1 for k in inside)
     assert after == before
 
 
