@@ -123,7 +123,8 @@ class _BlasSingleThread:
         global _blas_depth, _blas_saved
         with _blas_lock:
             if _blas_depth == 0:
-                _blas_controllers()
+                if _blas_libs is None:
+                    _blas_controllers()
                 saved = []
                 for _, get, put in _blas_libs:
                     n = get()
