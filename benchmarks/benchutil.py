@@ -3,23 +3,25 @@ and thread count, so that each group compares the implementations."""
 
 import pytest
 
-from seqkern.bench.cases import IMPLS, grid, make_runner, torch_available
+from seqkern.bench.cases import IMPLS, grid, make_runner, steps, torch_available
 from seqkern.bench.runner import default_threads, thread_count
 
 THREADS = sorted({1, default_threads()[-1]})
 
 
-def cases_for(kernel):
-    cases = grid(quick=False, kernels=[kernel], dtypes=("float32", "float64"))
+def cases_for(kernel, suite="grid"):
+    make = steps if suite == "step" else grid
+    cases = make(kernels=[kernel], dtypes=("float32", "float64"))
     return [pytest.param(c, id=c.name.replace(" ", "-")) for c in cases]
 
 
-def parametrize(kernel):
-    """Decorator: parametrize a benchmark over case x implementation x threads."""
+def parametrize(kernel, suite="grid"):
+    """Decorator: parametrize a benchmark over case x implementation x threads
+    (the cases of ``suite``: "grid" or "step")."""
     def deco(fn):
         fn = pytest.mark.parametrize("n_threads", THREADS, ids=lambda n: f"{n}thr")(fn)
         fn = pytest.mark.parametrize("impl", IMPLS)(fn)
-        return pytest.mark.parametrize("case", cases_for(kernel))(fn)
+        return pytest.mark.parametrize("case", cases_for(kernel, suite))(fn)
     return deco
 
 

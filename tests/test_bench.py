@@ -6,7 +6,7 @@ import pytest
 
 from seqkern.bench import __main__ as cli
 from seqkern.bench import runner
-from seqkern.bench.cases import Case, grid, make_runner
+from seqkern.bench.cases import STEP_SHAPES, Case, grid, make_runner, steps, torch_available
 
 
 def test_flop_counts():
@@ -31,6 +31,35 @@ def test_runner_results_are_real_calls():
         assert abs(g - r).max() < 1e-3
 
 
+def test_step_cases_and_runners():
+    """The step suite: one time step of each kernel at STEP_SHAPES, both directions;
+    seqkern's runner returns what the reference's does (h_next, or the gradients),
+    and PyTorch's cell (where installed) the same h_next and dx."""
+    import numpy as np
+
+    cases = steps(dtypes=("float32", "float64"))
+    assert len(cases) == 3 * len(STEP_SHAPES) * 2 * 2
+    assert all(c.suite == "step" and c.shape[1] == 1 and " step " in c.name for c in cases)
+    assert steps(kernels=["attention"]) == []
+    for kernel in ("rnn", "lstm", "gru"):
+        for direction in ("fwd", "fwd+bwd"):
+            case = Case(kernel, (3, 1, 5, 4), direction, "float64", suite="step")
+            got = make_runner(case, "seqkern")()
+            want = make_runner(case, "reference")()
+            n = len(got) - 1 if direction == "fwd" else len(got)   # (the forward's cache last)
+            for g, w in zip(got[:n], want[:n]):
+                assert (g is None) == (w is None)
+                if g is not None:
+                    np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+            if torch_available():
+                t = make_runner(case, "torch")()
+                if direction == "fwd":
+                    t = t[0] if kernel == "lstm" else t
+                    np.testing.assert_allclose(t.numpy(), got[0], rtol=1e-10, atol=1e-12)
+                else:
+                    np.testing.assert_allclose(t.numpy(), got.dx, rtol=1e-10, atol=1e-12)
+
+
 def test_quick_cli_json_has_every_case(tmp_path, capsys):
     path = tmp_path / "run.json"
     rc = cli.main(["--quick", "--kernels", "rnn", "--threads", "1", "--budget", "0",
@@ -53,6 +82,14 @@ def test_quick_cli_json_has_every_case(tmp_path, capsys):
         assert "between two threads and back" in printed
     else:
         assert h == [None, None]
+
+    # --steps --no-grid: the step cases only
+    path2 = tmp_path / "steps.json"
+    rc = cli.main(["--steps", "--no-grid", "--kernels", "gru", "--threads", "1", "--budget", "0",
+                   "--impls", "seqkern,reference", "--json", str(path2)])
+    assert rc == 0
+    got = {r["case"] for r in json.loads(path2.read_text())["results"]}
+    assert got == {c.name for c in steps(kernels=["gru"])}
 
     # --compare against itself: every case in common, ratios are old/new medians.
     rows = runner.compare(str(path), doc["results"])

@@ -12,7 +12,7 @@ import sys
 import time
 
 from seqkern.bench import runner
-from seqkern.bench.cases import IMPLS, RECURRENT, grid, sweep
+from seqkern.bench.cases import IMPLS, RECURRENT, grid, steps, sweep
 
 
 def _int_list(s):
@@ -53,7 +53,11 @@ def main(argv=None):
     p.add_argument("--sweep", action="store_true",
                    help="also run the sequence-length study (LSTM vs attention, tokens/s and "
                         "latency against T, seqkern only)")
-    p.add_argument("--no-grid", action="store_true", help="skip the comparison grid (with --sweep)")
+    p.add_argument("--steps", action="store_true",
+                   help="also time single time steps of the recurrent kernels (rnn_step_forward "
+                        "and the like against PyTorch's RNNCell, LSTMCell, GRUCell)")
+    p.add_argument("--no-grid", action="store_true",
+                   help="skip the comparison grid (with --sweep or --steps)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of timed calls per implementation and case")
     p.add_argument("--json", metavar="PATH", help="write every measurement and the machine to PATH")
@@ -67,6 +71,8 @@ def main(argv=None):
         threads = sorted({1, all_t[-1]}) if args.quick else all_t
     dtypes = args.dtypes or ["float32"]
     cases = [] if args.no_grid else grid(quick=args.quick, kernels=args.kernels, dtypes=dtypes)
+    if args.steps:
+        cases += steps(kernels=args.kernels, dtypes=dtypes)
     sweep_cases = sweep(quick=args.quick) if args.sweep else []
     if not cases and not sweep_cases:
         p.error("no kernel selected is available in this build")

@@ -10,6 +10,10 @@ Directions: ``fwd`` is an inference forward (seqkern and the reference with
 ``return_cache=False``, PyTorch under ``torch.no_grad()``); ``fwd+bwd`` is a
 training step: a forward that keeps what the backward needs, then the backward
 to every input, initial state and weight.
+
+The step suite (:func:`steps`) times one time step of the recurrent kernels
+(``lstm_step_forward`` and the like against PyTorch's ``LSTMCell``, ``GRUCell``,
+``RNNCell``): what a decoding loop written in Python calls once per token.
 """
 
 import importlib.util
@@ -23,6 +27,8 @@ IMPLS = ("seqkern", "reference", "torch")
 
 # (B, T, I, H) for the recurrent kernels, from the issues.
 RECURRENT_SHAPES = [(1, 100, 128, 128), (1, 1000, 64, 64), (32, 100, 256, 256), (64, 200, 512, 512)]
+# (B, 1, I, H) for single steps (suite "step").
+STEP_SHAPES = [(1, 1, 128, 128), (1, 1, 512, 512), (32, 1, 256, 256)]
 # (B, H, T, D) for attention.
 ATTENTION_SHAPES = [(8, 8, 256, 64), (4, 8, 1024, 64), (1, 8, 4096, 64)]
 
@@ -34,13 +40,15 @@ class Case:
     direction: str = "fwd"  # "fwd" or "fwd+bwd"
     dtype: str = "float32"
     causal: bool = False   # attention only
-    suite: str = "grid"    # "grid" (comparisons) or "sweep" (the sequence-length study)
+    suite: str = "grid"    # "grid" (comparisons), "sweep" (the sequence-length study)
+                           # or "step" (one time step: T = 1)
 
     @property
     def name(self):
         s = "x".join(map(str, self.shape))
         extra = " causal" if self.causal else ""
-        return f"{self.kernel} {s}{extra} {self.direction} {self.dtype}"
+        kind = f"{self.kernel} step" if self.suite == "step" else self.kernel
+        return f"{kind} {s}{extra} {self.direction} {self.dtype}"
 
     @property
     def legend(self):
@@ -141,6 +149,20 @@ def sweep(quick=False):
     return cases
 
 
+def steps(kernels=None, dtypes=("float32",)):
+    """One time step of each recurrent kernel (suite "step"), forward and
+    forward+backward, at STEP_SHAPES: batch 1 at H = 128 and 512, and a batch of 32."""
+    cases = []
+    for kernel in kernels or RECURRENT:
+        if kernel not in RECURRENT or not kernel_available(kernel):
+            continue
+        for shape in STEP_SHAPES:
+            for direction in ("fwd", "fwd+bwd"):
+                for dtype in dtypes:
+                    cases.append(Case(kernel, shape, direction, dtype, suite="step"))
+    return cases
+
+
 # ---------------------------------------------------------------------------
 # Runners
 # ---------------------------------------------------------------------------
@@ -218,6 +240,63 @@ def _torch_recurrent(kernel, a, direction):
     return step
 
 
+def _numpy_step(mod, kernel, a, direction):
+    w = (a["W_ih"], a["W_hh"], a["b_ih"], a["b_hh"])
+    fwd = getattr(mod, f"{kernel}_step_forward")
+    bwd = getattr(mod, f"{kernel}_step_backward")
+    x = a["x"][0]
+    states = (a["h0"], a["c0"]) if kernel == "lstm" else (a["h0"],)
+    if direction == "fwd":
+        return lambda: fwd(x, *states, *w)
+    dh = a["d_out"][0]
+
+    def step():
+        res = fwd(x, *states, *w)
+        if kernel == "lstm":
+            return bwd(dh, None, res[-1])
+        return bwd(dh, res[-1])
+    return step
+
+
+def _torch_step(kernel, a, direction):
+    import torch
+
+    B, H = a["h0"].shape
+    I = a["x"].shape[2]
+    dt = torch.float64 if a["x"].dtype == np.float64 else torch.float32
+    cls = {"rnn": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}[kernel]
+    m = cls(I, H, dtype=dt)
+    with torch.no_grad():
+        for p, name in zip((m.weight_ih, m.weight_hh, m.bias_ih, m.bias_hh),
+                           ("W_ih", "W_hh", "b_ih", "b_hh")):
+            p.copy_(torch.from_numpy(a[name]))
+    x = torch.from_numpy(a["x"][0])
+    h0 = torch.from_numpy(a["h0"])
+    c0 = torch.from_numpy(a["c0"])
+    dh = torch.from_numpy(a["d_out"][0])
+
+    def state(grad):
+        h = h0.clone().requires_grad_(grad)
+        return (h, c0.clone().requires_grad_(grad)) if kernel == "lstm" else h
+
+    if direction == "fwd":
+        def run():
+            with torch.no_grad():
+                return m(x, state(False))
+        return run
+
+    params = list(m.parameters())
+
+    def step():
+        for p in params:
+            p.grad = None
+        xg = x.clone().requires_grad_(True)
+        out = m(xg, state(True))
+        (out[0] if kernel == "lstm" else out).backward(dh)
+        return xg.grad
+    return step
+
+
 def _attention_inputs(case, rng):
     B, H, T, D = case.shape
     dt = np.dtype(case.dtype)
@@ -259,6 +338,11 @@ def make_runner(case, impl, seed=0):
     rng = np.random.default_rng(seed)
     if impl == "torch" and not torch_available():
         raise RuntimeError("PyTorch is not installed")
+    if case.kernel in RECURRENT and case.suite == "step":
+        a = _recurrent_inputs(case, rng)
+        if impl == "torch":
+            return _torch_step(case.kernel, a, case.direction)
+        return _numpy_step(_module(impl), case.kernel, a, case.direction)
     if case.kernel in RECURRENT:
         a = _recurrent_inputs(case, rng)
         if impl == "torch":
