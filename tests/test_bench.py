@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from seqkern.bench import __main__ as cli
@@ -31,19 +32,15 @@ def test_runner_results_are_real_calls():
         assert abs(g - r).max() < 1e-3
 
 
-def test_step_cases_and_runners():
-    """The step suite: one time step of each kernel at STEP_SHAPES, both directions;
-    seqkern's runner returns what the reference's does (h_next, or the gradients),
-    and PyTorch's cell (where installed) the same h_next and dx."""
-    import numpy as np
-
-    cases = steps(dtypes=("float32", "float64"))
-    assert len(cases) == 3 * len(STEP_SHAPES) * 2 * 2
-    assert all(c.suite == "step" and c.shape[1] == 1 and " step " in c.name for c in cases)
-    assert steps(kernels=["attention"]) == []
+@pytest.mark.parametrize("suite", ["grid", "step"])
+def test_runners_agree(suite):
+    """seqkern's runner returns what the reference's does (the outputs, or the
+    gradients) and PyTorch's (where installed) the same output and dx: one step
+    (suite "step": RNNCell, LSTMCell, GRUCell) or a sequence."""
+    T = 1 if suite == "step" else 4
     for kernel in ("rnn", "lstm", "gru"):
         for direction in ("fwd", "fwd+bwd"):
-            case = Case(kernel, (3, 1, 5, 4), direction, "float64", suite="step")
+            case = Case(kernel, (3, T, 5, 4), direction, "float64", suite=suite)
             got = make_runner(case, "seqkern")()
             want = make_runner(case, "reference")()
             n = len(got) - 1 if direction == "fwd" else len(got)   # (the forward's cache last)
@@ -54,10 +51,19 @@ def test_step_cases_and_runners():
             if torch_available():
                 t = make_runner(case, "torch")()
                 if direction == "fwd":
-                    t = t[0] if kernel == "lstm" else t
+                    # (out, state) over a sequence; (h, c) from LSTMCell; h from the others
+                    t = t if suite == "step" and kernel != "lstm" else t[0]
                     np.testing.assert_allclose(t.numpy(), got[0], rtol=1e-10, atol=1e-12)
                 else:
                     np.testing.assert_allclose(t.numpy(), got.dx, rtol=1e-10, atol=1e-12)
+
+
+def test_step_cases():
+    cases = steps(dtypes=("float32", "float64"))
+    assert len(cases) == 3 * len(STEP_SHAPES) * 2 * 2
+    assert all(c.suite == "step" and c.shape[1] == 1 and " step " in c.name for c in cases)
+    assert {c.direction for c in cases} == {"fwd", "fwd+bwd"}
+    assert steps(kernels=["attention"]) == []
 
 
 def test_quick_cli_json_has_every_case(tmp_path, capsys):

@@ -199,22 +199,26 @@ def _numpy_recurrent(mod, kernel, a, direction):
     return step
 
 
-def _torch_recurrent(kernel, a, direction):
+def _torch_recurrent(kernel, a, direction, step=False):
+    """PyTorch's nn.RNN / LSTM / GRU over the sequence, or with ``step`` its RNNCell /
+    LSTMCell / GRUCell for one step (x[0], states (B, H)), holding ``a``'s weights."""
     import torch
 
     B, H = a["h0"].shape
     I = a["x"].shape[2]
     dt = torch.float64 if a["x"].dtype == np.float64 else torch.float32
-    cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kernel]
-    m = cls(I, H, dtype=dt)
+    name = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[kernel] + ("Cell" if step else "")
+    m = getattr(torch.nn, name)(I, H, dtype=dt)
+    suffix = "" if step else "_l0"
     with torch.no_grad():
-        for p, name in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0),
-                           ("W_ih", "W_hh", "b_ih", "b_hh")):
-            p.copy_(torch.from_numpy(a[name]))
-    x = torch.from_numpy(a["x"])
-    h0 = torch.from_numpy(a["h0"])[None]
-    c0 = torch.from_numpy(a["c0"])[None]
-    d_out = torch.from_numpy(a["d_out"])
+        for attr, key in (("weight_ih", "W_ih"), ("weight_hh", "W_hh"),
+                          ("bias_ih", "b_ih"), ("bias_hh", "b_hh")):
+            getattr(m, attr + suffix).copy_(torch.from_numpy(a[key]))
+    first = (lambda v: v[0]) if step else (lambda v: v)      # a step: x[0], d_out[0]
+    x = torch.from_numpy(first(a["x"]))
+    d_out = torch.from_numpy(first(a["d_out"]))
+    h0 = torch.from_numpy(a["h0"]) if step else torch.from_numpy(a["h0"])[None]
+    c0 = torch.from_numpy(a["c0"]) if step else torch.from_numpy(a["c0"])[None]
 
     def state(grad):
         h = h0.clone().requires_grad_(grad)
@@ -230,14 +234,16 @@ def _torch_recurrent(kernel, a, direction):
 
     params = list(m.parameters())
 
-    def step():
+    def train_step():
         for p in params:
             p.grad = None
         xg = x.clone().requires_grad_(True)
-        out, _ = m(xg, state(True))
+        res = m(xg, state(True))
+        # (out, state) over a sequence; (h, c) from LSTMCell; h from RNNCell, GRUCell
+        out = res if step and kernel != "lstm" else res[0]
         out.backward(d_out)
         return xg.grad
-    return step
+    return train_step
 
 
 def _numpy_step(mod, kernel, a, direction):
@@ -255,45 +261,6 @@ def _numpy_step(mod, kernel, a, direction):
         if kernel == "lstm":
             return bwd(dh, None, res[-1])
         return bwd(dh, res[-1])
-    return step
-
-
-def _torch_step(kernel, a, direction):
-    import torch
-
-    B, H = a["h0"].shape
-    I = a["x"].shape[2]
-    dt = torch.float64 if a["x"].dtype == np.float64 else torch.float32
-    cls = {"rnn": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}[kernel]
-    m = cls(I, H, dtype=dt)
-    with torch.no_grad():
-        for p, name in zip((m.weight_ih, m.weight_hh, m.bias_ih, m.bias_hh),
-                           ("W_ih", "W_hh", "b_ih", "b_hh")):
-            p.copy_(torch.from_numpy(a[name]))
-    x = torch.from_numpy(a["x"][0])
-    h0 = torch.from_numpy(a["h0"])
-    c0 = torch.from_numpy(a["c0"])
-    dh = torch.from_numpy(a["d_out"][0])
-
-    def state(grad):
-        h = h0.clone().requires_grad_(grad)
-        return (h, c0.clone().requires_grad_(grad)) if kernel == "lstm" else h
-
-    if direction == "fwd":
-        def run():
-            with torch.no_grad():
-                return m(x, state(False))
-        return run
-
-    params = list(m.parameters())
-
-    def step():
-        for p in params:
-            p.grad = None
-        xg = x.clone().requires_grad_(True)
-        out = m(xg, state(True))
-        (out[0] if kernel == "lstm" else out).backward(dh)
-        return xg.grad
     return step
 
 
@@ -341,7 +308,7 @@ def make_runner(case, impl, seed=0):
     if case.kernel in RECURRENT and case.suite == "step":
         a = _recurrent_inputs(case, rng)
         if impl == "torch":
-            return _torch_step(case.kernel, a, case.direction)
+            return _torch_recurrent(case.kernel, a, case.direction, step=True)
         return _numpy_step(_module(impl), case.kernel, a, case.direction)
     if case.kernel in RECURRENT:
         a = _recurrent_inputs(case, rng)
