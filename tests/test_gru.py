@@ -290,7 +290,9 @@ def test_few_steps_keep_the_weights_as_given():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 # the last shape is large enough for the GEMMs outside the time loop to go parallel
 @pytest.mark.parametrize("shape", [(20, 16, 8, 70), (3, 40, 300, 130), (4, 1, 4, 300),
-                                   (20, 64, 256, 80)])
+                                   (20, 64, 256, 80),
+                                   # few rows: one block, no W_hh^T
+                                   (1, 1, 4, 300), (3, 5, 8, 70)])
 def test_threads_bitwise(shape, dtype):
     T, B, I, H = shape
     args = make(T, B, I, H, dtype)

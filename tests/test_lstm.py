@@ -231,6 +231,7 @@ def test_step_backward_dc_next_none():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(7, 1, 8, 200), (5, 8, 16, 130), (3, 33, 9, 70),
+                                   (1, 1, 8, 260),     # a single step: one block
                                    (20, 17, 9, 70),    # T*B = 340: weight gradients in 2 K blocks
                                    # big enough for parallel loops outside the steps
                                    # (PAR_MIN_GEMM): a chunk's gradient jobs ...
