@@ -241,7 +241,8 @@ def test_step_backward_dc_next_none():
 def test_threads_bitwise_identical(dtype, shape):
     T, B, I, H = shape
     args = make(T, B, I, H, dtype)
-    lengths = np.arange(B) % (T + 1)
+    # lengths 0 .. T across the batch; one sequence runs its T steps (not length 0)
+    lengths = np.arange(B) % (T + 1) if B > 1 else None
     res = []
     for n in (1, 2):
         with seqkern.threads(n):
@@ -690,13 +691,22 @@ def test_batch_1_backward_shares_gradient_jobs(two_threads_split):
     _lstm.wait_for_helper(10 ** 6, 0, 1e12, False, max_slower=None)   # split to the end
     # per chunk: 4 gates x 2 blocks of 64 units of dW, and the dx the steps left
     jobs = 2 * (8 + 1)
+    helped = 0
     with seqkern.threads(2):
         cache = seqkern.lstm_forward(*args)[3]
         _lstm.tail_jobs()
-        for _ in range(3):
-            seqkern.lstm_backward(d_out, None, None, cache)
-        lead, helper = _lstm.tail_jobs()
-    assert lead + helper == 3 * jobs and helper > 0
+        # The second thread takes jobs where it gets its core in time: under load
+        # (another process on the other core) the first can take them all, so a few
+        # rounds of three calls each; every job runs exactly once every time.
+        for _ in range(10):
+            for _ in range(3):
+                seqkern.lstm_backward(d_out, None, None, cache)
+            lead, helper = _lstm.tail_jobs()
+            assert lead + helper == 3 * jobs
+            helped += helper
+            if helped:
+                break
+    assert helped > 0
 
 
 @pytest.mark.parametrize("T", [15, 16, 17, 32, 47, 529])

@@ -92,8 +92,10 @@ class GRUCache:
     Per token (one time step of one sequence) it keeps the gates r, z, n and
     h W_hn^T + b_hn: 4H numbers, i.e. 16H bytes in float32 and 32H in float64.
     Beyond that it holds references, not copies, to x, h0 and ``out`` (which
-    doubles as the saved hidden states), and the packed weights (O(H(I+H)), once
-    per call). Do not modify those arrays in place between forward and backward.
+    doubles as the saved hidden states), and the weights: reordered into blocks of
+    units (O(H(I+H)), once per call), or W_ih and W_hh themselves where that is
+    their layout (a call of few steps, or a small H). Do not modify those arrays
+    in place between forward and backward.
     """
 
     __slots__ = ("args", "out", "W_ih", "W_hh", "gates", "hn", "width")

@@ -87,7 +87,7 @@ class LSTMStepCache:
 
 def _blas_guard(rows, mode):
     """BLAS held at one thread around a kernel call that uses it (see _threads);
-    a call whose products all run packed uses none, and skips the ~5 us that costs."""
+    a call whose products all run packed uses none, and skips the ~2 us that costs."""
     return blas_single_thread() if _lstm.calls_blas(rows, mode) else nullcontext()
 
 
