@@ -1264,7 +1264,7 @@ cdef inline void _row_job_t(BwdRowArgs* a, int job, int who,
                         <const floating*>a.hc, <const floating*>a.Wih,
                         <const floating*>a.Xc, a.xslot, <const floating*>a.Hc, a.hslot,
                         <const floating*>a.WihK, at, <floating*>a.dWih,
-                        <floating*>a.dWhh, <floating*>a.db, <floating*>a.dxc)
+                        <floating*>a.dWhh, <floating*>a.db, <floating*>a.dxc, a.t1 == a.T)
         return
     while r0 < m:
         m2 = min(R, m - r0)
@@ -1369,13 +1369,15 @@ cdef void _chunk_grad_job(int job, int n_w, int n_c64, int n_xc, int U, int R, i
                           const floating* Hc, Py_ssize_t hslot,
                           const floating* WihK, floating* at,
                           floating* dWih, floating* dWhh, floating* dbp,
-                          floating* dxc) noexcept nogil:
+                          floating* dxc, bint first) noexcept nogil:
     """Job ``job`` of one chunk's gradients; jobs write disjoint elements.
     dzc (R, 4H): the chunk's dz (block layout); xc (R, I): its inputs; hc (R, H):
     the h_{t-1} of its steps; dxc (R, I): its rows of dx.
     [0, n_w): rows q H + [u0, u0 + 64) (gate q, 64 units in one unit block) of
       dW_ih += dz[:, cols]^T xc, dW_hh += dz[:, cols]^T hc and db += column sums
-      (in row order). Packed (Xc not NULL): the columns are first transposed into
+      (in row order); ``first`` (the first chunk the backward runs): dW_ih, dW_hh
+      := instead of += (their memory need not be zeroed: the n_w jobs of a chunk
+      cover every element). Packed (Xc not NULL): the columns are first transposed into
       at (64, R), the calling thread's scratch, and xc, hc come packed in Xc, Hc.
     [n_w, ...): 64 rows x 64 columns of dx := dz @ Wih_p (WihK: Wih_p packed in
       K_BLOCK-row blocks, or NULL for OpenBLAS), n_xc column blocks per row block
@@ -1400,9 +1402,9 @@ cdef void _chunk_grad_job(int job, int n_w, int n_c64, int n_xc, int U, int R, i
                 db[j] += row[j]
         if Xc == NULL:
             gemm(True, False, n, I, R, <floating>1, dzc + col, G, xc, I,
-                 <floating>1, dWih + <Py_ssize_t>r * I, I)
+                 <floating>(0 if first else 1), dWih + <Py_ssize_t>r * I, I)
             gemm(True, False, n, H, R, <floating>1, dzc + col, G, hc, H,
-                 <floating>1, dWhh + <Py_ssize_t>r * H, H)
+                 <floating>(0 if first else 1), dWhh + <Py_ssize_t>r * H, H)
             return
         # Transpose in tiles of 16 rows, so that each row of at gets whole cache
         # lines (64 scattered element stores per dz row were slower).
@@ -1411,8 +1413,8 @@ cdef void _chunk_grad_job(int job, int n_w, int n_c64, int n_xc, int U, int R, i
             for j in range(n):
                 for s in range(s0, s1):
                     at[j * R + s] = dzc[s * G + col + j]
-        _gemm_kblocks(n, R, at, R, Xc, xslot, dWih + <Py_ssize_t>r * I, I, 0, I, True)
-        _gemm_kblocks(n, R, at, R, Hc, hslot, dWhh + <Py_ssize_t>r * H, H, 0, H, True)
+        _gemm_kblocks(n, R, at, R, Xc, xslot, dWih + <Py_ssize_t>r * I, I, 0, I, not first)
+        _gemm_kblocks(n, R, at, R, Hc, hslot, dWhh + <Py_ssize_t>r * H, H, 0, H, not first)
         return
     job -= n_w
     r0 = <Py_ssize_t>(job // n_xc) * DX_BLOCK
@@ -1443,8 +1445,8 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
              floating[:, :, ::1] dx,             # (T, B, I) OUT
              floating[:, ::1] dh0,               # (B, H) OUT
              floating[:, ::1] dc0,               # (B, H) OUT
-             floating[:, ::1] dW_ih,             # (4H, I) OUT, zero on entry
-             floating[:, ::1] dW_hh,             # (4H, H) OUT, zero on entry
+             floating[:, ::1] dW_ih,             # (4H, I) OUT (written: need not be zeroed)
+             floating[:, ::1] dW_hh,             # (4H, H) OUT (written: need not be zeroed)
              floating[::1] db,                   # (4H,) OUT, zero on entry: gradient of either bias
              int n_threads, int step_gemm):
     """LSTM backward through time. T, B, H >= 1 (the wrapper handles empties).
@@ -1636,12 +1638,12 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                                         dzp, xp + t0 * B * I, hc, Wih, Xc, xslot, Hc, hslot,
                                         WihK,
                                         NULL if at == NULL else at + threadid() * at_size,
-                                        dWih, dWhh, dbp, dxp + t0 * B * I)
+                                        dWih, dWhh, dbp, dxp + t0 * B * I, t1 == T)
                 else:
                     for job in range(n_jobs):
                         _chunk_grad_job(job, n_w, n_c64, n_xc, U, R, B, I, H,
                                         dzp, xp + t0 * B * I, hc, Wih, Xc, xslot, Hc, hslot,
-                                        WihK, at, dWih, dWhh, dbp, dxp + t0 * B * I)
+                                        WihK, at, dWih, dWhh, dbp, dxp + t0 * B * I, t1 == T)
 
             # 3. dh0 = carry_h + dz_0 @ W_hh.
             if nt > 1 and n_units > 1:

@@ -201,6 +201,8 @@ def empty(shape, dtype, aligned=False):
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes >= MIN_BYTES:
         buf = np.frombuffer(_take(nbytes), np.uint8, nbytes)
+        if _poison:                     # tests: a reused block never hides an unwritten element
+            buf.fill(0xFF)
     elif aligned:
         buf = np.empty(nbytes + ALIGN, np.uint8)
         off = (ALIGN - <size_t>cnp.PyArray_DATA(buf) % ALIGN) % ALIGN
@@ -246,9 +248,10 @@ def clear():
 
 
 def poison(on):
-    """For tests: whether scratch_alloc fills what it hands out with 0xFF bytes (NaN
-    as float32 or float64), new or reused, so that a kernel reading scratch it has
-    not written shows in its results. Returns the setting before."""
+    """For tests: whether scratch_alloc, and empty() where it takes a block, fill
+    what they hand out with 0xFF bytes (NaN as float32 or float64), new or reused,
+    so that a kernel reading scratch, or leaving an element of an output, that it
+    has not written shows in its results. Returns the setting before."""
     global _poison
     old = _poison
     _poison = bool(on)

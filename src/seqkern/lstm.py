@@ -168,8 +168,10 @@ def _backward(cache, d_out, d_h_n, d_c_n):
     dx = _workspace.empty((T, B, I), dt) if (T and B and H) else _workspace.zeros((T, B, I), dt)
     dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
     dc0 = np.zeros((B, H), dt) if d_c_n is None else d_c_n.copy()
-    dW_ih = _workspace.zeros((4 * H, I), dt)
-    dW_hh = _workspace.zeros((4 * H, H), dt)
+    # the kernel's first chunk writes the weight gradients, the others add to them
+    full = T and B and H
+    dW_ih = _workspace.empty((4 * H, I), dt) if full else _workspace.zeros((4 * H, I), dt)
+    dW_hh = _workspace.empty((4 * H, H), dt) if full else _workspace.zeros((4 * H, H), dt)
     db = np.zeros(4 * H, dt)
     if T and B and H:
         # dz scratch for one chunk of steps (the kernel adds each chunk's gradients)
