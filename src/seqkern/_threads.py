@@ -84,8 +84,9 @@ _blas_depth = 0
 _blas_saved: list = []
 
 
-def _blas_controllers():
-    """threadpoolctl's controller of each BLAS library loaded (found once)."""
+def _blas_libraries():
+    """(threadpoolctl's controller, get, set) for each BLAS library loaded (found
+    once; get and set its thread count: _direct_calls)."""
     global _blas_libs
     if _blas_libs is None:
         from threadpoolctl import ThreadpoolController
@@ -93,7 +94,7 @@ def _blas_controllers():
         ctl = ThreadpoolController()
         _blas_libs = [(lc,) + _direct_calls(lc)
                       for lc in ctl.lib_controllers if lc.user_api == "blas"]
-    return [lib[0] for lib in _blas_libs]
+    return _blas_libs
 
 
 def _direct_calls(lc):
@@ -123,10 +124,8 @@ class _BlasSingleThread:
         global _blas_depth, _blas_saved
         with _blas_lock:
             if _blas_depth == 0:
-                if _blas_libs is None:
-                    _blas_controllers()
                 saved = []
-                for _, get, put in _blas_libs:
+                for _, get, put in _blas_libraries():
                     n = get()
                     if n != 1:
                         put(1)
@@ -163,5 +162,5 @@ def blas_info():
     """[(internal_api, version, filepath, num_threads)] for each BLAS loaded."""
     return [
         (lc.internal_api, lc.version, lc.filepath, lc.get_num_threads())
-        for lc in _blas_controllers()
+        for lc, _, _ in _blas_libraries()
     ]

@@ -130,6 +130,7 @@ def _forward(a, return_cache):
         return out, h_n, cache
     # packed: the weight products on _packed_gemm.h (see _gru.pyx); otherwise
     # OpenBLAS, and batch 1 runs its steps as vector @ W_hh^T (see _gru_cell.h)
+    # unless the call has few steps (_gru.few_steps: OpenBLAS's GEMV on W_hh)
     packed = _gru.packed_products(T, B, H, step_gemm_mode(), False)
     width = _gru.unit_block(T, B, H, packed & _gru.PK_STEP)
     order = _gate_order(H, width)

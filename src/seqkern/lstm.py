@@ -164,16 +164,17 @@ def _backward(cache, d_out, d_h_n, d_c_n):
     a = cache.args
     T, B, I, H = a.T, a.B, a.I, a.H
     dt = a.dtype
-    # written by the kernel (not added to: fresh zero pages would fault twice)
-    dx = _workspace.empty((T, B, I), dt) if (T and B and H) else _workspace.zeros((T, B, I), dt)
+    full = T and B and H
+    # written by the kernel, not added to (fresh zero pages would fault twice): dx,
+    # and the weight gradients in its first chunk (the others add to them)
+    out_array = _workspace.empty if full else _workspace.zeros
+    dx = out_array((T, B, I), dt)
     dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
     dc0 = np.zeros((B, H), dt) if d_c_n is None else d_c_n.copy()
-    # the kernel's first chunk writes the weight gradients, the others add to them
-    full = T and B and H
-    dW_ih = _workspace.empty((4 * H, I), dt) if full else _workspace.zeros((4 * H, I), dt)
-    dW_hh = _workspace.empty((4 * H, H), dt) if full else _workspace.zeros((4 * H, H), dt)
+    dW_ih = out_array((4 * H, I), dt)
+    dW_hh = out_array((4 * H, H), dt)
     db = np.zeros(4 * H, dt)
-    if T and B and H:
+    if full:
         # dz scratch for one chunk of steps (the kernel adds each chunk's gradients)
         dz = _workspace.empty((min(T, _lstm.bwd_chunk_steps(B)), B, 4 * H), dt)
         mode = step_gemm_mode()
