@@ -41,24 +41,55 @@ def test_default_honours_omp_num_threads():
 
 @pytest.mark.parametrize("n", [None, 2, 3])
 def test_blas_held_at_one_thread_inside_kernels_and_restored(n):
+    """The guard holds the BLAS the kernels call at one thread and restores it;
+    another BLAS in the process (NumPy's own OpenBLAS) it leaves alone."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from seqkern._threads import blas_single_thread
+    from seqkern._threads import _blas_libraries, blas_single_thread
+
+    held = {os.path.realpath(lc.filepath) for lc, _, _ in _blas_libraries()}
+    assert held
 
     def counts():
-        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        return {os.path.realpath(i["filepath"]): i["num_threads"]
+                for i in threadpool_info() if i["user_api"] == "blas"}
 
     with threadpool_limits(limits=n, user_api="blas"):
         before = counts()
-        assert n is None or before == [n] * len(before)
+        assert held <= set(before)
+        assert n is None or set(before.values()) == {n}
         with blas_single_thread():
             inside = counts()
             with blas_single_thread():          # nested: nothing more to do
                 assert counts() == inside
             assert counts() == inside
         after = counts()
-    assert inside and all(k == 1 for k in inside)
+    assert {p: k for p, k in inside.items() if p in held} == {p: 1 for p in held}
+    assert {p: k for p, k in inside.items() if p not in held} == \
+        {p: k for p, k in before.items() if p not in held}
     assert after == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads ldd's output")
+def test_guard_holds_the_blas_that_scipy_cython_blas_links():
+    """_kernel_blas finds SciPy's BLAS by symbol addresses; ldd tells it apart
+    independently: the library cython_blas is linked against."""
+    import shutil
+
+    import scipy.linalg.cython_blas as cython_blas
+    from threadpoolctl import threadpool_info
+
+    from seqkern._threads import _blas_libraries
+
+    if shutil.which("ldd") is None:
+        pytest.skip("no ldd")
+    out = subprocess.run(["ldd", cython_blas.__file__], capture_output=True, text=True).stdout
+    linked = {os.path.realpath(part) for line in out.splitlines() for part in line.split()
+              if part.startswith("/")}
+    loaded = {os.path.realpath(i["filepath"]) for i in threadpool_info() if i["user_api"] == "blas"}
+    if not linked & loaded:
+        pytest.skip("cython_blas links no BLAS that threadpoolctl lists (static or indirect)")
+    assert {os.path.realpath(lc.filepath) for lc, _, _ in _blas_libraries()} == linked & loaded
 
 
 def test_show_config(capsys):

@@ -42,27 +42,32 @@ class RecurrentArgs:
         self.x = x
         self.dtype = dt = x.dtype
         self.T, self.B, self.I = T, B, I = x.shape
-        g = "" if self.GATES == 1 else str(self.GATES)
-        stacked = f" stacked {self.ORDER}" if self.ORDER else ""
         self.W_hh = float_array("W_hh", W_hh, 2, dt)
         H = self.H = self.W_hh.shape[1]
         G = self.G = self.GATES * H
         # (each legend spelt only for the message: the checks run on every call)
         if self.W_hh.shape != (G, H):
-            check_shape("W_hh", self.W_hh, (G, H), f"({g}H, H){stacked}")
+            check_shape("W_hh", self.W_hh, (G, H), self._legend("H, H"))
         self.W_ih = float_array("W_ih", W_ih, 2, dt)
         if self.W_ih.shape != (G, I):
-            check_shape("W_ih", self.W_ih, (G, I), f"({g}H, I){stacked} with H = {H}, I = {I}")
+            check_shape("W_ih", self.W_ih, (G, I), self._legend("H, I") + f" with H = {H}, I = {I}")
         self.b_ih = optional_float_array("b_ih", b_ih, 1, dt)
         if self.b_ih is not None and self.b_ih.shape != (G,):
-            check_shape("b_ih", self.b_ih, (G,), f"({g}H,)")
+            check_shape("b_ih", self.b_ih, (G,), self._legend("H,", stacked=False))
         self.b_hh = optional_float_array("b_hh", b_hh, 1, dt)
         if self.b_hh is not None and self.b_hh.shape != (G,):
-            check_shape("b_hh", self.b_hh, (G,), f"({g}H,)")
+            check_shape("b_hh", self.b_hh, (G,), self._legend("H,", stacked=False))
         suffix = "_prev" if x_ndim == 2 else "0"
         for name, s in zip(self.STATES, states):
             setattr(self, name + "0", self._state(name + suffix, s, B, H, dt))
         self.lengths = lengths_array(lengths, B, T)
+
+    @classmethod
+    def _legend(cls, dims, stacked=True):
+        """A weight's shape spelt for a message: "(4H, I) stacked i, f, g, o"."""
+        g = "" if cls.GATES == 1 else str(cls.GATES)
+        order = f" stacked {cls.ORDER}" if stacked and cls.ORDER else ""
+        return f"({g}{dims}){order}"
 
     @staticmethod
     def _state(name, s, B, H, dt):

@@ -85,16 +85,47 @@ _blas_saved: list = []
 
 
 def _blas_libraries():
-    """(threadpoolctl's controller, get, set) for each BLAS library loaded (found
-    once; get and set its thread count: _direct_calls)."""
+    """(threadpoolctl's controller, get, set) for each BLAS library the kernels
+    call (found once: _kernel_blas; get and set its thread count: _direct_calls)."""
     global _blas_libs
     if _blas_libs is None:
         from threadpoolctl import ThreadpoolController
 
         ctl = ThreadpoolController()
-        _blas_libs = [(lc,) + _direct_calls(lc)
-                      for lc in ctl.lib_controllers if lc.user_api == "blas"]
+        libs = _kernel_blas([lc for lc in ctl.lib_controllers if lc.user_api == "blas"])
+        _blas_libs = [(lc,) + _direct_calls(lc) for lc in libs]
     return _blas_libs
+
+
+# Names under which scipy.linalg.cython_blas may import sgemm, by build.
+_SGEMM_NAMES = ("scipy_sgemm_", "sgemm_", "scipy_sgemm_64_", "sgemm_64_", "sgemm64_", "sgemm")
+
+
+def _kernel_blas(libs):
+    """Of the BLAS libraries loaded, those the kernels call: they reach BLAS only
+    through SciPy's cython_blas, so the one whose sgemm that module resolves to
+    (NumPy's wheels bring a second OpenBLAS, which no kernel calls: holding it
+    too cost ~1 us a call). All of them where that cannot be told."""
+    import scipy.linalg.cython_blas as cython_blas
+
+    try:
+        module = ctypes.CDLL(cython_blas.__file__)
+    except OSError:
+        return libs
+    for name in _SGEMM_NAMES:
+        f = getattr(module, name, None)     # looked up through the module's dependencies
+        if f is None:
+            continue
+        address = ctypes.cast(f, ctypes.c_void_p).value
+        found = [lc for lc in libs if _address(lc.dynlib, name) == address]
+        if found:
+            return found
+    return libs
+
+
+def _address(dynlib, name):
+    f = getattr(dynlib, name, None)
+    return None if f is None else ctypes.cast(f, ctypes.c_void_p).value
 
 
 def _direct_calls(lc):
@@ -149,8 +180,8 @@ _BLAS_SINGLE_THREAD = _BlasSingleThread()
 
 
 def blas_single_thread():
-    """Context manager: hold every BLAS library in the process at one thread, then
-    restore.
+    """Context manager: hold the BLAS library the kernels call (SciPy's; every one
+    loaded where that cannot be told) at one thread, then restore.
 
     Re-entrant and cheap: the first entry reads and sets each library's count
     (a few C calls), nested entries do nothing.
@@ -159,7 +190,7 @@ def blas_single_thread():
 
 
 def blas_info():
-    """[(internal_api, version, filepath, num_threads)] for each BLAS loaded."""
+    """[(internal_api, version, filepath, num_threads)] for each BLAS the kernels call."""
     return [
         (lc.internal_api, lc.version, lc.filepath, lc.get_num_threads())
         for lc, _, _ in _blas_libraries()

@@ -20,7 +20,7 @@ def float_array(name, a, ndim, dtype=None):
     """
     if a is None:
         raise TypeError(f"{name} must be a float32 or float64 array, got None")
-    arr = np.asarray(a)
+    arr = a if type(a) is np.ndarray else np.asarray(a)
     dt = arr.dtype
     if (dt is _F32 or dt is _F64) and (dtype is None or dt is dtype) and arr.ndim == ndim \
             and arr.flags.c_contiguous:
