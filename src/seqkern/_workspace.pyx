@@ -37,7 +37,6 @@ from cpython.buffer cimport PyBuffer_FillInfo
 from libc.stdlib cimport free
 from libc.string cimport memset
 
-
 import numpy as np
 
 cimport numpy as cnp
