@@ -1,5 +1,7 @@
 """pytest-benchmark: one time step of each recurrent kernel (lstm_step_forward and
-the like) against the NumPy reference and PyTorch's RNNCell, LSTMCell, GRUCell.
+the like) against the NumPy reference and PyTorch's RNNCell, LSTMCell, GRUCell;
+and one decoding step of attention (one query against a cache of keys) against
+the reference and scaled_dot_product_attention.
 
 Run: pytest benchmarks/bench_steps.py --benchmark-group-by=group
 """
@@ -19,4 +21,9 @@ def test_lstm_step(benchmark, case, impl, n_threads):
 
 @parametrize("gru", suite="step")
 def test_gru_step(benchmark, case, impl, n_threads):
+    run_case(benchmark, case, impl, n_threads)
+
+
+@parametrize("attention", suite="step")
+def test_attention_step(benchmark, case, impl, n_threads):
     run_case(benchmark, case, impl, n_threads)

@@ -27,6 +27,12 @@ SHAPES = [
     (3, 6, 2, 37, 53, 7, 5),
     (1, 2, 1, 300, 520, 32, 24),
     (2, 2, 2, 70, 130, 64, 64),        # no padding of D and Dv
+    # query tiles of few rows run row by row (_attention's ROW_QUERIES): decoding
+    # (Tq = 1) over two key tiles and 18 groups of 16 keys and 12 keys, 6 rows, and
+    # 7 (the tile path again)
+    (2, 4, 2, 1, 300, 64, 64),
+    (1, 3, 3, 6, 45, 5, 7),
+    (2, 2, 1, 7, 33, 16, 16),
 ]
 
 VARIANTS = ["plain", "causal", "bool_mask", "float_mask", "lengths", "all"]
@@ -222,11 +228,12 @@ def test_backward_key_blocks_match_reference(rng, causal):
         assert_close(getattr(grads, name), getattr(rgrads, name), np.float64, name)
 
 
-def test_one_thread_equals_two_threads_bitwise(rng):
+@pytest.mark.parametrize("Tq", [200, 1, 5])
+def test_one_thread_equals_two_threads_bitwise(rng, Tq):
     for dtype in DTYPES:
-        shape = (3, 4, 2, 200, 300, 16, 8)
+        shape = (3, 4, 2, Tq, 300, 16, 8)
         q, k, v, d_out = make(rng, shape, dtype)
-        kw = dict(causal=True, mask=rng.random((200, 300)) > 0.1, key_lengths=[300, 150, 290])
+        kw = dict(causal=True, mask=rng.random((Tq, 300)) > 0.1, key_lengths=[300, 150, 290])
         res = []
         for n in (1, 2):
             with seqkern.threads(n):

@@ -7,7 +7,8 @@ import pytest
 
 from seqkern.bench import __main__ as cli
 from seqkern.bench import runner
-from seqkern.bench.cases import STEP_SHAPES, Case, grid, make_runner, steps, torch_available
+from seqkern.bench.cases import (ATTENTION_STEP_SHAPES, STEP_SHAPES, Case, grid, make_runner,
+                                 steps, torch_available)
 
 
 def test_flop_counts():
@@ -60,10 +61,31 @@ def test_runners_agree(suite):
 
 def test_step_cases():
     cases = steps(dtypes=("float32", "float64"))
-    assert len(cases) == 3 * len(STEP_SHAPES) * 2 * 2
-    assert all(c.suite == "step" and c.shape[1] == 1 and " step " in c.name for c in cases)
-    assert {c.direction for c in cases} == {"fwd", "fwd+bwd"}
-    assert steps(kernels=["attention"]) == []
+    rec = [c for c in cases if c.kernel != "attention"]
+    att = [c for c in cases if c.kernel == "attention"]
+    assert len(rec) == 3 * len(STEP_SHAPES) * 2 * 2
+    assert len(att) == len(ATTENTION_STEP_SHAPES) * 2
+    assert all(c.suite == "step" and " step " in c.name for c in cases)
+    assert all(c.shape[1] == 1 for c in rec)
+    assert {c.direction for c in rec} == {"fwd", "fwd+bwd"}
+    assert {c.direction for c in att} == {"fwd"}
+    assert steps(kernels=["attention"]) == [c for c in att if c.dtype == "float32"]
+    B, H, T, D = ATTENTION_STEP_SHAPES[0]
+    case = Case("attention", (B, H, T, D), "fwd", suite="step")
+    assert case.tokens() == B and case.flops() == 4.0 * B * H * T * D
+
+
+def test_attention_step_runners_agree():
+    """A decoding step: one query against the cache; seqkern's output is the
+    reference's, and PyTorch's (where installed)."""
+    case = Case("attention", (2, 3, 37, 8), "fwd", "float64", suite="step")
+    got, _ = make_runner(case, "seqkern")()
+    want, _ = make_runner(case, "reference")()
+    assert got.shape == (2, 3, 1, 8)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    if torch_available():
+        np.testing.assert_allclose(make_runner(case, "torch")().numpy(), got,
+                                   rtol=1e-10, atol=1e-12)
 
 
 def test_quick_cli_json_has_every_case(tmp_path, capsys):

@@ -102,6 +102,70 @@ cdef extern from *:
     }
     SK_ROW_HELPERS(float, sk_vf, sk_expf, f)
     SK_ROW_HELPERS(double, sk_vd, sk_exp_flush, d)
+    /* s[j] = alpha * (K[j] . q) for the nk rows of K (nk, D) row-major: a query's
+     * scores against a tile of keys. Keys go in groups of one vector's lanes (L):
+     * L accumulators along D, then summed across lanes all at once by halving
+     * (each stage adds the two halves of every key's lanes of two vectors; after
+     * log2 L stages lane l holds key bitrev(l)), instead of one sum across lanes
+     * per key. Fixed order: deterministic. Keys past the last whole group, and D
+     * past whole vectors, by sk_row_dot's order. */
+    typedef int sk_vif __attribute__((vector_size(64)));
+    typedef long long sk_vid __attribute__((vector_size(64)));
+    /* lane c of the stage of block width w: the first (LO) / second (HI) halves */
+    #define SK_HLO(c, w, L) ((c) % (w) < (w) / 2 ? (c) : (L) + (c) - (w) / 2)
+    #define SK_HHI(c, w, L) ((c) % (w) < (w) / 2 ? (c) + (w) / 2 : (L) + (c))
+    #define SK_I8(M, w, L, o) M(o, w, L), M(o + 1, w, L), M(o + 2, w, L), M(o + 3, w, L), \\
+                              M(o + 4, w, L), M(o + 5, w, L), M(o + 6, w, L), M(o + 7, w, L)
+    #define SK_STAGE(V, IV, IDX, n, w)                                           \\
+        _Pragma("GCC unroll 16")                                                  \\
+        for (int i = 0; i < (n) / 2; i++)                                         \\
+            a[i] = __builtin_shuffle(a[2 * i], a[2 * i + 1], (IV)IDX(SK_HLO, w))  \\
+                 + __builtin_shuffle(a[2 * i], a[2 * i + 1], (IV)IDX(SK_HHI, w));
+    #define SK_IDX16(M, w) {SK_I8(M, w, 16, 0), SK_I8(M, w, 16, 8)}
+    #define SK_IDX8(M, w) {SK_I8(M, w, 8, 0)}
+    #define SK_BITREV16 {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15}
+    #define SK_BITREV8 {0, 4, 2, 6, 1, 5, 3, 7}
+    #define SK_ROW_DOTS(T, V, IV, L, SUF, STAGES, BITREV)                          \\
+    static void sk_row_dots_##SUF(int nk, int D, T alpha, const T *K, const T *q, \\
+                                  T *s)                                           \\
+    {                                                                             \\
+        int j = 0;                                                                \\
+        for (; j + L <= nk; j += L) {                                             \\
+            V a[L];                                                               \\
+            T tail[L];                                                            \\
+            int d, r;                                                             \\
+            _Pragma("GCC unroll 16")                                              \\
+            for (r = 0; r < L; r++) { a[r] = (V){0}; tail[r] = 0; }              \\
+            _Pragma("GCC unroll 16")                                              \\
+            for (r = 0; r < L; r++) {       /* the keys' rows in memory order */  \\
+                const T *k = K + (ptrdiff_t)(j + r) * D;                          \\
+                for (d = 0; d + L <= D; d += L) {                                 \\
+                    V qv, kv;                                                     \\
+                    memcpy(&qv, q + d, sizeof qv);                                \\
+                    memcpy(&kv, k + d, sizeof kv);                                \\
+                    a[r] += kv * qv;                                              \\
+                }                                                                 \\
+            }                                                                     \\
+            d = D / L * L;                                                        \\
+            for (r = 0; r < L; r++)                                               \\
+                for (int e = d; e < D; e++)                                       \\
+                    tail[r] += K[(ptrdiff_t)(j + r) * D + e] * q[e];              \\
+            STAGES                                                                \\
+            V f = __builtin_shuffle(a[0], (IV)BITREV);                            \\
+            for (r = 0; r < L; r++)                                               \\
+                s[j + r] = alpha * (f[r] + tail[r]);                              \\
+        }                                                                         \\
+        for (; j < nk; j++)                                                       \\
+            s[j] = alpha * sk_row_dot_##SUF(K + (ptrdiff_t)j * D, q, D);          \\
+    }
+    SK_ROW_DOTS(float, sk_vf, sk_vif, 16, f,
+                SK_STAGE(sk_vf, sk_vif, SK_IDX16, 16, 16) SK_STAGE(sk_vf, sk_vif, SK_IDX16, 8, 8)
+                SK_STAGE(sk_vf, sk_vif, SK_IDX16, 4, 4) SK_STAGE(sk_vf, sk_vif, SK_IDX16, 2, 2),
+                SK_BITREV16)
+    SK_ROW_DOTS(double, sk_vd, sk_vid, 8, d,
+                SK_STAGE(sk_vd, sk_vid, SK_IDX8, 8, 8) SK_STAGE(sk_vd, sk_vid, SK_IDX8, 4, 4)
+                SK_STAGE(sk_vd, sk_vid, SK_IDX8, 2, 2),
+                SK_BITREV8)
     /* A register-blocked product for the tiles (no packing: the operands are
      * already tiles in cache, and OpenBLAS's packing of them was measured at
      * about 12% of the forward time):
@@ -219,6 +283,10 @@ cdef extern from *:
     void sk_row_scale_d(double* row, int n, double a) noexcept nogil
     float sk_row_dot_f(const float* a, const float* b, int n) noexcept nogil
     double sk_row_dot_d(const double* a, const double* b, int n) noexcept nogil
+    void sk_row_dots_f(int nk, int D, float alpha, const float* K, const float* q,
+                       float* s) noexcept nogil
+    void sk_row_dots_d(int nk, int D, double alpha, const double* K, const double* q,
+                       double* s) noexcept nogil
 
 
 cdef inline void _tile_gemm(int m, int n, int k, floating alpha, const floating* A,
@@ -282,6 +350,15 @@ cdef inline floating _row_dot(const floating* a, const floating* b, int n) noexc
         return sk_row_dot_f(a, b, n)
     else:
         return sk_row_dot_d(a, b, n)
+
+
+cdef inline void _row_dots(int nk, int D, floating alpha, const floating* K,
+                           const floating* q, floating* s) noexcept nogil:
+    """s[j] := alpha * (K[j] . q) for j < nk; K (nk, D) row-major."""
+    if floating is float:
+        sk_row_dots_f(nk, D, alpha, K, q, s)
+    else:
+        sk_row_dots_d(nk, D, alpha, K, q, s)
 
 
 # ---------------------------------------------------------------------------
@@ -390,6 +467,57 @@ cdef void _mask_tile_t(const Problem* P, floating* ST, int ld, int b, int h,
 # Forward
 # ---------------------------------------------------------------------------
 
+# Query tiles of at most ROW_QUERIES rows (decoding: Tq = 1) run row by row
+# (_forward_row): the tile path pads the queries to _nr() columns of its score
+# product, so a single query did 32 times the multiply-adds it needs in float32.
+cdef enum:
+    ROW_QUERIES = 6
+
+
+cdef void _forward_row(const Problem* P, floating scale, int b, int h, int i,
+                       const floating* qrow, const floating* kp, const floating* vp,
+                       floating* orow, floating* lrow, floating* s) noexcept nogil:
+    """out and lse of query row i of head h (batch b): qrow (D,), kp (Tk, D) and
+    vp (Tk, Dv) its head's keys and values, orow (Dv,), lrow (1,); s: bk scratch.
+    The scores of a key tile are one dot product per key, s[j] = scale q_i . k_j
+    (summed in another order than the tile product's, so they may differ from
+    _forward_task's in the last bits); the mask, the online softmax and the output
+    product are _forward_task's, with the same arithmetic in the same order."""
+    cdef int bk = P.bk, D = P.D, Dv = P.Dv
+    cdef int kend = _key_end(P, b, i + 1)
+    cdef int j0 = 0, nk, j
+    cdef floating m = -INFINITY, l = 0, mt, sh, alpha
+    memset(orow, 0, Dv * sizeof(floating))
+    while j0 < kend:
+        nk = min(bk, kend - j0)
+        _row_dots(nk, D, scale, kp + <Py_ssize_t>j0 * D, qrow, s)    # (nk,)
+        _mask_tile(P, s, nk, b, h, i, 1, j0, nk)
+        # s := exp(s - m_new); m, l updated (sk_softmax_cols on one column)
+        mt = m
+        for j in range(nk):
+            if s[j] > mt:                  # (a NaN score never becomes the max)
+                mt = s[j]
+        sh = 0 if mt == -INFINITY else mt
+        alpha = _exp(m - sh)
+        l *= alpha
+        m = mt
+        _row_exp(s, nk, sh)
+        for j in range(nk):
+            l += s[j]
+        if alpha != 1:
+            _row_scale(orow, Dv, alpha)
+        # out_i += s @ v_tile                                      (Dv,)
+        _tile_gemm(1, Dv, nk, <floating>1, s, 1, 1, vp + <Py_ssize_t>j0 * Dv, Dv, True,
+                   orow, Dv)
+        j0 += bk
+    if l == 0:                             # no key to attend to: zeros, and P = 0 later
+        memset(orow, 0, Dv * sizeof(floating))
+        lrow[0] = INFINITY
+    else:
+        _row_scale(orow, Dv, 1 / l)
+        lrow[0] = m + <floating>log(l)
+
+
 cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
                         const floating* q, const floating* k, const floating* v,
                         floating* out, floating* lse, floating* scratch) noexcept nogil:
@@ -426,6 +554,11 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
     cdef int j0, nk, r, c
     cdef floating* row
 
+    if nq <= ROW_QUERIES:
+        for r in range(nq):
+            _forward_row(P, scale, b, h, i0 + r, qp + <Py_ssize_t>r * D, kp, vp,
+                         op + <Py_ssize_t>r * Dv, lp + r, ST)
+        return
     # QT = q_tile^T, zero-padded to nqp columns                    (D, nqp)
     for c in range(D):
         for r in range(nq):

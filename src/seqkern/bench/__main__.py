@@ -55,7 +55,8 @@ def main(argv=None):
                         "latency against T, seqkern only)")
     p.add_argument("--steps", action="store_true",
                    help="also time single time steps of the recurrent kernels (rnn_step_forward "
-                        "and the like against PyTorch's RNNCell, LSTMCell, GRUCell)")
+                        "and the like against PyTorch's RNNCell, LSTMCell, GRUCell) and one "
+                        "decoding step of attention (one query against a cache of keys)")
     p.add_argument("--no-grid", action="store_true",
                    help="skip the comparison grid (with --sweep or --steps)")
     p.add_argument("--budget", type=float, default=None,

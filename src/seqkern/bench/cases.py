@@ -31,12 +31,16 @@ RECURRENT_SHAPES = [(1, 100, 128, 128), (1, 1000, 64, 64), (32, 100, 256, 256), 
 STEP_SHAPES = [(1, 1, 128, 128), (1, 1, 512, 512), (32, 1, 256, 256)]
 # (B, H, T, D) for attention.
 ATTENTION_SHAPES = [(8, 8, 256, 64), (4, 8, 1024, 64), (1, 8, 4096, 64)]
+# (B, H, Tk, D) for one decoding step of attention (suite "step"): one new query
+# against Tk cached keys and values, forward.
+ATTENTION_STEP_SHAPES = [(1, 8, 1024, 64), (1, 8, 4096, 64), (8, 8, 1024, 64)]
 
 
 @dataclass(frozen=True)
 class Case:
     kernel: str            # "rnn", "lstm", "gru" or "attention"
-    shape: tuple           # (B, T, I, H) recurrent; (B, H, T, D) attention
+    shape: tuple           # (B, T, I, H) recurrent; (B, H, T, D) attention (a step:
+                           # (B, H, Tk, D), one query)
     direction: str = "fwd"  # "fwd" or "fwd+bwd"
     dtype: str = "float32"
     causal: bool = False   # attention only
@@ -58,7 +62,7 @@ class Case:
         """Sequence positions processed per call (B * T)."""
         if self.kernel in RECURRENT:
             return self.shape[0] * self.shape[1]
-        return self.shape[0] * self.shape[2]
+        return self.shape[0] * (1 if self.suite == "step" else self.shape[2])
 
     def flops(self):
         """Floating-point operations of the matrix products (2 per multiply-add)."""
@@ -68,6 +72,8 @@ class Case:
             # backward: dh_{t-1}, dW_hh, dW_ih and dx: twice the forward's products
             return fwd * (3 if self.direction == "fwd+bwd" else 1)
         B, H, T, D = self.shape
+        if self.suite == "step":            # one query against T keys
+            return 4.0 * B * H * T * D
         pairs = T * (T + 1) / 2 if self.causal else T * T
         fwd = 4.0 * B * H * pairs * D
         # backward: recompute S, then dV, dP, dQ, dK: 2.5x the forward's products
@@ -150,16 +156,21 @@ def sweep(quick=False):
 
 
 def steps(kernels=None, dtypes=("float32",)):
-    """One time step of each recurrent kernel (suite "step"), forward and
-    forward+backward, at STEP_SHAPES: batch 1 at H = 128 and 512, and a batch of 32."""
+    """One time step (suite "step"): of each recurrent kernel, forward and
+    forward+backward, at STEP_SHAPES (batch 1 at H = 128 and 512, and a batch of
+    32); of attention, one decoding step (a query against a cache of keys),
+    forward, at ATTENTION_STEP_SHAPES."""
     cases = []
-    for kernel in kernels or RECURRENT:
-        if kernel not in RECURRENT or not kernel_available(kernel):
+    for kernel in kernels or RECURRENT + ("attention",):
+        if not kernel_available(kernel):
             continue
-        for shape in STEP_SHAPES:
-            for direction in ("fwd", "fwd+bwd"):
-                for dtype in dtypes:
-                    cases.append(Case(kernel, shape, direction, dtype, suite="step"))
+        if kernel in RECURRENT:
+            pairs = [(s, d) for s in STEP_SHAPES for d in ("fwd", "fwd+bwd")]
+        else:
+            pairs = [(s, "fwd") for s in ATTENTION_STEP_SHAPES]
+        for shape, direction in pairs:
+            for dtype in dtypes:
+                cases.append(Case(kernel, shape, direction, dtype, suite="step"))
     return cases
 
 
@@ -266,8 +277,10 @@ def _numpy_step(mod, kernel, a, direction):
 
 def _attention_inputs(case, rng):
     B, H, T, D = case.shape
+    Tq = 1 if case.suite == "step" else T
     dt = np.dtype(case.dtype)
-    return {k: rng.standard_normal((B, H, T, D)).astype(dt) for k in ("q", "k", "v", "d_out")}
+    return {k: rng.standard_normal((B, H, Tq if k in ("q", "d_out") else T, D)).astype(dt)
+            for k in ("q", "k", "v", "d_out")}
 
 
 def _numpy_attention(mod, a, case):
