@@ -243,6 +243,37 @@ def test_one_thread_equals_two_threads_bitwise(rng, Tq):
             assert np.array_equal(a, b), f"{dtype.__name__} {name} differs between 1 and 2 threads"
 
 
+@pytest.mark.parametrize("Tq", [3, 6, 7, 12])
+def test_inf_value_at_a_causally_masked_key(Tq):
+    """Query tiles of few rows run row by row (_attention's ROW_QUERIES = 6), the
+    others as tiles; both visit the keys of the whole tile and mask them, so an Inf
+    value at a key hidden from a row reaches it as 0 * Inf = NaN, as in the
+    reference (which weighs every key)."""
+    q = np.ones((1, 1, Tq, 4))
+    k = np.ones((1, 1, Tq, 4))
+    v = np.ones((1, 1, Tq, 2))
+    v[0, 0, Tq - 1, 0] = np.inf
+    out, _ = seqkern.attention_forward(q, k, v, causal=True)
+    with np.errstate(invalid="ignore"):                 # (the reference's 0 * Inf)
+        rout, _ = ref.attention_forward(q, k, v, causal=True)
+    assert np.isnan(rout[0, 0, :-1, 0]).all()           # the reference's behaviour
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(rout))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_dots(rng, dtype):
+    """The decoding path's scores, s[j] = alpha K[j] . q: groups of a vector's
+    lanes of keys summed by halving, the rest one by one, any width."""
+    for nk in (0, 1, 7, 8, 15, 16, 17, 40, 64):
+        for D in (0, 1, 5, 8, 16, 21, 32, 70):
+            K = rng.standard_normal((nk, D)).astype(dtype)
+            q = rng.standard_normal(D).astype(dtype)
+            s = _attention.row_dots(K, q, dtype(0.5))
+            assert s.dtype == dtype and s.shape == (nk,)
+            assert_close(s, 0.5 * (K.astype(np.float64) @ q.astype(np.float64)), dtype,
+                         f"nk={nk} D={D}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nan_propagates(rng, dtype):
     shape = (1, 2, 1, 5, 7, 4, 3)

@@ -40,6 +40,25 @@ def test_empty_is_like_np_empty():
     assert ws.empty((5,), np.float64).base is None       # small: NumPy's own
 
 
+@pytest.mark.parametrize("dtype", [np.float32, "float64", ">f4", np.int16, "S5", np.complex64])
+@pytest.mark.parametrize("shape, aligned", [((3, 4), False), ((3, 4), True), ((2, BIG), False)])
+def test_empty_keeps_any_dtype(dtype, shape, aligned):
+    """The fast path builds the array from a type number alone, which is the whole
+    dtype only for native float32 and float64; any other dtype is kept whole."""
+    a = ws.empty(shape, dtype, aligned)
+    assert a.dtype == np.dtype(dtype) and a.shape == shape and a.flags.c_contiguous
+    if aligned or a.nbytes >= ws.MIN_BYTES:
+        assert a.ctypes.data % 64 == 0
+
+
+def test_empty_rejects_bad_shapes():
+    with pytest.raises(TypeError):
+        ws.empty((2.5, 3), np.float32)
+    with pytest.raises(ValueError):
+        ws.empty((-1, 3), np.float32, True)
+    assert ws.empty([np.int64(2), 3], np.float32).shape == (2, 3)
+
+
 def test_block_reused_once_nothing_refers_to_it():
     a = ws.empty((4, BIG), np.float32)                    # 4 MIN_BYTES
     address = a.ctypes.data

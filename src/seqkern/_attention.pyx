@@ -474,17 +474,19 @@ cdef enum:
     ROW_QUERIES = 6
 
 
-cdef void _forward_row(const Problem* P, floating scale, int b, int h, int i,
+cdef void _forward_row(const Problem* P, floating scale, int b, int h, int i, int kend,
                        const floating* qrow, const floating* kp, const floating* vp,
                        floating* orow, floating* lrow, floating* s) noexcept nogil:
-    """out and lse of query row i of head h (batch b): qrow (D,), kp (Tk, D) and
-    vp (Tk, Dv) its head's keys and values, orow (Dv,), lrow (1,); s: bk scratch.
-    The scores of a key tile are one dot product per key, s[j] = scale q_i . k_j
-    (summed in another order than the tile product's, so they may differ from
-    _forward_task's in the last bits); the mask, the online softmax and the output
-    product are _forward_task's, with the same arithmetic in the same order."""
+    """out and lse of query row i of head h (batch b) over keys [0, kend) (its
+    query tile's: the keys the tile path visits, masked as there, so that a NaN or
+    Inf in v at a key masked for this row reaches it through 0 * Inf just the same):
+    qrow (D,), kp (Tk, D) and vp (Tk, Dv) its head's keys and values, orow (Dv,),
+    lrow (1,); s: bk scratch. The scores of a key tile are one dot product per key,
+    s[j] = scale q_i . k_j (summed in another order than the tile product's, so they
+    may differ from _forward_task's in the last bits); the mask, the online softmax
+    and the output product are _forward_task's, with the same arithmetic in the same
+    order."""
     cdef int bk = P.bk, D = P.D, Dv = P.Dv
-    cdef int kend = _key_end(P, b, i + 1)
     cdef int j0 = 0, nk, j
     cdef floating m = -INFINITY, l = 0, mt, sh, alpha
     memset(orow, 0, Dv * sizeof(floating))
@@ -556,7 +558,7 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
 
     if nq <= ROW_QUERIES:
         for r in range(nq):
-            _forward_row(P, scale, b, h, i0 + r, qp + <Py_ssize_t>r * D, kp, vp,
+            _forward_row(P, scale, b, h, i0 + r, kend, qp + <Py_ssize_t>r * D, kp, vp,
                          op + <Py_ssize_t>r * Dv, lp + r, ST)
         return
     # QT = q_tile^T, zero-padded to nqp columns                    (D, nqp)
@@ -809,6 +811,20 @@ def backward(const floating[:, :, :, ::1] q,     # (B, Hq, Tq, D)
 def pad_multiple(dtype):
     """D and Dv must be multiples of this (two 64-byte vectors of ``dtype``)."""
     return 128 // np.dtype(dtype).itemsize
+
+
+def row_dots(const floating[:, ::1] K, const floating[::1] q, floating alpha):
+    """s[j] = alpha * (K[j] . q) by sk_row_dots, for its test (any nk and D: the
+    kernel's D is always padded to pad_multiple, so the tail past whole vectors
+    only runs here)."""
+    if K.shape[1] != q.shape[0]:
+        raise ValueError("K and q must have the same width")
+    cdef floating[::1] s = np.empty(K.shape[0], np.float32 if floating is float else np.float64)
+    if K.shape[1] == 0:
+        return np.zeros(K.shape[0], np.asarray(s).dtype)
+    if K.shape[0]:
+        _row_dots(<int>K.shape[0], <int>K.shape[1], alpha, &K[0, 0], &q[0], &s[0])
+    return np.asarray(s)
 
 
 def _expf(const float[::1] x, float[::1] out):
