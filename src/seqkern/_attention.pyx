@@ -172,27 +172,33 @@ cdef extern from *:
      *   C[0:m, 0:n] := alpha * A @ B (+ C[0:m, 0:n] if beta)
      * A (m, k) has element (r, d) at A[r * ars + d * acs] (so A^T is free);
      * B (k, n) and C are row-major with row strides ldb and ldc; n must be a
-     * multiple of two vectors (_nr() in Cython), and B and C must hold n columns
-     * (callers pad). Blocks of SK_MR rows x two vectors: 16 accumulators. */
+     * multiple of one vector (_nr() / 2 in Cython), and B and C must hold n
+     * columns (callers pad). Blocks of SK_MR rows x two vectors (16 accumulators),
+     * the last one vector where n is odd in vectors: each element's sum is the
+     * same either way (k in order, then alpha, then C). */
     #define SK_MR 8
     #define SK_GEMM(T, V, SUF)                                                       \\
-    static inline void sk_block_##SUF(int mr, int k, T alpha, const T *A,         \\
-                                      ptrdiff_t ars, ptrdiff_t acs, const T *B,   \\
-                                      int ldb, int beta, T *C, int ldc)           \\
+    /* C[0:mr, 0:nv L] for nv = 1 or 2 vectors (a constant at each call) */       \\
+    static inline __attribute__((always_inline)) void                            \\
+    sk_block_##SUF(int mr, int k, T alpha, const T *A, ptrdiff_t ars,             \\
+                   ptrdiff_t acs, const T *B, int ldb, int beta, T *C, int ldc,   \\
+                   int nv)                                                        \\
     {                                                                             \\
         const int L = (int)(sizeof(V) / sizeof(T));                               \\
         V acc[SK_MR][2];                                                          \\
         int r, d;                                                                 \\
         for (r = 0; r < SK_MR; r++) { acc[r][0] = (V){0}; acc[r][1] = (V){0}; }  \\
         for (d = 0; d < k; d++) {                                                 \\
-            V b0, b1;                                                             \\
+            V b0, b1 = (V){0};                                                    \\
             memcpy(&b0, B + (ptrdiff_t)d * ldb, sizeof b0);                       \\
-            memcpy(&b1, B + (ptrdiff_t)d * ldb + L, sizeof b1);                   \\
+            if (nv == 2)                                                          \\
+                memcpy(&b1, B + (ptrdiff_t)d * ldb + L, sizeof b1);               \\
             for (r = 0; r < SK_MR; r++) {                                         \\
                 if (r < mr) {                                                     \\
                     T a = A[r * ars + d * acs];                                   \\
                     acc[r][0] += a * b0;                                          \\
-                    acc[r][1] += a * b1;                                          \\
+                    if (nv == 2)                                                  \\
+                        acc[r][1] += a * b1;                                      \\
                 }                                                                 \\
             }                                                                     \\
         }                                                                         \\
@@ -200,30 +206,43 @@ cdef extern from *:
             T *c = C + (ptrdiff_t)r * ldc;                                        \\
             V c0 = acc[r][0] * alpha, c1 = acc[r][1] * alpha;                     \\
             if (beta) {                                                           \\
-                V o0, o1;                                                         \\
+                V o0, o1 = (V){0};                                                \\
                 memcpy(&o0, c, sizeof o0);                                        \\
-                memcpy(&o1, c + L, sizeof o1);                                    \\
+                if (nv == 2)                                                      \\
+                    memcpy(&o1, c + L, sizeof o1);                                \\
                 c0 += o0;                                                         \\
                 c1 += o1;                                                         \\
             }                                                                     \\
             memcpy(c, &c0, sizeof c0);                                            \\
-            memcpy(c + L, &c1, sizeof c1);                                        \\
+            if (nv == 2)                                                          \\
+                memcpy(c + L, &c1, sizeof c1);                                    \\
         }                                                                         \\
+    }                                                                             \\
+    /* rows [i, i + mr): the pairs of vectors, then a last single one */          \\
+    static inline __attribute__((always_inline)) void                            \\
+    sk_rows_##SUF(int mr, int n, int k, T alpha, const T *A, ptrdiff_t ars,       \\
+                  ptrdiff_t acs, const T *B, int ldb, int beta, T *C, int ldc)    \\
+    {                                                                             \\
+        const int L = (int)(sizeof(V) / sizeof(T));                               \\
+        int j;                                                                    \\
+        for (j = 0; j + 2 * L <= n; j += 2 * L)                                   \\
+            sk_block_##SUF(mr, k, alpha, A, ars, acs, B + j, ldb, beta, C + j,    \\
+                           ldc, 2);                                               \\
+        if (j < n)                                                                \\
+            sk_block_##SUF(mr, k, alpha, A, ars, acs, B + j, ldb, beta, C + j,    \\
+                           ldc, 1);                                               \\
     }                                                                             \\
     static void sk_gemm_##SUF(int m, int n, int k, T alpha, const T *A,           \\
                               ptrdiff_t ars, ptrdiff_t acs, const T *B, int ldb,  \\
                               int beta, T *C, int ldc)                            \\
     {                                                                             \\
-        const int NR = 2 * (int)(sizeof(V) / sizeof(T));                          \\
-        int i = 0, j;                                                             \\
+        int i = 0;                                                                \\
         for (; i + SK_MR <= m; i += SK_MR)                                        \\
-            for (j = 0; j < n; j += NR)                                           \\
-                sk_block_##SUF(SK_MR, k, alpha, A + i * ars, ars, acs, B + j,     \\
-                               ldb, beta, C + (ptrdiff_t)i * ldc + j, ldc);       \\
+            sk_rows_##SUF(SK_MR, n, k, alpha, A + i * ars, ars, acs, B, ldb,      \\
+                          beta, C + (ptrdiff_t)i * ldc, ldc);                     \\
         if (i < m)                                                                \\
-            for (j = 0; j < n; j += NR)                                           \\
-                sk_block_##SUF(m - i, k, alpha, A + i * ars, ars, acs, B + j,     \\
-                               ldb, beta, C + (ptrdiff_t)i * ldc + j, ldc);       \\
+            sk_rows_##SUF(m - i, n, k, alpha, A + i * ars, ars, acs, B, ldb,      \\
+                          beta, C + (ptrdiff_t)i * ldc, ldc);                     \\
     }
     SK_GEMM(float, sk_vf, f)
     SK_GEMM(double, sk_vd, d)
@@ -293,7 +312,7 @@ cdef inline void _tile_gemm(int m, int n, int k, floating alpha, const floating*
                             Py_ssize_t ars, Py_ssize_t acs, const floating* B, int ldb,
                             bint beta, floating* C, int ldc) noexcept nogil:
     """C[:m, :n] := alpha * A @ B (+ C if beta), A's element (r, d) at A[r*ars + d*acs];
-    n a multiple of _nr() (see SK_GEMM)."""
+    n a multiple of one vector, _nr() / 2 (see SK_GEMM)."""
     if floating is float:
         sk_gemm_f(m, n, k, alpha, A, ars, acs, B, ldb, beta, C, ldc)
     else:
@@ -537,7 +556,7 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
     cdef int i0 = <int>(task % nqt) * bq
     cdef int i1 = min(i0 + bq, P.Tq)
     cdef int nq = i1 - i0
-    cdef int nqp = _round_up(nq, nr)
+    cdef int nqp = _round_up(nq, nr // 2)           # whole vectors of queries
     cdef int b = <int>(bh // P.Hq), h = <int>(bh % P.Hq)
     cdef Py_ssize_t bkv = <Py_ssize_t>b * P.Hkv + h // (P.Hq // P.Hkv)
     cdef const floating* qp = q + (bh * P.Tq + i0) * D
