@@ -11,13 +11,13 @@ THREADS = sorted({1, default_threads()[-1]})
 
 def cases_for(kernel, suite="grid"):
     make = steps if suite == "step" else grid
-    cases = make(kernels=[kernel], dtypes=("float32", "float64"))
+    cases = make(kernels=None if kernel is None else [kernel], dtypes=("float32", "float64"))
     return [pytest.param(c, id=c.name.replace(" ", "-")) for c in cases]
 
 
 def parametrize(kernel, suite="grid"):
     """Decorator: parametrize a benchmark over case x implementation x threads
-    (the cases of ``suite``: "grid" or "step")."""
+    (the cases of ``suite``, "grid" or "step", for ``kernel``, or None: every one)."""
     def deco(fn):
         fn = pytest.mark.parametrize("n_threads", THREADS, ids=lambda n: f"{n}thr")(fn)
         fn = pytest.mark.parametrize("impl", IMPLS)(fn)

@@ -283,6 +283,27 @@ cdef extern from *:
     }
     SK_SOFTMAX_COLS(float, sk_expf, f)
     SK_SOFTMAX_COLS(double, sk_exp_flush, d)
+    /* The same step for a single query whose nk scores are contiguous (the
+     * decoding path): the same arithmetic in the same order, with the exps
+     * vectorised along the keys (sk_row_exp). Returns alpha. */
+    #define SK_SOFTMAX_ROW(T, EXP, SUF)                                              \\
+    static T sk_softmax_row_##SUF(T *s, int nk, T *m, T *l)                       \\
+    {                                                                             \\
+        T mnew = *m, sh, alpha;                                                   \\
+        int j;                                                                    \\
+        for (j = 0; j < nk; j++)                                                  \\
+            mnew = s[j] > mnew ? s[j] : mnew;   /* a NaN never becomes the max */ \\
+        sh = mnew == -INFINITY ? 0 : mnew;                                        \\
+        alpha = EXP(*m - sh);                                                     \\
+        *l *= alpha;                                                              \\
+        *m = mnew;                                                                \\
+        sk_row_exp_##SUF(s, nk, sh);                                              \\
+        for (j = 0; j < nk; j++)                                                  \\
+            *l += s[j];                                                           \\
+        return alpha;                                                             \\
+    }
+    SK_SOFTMAX_ROW(float, sk_expf, f)
+    SK_SOFTMAX_ROW(double, sk_exp_flush, d)
     """
     void sk_gemm_f(int m, int n, int k, float alpha, const float* A, Py_ssize_t ars,
                    Py_ssize_t acs, const float* B, int ldb, int beta, float* C,
@@ -294,6 +315,8 @@ cdef extern from *:
                            float* alpha, float* shift) noexcept nogil
     void sk_softmax_cols_d(double* st, int ld, int nk, int nq, double* m, double* l,
                            double* alpha, double* shift) noexcept nogil
+    float sk_softmax_row_f(float* s, int nk, float* m, float* l) noexcept nogil
+    double sk_softmax_row_d(double* s, int nk, double* m, double* l) noexcept nogil
     void sk_row_exp_f(float* row, int n, float m) noexcept nogil
     void sk_row_exp_d(double* row, int n, double m) noexcept nogil
     void sk_row_dsoftmax_f(const float* p, float* ds, int n, float d) noexcept nogil
@@ -327,6 +350,14 @@ cdef inline void _softmax_cols(floating* st, int ld, int nk, int nq, floating* m
         sk_softmax_cols_d(st, ld, nk, nq, m, l, alpha, shift)
 
 
+cdef inline floating _softmax_row(floating* s, int nk, floating* m, floating* l) noexcept nogil:
+    """_softmax_cols for one query with contiguous scores s (nk,); returns alpha."""
+    if floating is float:
+        return sk_softmax_row_f(s, nk, m, l)
+    else:
+        return sk_softmax_row_d(s, nk, m, l)
+
+
 cdef inline int _nr(floating x) noexcept nogil:
     """Column multiple of _tile_gemm: two 64-byte vectors."""
     return <int>(128 // sizeof(floating))
@@ -334,13 +365,6 @@ cdef inline int _nr(floating x) noexcept nogil:
 
 cdef inline int _round_up(int n, int step) noexcept nogil:
     return (n + step - 1) // step * step
-
-
-cdef inline floating _exp(floating x) noexcept nogil:
-    if floating is float:
-        return sk_expf(x)
-    else:
-        return sk_exp_flush(x)
 
 
 cdef inline void _row_exp(floating* row, int n, floating m) noexcept nogil:
@@ -506,25 +530,14 @@ cdef void _forward_row(const Problem* P, floating scale, int b, int h, int i, in
     and the output product are _forward_task's, with the same arithmetic in the same
     order."""
     cdef int bk = P.bk, D = P.D, Dv = P.Dv
-    cdef int j0 = 0, nk, j
-    cdef floating m = -INFINITY, l = 0, mt, sh, alpha
+    cdef int j0 = 0, nk
+    cdef floating m = -INFINITY, l = 0, alpha
     memset(orow, 0, Dv * sizeof(floating))
     while j0 < kend:
         nk = min(bk, kend - j0)
         _row_dots(nk, D, scale, kp + <Py_ssize_t>j0 * D, qrow, s)    # (nk,)
         _mask_tile(P, s, nk, b, h, i, 1, j0, nk)
-        # s := exp(s - m_new); m, l updated (sk_softmax_cols on one column)
-        mt = m
-        for j in range(nk):
-            if s[j] > mt:                  # (a NaN score never becomes the max)
-                mt = s[j]
-        sh = 0 if mt == -INFINITY else mt
-        alpha = _exp(m - sh)
-        l *= alpha
-        m = mt
-        _row_exp(s, nk, sh)
-        for j in range(nk):
-            l += s[j]
+        alpha = _softmax_row(s, nk, &m, &l)     # s := exp(s - m_new); m, l updated
         if alpha != 1:
             _row_scale(orow, Dv, alpha)
         # out_i += s @ v_tile                                      (Dv,)

@@ -299,7 +299,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             const floating[:, ::1] h0,        # (B, H)
             const floating[:, ::1] W_ih,      # (G, I) packed
             const floating[:, ::1] W_hh,      # (G, H) packed
-            const floating[:, ::1] W_hh_T,    # (H, G) W_hh^T for B = 1, or (1, 1): none
+            const floating[:, ::1] W_hh_T,    # (H, G) W_hh^T for B = 1, or None
             const floating[::1] bias,         # (G,) packed: b_ih + (b_hr, b_hz, 0)
             const floating[::1] b_hn,         # (H,)
             const int64_t[::1] lengths,       # (B,) or None
@@ -333,7 +333,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef const floating* h0p = &h0[0, 0]
     cdef const floating* Wih = &W_ih[0, 0]
     cdef const floating* Whh = &W_hh[0, 0]
-    cdef const floating* WhhT = &W_hh_T[0, 0] if W_hh_T.shape[1] == G else NULL
+    cdef const floating* WhhT = NULL if W_hh_T is None else &W_hh_T[0, 0]
     cdef const floating* bp = &bias[0]
     cdef const floating* bhn = &b_hn[0]
     cdef const floating* h_prev
@@ -522,7 +522,7 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
              const floating[:, :, ::1] out,      # (T, B, H)
              const floating[:, ::1] W_ih,        # (G, I) packed
              const floating[:, ::1] W_hh,        # (G, H) packed
-             const floating[:, ::1] W_hh_T,      # (H, G) W_hh^T for B > 1, or (1, 1): none
+             const floating[:, ::1] W_hh_T,      # (H, G) W_hh^T for B > 1, or None
              const floating[:, :, ::1] gates,    # (T, B, G) r, z, n (packed)
              const floating[:, :, ::1] hn,       # (T, B, H)
              const int64_t[::1] lengths,         # (B,) or None
@@ -557,7 +557,7 @@ def backward(const floating[:, :, ::1] d_out,    # (T, B, H) or None
     cdef const floating* h0p = &h0[0, 0]
     cdef const floating* Wih = &W_ih[0, 0]
     cdef const floating* Whh = &W_hh[0, 0]
-    cdef const floating* WhhT = &W_hh_T[0, 0] if W_hh_T.shape[1] == G else NULL
+    cdef const floating* WhhT = NULL if W_hh_T is None else &W_hh_T[0, 0]
     cdef const floating* gp = &gates[0, 0, 0]
     cdef const floating* hnp = &hn[0, 0, 0]
     cdef floating* dgip = &dgi[0, 0, 0]

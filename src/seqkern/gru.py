@@ -78,6 +78,17 @@ def _pack(a, order):
     return a if order is None else a[order]
 
 
+def _transposed(W_hh, wanted, T, B, packed):
+    """W_hh^T (H, 3H) for the kernel's step products on OpenBLAS where ``wanted``
+    (the forward's at B = 1, the backward's at B > 1), else None: packed products
+    and calls of few steps (_gru.few_steps) use W_hh itself."""
+    if not wanted or packed & _gru.PK_STEP or _gru.few_steps(T, B):
+        return None
+    W_hh_T = _workspace.empty(W_hh.shape[::-1], W_hh.dtype)
+    _gru.transpose(W_hh, W_hh_T)
+    return W_hh_T
+
+
 def _unpack(a, order):
     if order is None:
         return a
@@ -141,11 +152,7 @@ def _forward(a, return_cache):
         b_hn[:] = a.b_hh[2 * H:]           # b_hn sits inside r * (...): kept apart
     W_ih = _pack(a.W_ih, order)
     W_hh = _pack(a.W_hh, order)
-    if B == 1 and not packed & _gru.PK_STEP and not _gru.few_steps(T, B):
-        W_hh_T = _workspace.empty((H, 3 * H), dt)
-        _gru.transpose(W_hh, W_hh_T)
-    else:
-        W_hh_T = np.empty((1, 1), dt)
+    W_hh_T = _transposed(W_hh, B == 1, T, B, packed)
     # Without a cache the steps run in chunks of about _CHUNK_ROWS rows (T*B), so
     # the gate buffer stays small (see _gru.forward).
     Tc = T if return_cache else min(T, max(1, _CHUNK_ROWS // B))
@@ -210,11 +217,7 @@ def _backward(c, d_out, d_h_n):
         dgi = _workspace.empty((Tc, B, 3 * H), dt)
         dgh = _workspace.empty((Tc, B, 3 * H), dt)
         packed = _gru.packed_products(T, B, H, step_gemm_mode(), True)
-        if B > 1 and not packed & _gru.PK_STEP and not _gru.few_steps(T, B):
-            W_hh_T = _workspace.empty((H, 3 * H), dt)
-            _gru.transpose(c.W_hh, W_hh_T)
-        else:
-            W_hh_T = np.empty((1, 1), dt)
+        W_hh_T = _transposed(c.W_hh, B > 1, T, B, packed)
         with blas_single_thread():
             # d_out may be None: pick the fused specialisation by dtype, not by argument
             _gru.backward[_FUSED[dt]](d_out, a.x, a.h0, c.out, c.W_ih, c.W_hh, W_hh_T, c.gates,

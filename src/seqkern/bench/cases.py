@@ -13,7 +13,8 @@ to every input, initial state and weight.
 
 The step suite (:func:`steps`) times one time step of the recurrent kernels
 (``lstm_step_forward`` and the like against PyTorch's ``LSTMCell``, ``GRUCell``,
-``RNNCell``): what a decoding loop written in Python calls once per token.
+``RNNCell``) and one decoding step of attention (a query against a cache of keys):
+what a decoding loop written in Python calls once per token.
 """
 
 import importlib.util
@@ -228,8 +229,9 @@ def _torch_recurrent(kernel, a, direction, step=False):
     first = (lambda v: v[0]) if step else (lambda v: v)      # a step: x[0], d_out[0]
     x = torch.from_numpy(first(a["x"]))
     d_out = torch.from_numpy(first(a["d_out"]))
-    h0 = torch.from_numpy(a["h0"]) if step else torch.from_numpy(a["h0"])[None]
-    c0 = torch.from_numpy(a["c0"]) if step else torch.from_numpy(a["c0"])[None]
+    # initial states: (B, H) for a cell, (1, B, H) (one layer) for a sequence
+    h0, c0 = (torch.from_numpy(a[k]) if step else torch.from_numpy(a[k])[None]
+              for k in ("h0", "c0"))
 
     def state(grad):
         h = h0.clone().requires_grad_(grad)
