@@ -3,9 +3,12 @@
 Environment variables read at build time:
 
 SEQKERN_NO_OPENMP=1   build without OpenMP (every kernel then runs on one thread).
-SEQKERN_PORTABLE=1    do not tune for the building machine's CPU (for wheels that
-                      travel); the default is ``-march=native``, since a source install
-                      is built where it runs.
+SEQKERN_PORTABLE=1    a build that travels (what a wheel is): the kernel modules are
+                      compiled once per instruction-set level (x86-64: sse2, avx2 =
+                      x86-64-v3, avx512 = x86-64-v4; elsewhere: generic) and
+                      seqkern._dispatch picks the best one the CPU supports at import.
+                      The default is one ``-march=native`` level, since a source
+                      install is built where it runs.
 
 The build prints what it decided. Generated C files go to ``build/cython`` and never
 into the source tree or the wheel. No flag that changes the meaning of NaN or Inf
@@ -14,6 +17,7 @@ into the source tree or the wheel. No flag that changes the meaning of NaN or In
 
 import glob
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -64,18 +68,37 @@ int main(void) {
 """
 
 
+# Modules whose code depends on the instruction set: compiled once per level. The
+# lowest level keeps the plain name (seqkern._rnn), the others get a suffix
+# (seqkern._rnn_avx2); seqkern._dispatch imports the right one.
+KERNEL_MODULES = ("_activations", "_attention", "_gru", "_lstm", "_packed_gemm", "_rnn")
+
+# x86-64's levels: the psABI's microarchitecture levels, lowest first.
+X86_LEVELS = (("sse2", []), ("avx2", ["-march=x86-64-v3"]), ("avx512", ["-march=x86-64-v4"]))
+
+
+def _levels(notes):
+    """[(name, flags)] of the instruction-set levels to compile, lowest first."""
+    if _env_flag("SEQKERN_PORTABLE"):
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            levels = [(n, f) for n, f in X86_LEVELS if not f or _compiles(f)]
+        else:
+            levels = [("generic", [])]
+        notes.append("portable build (SEQKERN_PORTABLE=1): kernels for "
+                     + ", ".join(n for n, _ in levels) + ", chosen at import")
+        return levels
+    if _compiles(["-march=native"]):
+        notes.append("tuned for this CPU: -march=native (set SEQKERN_PORTABLE=1 for a portable build)")
+        return [("native", ["-march=native"])]
+    notes.append("the compiler does not accept -march=native: generic code")
+    return [("generic", [])]
+
+
 def _decide_flags():
     compile_args = ["-O3", "-fno-math-errno", "-Wno-unused-function"]
     link_args = []
     notes = []
-
-    if _env_flag("SEQKERN_PORTABLE"):
-        notes.append("portable build (SEQKERN_PORTABLE=1): no -march=native")
-    elif _compiles(["-march=native"]):
-        compile_args.append("-march=native")
-        notes.append("tuned for this CPU: -march=native (set SEQKERN_PORTABLE=1 for a portable build)")
-    else:
-        notes.append("the compiler does not accept -march=native: generic code")
+    levels = _levels(notes)
 
     if _env_flag("SEQKERN_NO_OPENMP"):
         openmp = False
@@ -88,37 +111,57 @@ def _decide_flags():
     else:
         openmp = False
         notes.append("OpenMP not available from this compiler: kernels will run on one thread")
-    return compile_args, link_args, openmp, notes
+    return compile_args, link_args, openmp, levels, notes
+
+
+def _level_source(pyx, suffix):
+    """The .pyx to compile for a level: the source itself, or (suffix) a copy of it
+    under build/ that Cython compiles as the module seqkern.<name><suffix>."""
+    if not suffix:
+        return pyx
+    name = os.path.splitext(os.path.basename(pyx))[0]
+    dst = os.path.join("build", "isa", name + suffix + ".pyx")
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if not os.path.exists(dst) or os.path.getmtime(dst) != os.path.getmtime(pyx):
+        shutil.copy2(pyx, dst)      # keeps the mtime: Cython's rebuild check stays right
+    return dst
 
 
 def extensions():
-    compile_args, link_args, openmp, notes = _decide_flags()
+    compile_args, link_args, openmp, levels, notes = _decide_flags()
     print("seqkern build: " + "; ".join(notes), file=sys.stderr)
     print("seqkern build: compile flags " + " ".join(compile_args), file=sys.stderr)
-    macros = [
-        ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
-        ("SEQKERN_CFLAGS", '"%s"' % " ".join(compile_args)),
-        ("SEQKERN_BUILT_WITH_OPENMP", "1" if openmp else "0"),
-    ]
     # Every extension recompiles when a C header changes (they include each other).
     headers = sorted(glob.glob(os.path.join(SRC, "*.h")))
     exts = []
     for pyx in sorted(glob.glob(os.path.join(SRC, "_*.pyx"))):
-        name = "seqkern." + os.path.splitext(os.path.basename(pyx))[0]
-        exts.append(
-            Extension(
-                name,
-                [pyx],
-                include_dirs=[np.get_include(), SRC],
-                depends=headers,
-                define_macros=macros,
-                extra_compile_args=compile_args,
-                extra_link_args=link_args,
+        name = os.path.splitext(os.path.basename(pyx))[0]
+        # ISA-neutral modules are built once, at the lowest level's flags.
+        for i, (level, level_flags) in enumerate(levels if name in KERNEL_MODULES else levels[:1]):
+            suffix = "_" + level if i else ""
+            flags = compile_args + level_flags
+            exts.append(
+                Extension(
+                    "seqkern." + name + suffix,
+                    [_level_source(pyx, suffix)],
+                    include_dirs=[np.get_include(), SRC],
+                    depends=headers,
+                    define_macros=[
+                        ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                        ("SEQKERN_CFLAGS", '"%s"' % " ".join(flags)),
+                        ("SEQKERN_LEVEL", '"%s"' % level),
+                        ("SEQKERN_BUILT_WITH_OPENMP", "1" if openmp else "0"),
+                    ],
+                    extra_compile_args=flags,
+                    extra_link_args=link_args,
+                )
             )
-        )
+    print("seqkern build: levels " + ", ".join(f"{n} ({' '.join(f) or 'baseline'})" for n, f in levels),
+          file=sys.stderr)
     return cythonize(
         exts,
         build_dir=os.path.join("build", "cython"),
+        include_path=["src", SRC],
         language_level=3,
         compiler_directives={
             "boundscheck": False,

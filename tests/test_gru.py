@@ -270,7 +270,7 @@ def test_few_steps_keep_the_weights_as_given():
     the weights (one block of units): its cache refers to W_ih and W_hh
     themselves; a longer call at the same sizes splits them into blocks. Both
     match the reference."""
-    from seqkern import _gru
+    from seqkern.gru import _gru
 
     for T, B in [(1, 1), (3, 4), (4, 4)]:
         x, h, W_ih, W_hh, b_ih, b_hh = make(T, B, 6, 300)

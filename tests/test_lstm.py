@@ -490,16 +490,27 @@ def test_reference_sigmoid_is_stable():
     assert np.isnan(s[5])
 
 
+def _force_packed(monkeypatch):
+    """Run the products on the packed GEMM, as AUTO does on AVX-512 builds only (the
+    batch-1 split lives on that path)."""
+    import seqkern._step_gemm
+
+    monkeypatch.setattr(seqkern._step_gemm, "_mode", seqkern._step_gemm.PACKED)
+
+
 @pytest.mark.parametrize("mode, T, holds", [("blas", 20, True), ("packed", 20, False),
-                                             ("auto", 2, True), ("auto", 20, False)])
+                                             ("auto", 2, True), ("auto", 20, None)])
 def test_blas_held_only_where_blas_runs(monkeypatch, mode, T, holds):
     """The wrapper holds BLAS at one thread (a few us of ctypes calls) only around
     calls whose products run on BLAS; the packed path calls none, and must still
-    match the reference."""
+    match the reference. AUTO packs from 16 rows on, in modules built for AVX-512."""
     from contextlib import contextmanager
 
     import seqkern.lstm as lstm_mod
     from seqkern._step_gemm import step_gemm
+
+    if holds is None:
+        holds = lstm_mod._lstm.ISA != "avx512"
 
     entered = []
 
@@ -551,6 +562,7 @@ def test_batch_1_step_split_between_threads(monkeypatch, request, dtype, H, T, I
         return splits[-1]
 
     monkeypatch.setattr(lstm_mod._lstm, "forward", recording)
+    _force_packed(monkeypatch)
     args = make(T, 1, I, H, dtype)
     lengths = None if length is None else np.array([length])
     # the split surely runs from `join` (however slow the handoff); max_wait < 0:
@@ -588,7 +600,7 @@ def test_weights_not_copied_where_the_layout_is_theirs():
     """With one unit block the kernel's gate layout is PyTorch's: the cache then
     refers to W_ih, W_hh (no copy, never written); with several it holds them
     repacked. The backward matches the reference either way."""
-    from seqkern import _lstm
+    from seqkern.lstm import _lstm
 
     # (T, B, I, H, one block?): at H = 256 a single step of a single row only
     for T, B, I, H, expected in [(20, 1, 6, 16, True), (3, 64, 8, 256, False),
@@ -622,6 +634,7 @@ def two_threads_split(monkeypatch, request):
     forward = lstm_mod._lstm.forward
     monkeypatch.setattr(lstm_mod._lstm, "forward",
                         lambda *a: splits.append(forward(*a)) or splits[-1])
+    _force_packed(monkeypatch)
     request.addfinalizer(lambda: lstm_mod._lstm.wait_for_helper(0))
     return lstm_mod._lstm, splits
 

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 import seqkern
-from seqkern import _packed_gemm as pg
+from seqkern._dispatch import kernel_module
+
+pg = kernel_module("_packed_gemm")
 from seqkern import reference as ref
 from seqkern._step_gemm import step_gemm
 

@@ -155,9 +155,11 @@ def test_kernel_scratch_reused_between_calls():
     """The kernels' scratch of >= MIN_BYTES (here the weights packed for a
     call: 4H x (I + H) float64, 1 MiB) goes back to the free list after each call
     and serves the next, under the same limit as the arrays."""
+    from seqkern._step_gemm import step_gemm
+
     args = [np.random.default_rng(1).standard_normal(s) * 0.1
             for s in ((100, 1, 128), (1, 128), (1, 128), (512, 128), (512, 128))]
-    with seqkern.threads(1):
+    with seqkern.threads(1), step_gemm("packed"):     # AUTO packs on AVX-512 only
         want = seqkern.lstm_forward(*args, return_cache=False)[0]
         n, held = ws.held()
         assert n >= 2 and held >= 2 * 512 * 128 * 8          # W_hh and W_ih packed

@@ -6,6 +6,8 @@ the recurrent kernels use, so its accuracy can be checked against NumPy.
 
 import numpy as np
 from cython cimport floating
+
+include "_build_info.pxi"
 from seqkern._activations cimport tanh_, sigmoid_
 
 

@@ -44,6 +44,8 @@
 # OpenBLAS sgemm's 90-96 GFLOP/s (packing included).
 
 from cython cimport floating
+
+include "_build_info.pxi"
 from cython.parallel cimport prange, parallel
 from libc.math cimport INFINITY, log
 from libc.stdint cimport int64_t

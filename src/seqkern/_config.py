@@ -11,11 +11,13 @@ def config():
     import scipy
 
     from seqkern import __version__
+    from seqkern._dispatch import info
     from seqkern._openmp_helpers import build_cflags, omp_max_threads, openmp_enabled
     from seqkern._threads import blas_info, effective_num_threads, get_num_threads
 
     import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS so it is listed)
 
+    levels, level, isa, kernel_flags = info()
     return {
         "seqkern": __version__,
         "python": sys.version.split()[0],
@@ -25,6 +27,10 @@ def config():
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "compiler_flags": build_cflags(),
+        "isa_levels_compiled": levels,
+        "isa_level": level,
+        "isa": isa,
+        "kernel_compiler_flags": kernel_flags,
         "openmp": openmp_enabled(),
         "omp_max_threads": omp_max_threads(),
         "num_threads": get_num_threads(),
@@ -54,6 +60,8 @@ def show_config():
     print(f"platform:        {c['platform']}")
     print(f"cpu:             {c['cpu']} ({c['cores']} cores)")
     print(f"compiler flags:  {c['compiler_flags']}")
+    print(f"kernels:         level {c['isa_level']} ({c['isa']}: {c['kernel_compiler_flags']}); "
+          f"compiled: {', '.join(c['isa_levels_compiled'])}")
     print(f"openmp:          {'on' if c['openmp'] else 'off'} (runtime default {c['omp_max_threads']} threads)")
     print(f"threads:         {c['num_threads']} requested, {c['effective_num_threads']} used by kernels")
     for b in c["blas"]:

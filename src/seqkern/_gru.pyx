@@ -39,6 +39,8 @@
 # of each step's work-shared loop separates the steps.
 
 from cython cimport floating
+
+include "_build_info.pxi"
 from cython.parallel cimport prange, parallel
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset

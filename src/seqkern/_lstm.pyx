@@ -43,6 +43,8 @@
 # step across through spin flags instead (_split_lead).
 
 from cython cimport floating
+
+include "_build_info.pxi"
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t

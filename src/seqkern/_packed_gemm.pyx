@@ -11,6 +11,8 @@ steps).
 
 import numpy as np
 from cython cimport floating
+
+include "_build_info.pxi"
 from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, pk_gemm, pk_gemv_side, pk_pack_nn,
                                    pk_pack_nt, pk_pack_side, pk_size)
 

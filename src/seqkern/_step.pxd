@@ -15,8 +15,11 @@ from libc.string cimport memcpy
 from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_gemm
 
+cdef extern from "_simd.h" nogil:
+    enum: SK_WIDE
+
 cdef enum:
-    STEP_AUTO = 0      # the kernel's measured rule (packs(): by the rows served)
+    STEP_AUTO = 0      # the kernel's measured rule (packs(): by the ISA and the rows served)
     STEP_BLAS = 1
     STEP_PACKED = 2
     # AUTO packs once the weights serve at least this many rows (T * B): packing
@@ -30,10 +33,13 @@ cdef enum:
 
 cdef inline bint packs(int step_gemm, Py_ssize_t rows) noexcept nogil:
     """Run the products with the weights on _packed_gemm.h, for a call over
-    ``rows`` = T * B rows? AUTO: from PACK_MIN_ROWS rows on (a function of the
-    sizes only, so never of the thread count)."""
+    ``rows`` = T * B rows? AUTO: where the module is compiled for the vector width
+    the packed GEMM is written for (SK_WIDE: AVX-512; on narrower ISAs BLAS, which
+    picks its own kernels for the CPU, is the faster everywhere measured), from
+    PACK_MIN_ROWS rows on (a function of the sizes and the ISA only, so never of
+    the thread count)."""
     if step_gemm == STEP_AUTO:
-        return rows >= PACK_MIN_ROWS
+        return SK_WIDE and rows >= PACK_MIN_ROWS
     return step_gemm == STEP_PACKED
 
 

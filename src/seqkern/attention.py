@@ -37,7 +37,10 @@ from typing import Optional, Tuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from seqkern import _attention, _workspace
+from seqkern import _workspace
+from seqkern._dispatch import kernel_module
+
+_attention = kernel_module("_attention")
 from seqkern._threads import effective_num_threads
 from seqkern._types import AttentionGrads
 from seqkern._validation import check_bool, check_cache, check_shape, float_array

@@ -25,7 +25,10 @@ from typing import Optional, Tuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from seqkern import _gru, _workspace
+from seqkern import _workspace
+from seqkern._dispatch import kernel_module
+
+_gru = kernel_module("_gru")
 from seqkern._threads import blas_single_thread, effective_num_threads
 from seqkern._types import GRUGrads
 from seqkern._recurrent import RecurrentArgs

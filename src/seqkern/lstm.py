@@ -24,7 +24,10 @@ from typing import Optional, Tuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from seqkern import _lstm, _workspace
+from seqkern import _workspace
+from seqkern._dispatch import kernel_module
+
+_lstm = kernel_module("_lstm")
 from seqkern._step_gemm import step_gemm_mode
 from seqkern._threads import blas_single_thread, effective_num_threads
 from seqkern._types import LSTMGrads

@@ -19,7 +19,10 @@ from typing import Literal, Optional, Tuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from seqkern import _rnn, _workspace
+from seqkern import _workspace
+from seqkern._dispatch import kernel_module
+
+_rnn = kernel_module("_rnn")
 from seqkern._step_gemm import step_gemm_mode
 from seqkern._threads import blas_single_thread, block_count, effective_num_threads
 from seqkern._types import RNNGrads

@@ -1,0 +1,87 @@
+"""Which compiled kernels run: the best instruction-set level this CPU supports.
+
+setup.py compiles the kernel modules (_rnn, _lstm, _gru, _attention,
+_packed_gemm, _activations) once per level. A source install has one level,
+"native" (``-march=native``). A portable build (``SEQKERN_PORTABLE=1``, what a
+wheel is) has, on x86-64, "sse2" (the baseline, under the plain module names),
+"avx2" (x86-64-v3) and "avx512" (x86-64-v4), as modules with that suffix
+(``seqkern._rnn_avx2``); elsewhere one "generic" level.
+
+At import the highest level the CPU supports is chosen, capped by the
+environment variable ``SEQKERN_MAX_ISA`` (sse2, avx2 or avx512; read once, at
+import), as oneDNN's ONEDNN_MAX_CPU_ISA caps its kernels: every level can so be
+tested and measured on one machine. ``seqkern.show_config()`` prints what was
+compiled and what was chosen.
+"""
+
+import importlib
+import importlib.util
+import os
+import warnings
+
+from seqkern._cpu import x86_level
+
+#: The ISA levels, lowest first, with the x86-64 level each needs (0: any CPU).
+_ORDER = {"generic": 0, "sse2": 1, "avx2": 3, "avx512": 4}
+#: The instruction sets a module may report (_simd.h), mapped to a level.
+_ISA_RANK = {"generic": 0, "neon": 0, "sse2": 1, "avx": 2, "avx2": 3, "avx512": 4}
+_KERNELS = ("_activations", "_attention", "_gru", "_lstm", "_packed_gemm", "_rnn")
+
+
+def _max_isa():
+    """SEQKERN_MAX_ISA as a rank (None: not set)."""
+    cap = os.environ.get("SEQKERN_MAX_ISA", "").strip().lower()
+    if not cap:
+        return None
+    if cap not in _ORDER:
+        raise ValueError(f"SEQKERN_MAX_ISA must be one of {', '.join(_ORDER)}, got {cap!r}")
+    return _ORDER[cap]
+
+
+def _compiled():
+    """The levels of this build, lowest first, and the baseline's instruction set."""
+    base = importlib.import_module("seqkern._rnn")
+    levels = [base.LEVEL]
+    if base.LEVEL == "sse2":            # a portable build's baseline: the others beside it
+        levels += [lv for lv in ("avx2", "avx512")
+                   if importlib.util.find_spec("seqkern._rnn_" + lv) is not None]
+    return levels, base.ISA
+
+
+def choose(compiled, cpu_level, cap):
+    """The level to run: the highest of ``compiled`` (lowest first; its first is
+    always runnable) that the CPU's x86-64 level and the cap (a rank of _ORDER, or
+    None) allow."""
+    chosen = compiled[0]
+    for lv in compiled[1:]:
+        if _ORDER[lv] <= cpu_level and (cap is None or _ORDER[lv] <= cap):
+            chosen = lv
+    return chosen
+
+
+def _choose():
+    compiled, base_isa = _compiled()
+    cap = _max_isa()
+    chosen = choose(compiled, x86_level(), cap)
+    if cap is not None and chosen == compiled[0] and _ISA_RANK.get(base_isa, 0) > cap:
+        warnings.warn(f"SEQKERN_MAX_ISA caps the instruction set below what this build's "
+                      f"kernels use ({base_isa}, level {compiled[0]}); build with "
+                      f"SEQKERN_PORTABLE=1 for kernels of each level", RuntimeWarning)
+    return compiled, chosen
+
+
+COMPILED, LEVEL = _choose()
+_SUFFIX = "" if LEVEL == COMPILED[0] else "_" + LEVEL
+
+
+def kernel_module(name):
+    """The module ``name`` (one of the kernel modules, e.g. "_lstm") of the chosen level."""
+    if name not in _KERNELS:
+        raise ValueError(f"name must be one of {', '.join(_KERNELS)}, got {name!r}")
+    return importlib.import_module("seqkern." + name + _SUFFIX)
+
+
+def info():
+    """(levels compiled, level chosen, its instruction set, its compiler flags)."""
+    m = kernel_module("_rnn")
+    return COMPILED, LEVEL, m.ISA, m.CFLAGS
