@@ -46,7 +46,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
-from seqkern._step cimport PACK_MIN_ROWS, final_states, n_blocks, packs, rows_times_wt
+from seqkern._step cimport PACK_MIN_ROWS, PAR_MIN_GEMM, final_states, n_blocks, packs, rows_times_wt
 from seqkern._packed_gemm cimport pk_gemm, pk_gemm_dir, pk_pack_nn, pk_pack_nt, pk_size
 from seqkern._workspace cimport scratch_alloc, scratch_free
 
@@ -88,14 +88,11 @@ cdef inline void _vecmat(int n, int K, const floating* x, const floating* A, int
 # hidden units only once its recurrent product B*3H*H reaches PAR_MIN_STEP
 # multiply-adds; below that one block does it all (the fork/join would cost more
 # than it saves). The GEMMs outside the time loop go parallel only from
-# PAR_MIN_GEMM multiply-adds: an idle OpenMP worker spins for milliseconds after a
-# parallel loop (libgomp's default), which was measured to slow the serial time
-# loop that follows several-fold on a machine whose cores are shared.
+# PAR_MIN_GEMM multiply-adds (_step.pxd).
 cdef enum:
     PARTS = 4
     ALIGN = 16
     PAR_MIN_STEP = 65536
-    PAR_MIN_GEMM = 1 << 25
     PANEL_UNITS = 64
 
 

@@ -52,7 +52,7 @@ from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from seqkern._blas cimport gemm
-from seqkern._step cimport n_blocks, packs, rows_times_wt
+from seqkern._step cimport PAR_MIN_GEMM, n_blocks, packs, rows_times_wt
 from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, pk_alloc_nn, pk_alloc_nt, pk_gemm,
                                    pk_gemm_dir, pk_gemv_side, pk_pack_nn, pk_pack_nt, pk_pack_side,
                                    pk_size)
@@ -132,7 +132,6 @@ cdef enum:
     CHUNK_ROWS = 64
     BWD_CHUNK_ROWS = 512
     DX_BLOCK = 64
-    PAR_MIN_GEMM = 1 << 25
 
 
 # The products with the weights (see _step.pxd). Packed: the per-step h_{t-1} @ W_hh^T and

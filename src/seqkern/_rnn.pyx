@@ -31,7 +31,7 @@ from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_gemm_dir
 from seqkern._workspace cimport scratch_free
 from seqkern._activations cimport tanh_
-from seqkern._step cimport final_states, n_blocks, packs, rows_times_wt
+from seqkern._step cimport final_states, loop_threads, n_blocks, packs, rows_times_wt
 
 # A step's recurrent product is split over `n_parts` blocks of hidden units
 # (n_parts: the machine's core count, fixed per process, so that the blocks do not
@@ -40,7 +40,8 @@ from seqkern._step cimport final_states, n_blocks, packs, rows_times_wt
 # saves. Fewer, wider blocks matter: each GEMM call packs h_{t-1} again.
 # The big GEMMs outside the time loop are cut in blocks of ROW_BLOCK rows of
 # T*B (input projection, dx) or W_BLOCK rows of a weight gradient; blocks are
-# large because each GEMM call packs its shared operand again.
+# large because each GEMM call packs its shared operand again. They run on one
+# thread below PAR_MIN_GEMM multiply-adds (_step.loop_threads).
 cdef enum:
     MIN_COL = 32
     PAR_MIN_STEP = 65536
@@ -143,6 +144,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef int i, blk
     cdef Py_ssize_t t
     cdef int nt = n_threads
+    cdef int nt_proj = loop_threads(nt, n_rows, <double>TB * I * H)
 
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
@@ -157,27 +159,16 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
         h_prev = NULL
         with nogil:
             # 1. The input projection of every step, in one pass of row blocks.
-            if nt > 1 and n_rows > 1:
-                for i in prange(n_rows, num_threads=nt, schedule='static'):
-                    _project_rows(xp, Wih, Xpk, bp, outp, <Py_ssize_t>i * ROW_BLOCK,
-                                  min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, H)
-            else:
-                for i in range(n_rows):
-                    _project_rows(xp, Wih, Xpk, bp, outp, <Py_ssize_t>i * ROW_BLOCK,
-                                  min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, H)
+            for i in prange(n_rows, num_threads=nt_proj, schedule='static',
+                            use_threads_if=nt_proj > 1):
+                _project_rows(xp, Wih, Xpk, bp, outp, <Py_ssize_t>i * ROW_BLOCK,
+                              min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, H)
 
             # 2. The recurrence: one GEMM and one fused element-wise pass per step.
-            if nt > 1 and n_cols > 1:
-                with parallel(num_threads=nt):
-                    for t in range(T):
-                        h_prev = h0p if t == 0 else outp + (t - 1) * step
-                        for blk in prange(n_cols, schedule='static'):
-                            _forward_cols(B, H, h_prev, Whh, Wpk, outp + t * step, lens, t, relu,
-                                          blk * width, min((blk + 1) * width, H))
-            else:
+            with parallel(num_threads=nt, use_threads_if=nt > 1 and n_cols > 1):
                 for t in range(T):
                     h_prev = h0p if t == 0 else outp + (t - 1) * step
-                    for blk in range(n_cols):
+                    for blk in prange(n_cols, schedule='static'):
                         _forward_cols(B, H, h_prev, Whh, Wpk, outp + t * step, lens, t, relu,
                                       blk * width, min((blk + 1) * width, H))
 
@@ -332,6 +323,8 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef int blk
     cdef Py_ssize_t t
     cdef int nt = n_threads
+    # dW_ih, dW_hh and dx: T B H (2 I + H) multiply-adds
+    cdef int nt_grads = loop_threads(nt, 2 * n_w + n_x, <double>T * B * H * (2 * I + H))
 
     if d_h_n is None:
         dh0[:, :] = 0
@@ -354,35 +347,21 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
         do_t = NULL
         with nogil:
             # 1. Through time: t = T-1 .. 0, then t = -1 finishes dh0 = carry.
-            if nt > 1 and n_cols > 1:
-                with parallel(num_threads=nt):
-                    for t in range(T - 1, -2, -1):
-                        dz_next = NULL if t == T - 1 else dzp + (t + 1) * step
-                        do_t = NULL if (dop == NULL or t < 0) else dop + t * step
-                        for blk in prange(n_cols, schedule='static'):
-                            _backward_cols(B, H, dz_next, Whh, Wpk, carry, dzp + t * step, do_t,
-                                           outp + t * step, lens, t, relu,
-                                           blk * width, min((blk + 1) * width, H))
-            else:
+            with parallel(num_threads=nt, use_threads_if=nt > 1 and n_cols > 1):
                 for t in range(T - 1, -2, -1):
                     dz_next = NULL if t == T - 1 else dzp + (t + 1) * step
                     do_t = NULL if (dop == NULL or t < 0) else dop + t * step
-                    for blk in range(n_cols):
+                    for blk in prange(n_cols, schedule='static'):
                         _backward_cols(B, H, dz_next, Whh, Wpk, carry, dzp + t * step, do_t,
                                        outp + t * step, lens, t, relu,
                                        blk * width, min((blk + 1) * width, H))
 
             # 2. Weight, bias and input gradients: large GEMMs over all T*B rows.
-            if nt > 1:
-                for blk in prange(2 * n_w + n_x, num_threads=nt, schedule='dynamic'):
-                    _grads_block(blk, dzp, &x[0, 0, 0], &h0[0, 0], outp, &W_ih[0, 0], Xpk,
-                                 &dW_ih[0, 0], &dW_hh[0, 0], &db[0], &dx[0, 0, 0],
-                                 T, B, I, H, n_w, n_x)
-            else:
-                for blk in range(2 * n_w + n_x):
-                    _grads_block(blk, dzp, &x[0, 0, 0], &h0[0, 0], outp, &W_ih[0, 0], Xpk,
-                                 &dW_ih[0, 0], &dW_hh[0, 0], &db[0], &dx[0, 0, 0],
-                                 T, B, I, H, n_w, n_x)
+            for blk in prange(2 * n_w + n_x, num_threads=nt_grads, schedule='dynamic',
+                              use_threads_if=nt_grads > 1):
+                _grads_block(blk, dzp, &x[0, 0, 0], &h0[0, 0], outp, &W_ih[0, 0], Xpk,
+                             &dW_ih[0, 0], &dW_hh[0, 0], &db[0], &dx[0, 0, 0],
+                             T, B, I, H, n_w, n_x)
     finally:
         scratch_free(Wpk)
         scratch_free(Xpk)

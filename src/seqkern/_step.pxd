@@ -29,6 +29,12 @@ cdef enum:
     # 1374/4225 vs 704/2933; (1,16,512,512) 2186/6383 vs 2368/6866;
     # (1,16,128,128) 113/259 vs 130/267; (32,1,256,256) 455/1241 vs 594/1520.
     PACK_MIN_ROWS = 16
+    # The minimum work of a parallel loop (multiply-adds over all its tasks): below
+    # it every kernel runs that loop on one thread. Waking a second thread costs
+    # microseconds on an idle machine and up to a scheduler time slice when another
+    # process holds its core, and the loop ends only when that thread has run: a
+    # small problem that splits runs slower, and far slower under load.
+    PAR_MIN_GEMM = 1 << 25
 
 
 cdef inline bint packs(int step_gemm, Py_ssize_t rows) noexcept nogil:
@@ -41,6 +47,14 @@ cdef inline bint packs(int step_gemm, Py_ssize_t rows) noexcept nogil:
     if step_gemm == STEP_AUTO:
         return SK_WIDE and rows >= PACK_MIN_ROWS
     return step_gemm == STEP_PACKED
+
+
+cdef inline int loop_threads(int n_threads, int n_tasks, double work) noexcept nogil:
+    """Threads for a parallel loop of ``n_tasks`` tasks and ``work`` multiply-adds in
+    all, given ``n_threads``: 1 below PAR_MIN_GEMM or with a single task."""
+    if n_threads <= 1 or n_tasks <= 1 or work < PAR_MIN_GEMM:
+        return 1
+    return n_threads if n_threads < n_tasks else n_tasks
 
 
 cdef inline int n_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:
