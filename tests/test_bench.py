@@ -125,8 +125,26 @@ def test_quick_cli_json_has_every_case(tmp_path, capsys):
     assert all(abs(ratio - 1) < 1e-12 for _, ratio in rows)
 
 
+def test_cli_per_isa_and_busy(tmp_path, capsys):
+    """--isa runs the benchmark once per level, each in its own process and JSON
+    file, recording the level; --busy records the busy processes beside the run."""
+    from seqkern import _dispatch
+
+    path = tmp_path / "run.json"
+    rc = cli.main(["--steps", "--no-grid", "--kernels", "rnn", "--threads", "1", "--budget", "0",
+                   "--impls", "seqkern", "--isa", _dispatch.COMPILED[0], "--busy", "1",
+                   "--json", str(path)])
+    assert rc == 0
+    doc = json.loads((tmp_path / f"run.{_dispatch.COMPILED[0]}.json").read_text())
+    assert {r["isa_level"] for r in doc["results"]} == {_dispatch.COMPILED[0]}
+    assert {r["busy_processes"] for r in doc["results"]} == {1}
+    assert doc["machine"]["isa_level"] == _dispatch.COMPILED[0]
+    assert not path.exists()
+
+
 @pytest.mark.parametrize("argv", [["--threads", "0"], ["--threads", "a"], ["--kernels", "cnn"],
-                                  ["--dtypes", "float16"], ["--impls", "jax"]])
+                                  ["--dtypes", "float16"], ["--impls", "jax"], ["--busy", "-1"],
+                                  ["--isa", "avx9000"]])
 def test_bad_arguments(argv):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)

@@ -8,6 +8,8 @@ count.
 """
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 
@@ -64,7 +66,19 @@ def main(argv=None):
     p.add_argument("--json", metavar="PATH", help="write every measurement and the machine to PATH")
     p.add_argument("--compare", metavar="OLD.json", help="print the ratio of each case against an earlier --json run")
     p.add_argument("--plot", metavar="DIR", help="write PNG charts to DIR (needs matplotlib: seqkern[plot])")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="run N busy processes (one core each) beside the timed calls, as "
+                        "another program on the machine would")
+    p.add_argument("--isa", metavar="LEVELS",
+                   help="run the whole benchmark once per instruction-set level (comma-separated, "
+                        "or 'all': every level this build has and this CPU supports), each in "
+                        "its own process under SEQKERN_MAX_ISA; --json PATH gets the level "
+                        "before its extension")
     args = p.parse_args(argv)
+    if args.busy < 0:
+        p.error(f"--busy must be >= 0, got {args.busy}")
+    if args.isa:
+        return _per_isa(p, args, argv)
 
     threads = args.threads
     if threads is None:
@@ -83,16 +97,21 @@ def main(argv=None):
 
     c = config()
     print(f"seqkern {c['seqkern']} on {c['cpu']} ({c['cores']} cores), OpenMP "
-          f"{'on' if c['openmp'] else 'off'}, flags {c['compiler_flags']}")
+          f"{'on' if c['openmp'] else 'off'}, kernels of level {c['isa_level']} ({c['isa']}: "
+          f"{c['kernel_compiler_flags']})"
+          + (f", {args.busy} busy process(es) beside the run" if args.busy else ""))
     t0 = time.perf_counter()
     handoff = [runner.handoff()]
-    results, peaks = runner.run(cases, threads, impls=args.impls, budget_s=budget) if cases else ([], {})
-    if sweep_cases:
-        print("\nSequence-length study (seqkern only): an RNN parallelises only across the batch "
-              "and hidden units, attention across positions too")
-        more, more_peaks = runner.run(sweep_cases, threads, impls=["seqkern"], budget_s=budget)
-        results += more
-        peaks.update(more_peaks)
+    with runner.busy_processes(args.busy):
+        results, peaks = (runner.run(cases, threads, impls=args.impls, budget_s=budget,
+                                     busy=args.busy) if cases else ([], {}))
+        if sweep_cases:
+            print("\nSequence-length study (seqkern only): an RNN parallelises only across the "
+                  "batch and hidden units, attention across positions too")
+            more, more_peaks = runner.run(sweep_cases, threads, impls=["seqkern"], budget_s=budget,
+                                          busy=args.busy)
+            results += more
+            peaks.update(more_peaks)
     peak_txt = ", ".join(f"{d} {n} thr {g:.0f}" for (d, n), g in sorted(peaks.items()))
     print(f"\nGEMM peak GFLOP/s measured in this run (1024^3 in SciPy's BLAS): {peak_txt}")
     handoff.append(runner.handoff())
@@ -113,6 +132,38 @@ def main(argv=None):
         for path in plots.write_all(results, args.plot):
             print(f"wrote {path}")
     return 0
+
+
+def _per_isa(p, args, argv):
+    """--isa: this command once per level, each in a process of its own (the level
+    is chosen at import)."""
+    from seqkern import _dispatch
+    from seqkern._cpu import x86_level
+
+    usable = [lv for lv in _dispatch.COMPILED
+              if lv == _dispatch.COMPILED[0] or _dispatch._ORDER[lv] <= x86_level()]
+    levels = usable if args.isa == "all" else [v.strip() for v in args.isa.split(",") if v.strip()]
+    bad = [lv for lv in levels if lv not in usable]
+    if bad or not levels:
+        p.error(f"--isa: this build and CPU have {', '.join(usable)}; got {args.isa!r}")
+    rest, skip = [], False
+    for a in argv:                      # argv without --isa and its value
+        if skip:
+            skip = False
+        elif a == "--isa":
+            skip = True
+        elif not a.startswith("--isa="):
+            rest.append(a)
+    rc = 0
+    for lv in levels:
+        cmd = list(rest)
+        if args.json:
+            root, ext = os.path.splitext(args.json)
+            cmd[cmd.index(args.json)] = f"{root}.{lv}{ext}"
+        print(f"\n=== SEQKERN_MAX_ISA={lv} ===", flush=True)
+        env = dict(os.environ, SEQKERN_MAX_ISA=lv)
+        rc |= subprocess.run([sys.executable, "-m", "seqkern.bench", *cmd], env=env).returncode
+    return rc
 
 
 if __name__ == "__main__":

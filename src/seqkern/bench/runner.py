@@ -9,6 +9,7 @@ PyTorch's) never spin against each other. Every figure is a median.
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -128,11 +129,30 @@ def default_threads():
     return ts
 
 
-def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True):
+@contextmanager
+def busy_processes(n):
+    """Within the block, ``n`` other processes each keep a core busy (a pure-Python
+    loop), as another program on a user's machine would."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        if procs:
+            time.sleep(0.2)                 # let them get going
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
+def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True, busy=0):
     """Measure every case at every thread count; print rows as they finish.
+    ``busy``: the number of busy processes running beside the run (recorded).
 
     Returns the list of result dicts (one per case x threads x implementation).
     """
+    from seqkern._dispatch import LEVEL
+
     out = out or sys.stdout
     impls = [i for i in impls if i != "torch" or torch_available()]
     if "torch" in impls:
@@ -161,6 +181,7 @@ def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True):
                 n0, m0 = base[impl]
                 r = dict(
                     case=case.name, **case.as_dict(), impl=impl, threads=n,
+                    isa_level=LEVEL, busy_processes=busy,
                     median_s=m, times_s=times[impl], repeats=len(times[impl]),
                     tokens_per_s=case.tokens() / m, gflops=case.flops() / m / 1e9,
                     gemm_peak_gflops=peaks[key],
