@@ -14,7 +14,7 @@ from seqkern._step_gemm import step_gemm
 from helpers import DTYPES, assert_close, assert_grads_close, to64
 
 # M: 1 (its own micro-kernel), multiples of 4 and remainders; N: below, at and
-# across the 64-float / 32-double panel width; K: 0, 1, odd.
+# across the panel width (4 vectors: 64 floats / 32 doubles with AVX-512); K: 0, 1, odd.
 MS = [1, 2, 3, 4, 5, 9]
 NS = [1, 7, 32, 64, 65, 130]
 KS = [0, 1, 3, 17, 64]
@@ -52,9 +52,9 @@ def test_matches_numpy(rng, dtype, transposed, M, N, K):
 def test_packed_layout(rng, dtype, transposed, N, K):
     """P[p][k][j] = W[k][p NR + j] (W as the (K, N) operand), zero past N: written
     out in NumPy, so that the tile transposes of the packer (whole 16 x 16 float
-    or 8 x 8 double tiles, then ragged edges) are checked element by element."""
+    or 8 x 8 double with AVX-512, then ragged edges) are checked element by element."""
     _, W, Wmat = operands(rng, 1, N, K, dtype, transposed)
-    NR = 64 if dtype == np.float32 else 32
+    NR = 4 * pg.VBYTES // np.dtype(dtype).itemsize
     n_panels = -(-N // NR)
     padded = np.zeros((K, n_panels * NR), dtype)
     padded[:, :N] = Wmat
@@ -131,7 +131,7 @@ def test_nan_and_inf_propagate(rng, dtype, M):
 def test_gemv_side_matches_numpy(rng, dtype, K, N, K2, N2, m2):
     """The row product c (+)= a @ W in either panel order, and the interleaved side
     product written to exactly its vector columns [v0, v1) of C2."""
-    vl = 64 // np.dtype(dtype).itemsize
+    vl = pg.VBYTES // np.dtype(dtype).itemsize
     n_vec = -(-N2 // vl)
     W = rng.standard_normal((K, N)).astype(dtype)
     W2 = rng.standard_normal((K2, N2)).astype(dtype)
@@ -160,7 +160,7 @@ def test_gemv_side_halves(rng, dtype, hg, n_panels):
     their panels' columns of c and, numbered within those panels, their side
     columns of C2, bitwise as the whole call does (how two threads split a batch-1
     LSTM step); with whole and ragged last groups."""
-    vl = 64 // np.dtype(dtype).itemsize
+    vl = pg.VBYTES // np.dtype(dtype).itemsize
     nr = 4 * vl
     K, K2, m2 = 9, 6, 5
     N = n_panels * nr - (3 if n_panels % 2 else 0)     # a ragged last panel too
@@ -204,7 +204,7 @@ def test_gemv_side_cut_columns(rng, dtype, K2, N2, m2, hg):
     keeps its partial sums in C2, ragged last column included) give bitwise the
     side product of one call: how the batch-1 LSTM backward spreads dx over the
     steps."""
-    vl = 64 // np.dtype(dtype).itemsize
+    vl = pg.VBYTES // np.dtype(dtype).itemsize
     K, N = 8, 2 * 4 * vl
     W = rng.standard_normal((K, N)).astype(dtype)
     W2 = rng.standard_normal((K2, N2)).astype(dtype)
@@ -245,7 +245,7 @@ def test_gemv_side_pair_sums_as_gemm(rng, dtype, K, N, hg):
     want = pg.gemm(a[None], P, c0[None].copy())[0]
     c, C2 = pg.gemv_side(a, P, c0.copy(), A2, P2, np.zeros((16, 100), dtype), 0, 1,
                          pair=True, hg=hg)
-    vl = 64 // np.dtype(dtype).itemsize
+    vl = pg.VBYTES // np.dtype(dtype).itemsize
     mine = (np.arange(N) // (4 * vl) // hg) % 2 == 0 if hg else np.ones(N, bool)
     np.testing.assert_array_equal(c[mine], want[mine])
     assert_close(C2[:, :vl], A2.astype(np.float64) @ W2[:, :vl].astype(np.float64), dtype,

@@ -53,7 +53,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from seqkern._blas cimport gemm
 from seqkern._step cimport PAR_MIN_GEMM, n_blocks, packs, rows_times_wt
-from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, pk_alloc_nn, pk_alloc_nt, pk_gemm,
+from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, SK_PK_VBYTES, pk_alloc_nn, pk_alloc_nt, pk_gemm,
                                    pk_gemm_dir, pk_gemv_side, pk_pack_nn, pk_pack_nt, pk_pack_side,
                                    pk_size)
 from seqkern._workspace cimport scratch_alloc, scratch_free
@@ -327,7 +327,7 @@ cdef inline void _one_row_step(Py_ssize_t t, int part, int T, int I, int H,
     here at the first step of each chunk)."""
     cdef int G = 4 * H
     cdef int R = SK_PK_SIDE_ROWS
-    cdef int nv = <int>((G * sizeof(floating) + 63) // 64)    # 64-byte vector columns
+    cdef int nv = <int>((G * sizeof(floating) + SK_PK_VBYTES - 1) // SK_PK_VBYTES)  # vector columns
     cdef int j = <int>(t % R)
     cdef Py_ssize_t r0 = t - j + R                              # the next chunk's first step
     cdef int m2 = 0 if first or r0 >= T else <int>min(<Py_ssize_t>R, T - r0)
@@ -349,16 +349,16 @@ cdef inline void _one_row_step(Py_ssize_t t, int part, int T, int I, int H,
 
 
 cdef inline int _half_gate_panels(int H, size_t elsize) noexcept nogil:
-    """Panels (4 x 64 bytes of columns) in half of a gate's H columns; 0 where
+    """Panels (4 vectors of columns) in half of a gate's H columns; 0 where
     that is not whole panels."""
-    cdef int nr = 4 * (64 // <int>elsize)
+    cdef int nr = 4 * (SK_PK_VBYTES // <int>elsize)
     return H // (2 * nr) if H % (2 * nr) == 0 else 0
 
 
 cdef inline bint _split_one_row(int H, size_t elsize, int n_threads) noexcept nogil:
     """Do the batch-1 steps split between two threads? Where there are two and
-    half of each gate is whole panels (H a multiple of 128 in float32, of 64 in
-    float64): each thread then reads half of W_hh^T, all four gates of half of
+    half of each gate is whole panels (with AVX-512: H a multiple of 128 in
+    float32, of 64 in float64): each thread then reads half of W_hh^T, all four gates of half of
     the units, and runs their gate pass."""
     return n_threads > 1 and _half_gate_panels(H, elsize) > 0
 
@@ -730,7 +730,7 @@ cdef void _pack_half(bint nt, int N, int K, const floating* W, Py_ssize_t ldw,
     columns) of a packed operand, written into P as the whole pack writes them
     (it packs each panel on its own): nt, pk_pack_nt(N, K, W, ldw, P) of W (N, K);
     else pk_pack_nn(K, N, W, ldw, P) of W (K, N). half -1: all of them."""
-    cdef int nr = 4 * <int>(64 // sizeof(floating))
+    cdef int nr = 4 * <int>(SK_PK_VBYTES // sizeof(floating))
     cdef int p, n
     if half < 0:
         if nt:
@@ -756,7 +756,7 @@ cdef void _fwd_prep(RowArgs* a, int half, const floating* typed) noexcept nogil:
     there). ``typed`` (NULL) only selects the type."""
     cdef int G = 4 * a.H
     cdef int hg = _half_gate_panels(a.H, sizeof(floating))
-    cdef int nr = 4 * <int>(64 // sizeof(floating))
+    cdef int nr = 4 * <int>(SK_PK_VBYTES // sizeof(floating))
     cdef int g, n0
     _pack_half(True, G, a.H, <const floating*>a.W_hh, a.H, <floating*>a.Wpk, hg, half)
     _pack_half(True, G, a.n_in, <const floating*>a.W_ih, a.n_in, <floating*>a.Xpk, hg, half)
@@ -1139,9 +1139,9 @@ cdef struct BwdRowArgs:
 
 
 cdef inline int _side_vcols(int N2, int hg, int part, size_t elsize) noexcept nogil:
-    """Vector columns (64 bytes) of the side product's N2 columns that part -1 (all;
+    """Vector columns (SK_PK_VBYTES bytes) of the side product's N2 columns that part -1 (all;
     hg = 0) or the half ``part`` (its groups of hg panels) computes (pk_gemv_side)."""
-    cdef int vl = <int>(64 // elsize)
+    cdef int vl = <int>(SK_PK_VBYTES // elsize)
     cdef int nr = 4 * vl
     cdef int p, n = 0
     if part < 0 or hg == 0:

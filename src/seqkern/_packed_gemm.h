@@ -4,10 +4,12 @@
  * same at every step. OpenBLAS packs W again inside every call (sgemm_incopy
  * was ~16% of the LSTM forward); here the caller packs W once per kernel call.
  *
- * Layout: W (K, N) is cut into panels of NR = 4 vectors of 64 bytes (64 floats
- * or 32 doubles) of columns; panel p holds W[k][p NR + j] at P[(p K + k) NR + j],
- * zero past N. The micro-kernel keeps a 4-row x NR tile of C in 16 vector
- * registers and streams the panel once per 4 rows of A.
+ * Layout: W (K, N) is cut into panels of NR = 4 vectors (SK_VBYTES bytes each,
+ * _simd.h: 64 with AVX-512, 32 with AVX2, 16 with SSE2 or NEON) of columns; panel
+ * p holds W[k][p NR + j] at P[(p K + k) NR + j], zero past N. The micro-kernel
+ * keeps an MR-row x NR tile of C in 4 MR vector registers (MR = 4 where there
+ * are 32 vector registers, AVX-512 and NEON; 2 with AVX2's or SSE2's 16) and
+ * streams the panel once per MR rows of A.
  *
  * Two packers: sk_pk_pack_nt_{f,d} takes W given as (N, K) row-major (for
  * A @ W^T, the forward's h @ W_hh^T), sk_pk_pack_nn_{f,d} takes W given as
@@ -26,10 +28,8 @@
  * Plain C arithmetic (no -ffast-math): NaN and Inf propagate. Padding columns
  * may compute 0 * Inf = NaN, but they are never stored. Loads and stores are
  * unaligned-safe (the vector types are declared with element alignment), so any
- * pointers and strides work. GCC vector extensions: with -march=native on an
- * AVX-512 CPU a vector is one zmm register; elsewhere GCC splits it (correct,
- * slower).
- */
+ * pointers and strides work. GCC vector extensions, one vector one register of
+ * the ISA the module is compiled for. */
 #ifndef SEQKERN_PACKED_GEMM_H
 #define SEQKERN_PACKED_GEMM_H
 
@@ -37,33 +37,37 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_simd.h"
+
 /* Vector arguments of the inline helpers: without AVX-512 GCC notes that their
  * (never used, all inlined) ABI differs. GCC emits that note at the end of the
  * translation unit, so the pragma cannot be popped at the end of this header. */
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-typedef float sk_pk_vf __attribute__((vector_size(64), aligned(4), may_alias));
-typedef double sk_pk_vd __attribute__((vector_size(64), aligned(8), may_alias));
+#define SK_PK_VBYTES SK_VBYTES
+typedef float sk_pk_vf __attribute__((vector_size(SK_PK_VBYTES), aligned(4), may_alias));
+typedef double sk_pk_vd __attribute__((vector_size(SK_PK_VBYTES), aligned(8), may_alias));
 /* Shuffle indices for the tile transpose of the packers. */
-typedef int sk_pk_if __attribute__((vector_size(64)));
-typedef long long sk_pk_id __attribute__((vector_size(64)));
+typedef int sk_pk_if __attribute__((vector_size(SK_PK_VBYTES)));
+typedef long long sk_pk_id __attribute__((vector_size(SK_PK_VBYTES)));
 
-static inline sk_pk_vf sk_pk_bc_f(float s)
-{
-    return (sk_pk_vf){s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
-}
-
-static inline sk_pk_vd sk_pk_bc_d(double s)
-{
-    return (sk_pk_vd){s, s, s, s, s, s, s, s};
-}
+/* Rows of the register tile: 4 x 4 vectors of accumulators need 32 registers. */
+#if SK_VBYTES >= 64 || defined(__aarch64__)
+#define SK_PK_MR 4
+#else
+#define SK_PK_MR 2
+#endif
 
 /* Keep the four panel vectors of a k step in registers: without this GCC folds
- * each load into its four FMAs (16 vector loads per k instead of 4), and the
+ * each load into its FMAs (4 MR vector loads per k instead of 4), and the
  * loads, not the FMAs, then bound the loop. An empty asm that "modifies" them
- * forces one load each. Only where a 64-byte vector is one register. */
-#if defined(__AVX512F__) && defined(__GNUC__)
+ * forces one load each. */
+#if defined(__GNUC__) && defined(__AVX512F__)
 #define SK_PK_IN_REGS(a, b, c, d) __asm__("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d))
+#elif defined(__GNUC__) && (defined(__SSE2__) || defined(__AVX__))
+#define SK_PK_IN_REGS(a, b, c, d) __asm__("" : "+x"(a), "+x"(b), "+x"(c), "+x"(d))
+#elif defined(__GNUC__) && defined(__aarch64__)
+#define SK_PK_IN_REGS(a, b, c, d) __asm__("" : "+w"(a), "+w"(b), "+w"(c), "+w"(d))
 #else
 #define SK_PK_IN_REGS(a, b, c, d) ((void)0)
 #endif
@@ -74,7 +78,7 @@ static inline sk_pk_vd sk_pk_bc_d(double s)
 #define SK_T float
 #define SK_V sk_pk_vf
 #define SK_IV sk_pk_if
-#define SK_VL 16
+#define SK_VL (SK_PK_VBYTES / 4)
 #define SK_SUF f
 #include "_packed_gemm_impl.h"
 #undef SK_T
@@ -86,7 +90,7 @@ static inline sk_pk_vd sk_pk_bc_d(double s)
 #define SK_T double
 #define SK_V sk_pk_vd
 #define SK_IV sk_pk_id
-#define SK_VL 8
+#define SK_VL (SK_PK_VBYTES / 8)
 #define SK_SUF d
 #include "_packed_gemm_impl.h"
 #undef SK_T

@@ -8,6 +8,7 @@ from seqkern._workspace cimport scratch_alloc
 
 cdef extern from "_packed_gemm.h" nogil:
     enum: SK_PK_SIDE_ROWS
+    enum: SK_PK_VBYTES      # bytes of one vector; a panel is 4 of them wide
     size_t sk_pk_size_f(int N, int K)
     size_t sk_pk_size_d(int N, int K)
     void sk_pk_pack_nt_f(int N, int K, const float* W, Py_ssize_t ldw, float* P)
@@ -78,7 +79,7 @@ cdef inline void pk_gemm(int M, int K, const floating* A, Py_ssize_t lda,
 
 
 cdef inline floating* pk_alloc_nt(int N, int K, const floating* W) noexcept nogil:
-    """Packed copy of W (N, K) row-major, for A @ W^T, in 64-byte aligned scratch
+    """Packed copy of W (N, K) row-major, for A @ W^T, in SK_PK_VBYTES-aligned scratch
     (_workspace: scratch_free() it); NULL if out of memory."""
     cdef floating* P = <floating*>scratch_alloc(pk_size(<floating*>NULL, N, K) * sizeof(floating))
     if P != NULL:
@@ -87,7 +88,7 @@ cdef inline floating* pk_alloc_nt(int N, int K, const floating* W) noexcept nogi
 
 
 cdef inline floating* pk_alloc_nn(int K, int N, const floating* W) noexcept nogil:
-    """Packed copy of W (K, N) row-major, for A @ W, in 64-byte aligned scratch
+    """Packed copy of W (K, N) row-major, for A @ W, in SK_PK_VBYTES-aligned scratch
     (_workspace: scratch_free() it); NULL if out of memory."""
     cdef floating* P = <floating*>scratch_alloc(pk_size(<floating*>NULL, N, K) * sizeof(floating))
     if P != NULL:
@@ -115,7 +116,7 @@ cdef inline void pk_gemv_side(int K, const floating* a, const floating* P, int N
     as pk_gemm at M = 1 if ``pair``, else in one chain per element; with
     hg > 0 only the groups of hg panels numbered ``half`` mod 2) and, interleaved,
     the k-steps [s0, s1) of the side product C2[:m2, v VL:(v+1) VL] := A2 @ W2[:,
-    v VL:(v+1) VL], step v K2 + k adding A2[:, k] W2[k, ...] (VL = 64 bytes of
+    v VL:(v+1) VL], step v K2 + k adding A2[:, k] W2[k, ...] (VL = SK_PK_VBYTES bytes of
     elements; whole vector columns v0 <= v < v1: s0 = v0 K2, s1 = v1 K2; A2 packed
     in S by pk_pack_side, W2 (K2, N2) packed in P2, C2 row stride ldc2). See
     _packed_gemm_impl.h."""

@@ -13,7 +13,7 @@ import numpy as np
 from cython cimport floating
 
 include "_build_info.pxi"
-from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, pk_gemm, pk_gemv_side, pk_pack_nn,
+from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, SK_PK_VBYTES, pk_gemm, pk_gemv_side, pk_pack_nn,
                                    pk_pack_nt, pk_pack_side, pk_size)
 
 
@@ -112,6 +112,8 @@ def gemm(A, P, C, n0=0, n1=None, bint accumulate=True, int repeat=1):
 
 
 SIDE_ROWS = SK_PK_SIDE_ROWS
+#: Bytes of one vector of this module's ISA; a packed panel is 4 vectors wide.
+VBYTES = SK_PK_VBYTES
 
 
 cdef void _gemv_side(const floating[::1] a, const floating[::1] P, floating[::1] c,
@@ -132,7 +134,7 @@ def gemv_side(a, P, c, A2, P2, C2, int v0, int v1, bint accumulate=True,
               bint reverse=False, int repeat=1, int hg=0, int half=0, int k0=0, int k1=0,
               bint pair=False):
     """c (N,) (+)= a (K,) @ W and, interleaved, C2[:, v VL:(v+1) VL] := A2 @ W2[:, v VL:(v+1) VL]
-    for v0 <= v < v1 (VL: elements per 64 bytes; columns past N2 untouched); or
+    for v0 <= v < v1 (VL: elements per VBYTES bytes; columns past N2 untouched); or
     part of it: the k-steps from k0 in column v0 to k1 in column v1 (0 <= k0, k1 <
     K2; a column cut keeps its partial sums in C2 for the next call); P, P2
     from pack() of W (K, N) and W2 (K2, N2); A2 (m2 <= SIDE_ROWS, K2), C2 (m2, N2),
@@ -151,7 +153,7 @@ def gemv_side(a, P, c, A2, P2, C2, int v0, int v1, bint accumulate=True,
         raise TypeError("c must be a contiguous 1-d array of A2's dtype")
     m2, K2 = A2.shape
     N2 = C2.shape[1]
-    vl = 64 // dt.itemsize
+    vl = VBYTES // dt.itemsize
     if not 1 <= m2 <= SIDE_ROWS or C2.shape[0] != m2 or a.shape[0] < 1 or c.shape[0] < 1:
         raise ValueError(f"need 1 <= A2.shape[0] = C2.shape[0] <= {SIDE_ROWS}, K, N >= 1")
     if P.shape[0] < packed_size(c.shape[0], a.shape[0], dt) or P2.shape[0] < packed_size(N2, K2, dt):

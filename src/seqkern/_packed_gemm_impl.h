@@ -1,6 +1,6 @@
 /*
  * Body of _packed_gemm.h for one element type; included once per type with
- * SK_T (element), SK_V (64-byte vector of SK_T), SK_VL (lanes), SK_SUF (name suffix).
+ * SK_T (element), SK_V (vector of SK_T), SK_VL (its lanes), SK_SUF (name suffix).
  * Read _packed_gemm.h first.
  */
 #define SK_CAT_(a, b) a##b
@@ -16,6 +16,27 @@ static inline size_t SK_FN(sk_pk_size_)(int N, int K)
 }
 
 static inline SK_V SK_FN(sk_pk_ld_)(const SK_T *p) { return *(const SK_V *)p; }
+
+/* s in every lane (one broadcast instruction: a loop over the lanes becomes
+ * masked partial broadcasts). */
+#define SK_BC2 s, s
+#define SK_BC4 SK_BC2, SK_BC2
+#define SK_BC8 SK_BC4, SK_BC4
+static inline __attribute__((always_inline)) SK_V SK_FN(sk_pk_bc_)(SK_T s)
+{
+#if SK_VL == 16
+    return (SK_V){SK_BC8, SK_BC8};
+#elif SK_VL == 8
+    return (SK_V){SK_BC8};
+#elif SK_VL == 4
+    return (SK_V){SK_BC4};
+#else
+    return (SK_V){SK_BC2};
+#endif
+}
+#undef SK_BC2
+#undef SK_BC4
+#undef SK_BC8
 
 /* Transpose the SK_VL x SK_VL tile held in v[0..SK_VL) in place: log2(SK_VL)
  * stages, the stage of distance d swapping bit d of the row index with bit d of
@@ -33,25 +54,36 @@ static inline SK_V SK_FN(sk_pk_ld_)(const SK_T *p) { return *(const SK_V *)p; }
 /* element c of the two index vectors of stage d */
 #define SK_M0(c, d) (((c) & (d)) ? SK_VL + (c) - (d) : (c))
 #define SK_M1(c, d) (((c) & (d)) ? SK_VL + (c) : (c) + (d))
-#define SK_IDX8(M, o, d) M(o, d), M(o + 1, d), M(o + 2, d), M(o + 3, d),           \
-                         M(o + 4, d), M(o + 5, d), M(o + 6, d), M(o + 7, d)
+#define SK_IDX2(M, o, d) M(o, d), M(o + 1, d)
+#define SK_IDX4(M, o, d) SK_IDX2(M, o, d), SK_IDX2(M, o + 2, d)
+#define SK_IDX8(M, o, d) SK_IDX4(M, o, d), SK_IDX4(M, o + 4, d)
 #if SK_VL == 16
 #define SK_IDX(M, d) ((SK_IV){SK_IDX8(M, 0, d), SK_IDX8(M, 8, d)})
-#else
+#elif SK_VL == 8
 #define SK_IDX(M, d) ((SK_IV){SK_IDX8(M, 0, d)})
+#elif SK_VL == 4
+#define SK_IDX(M, d) ((SK_IV){SK_IDX4(M, 0, d)})
+#else
+#define SK_IDX(M, d) ((SK_IV){SK_IDX2(M, 0, d)})
 #endif
 static inline __attribute__((always_inline)) void SK_FN(sk_pk_transpose_)(SK_V *v)
 {
-#if SK_VL == 16
+#if SK_VL >= 16
     SK_TR_STAGE(8, SK_IDX(SK_M0, 8), SK_IDX(SK_M1, 8))
 #endif
+#if SK_VL >= 8
     SK_TR_STAGE(4, SK_IDX(SK_M0, 4), SK_IDX(SK_M1, 4))
+#endif
+#if SK_VL >= 4
     SK_TR_STAGE(2, SK_IDX(SK_M0, 2), SK_IDX(SK_M1, 2))
+#endif
     SK_TR_STAGE(1, SK_IDX(SK_M0, 1), SK_IDX(SK_M1, 1))
 }
 #undef SK_TR_STAGE
 #undef SK_M0
 #undef SK_M1
+#undef SK_IDX2
+#undef SK_IDX4
 #undef SK_IDX8
 #undef SK_IDX
 
@@ -125,49 +157,54 @@ SK_FN(sk_pk_store_)(SK_T *restrict c, SK_V a0, SK_V a1, SK_V a2, SK_V a3,
         }
         return;
     }
-    SK_T buf[SK_NR];
-    memcpy(buf, &a0, sizeof(SK_V));
-    memcpy(buf + SK_VL, &a1, sizeof(SK_V));
-    memcpy(buf + 2 * SK_VL, &a2, sizeof(SK_V));
-    memcpy(buf + 3 * SK_VL, &a3, sizeof(SK_V));
+    SK_V a[4] = {a0, a1, a2, a3};
     if (accumulate)
-        for (int j = j0; j < j1; j++) c[j] += buf[j];
+        for (int j = j0; j < j1; j++) c[j] += a[j / SK_VL][j % SK_VL];
     else
-        for (int j = j0; j < j1; j++) c[j] = buf[j];
+        for (int j = j0; j < j1; j++) c[j] = a[j / SK_VL][j % SK_VL];
 }
 
 
-/* Tile of up to 4 rows x one panel: for r < mr, c[r][j0:j1] (+)= sum_k a_r[k] w[k][j0:j1],
- * the sum over k in order, one accumulator per element. Rows past mr repeat row 0
- * (computed, never stored). */
+/* Tile of up to SK_PK_MR rows x one panel: for r < mr, c[r][j0:j1] (+)= sum_k
+ * a_r[k] w[k][j0:j1], the sum over k in order, one accumulator per element. Rows
+ * past mr repeat row 0 (computed, never stored). The rows are written out by the
+ * X-macro SK_PK_TILE_ROWS, so that the accumulators stay plain locals. */
+#if SK_PK_MR == 4
+#define SK_PK_TILE_ROWS(X) X(0) X(1) X(2) X(3)
+#else
+#define SK_PK_TILE_ROWS(X) X(0) X(1)
+#endif
+#define SK_PK_ROW_DECL(r)                                                          \
+    const SK_T *restrict a##r = a + (mr > r ? r * lda : 0);                        \
+    SK_V c##r##0 = z, c##r##1 = z, c##r##2 = z, c##r##3 = z;
+#define SK_PK_ROW_FMA4(r)                                                          \
+    {                                                                              \
+        SK_V x = SK_FN(sk_pk_bc_)(a##r[k]);                                        \
+        c##r##0 += x * w0; c##r##1 += x * w1; c##r##2 += x * w2; c##r##3 += x * w3; \
+    }
+#define SK_PK_ROW_STORE(r)                                                         \
+    if (mr > r)                                                                    \
+        SK_FN(sk_pk_store_)(c + r * ldc, c##r##0, c##r##1, c##r##2, c##r##3, j0, j1, accumulate);
 static inline __attribute__((always_inline)) void
-SK_FN(sk_pk_tile4_)(ptrdiff_t K, const SK_T *restrict a, ptrdiff_t lda,
-                    int mr, const SK_T *restrict w, SK_T *restrict c, ptrdiff_t ldc,
-                    int j0, int j1, int accumulate)
+SK_FN(sk_pk_tile_)(ptrdiff_t K, const SK_T *restrict a, ptrdiff_t lda,
+                   int mr, const SK_T *restrict w, SK_T *restrict c, ptrdiff_t ldc,
+                   int j0, int j1, int accumulate)
 {
-    const SK_T *restrict a0 = a;
-    const SK_T *restrict a1 = a + (mr > 1 ? lda : 0);
-    const SK_T *restrict a2 = a + (mr > 2 ? 2 * lda : 0);
-    const SK_T *restrict a3 = a + (mr > 3 ? 3 * lda : 0);
     SK_V z = {0};
-    SK_V c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z;
-    SK_V c20 = z, c21 = z, c22 = z, c23 = z, c30 = z, c31 = z, c32 = z, c33 = z;
+    SK_PK_TILE_ROWS(SK_PK_ROW_DECL)
     for (ptrdiff_t k = 0; k < K; k++) {
         const SK_T *wk = w + k * SK_NR;
         SK_V w0 = SK_FN(sk_pk_ld_)(wk), w1 = SK_FN(sk_pk_ld_)(wk + SK_VL);
         SK_V w2 = SK_FN(sk_pk_ld_)(wk + 2 * SK_VL), w3 = SK_FN(sk_pk_ld_)(wk + 3 * SK_VL);
         SK_PK_IN_REGS(w0, w1, w2, w3);
-        SK_V x;
-        x = SK_FN(sk_pk_bc_)(a0[k]); c00 += x * w0; c01 += x * w1; c02 += x * w2; c03 += x * w3;
-        x = SK_FN(sk_pk_bc_)(a1[k]); c10 += x * w0; c11 += x * w1; c12 += x * w2; c13 += x * w3;
-        x = SK_FN(sk_pk_bc_)(a2[k]); c20 += x * w0; c21 += x * w1; c22 += x * w2; c23 += x * w3;
-        x = SK_FN(sk_pk_bc_)(a3[k]); c30 += x * w0; c31 += x * w1; c32 += x * w2; c33 += x * w3;
+        SK_PK_TILE_ROWS(SK_PK_ROW_FMA4)
     }
-    SK_FN(sk_pk_store_)(c, c00, c01, c02, c03, j0, j1, accumulate);
-    if (mr > 1) SK_FN(sk_pk_store_)(c + ldc, c10, c11, c12, c13, j0, j1, accumulate);
-    if (mr > 2) SK_FN(sk_pk_store_)(c + 2 * ldc, c20, c21, c22, c23, j0, j1, accumulate);
-    if (mr > 3) SK_FN(sk_pk_store_)(c + 3 * ldc, c30, c31, c32, c33, j0, j1, accumulate);
+    SK_PK_TILE_ROWS(SK_PK_ROW_STORE)
 }
+#undef SK_PK_ROW_DECL
+#undef SK_PK_ROW_FMA4
+#undef SK_PK_ROW_STORE
+#undef SK_PK_TILE_ROWS
 
 /* One k of a one-row product over a panel: (c0..c3) += x * the panel row at wk
  * (a macro, not a function, so that the accumulators stay plain locals). */
@@ -229,9 +266,9 @@ static void SK_FN(sk_pk_gemm_dir_)(int M, int K, const SK_T *restrict A, ptrdiff
             SK_FN(sk_pk_tile1_)(K, A, w, c, j0, j1, accumulate);
             continue;
         }
-        for (int i = 0; i < M; i += 4)
-            SK_FN(sk_pk_tile4_)(K, A + (ptrdiff_t)i * lda, lda, M - i < 4 ? M - i : 4, w,
-                                c + (ptrdiff_t)i * ldc, ldc, j0, j1, accumulate);
+        for (int i = 0; i < M; i += SK_PK_MR)
+            SK_FN(sk_pk_tile_)(K, A + (ptrdiff_t)i * lda, lda, M - i < SK_PK_MR ? M - i : SK_PK_MR,
+                               w, c + (ptrdiff_t)i * ldc, ldc, j0, j1, accumulate);
     }
 }
 
