@@ -14,7 +14,7 @@ import sys
 import time
 
 from seqkern.bench import runner
-from seqkern.bench.cases import IMPLS, RECURRENT, grid, steps, sweep
+from seqkern.bench.cases import IMPLS, PATH_IMPLS, RECURRENT, grid, steps, sweep
 
 
 def _int_list(s):
@@ -50,8 +50,10 @@ def main(argv=None):
                    help="comma-separated subset of rnn,lstm,gru,attention")
     p.add_argument("--dtypes", type=_choices(("float32", "float64")), default=None,
                    help="float32 (default), float64, or both")
-    p.add_argument("--impls", type=_choices(IMPLS), default=list(IMPLS),
-                   help="implementations to time (torch only when installed)")
+    p.add_argument("--impls", type=_choices(IMPLS + PATH_IMPLS), default=list(IMPLS),
+                   help="implementations to time (torch only when installed); seqkern-blas "
+                        "and seqkern-packed force the recurrent kernels' products onto OpenBLAS "
+                        "or the packed GEMM, to compare with seqkern's own choice")
     p.add_argument("--sweep", action="store_true",
                    help="also run the sequence-length study (LSTM vs attention, tokens/s and "
                         "latency against T, seqkern only)")

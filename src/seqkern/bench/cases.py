@@ -25,6 +25,9 @@ import numpy as np
 RECURRENT = ("rnn", "lstm", "gru")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 IMPLS = ("seqkern", "reference", "torch")
+# seqkern with the recurrent kernels' products forced onto one GEMM path
+# (seqkern._step_gemm): what AUTO is measured against, on demand only.
+PATH_IMPLS = ("seqkern-blas", "seqkern-packed")
 
 # (B, T, I, H) for the recurrent kernels, from the issues.
 RECURRENT_SHAPES = [(1, 100, 128, 128), (1, 1000, 64, 64), (32, 100, 256, 256), (64, 200, 512, 512)]
@@ -317,6 +320,10 @@ def _torch_attention(a, case):
 
 def make_runner(case, impl, seed=0):
     """A zero-argument callable running ``case`` with ``impl``; inputs are built here."""
+    return _forcing_path(_make_runner(case, impl, seed), impl)
+
+
+def _make_runner(case, impl, seed):
     rng = np.random.default_rng(seed)
     if impl == "torch" and not torch_available():
         raise RuntimeError("PyTorch is not installed")
@@ -337,12 +344,27 @@ def make_runner(case, impl, seed=0):
     return _numpy_attention(_module(impl), a, case)
 
 
+def _forcing_path(fn, impl):
+    """fn, run with the products on the GEMM path ``impl`` names (seqkern-blas,
+    seqkern-packed), or fn itself."""
+    if impl not in PATH_IMPLS:
+        return fn
+    from seqkern._step_gemm import step_gemm
+
+    mode = impl.split("-", 1)[1]
+
+    def forced():
+        with step_gemm(mode):
+            return fn()
+    return forced
+
+
 def _module(impl):
     import seqkern
     import seqkern.reference
 
-    if impl == "seqkern":
+    if impl == "seqkern" or impl in PATH_IMPLS:
         return seqkern
     if impl == "reference":
         return seqkern.reference
-    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    raise ValueError(f"impl must be one of {IMPLS + PATH_IMPLS}, got {impl!r}")

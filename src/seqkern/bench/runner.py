@@ -187,6 +187,8 @@ def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True, busy
                     gemm_peak_gflops=peaks[key],
                     speedup_vs_reference=med["reference"] / m if "reference" in med else None,  # noqa: E501
                     speedup_vs_torch=med["torch"] / m if "torch" in med else None,
+                    speedup_vs_blas=(med["seqkern-blas"] / m if "seqkern-blas" in med
+                                     else None),
                     parallel_efficiency=(m0 / m) / (n / n0) if n != n0 else 1.0,
                 )
                 r["peak_fraction"] = r["gflops"] / r["gemm_peak_gflops"]
@@ -197,8 +199,9 @@ def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True, busy
 
 
 def _header():
-    return (f"{'case':<34} {'impl':<9} {'thr':>3} {'median ms':>10} {'tokens/s':>10} "
-            f"{'GFLOP/s':>8} {'%peak':>6} {'vs ref':>7} {'vs torch':>8} {'par.eff':>7}")
+    return (f"{'case':<34} {'impl':<14} {'thr':>3} {'median ms':>10} {'tokens/s':>10} "
+            f"{'GFLOP/s':>8} {'%peak':>6} {'vs ref':>7} {'vs torch':>8} {'vs blas':>7} "
+            f"{'par.eff':>7}")
 
 
 def _fmt_ratio(x):
@@ -206,10 +209,10 @@ def _fmt_ratio(x):
 
 
 def format_row(r):
-    return (f"{r['case']:<34} {r['impl']:<9} {r['threads']:>3} {r['median_s'] * 1e3:>10.3f} "
+    return (f"{r['case']:<34} {r['impl']:<14} {r['threads']:>3} {r['median_s'] * 1e3:>10.3f} "
             f"{r['tokens_per_s']:>10.3g} {r['gflops']:>8.1f} {100 * r['peak_fraction']:>5.0f}% "
             f"{_fmt_ratio(r['speedup_vs_reference']):>7} {_fmt_ratio(r['speedup_vs_torch']):>8} "
-            f"{r['parallel_efficiency']:>7.2f}")
+            f"{_fmt_ratio(r.get('speedup_vs_blas')):>7} {r['parallel_efficiency']:>7.2f}")
 
 
 def write_json(path, results, peaks, argv, handoff_ns=None):
@@ -244,14 +247,14 @@ def compare(old_path, results, out=None):
     before = {(r["case"], r["impl"], r["threads"]): r["median_s"] for r in old["results"]}
     print(f"\nCompared with {old_path} ({old.get('date', '?')}): old median / new median "
           "(> 1: faster now)", file=out)
-    print(f"{'case':<34} {'impl':<9} {'thr':>3} {'old ms':>10} {'new ms':>10} {'ratio':>7}", file=out)
+    print(f"{'case':<34} {'impl':<14} {'thr':>3} {'old ms':>10} {'new ms':>10} {'ratio':>7}", file=out)
     rows = []
     for r in results:
         key = (r["case"], r["impl"], r["threads"])
         if key in before:
             ratio = before[key] / r["median_s"]
             rows.append((key, ratio))
-            print(f"{r['case']:<34} {r['impl']:<9} {r['threads']:>3} {before[key] * 1e3:>10.3f} "
+            print(f"{r['case']:<34} {r['impl']:<14} {r['threads']:>3} {before[key] * 1e3:>10.3f} "
                   f"{r['median_s'] * 1e3:>10.3f} {ratio:>6.2f}x", file=out)
     if not rows:
         print("(no case in common)", file=out)
