@@ -93,4 +93,98 @@ def test_float_native_special_values():
     s = np.empty_like(x)
     _activations.sigmoid_float_native(x, s)
     assert np.isnan(s[0])
-    np.testing.assert_array_equal(s[1:], np.array([1, 0, 0.5, 0.5, 1, 0, 0], np.float32))
+    np.testing.assert_array_equal(s[1:], np.array([1, 0, 0.5, 0.5, 1, 0, np.exp(-100.0)],
+                                                  np.float32))   # subnormal, not flushed
+
+
+# --- The limits: +-inf, NaN, saturation, and the range where sigmoid is subnormal ---
+
+def _exact_sigmoid(x):
+    """In long double (x86's 80-bit format keeps exp(-746) ~ 1e-324 normal)."""
+    xl = np.asarray(x, np.longdouble)
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-xl))
+
+
+# (sigmoid's saturation below: the x under which the exact value rounds to 0, and
+# the x above which it rounds to 1; tanh: the |x| above which it rounds to +-1)
+LIMITS = {np.float64: dict(sig0=-745.14, sig1=37.5, tanh1=19.1),
+          np.float32: dict(sig0=-103.98, sig1=17.4, tanh1=9.02)}
+
+
+def _all_sigmoids(dtype):
+    """(name, function) for every sigmoid the kernels use at this dtype."""
+    fs = [("sigmoid", _activations.sigmoid)]
+    if dtype == np.float32:
+        def native(x):
+            out = np.empty_like(x)
+            _activations.sigmoid_float_native(np.ascontiguousarray(x), out)
+            return out
+        fs.append(("sigmoid_float_native", native))
+    return fs
+
+
+def _all_tanhs(dtype):
+    fs = [("tanh", _activations.tanh)]
+    if dtype == np.float32:
+        def native(x):
+            out = np.empty_like(x)
+            _activations.tanh_float_native(np.ascontiguousarray(x), out)
+            return out
+        fs.append(("tanh_float_native", native))
+    return fs
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exact_at_the_limits(dtype):
+    """sigmoid(-inf) = 0 exactly (it was ~3.3e-308 in float64, which turned
+    0 * inf = NaN into a finite number in the GRU), 1 at +inf, and exactly 0 / 1
+    / +-1 over the saturated ranges; NaN in, NaN out."""
+    fi = np.finfo(dtype)
+    lim = LIMITS[dtype]
+    def up_to_max(start):
+        return np.append(np.geomspace(start, float(fi.max) / 2, 2000), fi.max).astype(dtype)
+    below, above, flat = -up_to_max(-lim["sig0"]), up_to_max(lim["sig1"]), up_to_max(lim["tanh1"])
+    for name, f in _all_sigmoids(dtype):
+        special = f(np.array([-np.inf, np.inf, np.nan, -np.nan], dtype))
+        assert special[0] == 0 and not np.signbit(special[0]), name
+        assert special[1] == 1, name
+        assert np.isnan(special[2:]).all(), name
+        np.testing.assert_array_equal(f(below), 0, err_msg=name)
+        np.testing.assert_array_equal(f(above), 1, err_msg=name)
+    for name, f in _all_tanhs(dtype):
+        np.testing.assert_array_equal(f(np.array([-np.inf, np.inf], dtype)), [-1, 1], err_msg=name)
+        assert np.isnan(f(np.array([np.nan], dtype))).all(), name
+        np.testing.assert_array_equal(f(flat), 1, err_msg=name)
+        np.testing.assert_array_equal(f(-flat), -1, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_where_it_is_subnormal(dtype):
+    """Between the smallest normal value and 0 (float64: x in [-745.2, -708.4],
+    float32: [-104, -87.3]) sigmoid(x) ~ exp(x) is subnormal: within 1 ulp there
+    too (the spacing of subnormals), as NumPy's exp rounds it, never flushed to 0
+    or held at exp(-708)."""
+    lo, hi = {np.float64: (-745.3, -708.3), np.float32: (-104.1, -87.2)}[dtype]
+    x = np.linspace(lo, hi, 200_001).astype(dtype)
+    exact = _exact_sigmoid(x)
+    tiny_step = np.finfo(dtype).smallest_subnormal
+    for name, f in _all_sigmoids(dtype):
+        spacing = np.spacing(exact.astype(dtype)).astype(np.longdouble)
+        err = np.abs(f(x).astype(np.longdouble) - exact) / spacing
+        assert err.max() <= 1.0, f"{name}: {err.max():.2f} ulp"
+        assert f(np.array([hi], dtype))[0] > 0, name
+        assert (f(x)[exact >= tiny_step] > 0).all(), name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_subnormal_and_tiny_inputs(dtype):
+    """Subnormal x: tanh(x) = x exactly (odd, so -0 stays -0), sigmoid(x) = 1/2."""
+    fi = np.finfo(dtype)
+    x = np.concatenate([np.geomspace(float(fi.smallest_subnormal), float(fi.tiny), 500),
+                        [float(fi.smallest_subnormal), float(fi.tiny)]]).astype(dtype)
+    x = np.concatenate([x, -x])
+    for name, f in _all_tanhs(dtype):
+        np.testing.assert_array_equal(f(x), x, err_msg=name)
+    for name, f in _all_sigmoids(dtype):
+        np.testing.assert_array_equal(f(x), 0.5, err_msg=name)

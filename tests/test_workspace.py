@@ -96,8 +96,11 @@ def test_free_list_limit_and_clear():
     assert ws.held()[0] == 1
     ws.clear()
     assert ws.held() == (0, 0)
-    with pytest.raises(ValueError, match="limit"):
-        ws.max_bytes(-1)
+    for bad in (-1, 2**64, 2**70):      # past size_t: was an OverflowError
+        with pytest.raises(ValueError, match="limit must be a number of bytes"):
+            ws.max_bytes(bad)
+    assert ws.max_bytes() == 1 << 30
+    assert ws.max_bytes(2**64 - 1) == 1 << 30 and ws.max_bytes() == 2**64 - 1
     for bad in (1.5, "2", True):
         with pytest.raises(TypeError, match="limit must be an integer"):
             ws.max_bytes(bad)

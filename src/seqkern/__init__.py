@@ -1,8 +1,9 @@
 """seqkern: Cython-accelerated CPU kernels for recurrent networks and attention.
 
 Every kernel has a plain-NumPy twin in :mod:`seqkern.reference` that it is
-tested against. Threads: :func:`get_num_threads`, :func:`set_num_threads` and
-the context manager :func:`threads`. Memory: :func:`workspace_limit` and
+tested against. Threads: :func:`get_num_threads`, :func:`set_num_threads` (the
+whole process) and the context manager :func:`threads` (the calling thread's
+block). Memory: :func:`workspace_limit` and
 :func:`free_workspace` (freed large arrays and kernel scratch kept for reuse).
 """
 

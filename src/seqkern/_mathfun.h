@@ -9,9 +9,11 @@
  * accuracy near 0. The float versions compute in double and round once.
  *
  * Accuracy (checked by tests/test_activations.py against NumPy over wide ranges):
- * float64 tanh and sigmoid within 4 ulp; float32 within 1 ulp.
- * NaN propagates; tanh(+-inf) = +-1, sigmoid(+inf) = 1, sigmoid(-inf) ~ 3e-308
- * in float64 and exactly 0 in float32.
+ * float64 tanh and sigmoid within 4 ulp; float32 within 1 ulp; where sigmoid(x)
+ * is subnormal (x in [-745.2, -708.4]) within 1 ulp of the subnormals' spacing.
+ * Exact at the limits: NaN propagates; tanh(+-inf) = +-1, sigmoid(+inf) = 1,
+ * sigmoid(-inf) = 0, and each is exactly 0, 1 or +-1 wherever the true value
+ * rounds to it (so a saturated gate's derivative s (1 - s) is exactly 0).
  */
 #ifndef SEQKERN_MATHFUN_H
 #define SEQKERN_MATHFUN_H
@@ -20,10 +22,11 @@
 #include <string.h>
 #include <math.h>
 
-/* expm1 and exp share the reduction: returns q = exp(r) - 1 and scale = 2^n, so
- * that exp(x) = scale * q + scale and expm1(x) = scale * q + (scale - 1).
- * x must already lie in [-708, 708] or be NaN. */
-static inline double sk__exp_parts(double x, double *scale)
+/* expm1 and exp share the reduction: returns q = exp(r) - 1 and scale = 2^(n + k),
+ * so that exp(x) 2^k = scale * q + scale and, for k = 0, expm1(x) = scale * q +
+ * (scale - 1). A bias k > 0 keeps scale normal where 2^n is not: x must lie in
+ * [-708 - k ln2, 708] or be NaN. */
+static inline double sk__exp_parts(double x, double *scale, unsigned k)
 {
     const double shifter = 0x1.8p52;            /* 1.5 * 2^52 */
     const double log2e = 0x1.71547652b82fep0;
@@ -34,7 +37,7 @@ static inline double sk__exp_parts(double x, double *scale)
     double r = (x - n * ln2_hi) - n * ln2_lo;
     uint64_t bits;
     memcpy(&bits, &t, sizeof bits);
-    bits = (bits + 1023u) << 52;                /* low bits of t hold 2^51 + n */
+    bits = (bits + 1023u + k) << 52;            /* low bits of t hold 2^51 + n */
     memcpy(scale, &bits, sizeof bits);
     /* expm1(r) = r + r^2/2! + ... + r^13/13! (Horner) */
     double p = 1.0 / 6227020800.0;
@@ -64,7 +67,7 @@ static inline double sk_clamp_exp_arg(double x)
 static inline double sk_exp(double x)
 {
     double scale;
-    double q = sk__exp_parts(sk_clamp_exp_arg(x), &scale);
+    double q = sk__exp_parts(sk_clamp_exp_arg(x), &scale, 0);
     return scale * q + scale;
 }
 
@@ -73,7 +76,7 @@ static inline double sk_tanh(double x)
     double ax = fabs(x);
     double scale;
     ax = ax > 20.0 ? 20.0 : ax;                 /* tanh(20) rounds to 1 */
-    double q = sk__exp_parts(2.0 * ax, &scale);
+    double q = sk__exp_parts(2.0 * ax, &scale, 0);
     double e = scale * q + (scale - 1.0);       /* expm1(2|x|) */
     return copysign(e / (e + 2.0), x);
 }
@@ -81,14 +84,17 @@ static inline double sk_tanh(double x)
 /* 1 / (1 + e) for x >= 0 and e / (1 + e) below, e = exp(-|x|): never overflows,
  * keeps full relative accuracy for very negative x, and its one-sided clamp of
  * |x| vectorises in loops over float and double alike (a two-sided clamp of x
- * did not: "control flow in loop" in GCC 12). NaN propagates. */
+ * did not: "control flow in loop" in GCC 12). NaN propagates.
+ * e is built as (2^(n+64) (1 + q)) 2^-64: exact scaling where e is normal, and
+ * one rounding where it is subnormal (|x| > 708.4); exp(-746) rounds to 0, so
+ * the clamp at 746 gives sigmoid(x) = 0 exactly below -745.2, -inf included. */
 static inline double sk_sigmoid(double x)
 {
     double ax = fabs(x);
     double scale;
-    ax = ax > 708.0 ? 708.0 : ax;
-    double q = sk__exp_parts(-ax, &scale);
-    double e = scale * q + scale;               /* exp(-|x|) */
+    ax = ax > 746.0 ? 746.0 : ax;
+    double q = sk__exp_parts(-ax, &scale, 64);
+    double e = (scale * q + scale) * 0x1p-64;   /* exp(-|x|) */
     double p = 1.0 / (1.0 + e);
     return x >= 0 ? p : e * p;
 }
@@ -149,13 +155,15 @@ static inline float sk_expf(float x)
  *
  * Accuracy (tests/test_activations.py, against NumPy in long double, over the
  * same wide ranges as the double versions): tanh within 2 ulp, sigmoid within
- * 3 ulp (see MAX_ULP_FLOAT_NATIVE there; the measured maxima are noted beside it).
- * NaN propagates; tanh(+-inf) = +-1, tanh(-0) = -0, sigmoid(+inf) = 1, and
- * sigmoid(x) = 0 below -87.34 (where the true value is subnormal).
+ * 3 ulp (see MAX_ULP_FLOAT_NATIVE there; the measured maxima are noted beside it),
+ * and within 1 ulp of the subnormals' spacing where sigmoid is subnormal.
+ * NaN propagates; tanh(+-inf) = +-1, tanh(-0) = -0, sigmoid(+inf) = 1,
+ * sigmoid(-inf) = 0, exactly 0, 1 or +-1 wherever the true value rounds to it.
  */
-static inline float sk__expf_parts(float x, float *scale)
+static inline float sk__expf_parts(float x, float *scale, unsigned k)
 {
-    /* x in [-87.33, 88] or NaN: returns q = exp(r) - 1, scale = 2^n, x = n ln2 + r */
+    /* x in [-87.33 - k ln2, 88] or NaN: returns q = exp(r) - 1 and
+     * scale = 2^(n + k), x = n ln2 + r (k > 0 keeps scale normal; see sk__exp_parts) */
     const float shifter = 0x1.8p23f;
     const float log2e = 0x1.715476p0f;
     const float ln2_hi = 0x1.62e4p-1f;
@@ -165,7 +173,7 @@ static inline float sk__expf_parts(float x, float *scale)
     float r = (x - n * ln2_hi) - n * ln2_lo;
     uint32_t bits;
     memcpy(&bits, &t, sizeof bits);
-    bits = (bits + 127u) << 23;
+    bits = (bits + 127u + k) << 23;
     memcpy(scale, &bits, sizeof bits);
     /* expm1(r) = r (1 + r/2! + ... + r^7/8!) (Horner) */
     float p = 1.0f / 40320.0f;
@@ -184,21 +192,21 @@ static inline float sk_tanhf_fl(float x)
     float ax = fabsf(x);
     float scale;
     ax = ax > 10.0f ? 10.0f : ax;               /* tanh(10) rounds to 1 in float */
-    float q = sk__expf_parts(2.0f * ax, &scale);
+    float q = sk__expf_parts(2.0f * ax, &scale, 0);
     float e = scale * q + (scale - 1.0f);       /* expm1(2|x|) */
     return copysignf(e / (e + 2.0f), x);
 }
 
 static inline float sk_sigmoidf_fl(float x)
 {
-    /* as sk_sigmoid: 1 / (1 + e) for x >= 0, e / (1 + e) below, e = exp(-|x|) */
+    /* as sk_sigmoid: 1 / (1 + e) for x >= 0, e / (1 + e) below, e = exp(-|x|),
+     * built as (2^(n+32) (1 + q)) 2^-32 (one rounding where it is subnormal);
+     * exp(-104) rounds to 0, so sigmoid(x) = 0 exactly below -103.98 */
     float ax = fabsf(x);
     float scale;
-    const float lim = 87.3365478515625f;        /* exp(-lim) ~ FLT_MIN */
-    ax = ax > lim ? lim : ax;
-    float q = sk__expf_parts(-ax, &scale);
-    float e = scale * q + scale;                /* exp(-|x|) */
-    e = fabsf(x) > lim ? 0.0f : e;              /* flush where exp(-|x|) is subnormal */
+    ax = ax > 104.0f ? 104.0f : ax;
+    float q = sk__expf_parts(-ax, &scale, 32);
+    float e = (scale * q + scale) * 0x1p-32f;   /* exp(-|x|) */
     float p = 1.0f / (1.0f + e);
     return x >= 0 ? p : e * p;
 }

@@ -1,13 +1,20 @@
-"""The one module that talks to OpenMP, and what the build decided.
+"""The one module that talks to OpenMP, what the build decided, and the thread
+state every kernel call reads.
 
-Kernels parallelise with ``prange(..., num_threads=n)``; this module only
-reports whether OpenMP was compiled in and how many threads it offers, and
-measures what handing work between two of its threads costs (handoff_ns).
-Built without OpenMP, every kernel runs on one thread and the tests pass
-the same.
+Kernels parallelise with ``prange(..., num_threads=n)``; this module reports
+whether OpenMP was compiled in and how many threads it offers, measures what
+handing work between two of its threads costs (handoff_ns), and keeps the
+thread count and the BLAS guard's state (see "Thread state" below; seqkern's
+_threads is their public face). Built without OpenMP, every kernel runs on one
+thread and the tests pass the same.
 """
 
+import operator
+import os
+import threading
+
 from cython.parallel cimport parallel, threadid
+from libc.stdint cimport int64_t
 from libc.stdlib cimport free
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -70,6 +77,8 @@ def handoff_ns(int rounds=20000):
     and ~400 ns (1.2x slower)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if _forked:                     # no second thread in a forked child: see after_fork_in_child
+        return None
     cdef sk_flag* fl = <sk_flag*>aligned_alloc(64, 128)
     cdef double seconds = -1.0
     if fl == NULL:
@@ -97,3 +106,219 @@ def omp_max_threads():
 def build_cflags():
     """The compiler flags the extensions were built with."""
     return SEQKERN_CFLAGS.decode()
+
+
+# ---------------------------------------------------------------------------
+# Thread state
+#
+# The thread count the kernels use (the process's default, or the calling
+# thread's innermost threads(n) block) and the BLAS guard (blas_guard) change
+# only inside the functions below, which run no Python code between their
+# steps: an asynchronous exception (KeyboardInterrupt, a signal handler that
+# raises) lands before or after one of them, never inside, so a block entered
+# is always left whole and the guard's depth returns to 0. The GIL is their
+# lock: nothing in them releases it.
+# ---------------------------------------------------------------------------
+
+# A few times the machine's cores: enough to oversubscribe on purpose, far from
+# what libgomp fails to start (100000 threads crashed inside GOMP_parallel).
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
+cdef int _default_threads = 1
+cdef bint _forked = False       # in a child forked from a seqkern process
+
+
+class _Local(threading.local):
+    stack = ()                  # this thread's threads(n) counts, innermost last (a list once used)
+
+
+_local = _Local()
+
+
+def checked_count(n):
+    """``n`` as an int in [1, MAX_THREADS]; TypeError or ValueError naming n."""
+    if isinstance(n, bool):
+        raise TypeError(f"n must be a positive integer, got {type(n).__name__}")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n must be a positive integer, got {type(n).__name__}") from None
+    if n < 1:
+        raise ValueError(f"n must be a positive integer, got {n}")
+    if n > MAX_THREADS:
+        raise ValueError(f"n must be a positive integer at most MAX_THREADS = {MAX_THREADS} "
+                         f"(4 per core), got {n}")
+    return n
+
+
+def get_num_threads():
+    """The number of threads seqkern's kernels use in the calling thread: its
+    innermost ``threads(n)`` block's n, else the process's count (default: the
+    cores this process may run on, or ``OMP_NUM_THREADS`` when set, at most
+    MAX_THREADS)."""
+    s = _local.stack
+    return s[len(s) - 1] if s else _default_threads
+
+
+def set_num_threads(n):
+    """Set the number of threads seqkern's kernels use, for the whole process
+    (a thread inside a ``threads(n)`` block keeps its block's n until it leaves
+    it). 1 <= n <= MAX_THREADS (4 per core), else ValueError; TypeError for a
+    non-integer. In a child forked from this process the kernels run on one
+    thread whatever this says (see effective_num_threads)."""
+    global _default_threads
+    _default_threads = checked_count(n)
+
+
+cdef class threads:
+    """Context manager: the kernels the calling thread runs inside the block use
+    ``n`` threads; other Python threads are not affected, and leaving the block
+    restores what the calling thread had. Blocks nest; n is checked as
+    set_num_threads checks it, when the object is made."""
+
+    cdef readonly int n
+
+    def __init__(self, n):
+        self.n = checked_count(n)
+
+    def __enter__(self):
+        s = _local.stack
+        if type(s) is not list:
+            s = []
+            _local.stack = s
+        s.append(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        s = _local.stack
+        if s:
+            s.pop()
+        return False
+
+
+def effective_num_threads():
+    """Threads a kernel called from this thread really uses: get_num_threads(),
+    or 1 without OpenMP, and 1 in a child forked from a seqkern process."""
+    if _forked or not SEQKERN_BUILT_WITH_OPENMP:
+        return 1
+    s = _local.stack
+    return s[len(s) - 1] if s else _default_threads
+
+
+def set_default_threads(int n):
+    """The process's count at import (_threads has checked it)."""
+    global _default_threads
+    _default_threads = n
+
+
+# The BLAS guard: holds each BLAS library the kernels call at one thread while
+# any kernel call is inside it (a depth count over all Python threads), through
+# the libraries' own C functions (get: int (void), set: void (int); BLIS takes
+# and returns 64-bit counts). Restores their counts when the last call leaves.
+
+ctypedef int (*get_int_fn)() noexcept nogil
+ctypedef void (*set_int_fn)(int) noexcept nogil
+ctypedef int64_t (*get_wide_fn)() noexcept nogil
+ctypedef void (*set_wide_fn)(int64_t) noexcept nogil
+
+cdef enum:
+    MAX_BLAS = 8
+
+cdef int _n_blas = -1                   # libraries held; -1 until set_blas_calls
+cdef void* _blas_get[MAX_BLAS]
+cdef void* _blas_set[MAX_BLAS]
+cdef bint _blas_wide[MAX_BLAS]
+cdef int64_t _blas_saved[MAX_BLAS]      # count to restore on leaving
+cdef bint _blas_changed[MAX_BLAS]       # set to 1 on entering: restore _blas_saved
+cdef Py_ssize_t _blas_depth = 0
+
+
+cdef int64_t _get_count(int i) noexcept:
+    if _blas_wide[i]:
+        return (<get_wide_fn>_blas_get[i])()
+    return (<get_int_fn>_blas_get[i])()
+
+
+cdef void _set_count(int i, int64_t n) noexcept:
+    if _blas_wide[i]:
+        (<set_wide_fn>_blas_set[i])(n)
+    else:
+        (<set_int_fn>_blas_set[i])(<int>n)
+
+
+def blas_calls_set():
+    """Whether set_blas_calls has run."""
+    return _n_blas >= 0
+
+
+def set_blas_calls(calls):
+    """The libraries the guard holds, once: [(get address, set address, wide)]
+    (wide: the counts are 64-bit). Later calls change nothing."""
+    global _n_blas
+    cdef int i, n
+    if _n_blas >= 0:
+        return
+    n = min(len(calls), MAX_BLAS)
+    for i in range(n):
+        _blas_get[i] = <void*><size_t>calls[i][0]
+        _blas_set[i] = <void*><size_t>calls[i][1]
+        _blas_wide[i] = bool(calls[i][2])
+        _blas_changed[i] = False
+    _n_blas = n
+
+
+cdef class BlasGuard:
+    """See seqkern._threads.blas_single_thread."""
+
+    def __enter__(self):
+        global _blas_depth
+        cdef int i
+        cdef int64_t n
+        if _blas_depth == 0:
+            for i in range(_n_blas):
+                n = _get_count(i)
+                _blas_saved[i] = n
+                _blas_changed[i] = n != 1
+                if n != 1:
+                    _set_count(i, 1)
+        _blas_depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        _leave()
+        return False
+
+
+cdef void _leave() noexcept:
+    global _blas_depth
+    cdef int i
+    if _blas_depth == 0:
+        return
+    _blas_depth -= 1
+    if _blas_depth == 0:
+        for i in range(_n_blas):
+            if _blas_changed[i]:
+                _set_count(i, _blas_saved[i])
+                _blas_changed[i] = False
+
+
+blas_guard = BlasGuard()
+
+
+def blas_guard_depth():
+    """How many kernel calls are inside the BLAS guard now (tests)."""
+    return _blas_depth
+
+
+def after_fork_in_child():
+    """In a child just forked: libgomp's thread pool did not come along (its
+    threads exist only in the parent; a parallel region waiting for them never
+    ends), so the kernels run on one thread from now on, and the count reads 1;
+    the parent's calls inside the BLAS guard do not exist here: its depth goes
+    back to 0 and BLAS gets its count back."""
+    global _forked, _default_threads, _blas_depth
+    _forked = True
+    _default_threads = 1
+    if _blas_depth > 0:
+        _blas_depth = 1
+        _leave()

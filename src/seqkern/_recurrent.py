@@ -11,8 +11,10 @@ from typing import Tuple
 import numpy as np
 
 from seqkern._validation import (
+    MAX_SIZE,
     check_bool,
     check_shape,
+    check_sizes,
     float_array,
     lengths_array,
     optional_float_array,
@@ -35,16 +37,27 @@ class RecurrentArgs:
     def __init__(self, x, states, W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim=3):
         self.batch_first = check_bool("batch_first", batch_first)
         x = float_array("x", x, x_ndim)
+        self.dtype = dt = x.dtype
+        self.W_hh = float_array("W_hh", W_hh, 2, dt)
+        H = self.H = self.W_hh.shape[1]
+        G = self.G = self.GATES * H
         if x_ndim == 2:           # one step: x (B, I)
+            (B, I), T = x.shape, 1
+        elif self.batch_first:
+            B, T, I = x.shape
+        else:
+            T, B, I = x.shape
+        # before any copy or output: sizes the kernels' C int cannot hold
+        if T * B > MAX_SIZE or T > MAX_SIZE or B > MAX_SIZE or I > MAX_SIZE or G > MAX_SIZE:
+            check_sizes(("T (time steps of x)", T), ("B (batch of x)", B),
+                        ("T * B (rows of x)", T * B), ("I (features of x)", I),
+                        (f"{self._legend('H', stacked=False)[1:-1]} (rows of W_hh)", G))
+        if x_ndim == 2:
             x = x[None]
         elif self.batch_first:    # (B, T, I) -> (T, B, I)
             x = np.ascontiguousarray(x.transpose(1, 0, 2))
         self.x = x
-        self.dtype = dt = x.dtype
-        self.T, self.B, self.I = T, B, I = x.shape
-        self.W_hh = float_array("W_hh", W_hh, 2, dt)
-        H = self.H = self.W_hh.shape[1]
-        G = self.G = self.GATES * H
+        self.T, self.B, self.I = T, B, I
         # (each legend spelt only for the message: the checks run on every call)
         if self.W_hh.shape != (G, H):
             check_shape("W_hh", self.W_hh, (G, H), self._legend("H, H"))

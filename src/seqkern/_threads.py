@@ -1,69 +1,62 @@
 """Thread control: how many threads seqkern's kernels use, and BLAS's share.
 
+- set_num_threads(n) sets the count for the whole process; threads(n) sets it
+  for the calling Python thread only, inside its block (so blocks in several
+  Python threads never undo each other). The default is the cores this process
+  may run on, or OMP_NUM_THREADS. n above MAX_THREADS (4 per core) is refused
+  with a ValueError; OMP_NUM_THREADS above it is clamped to it.
+- A child forked from the process runs the kernels on one thread (libgomp's
+  pool does not survive fork; the child would wait on it for ever), whatever
+  its count says, as PyTorch's children do.
+
 seqkern parallelises with its own OpenMP loops, in which every BLAS call must
 run on one thread: two thread pools that fight over the cores (OpenMP's and
 OpenBLAS's) were measured to slow each other several-fold. So every public
 kernel that calls BLAS runs inside :func:`blas_single_thread`, and splits its
 large products over its own threads itself.
+
+The state behind both lives in _openmp_helpers, compiled, where no exception
+(KeyboardInterrupt, a signal handler that raises) can land halfway through
+changing it.
 """
 
 import ctypes
 import os
-import threading
-from contextlib import contextmanager
 
-from seqkern._openmp_helpers import openmp_enabled
+from seqkern import _openmp_helpers
+from seqkern._openmp_helpers import (  # noqa: F401  (the public ones are re-exported)
+    MAX_THREADS,
+    blas_guard_depth,
+    effective_num_threads,
+    get_num_threads,
+    set_num_threads,
+    threads,
+)
 
 
 def _default_num_threads():
+    """OMP_NUM_THREADS when set to a positive integer, clamped to MAX_THREADS,
+    else the cores this process may run on."""
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if env:
         try:
             n = int(env)
             if n >= 1:
-                return n
+                return min(n, MAX_THREADS)
         except ValueError:
             pass
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_THREADS))
 
 
-_num_threads = _default_num_threads()
+_openmp_helpers.set_default_threads(_default_num_threads())
 
-
-def get_num_threads():
-    """The number of threads seqkern's kernels use (default: the cores this
-    process may run on, or ``OMP_NUM_THREADS`` when it is set)."""
-    return _num_threads
-
-
-def set_num_threads(n):
-    """Set the number of threads seqkern's kernels use, for the whole process."""
-    global _num_threads
-    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
-        raise TypeError(f"n must be a positive integer, got {type(n).__name__}")
-    n = int(n.__index__())
-    if n < 1:
-        raise ValueError(f"n must be a positive integer, got {n}")
-    _num_threads = n
-
-
-@contextmanager
-def threads(n):
-    """Context manager: run the enclosed kernels on ``n`` threads, then restore."""
-    old = get_num_threads()
-    set_num_threads(n)
-    try:
-        yield
-    finally:
-        set_num_threads(old)
-
-
-def effective_num_threads():
-    """Threads a kernel really uses: get_num_threads(), or 1 without OpenMP."""
-    return _num_threads if openmp_enabled() else 1
+if hasattr(os, "register_at_fork"):
+    # libgomp's threads stay in the parent: a child runs the kernels on one thread
+    os.register_at_fork(after_in_child=_openmp_helpers.after_fork_in_child)
 
 
 def block_count():
@@ -78,22 +71,24 @@ _BLOCKS = max(1, os.cpu_count() or 1)
 
 # --- BLAS's own thread pool -------------------------------------------------
 
-_blas_lock = threading.Lock()
 _blas_libs = None
-_blas_depth = 0
-_blas_saved: list = []
 
 
 def _blas_libraries():
     """(threadpoolctl's controller, get, set) for each BLAS library the kernels
-    call (found once: _kernel_blas; get and set its thread count: _direct_calls)."""
+    call (found once: _kernel_blas); get and set are the addresses of the C
+    functions that read and set its thread count (_c_calls), None where it has
+    none seqkern knows (the guard then leaves it alone)."""
     global _blas_libs
     if _blas_libs is None:
         from threadpoolctl import ThreadpoolController
 
         ctl = ThreadpoolController()
         libs = _kernel_blas([lc for lc in ctl.lib_controllers if lc.user_api == "blas"])
-        _blas_libs = [(lc,) + _direct_calls(lc) for lc in libs]
+        found = [(lc,) + _c_calls(lc) for lc in libs]
+        _openmp_helpers.set_blas_calls([(get, put, wide) for _, get, put, wide in found
+                                        if get is not None])
+        _blas_libs = [(lc, get, put) for lc, get, put, _ in found]
     return _blas_libs
 
 
@@ -128,65 +123,43 @@ def _address(dynlib, name):
     return None if f is None else ctypes.cast(f, ctypes.c_void_p).value
 
 
-def _direct_calls(lc):
-    """(get, set) of a library's thread count: for OpenBLAS on its own threads (as
-    NumPy's and SciPy's wheels ship it) its two C functions themselves, called
-    through ctypes (~0.2 us each, against ~1 us through threadpoolctl: the guard
-    around a single step's kernel took ~6 us of its ~25); else the controller's
-    methods."""
-    if lc.internal_api == "openblas" and getattr(lc, "threading_layer", None) == "pthreads":
+# internal_api: the names of the C functions that get and set its thread count,
+# and whether those counts are 64-bit (threadpoolctl calls the same functions)
+_COUNT_CALLS = {
+    "openblas": ("openblas_get_num_threads", "openblas_set_num_threads", False),
+    "mkl": ("MKL_Get_Max_Threads", "MKL_Set_Num_Threads", False),
+    "blis": ("bli_thread_get_num_threads", "bli_thread_set_num_threads", True),
+    "flexiblas": ("flexiblas_get_num_threads", "flexiblas_set_num_threads", False),
+}
+
+
+def _c_calls(lc):
+    """(get address, set address, 64-bit counts) of a library's thread-count
+    functions, as its build names them (SciPy's OpenBLAS: scipy_openblas_..., and
+    ..64_ for 64-bit integers); (None, None, False) where there are none."""
+    names = _COUNT_CALLS.get(lc.internal_api)
+    if names is not None:
+        get_name, set_name, wide = names
         for prefix in ("", "scipy_"):
             for suffix in ("", "64_", "_64"):
-                get = getattr(lc.dynlib, f"{prefix}openblas_get_num_threads{suffix}", None)
-                put = getattr(lc.dynlib, f"{prefix}openblas_set_num_threads{suffix}", None)
+                get = _address(lc.dynlib, prefix + get_name + suffix)
+                put = _address(lc.dynlib, prefix + set_name + suffix)
                 if get is not None and put is not None:
-                    get.restype, get.argtypes = ctypes.c_int, []
-                    put.restype, put.argtypes = None, [ctypes.c_int]
-                    return get, put
-    return lc.get_num_threads, lc.set_num_threads
-
-
-class _BlasSingleThread:
-    """See blas_single_thread."""
-
-    __slots__ = ()
-
-    def __enter__(self):
-        global _blas_depth, _blas_saved
-        with _blas_lock:
-            if _blas_depth == 0:
-                saved = []
-                for _, get, put in _blas_libraries():
-                    n = get()
-                    if n != 1:
-                        put(1)
-                        saved.append((put, n))
-                _blas_saved = saved
-            _blas_depth += 1
-        return self
-
-    def __exit__(self, *exc):
-        global _blas_depth, _blas_saved
-        with _blas_lock:
-            _blas_depth -= 1
-            if _blas_depth == 0:
-                for put, n in _blas_saved:
-                    put(n)
-                _blas_saved = []
-        return False
-
-
-_BLAS_SINGLE_THREAD = _BlasSingleThread()
+                    return get, put, wide
+    return None, None, False
 
 
 def blas_single_thread():
     """Context manager: hold the BLAS library the kernels call (SciPy's; every one
     loaded where that cannot be told) at one thread, then restore.
 
-    Re-entrant and cheap: the first entry reads and sets each library's count
-    (a few C calls), nested entries do nothing.
+    Re-entrant, shared by all Python threads (the first call in reads and sets
+    each library's count through its C functions, the last one out restores it;
+    see _openmp_helpers: no exception can land between those steps), and cheap.
     """
-    return _BLAS_SINGLE_THREAD
+    if _blas_libs is None:
+        _blas_libraries()
+    return _openmp_helpers.blas_guard
 
 
 def blas_info():

@@ -11,6 +11,18 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _F32, _F64 = FLOAT_DTYPES
 
+# The kernels hold sizes in C int, and with them the ends of blocks cut from a
+# size and the sum of two sizes (attention's D + Dv): every size that reaches
+# them (and T * B, 4H, ...) is held to at most MAX_SIZE, which leaves room for both.
+MAX_SIZE = 2**30
+
+
+def check_sizes(*sizes):
+    """Raise ValueError for the first (name, value) pair whose value passes MAX_SIZE."""
+    for name, n in sizes:
+        if n > MAX_SIZE:
+            raise ValueError(f"{name} = {n} exceeds the kernels' limit of 2**30 = {MAX_SIZE}")
+
 
 def float_array(name, a, ndim, dtype=None):
     """``a`` as a C-contiguous float32/float64 array of ``ndim`` dimensions.
@@ -20,7 +32,13 @@ def float_array(name, a, ndim, dtype=None):
     """
     if a is None:
         raise TypeError(f"{name} must be a float32 or float64 array, got None")
-    arr = a if type(a) is np.ndarray else np.asarray(a)
+    if type(a) is np.ndarray:
+        arr = a
+    else:
+        try:
+            arr = np.asarray(a)
+        except (TypeError, ValueError) as e:     # ragged nested lists, say
+            raise type(e)(f"{name} must be a float32 or float64 array: {e}") from None
     dt = arr.dtype
     if (dt is _F32 or dt is _F64) and (dtype is None or dt is dtype) and arr.ndim == ndim \
             and arr.flags.c_contiguous:
@@ -34,6 +52,8 @@ def float_array(name, a, ndim, dtype=None):
         )
     if arr.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
+    # no copy of an array the kernels would refuse (a stride-0 view, say)
+    check_sizes(*((f"{name}.shape[{i}]", n) for i, n in enumerate(arr.shape)))
     return np.ascontiguousarray(arr)
 
 

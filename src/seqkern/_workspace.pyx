@@ -294,8 +294,8 @@ def max_bytes(limit=None):
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)):
             raise TypeError(f"limit must be an integer number of bytes, got {limit!r}")
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+        if limit < 0 or limit > <size_t>-1:
+            raise ValueError(f"limit must be a number of bytes in [0, {<size_t>-1}], got {limit}")
         _max_bytes = limit
         _trim(_max_bytes)
     return old

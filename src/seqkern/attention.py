@@ -43,7 +43,7 @@ from seqkern._dispatch import kernel_module
 _attention = kernel_module("_attention")
 from seqkern._threads import effective_num_threads
 from seqkern._types import AttentionGrads
-from seqkern._validation import check_bool, check_cache, check_shape, float_array
+from seqkern._validation import check_bool, check_cache, check_shape, check_sizes, float_array
 
 __all__ = ["AttentionCache", "AttentionGrads", "attention_forward", "attention_backward"]
 
@@ -126,6 +126,8 @@ class AttentionArgs:
         if Hkv == 0 and Hq != 0 or Hkv != 0 and Hq % Hkv != 0:
             raise ValueError(f"the query heads Hq = q.shape[1] = {Hq} must be a multiple of the "
                              f"key/value heads Hkv = k.shape[1] = {Hkv}")
+        check_sizes(("B = q.shape[0]", B), ("Hq = q.shape[1]", Hq), ("Hkv = k.shape[1]", Hkv),
+                    ("Tq = q.shape[2]", Tq), ("Tk = k.shape[2]", Tk), ("D + Dv", D + Dv))
         if scale is None:
             self.scale = 1.0 / math.sqrt(D) if D else 1.0
         elif isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
