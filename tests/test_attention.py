@@ -260,6 +260,96 @@ def test_inf_value_at_a_causally_masked_key(Tq):
     np.testing.assert_array_equal(np.isnan(out), np.isnan(rout))
 
 
+# Issue 17.1: scores so large that one ulp of them is >> 1 (a padding mask filled
+# with a huge finite value, or huge q or scale). The backward must recompute the
+# forward's probabilities exactly: P = exp(S - m) / l, never through m + log(l).
+# (B, Hq, Hkv, Tq, Tk, D, Dv): the row path (Tq <= 6) and the tile path, with GQA.
+EXTREME_SHAPES = [(2, 4, 2, 3, 9, 8, 8), (1, 2, 1, 5, 300, 16, 8), (2, 2, 1, 13, 29, 8, 8),
+                  (1, 2, 2, 70, 300, 16, 16)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", EXTREME_SHAPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_huge_finite_mask_matches_reference(rng, dtype, shape, causal):
+    """The padding idiom: a float mask of finfo.min or -1e30 instead of -inf, whole
+    rows of it and scattered keys; those rows attend to every key alike (as the
+    reference), and the gradients must too."""
+    B, Hq, Hkv, Tq, Tk, D, Dv = shape
+    args = make(rng, shape, dtype)
+    for fill in (np.finfo(dtype).min, -1e30):
+        mask = np.zeros((B, 1, Tq, Tk), dtype)
+        mask[:, :, 1::2] = fill                           # every other row padded
+        mask[:, :, ::3, ::4] = fill                       # and some keys of the others
+        (out, grads), (rout, rgrads) = run_both(args, dtype, mask=mask, causal=causal)
+        assert_close(out, rout, dtype, f"{fill} out")
+        for name in ("dq", "dk", "dv"):
+            assert_close(getattr(grads, name), getattr(rgrads, name), dtype, f"{fill} {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Tq", [3, 13])                 # the row path and the tile path
+def test_backward_uses_the_forwards_probabilities(rng, dtype, Tq):
+    """With v = I the forward's output rows are its probabilities, and with one-hot
+    rows of d_out, dv holds the backward's: they must agree to a few ulps (the
+    backward differentiates the function the forward computed), for rows padded
+    with finfo.min, -1e30 or -1e4. The last, in float32, is within rounding of the
+    float64 reference either way (one ulp of its scores is ~1e-3), but rebuilding P
+    from m + log(l) moved it by up to ~5e-4 more."""
+    B, Hq, Hkv, Tk = 2, 4, 2, 11
+    G = Hq // Hkv
+    Dv = max(Tk, G * Tq)
+    q = rng.standard_normal((B, Hq, Tq, 8)).astype(dtype)
+    k = rng.standard_normal((B, Hkv, Tk, 8)).astype(dtype)
+    v = np.zeros((B, Hkv, Tk, Dv), dtype)
+    v[:, :, np.arange(Tk), np.arange(Tk)] = 1
+    d_out = np.zeros((B, Hq, Tq, Dv), dtype)
+    for h in range(Hq):
+        d_out[:, h, np.arange(Tq), (h % G) * Tq + np.arange(Tq)] = 1
+    for fill in (np.finfo(dtype).min, -1e30, -1e4):
+        mask = np.zeros((B, 1, Tq, Tk), dtype)
+        mask[:, :, 1::2] = fill
+        mask[:, :, ::3, ::4] = fill
+        out, cache = seqkern.attention_forward(q, k, v, mask=mask)
+        dv = seqkern.attention_backward(d_out, cache).dv
+        p_fwd = out[..., :Tk]                                       # (B, Hq, Tq, Tk)
+        p_bwd = np.stack([dv[:, h // G, :, (h % G) * Tq:(h % G + 1) * Tq].swapaxes(1, 2)
+                          for h in range(Hq)], axis=1)
+        rtol = 1e-6 if dtype == np.float32 else 1e-14
+        np.testing.assert_allclose(p_bwd, p_fwd, rtol=rtol, atol=0, err_msg=str(fill))
+
+
+def test_huge_finite_mask_issue_example():
+    q, k, v = (np.random.default_rng(0).standard_normal((1, 1, 3, 8)) for _ in range(3))
+    m = np.zeros((3, 3))
+    m[2] = np.finfo(np.float64).min
+    (out, g), (rout, rg) = run_both([q, k, v, np.ones((1, 1, 3, 8))], np.float64, mask=m)
+    assert_close(out, rout, np.float64, "out")
+    for name in ("dq", "dk", "dv"):
+        assert_close(getattr(g, name), getattr(rg, name), np.float64, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", EXTREME_SHAPES)
+@pytest.mark.parametrize("how", ["q", "scale"])
+def test_extreme_scores_match_reference(rng, dtype, shape, how):
+    """q * 1e18, or scale = 1e300 (1e30 in float32): each row's softmax is one-hot,
+    so dq = 0 and dv = the d_out of the rows that pick each key, as the reference
+    gives. The backward must get the forward's scores and maximum exactly."""
+    args = make(rng, shape, dtype)
+    kw = {}
+    if how == "q":
+        args[0] = args[0] * dtype(1e18)
+    else:
+        kw["scale"] = 1e300 if dtype == np.float64 else 1e30
+    for causal in (False, True):
+        (out, grads), (rout, rgrads) = run_both(args, dtype, causal=causal, **kw)
+        assert np.all(rgrads.dq == 0)                   # the reference's one-hot softmax
+        assert_close(out, rout, dtype, "out")
+        for name in ("dq", "dk", "dv"):
+            assert_close(getattr(grads, name), getattr(rgrads, name), dtype, name)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_row_dots(rng, dtype):
     """The decoding path's scores, s[j] = alpha K[j] . q: groups of a vector's
