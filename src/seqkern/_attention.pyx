@@ -10,7 +10,7 @@
 #   query head h reads key/value head h // G.
 #
 # Forward, for one query row i (s = scale):
-#   S_ij = s q_i . k_j  (+ float mask; -inf where masked)
+#   S_ij = s q_i . k_j  (+ float mask; -inf where masked, by selection)
 #   m_i = max_j S_ij,  l_i = sum_j exp(S_ij - m_i),  P_ij = exp(S_ij - m_i) / l_i,
 #   out_i = sum_j P_ij v_j
 # computed over tiles of BQ queries x BK keys with an online softmax: a running
@@ -34,6 +34,15 @@
 # query heads that read it, so no two tasks write the same element. When
 # B * Hkv is small, each pair's keys are cut into n_kb blocks (n_kb from the
 # problem size only), each with its own copy of dq, summed in order afterwards.
+#
+# Masked keys: a key masked for a row never contributes to it, not even a NaN or
+# Inf, in the forward or the backward. Masked scores are -inf by selection, so
+# P_ij is exactly 0, but the products over whole tiles still add 0 * v_j, 0 * k_j,
+# 0 * dout_i, ... which is NaN for a NaN or Inf. So each task checks its results
+# (the forward its out rows; the backward its dq and the rows' q, dout, Di and
+# statistics, see _backward_task), and where they hold a NaN or Inf it computes
+# them again over the visible pairs (i, j) only (_forward_visible,
+# _backward_visible): slow, but only with such values in the inputs.
 #
 # Threads: tasks are fixed by the problem size (and the tile sizes, which the
 # wrapper picks from the problem size alone); threads only choose which task
@@ -108,6 +117,18 @@ cdef extern from *:
     static inline void sk_row_scale_##SUF(T *row, int n, T a)                     \\
     {                                                                             \\
         for (int j = 0; j < n; j++) row[j] *= a;                                  \\
+    }                                                                             \\
+    /* y[j] += a * x[j] */                                                        \\
+    static inline void sk_row_axpy_##SUF(int n, T a, const T *x, T *y)            \\
+    {                                                                             \\
+        for (int j = 0; j < n; j++) y[j] += a * x[j];                             \\
+    }                                                                             \\
+    /* 1 if x[0:n] holds no NaN or Inf (x - x is NaN for both) */                 \\
+    static inline int sk_all_finite_##SUF(const T *x, ptrdiff_t n)                \\
+    {                                                                             \\
+        int ok = 1;                                                               \\
+        for (ptrdiff_t j = 0; j < n; j++) ok &= (x[j] - x[j]) == 0;              \\
+        return ok;                                                                \\
     }                                                                             \\
     /* a . b (n,), summed in order from 0: the arithmetic of one element of      \\
      * SK_GEMM with alpha = 1 (so that Di = dout_i . out_i equals dP_ij when     \\
@@ -361,6 +382,10 @@ cdef extern from *:
     double sk_softmax_row_d(double* s, int nk, double* m, double* l) noexcept nogil
     void sk_row_prob_f(float* row, int n, float m, float inv_l) noexcept nogil
     void sk_row_prob_d(double* row, int n, double m, double inv_l) noexcept nogil
+    void sk_row_axpy_f(int n, float a, const float* x, float* y) noexcept nogil
+    void sk_row_axpy_d(int n, double a, const double* x, double* y) noexcept nogil
+    int sk_all_finite_f(const float* x, Py_ssize_t n) noexcept nogil
+    int sk_all_finite_d(const double* x, Py_ssize_t n) noexcept nogil
     float sk_dot_seq_f(const float* a, const float* b, int n) noexcept nogil
     double sk_dot_seq_d(const double* a, const double* b, int n) noexcept nogil
     void sk_row_dsoftmax_f(const float* p, float* ds, int n, float d) noexcept nogil
@@ -417,6 +442,28 @@ cdef inline void _row_prob(floating* row, int n, floating m, floating inv_l) noe
         sk_row_prob_f(row, n, m, inv_l)
     else:
         sk_row_prob_d(row, n, m, inv_l)
+
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return sk_expf(x)
+    else:
+        return sk_exp_flush(x)
+
+
+cdef inline void _row_axpy(int n, floating a, const floating* x, floating* y) noexcept nogil:
+    """y += a * x"""
+    if floating is float:
+        sk_row_axpy_f(n, a, x, y)
+    else:
+        sk_row_axpy_d(n, a, x, y)
+
+
+cdef inline bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return sk_all_finite_f(x, n)
+    else:
+        return sk_all_finite_d(x, n)
 
 
 cdef inline floating _dot_seq(const floating* a, const floating* b, int n) noexcept nogil:
@@ -488,10 +535,30 @@ cdef inline int _key_end(const Problem* P, int b, int i1) noexcept nogil:
     return <int>(end if end > 0 else 0)
 
 
+cdef inline bint _visible(const Problem* P, floating scale, int b, int h, int i,
+                          int j) noexcept nogil:
+    """Whether query i of head h (batch b) sees key j: not causally hidden, before
+    key_lengths[b], and not False in a boolean mask nor -inf in a float mask
+    (scale: for its type only, the float mask's)."""
+    cdef Py_ssize_t o
+    if P.causal and j > i + P.Tk - P.Tq:
+        return False
+    if P.lengths != NULL and j >= P.lengths[b]:
+        return False
+    o = (<Py_ssize_t>b * P.ms[0] + <Py_ssize_t>h * P.ms[1] + <Py_ssize_t>i * P.ms[2]
+         + <Py_ssize_t>j * P.ms[3])
+    if P.mask_b != NULL:
+        return P.mask_b[o] != 0
+    if P.mask_f != NULL:
+        return (<const floating*>P.mask_f)[o] != -INFINITY
+    return True
+
+
 cdef void _mask_tile(const Problem* P, floating* S, int lds, int b, int h,
                      int i0, int nq, int j0, int nk) noexcept nogil:
     """Apply the user mask and the causal limit to the score tile
-    S[0:nq, 0:nk] of rows i0.., keys j0.. (masked scores become -inf)."""
+    S[0:nq, 0:nk] of rows i0.., keys j0.. (masked scores become -inf, by
+    selection: a NaN score at a masked key goes too)."""
     cdef int r, j, jc
     cdef int off = P.Tk - P.Tq
     cdef floating* row
@@ -516,10 +583,10 @@ cdef void _mask_tile(const Problem* P, floating* S, int lds, int b, int h,
                 mf = (<const floating*>P.mask_f) + base + <Py_ssize_t>(i0 + r) * P.ms[2]
                 if sj == 0:
                     for j in range(nk):
-                        row[j] += mf[0]
+                        row[j] = row[j] + mf[0] if mf[0] != -INFINITY else -INFINITY
                 else:
                     for j in range(nk):
-                        row[j] += mf[j]
+                        row[j] = row[j] + mf[j] if mf[j] != -INFINITY else -INFINITY
     if P.causal and j0 + nk - 1 > i0 + off:
         for r in range(nq):
             row = S + <Py_ssize_t>r * lds
@@ -552,7 +619,7 @@ cdef void _mask_tile_t(const Problem* P, floating* ST, int ld, int b, int h,
             else:
                 mf = (<const floating*>P.mask_f) + base + <Py_ssize_t>(j0 + jj) * P.ms[3]
                 for r in range(nq):
-                    row[r] += mf[r * si]
+                    row[r] = row[r] + mf[r * si] if mf[r * si] != -INFINITY else -INFINITY
     if P.causal and j0 + nk - 1 > i0 + off:
         for jj in range(nk):
             rend = j0 + jj - off - i0            # queries r < rend may not see this key
@@ -630,6 +697,50 @@ cdef void _forward_row(const Problem* P, floating scale, int b, int h, int i, in
     _finish_row(Dv, orow, m, l, mrow, lrow)
 
 
+cdef void _forward_visible(const Problem* P, floating scale, int b, int h, int i0, int nq,
+                           int kend, const floating* qp, const floating* kp,
+                           const floating* vp, floating* op, const floating* mp,
+                           const floating* lp, floating* ST, const floating* QT,
+                           int bqp) noexcept nogil:
+    """out of rows [i0, i0 + nq) again, as sums over the keys each row sees only:
+    out_i = sum_j P_ij v_j, P_ij = exp(S_ij - m_i) / l_i, with the statistics mp, lp
+    of the pass before and its scores recomputed the same way (the row path's or
+    the tile product, with QT = q_tile^T (D, bqp) as that pass left it). For a task
+    whose output came out with NaN or Inf: where v holds NaN or Inf, the products
+    over whole tiles add 0 * v_j = NaN at keys masked for a row. ST: scratch as in
+    _forward_task."""
+    cdef int bk = P.bk, D = P.D, Dv = P.Dv
+    cdef int j0, nk, r, jj
+    cdef bint row_path = i0 >= P.row_from
+    cdef floating p
+    memset(op, 0, <Py_ssize_t>nq * Dv * sizeof(floating))
+    j0 = 0
+    while j0 < kend:
+        nk = min(bk, kend - j0)
+        if row_path:
+            for r in range(nq):
+                _row_dots(nk, D, scale, kp + <Py_ssize_t>j0 * D, qp + <Py_ssize_t>r * D, ST)
+                _mask_tile(P, ST, nk, b, h, i0 + r, 1, j0, nk)
+                if lp[r] == 0:
+                    continue
+                for jj in range(nk):
+                    if _visible(P, scale, b, h, i0 + r, j0 + jj):
+                        p = _exp(ST[jj] - mp[r]) * lp[r]
+                        _row_axpy(Dv, p, vp + <Py_ssize_t>(j0 + jj) * Dv,
+                                  op + <Py_ssize_t>r * Dv)
+        else:
+            _tile_gemm(nk, _round_up(nq, _nr(scale) // 2), D, scale, kp + <Py_ssize_t>j0 * D,
+                       D, 1, QT, bqp, False, ST, bqp)
+            _mask_tile_t(P, ST, bqp, b, h, i0, nq, j0, nk)
+            for jj in range(nk):
+                for r in range(nq):
+                    if lp[r] != 0 and _visible(P, scale, b, h, i0 + r, j0 + jj):
+                        p = _exp(ST[<Py_ssize_t>jj * bqp + r] - mp[r]) * lp[r]
+                        _row_axpy(Dv, p, vp + <Py_ssize_t>(j0 + jj) * Dv,
+                                  op + <Py_ssize_t>r * Dv)
+        j0 += bk
+
+
 cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
                         const floating* q, const floating* k, const floating* v,
                         floating* out, floating* mstat, floating* lstat,
@@ -640,7 +751,8 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
     The scores are held transposed, ST = scale * k_tile @ q_tile^T (keys x
     queries): q_tile^T is built once per task, and the softmax loops then run
     along queries (vectorised, no reductions). The output rows accumulate in
-    place in ``out``. scratch: _forward_scratch(P)."""
+    place in ``out``. If they come out with NaN or Inf, _forward_visible computes
+    them again over visible keys only. scratch: _forward_scratch(P)."""
     cdef int bq = P.bq, bk = P.bk, D = P.D, Dv = P.Dv
     cdef int nr = _nr(scale)
     cdef int bqp = _round_up(bq, nr)
@@ -701,6 +813,8 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
             j0 += bk
         for r in range(nq):
             _finish_row(Dv, op + <Py_ssize_t>r * Dv, m[r], l[r], mp + r, lp + r)
+    if not _all_finite(op, <Py_ssize_t>nq * Dv):
+        _forward_visible(P, scale, b, h, i0, nq, kend, qp, kp, vp, op, mp, lp, ST, QT, bqp)
 
 
 cdef Py_ssize_t _forward_scratch(const Problem* P, int nr) noexcept nogil:
@@ -736,6 +850,37 @@ cdef void _transpose_pad(const floating* x, int n, int w, floating* xt, int ldt,
             xt[<Py_ssize_t>c * ldt + r] = 0
 
 
+cdef void _backward_visible(const Problem* P, floating scale, int b, int h, int i0, int nq,
+                            int j0, int nk, const floating* S, int lds,
+                            const floating* qt, const floating* dot, const floating* kp,
+                            const floating* vp, const floating* Dip, const floating* lp,
+                            floating* dqt, floating* dkp, floating* dvp) noexcept nogil:
+    """The products of _backward_task for one tile, summed over the pairs (i, j)
+    where row i sees key j only, one pair at a time, so that a NaN or Inf of a row
+    never reaches a key hidden from it nor the other way round. S: P (nq, nk), row
+    stride lds; qt, dot, dqt: the tile's rows of q, dout, dq; Dip, lp: its rows of
+    Di and of the forward's 1 / l; kp, vp, dkp, dvp: the head's (Tk, .) keys,
+    values and their gradients."""
+    cdef int D = P.D, Dv = P.Dv
+    cdef int r, jj, j
+    cdef floating p, dp, ds
+    for r in range(nq):
+        if lp[r] == 0:                       # a row with no key to attend to
+            continue
+        for jj in range(nk):
+            j = j0 + jj
+            if not _visible(P, scale, b, h, i0 + r, j):
+                continue
+            p = S[<Py_ssize_t>r * lds + jj]
+            # dv_j += P_ij dout_i;  dS_ij = P_ij (dout_i . v_j - Di)
+            _row_axpy(Dv, p, dot + <Py_ssize_t>r * Dv, dvp + <Py_ssize_t>j * Dv)
+            dp = _dot_seq(dot + <Py_ssize_t>r * Dv, vp + <Py_ssize_t>j * Dv, Dv)
+            ds = scale * (p * (dp - Dip[r]))
+            # dk_j += scale dS_ij q_i;  dq_i += scale dS_ij k_j
+            _row_axpy(D, ds, qt + <Py_ssize_t>r * D, dkp + <Py_ssize_t>j * D)
+            _row_axpy(D, ds, kp + <Py_ssize_t>j * D, dqt + <Py_ssize_t>r * D)
+
+
 cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task, int n_kb,
                          const floating* q, const floating* k, const floating* v,
                          const floating* mstat, const floating* lstat,
@@ -745,7 +890,9 @@ cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task, int 
     """Task = (b, kv head, key block kb of n_kb): dk, dv of that head's keys in
     the block, and the block's share of dq for its G query heads, written to dq
     part kb (dq is (n_kb, B, Hq, Tq, D); the caller sums the parts in order). All
-    accumulate in place (they hold zeros on entry). scratch: _backward_scratch(P)."""
+    accumulate in place (they hold zeros on entry). If they come out with NaN or
+    Inf, they are computed again by _backward_visible. scratch:
+    _backward_scratch(P)."""
     cdef int bq = P.bq, bk = P.bk, D = P.D, Dv = P.Dv
     cdef int nr = _nr(scale)
     cdef int bkp = _round_up(bk, nr)
@@ -760,6 +907,7 @@ cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task, int 
     cdef floating* dvp = dv + bkv * P.Tk * Dv
     cdef int n_kt = (P.Tk + bk - 1) // bk
     cdef int per_block = (n_kt + n_kb - 1) // n_kb          # key tiles per block
+    cdef int jfirst = kb * per_block * bk
     cdef int kend = min(_key_end(P, b, P.Tq), (kb + 1) * per_block * bk)
     cdef int off = P.Tk - P.Tq
     # scratch: S, dS (bq, bkp) | KT (D, bkp) | VT (Dv, bkp)
@@ -771,55 +919,85 @@ cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task, int 
     cdef Py_ssize_t bh, rowi
     cdef const floating* qt
     cdef const floating* dot
+    cdef bint visible_only = False, ok
 
     dq = dq + <Py_ssize_t>kb * P.B * P.Hq * P.Tq * D
-    j0 = kb * per_block * bk
-    while j0 < kend:
-        nk = min(bk, kend - j0)
-        nkp = _round_up(nk, nr)
-        istart = 0
-        if P.causal and j0 - off > 0:
-            istart = (j0 - off) // bq * bq      # first query tile that sees key j0
-        if P.row_from > istart:                 # some rows' scores by the tile product
-            _transpose_pad(kp + <Py_ssize_t>j0 * D, nk, D, KT, bkp, nkp)     # (D, nkp)
-        _transpose_pad(vp + <Py_ssize_t>j0 * Dv, nk, Dv, VT, bkp, nkp)       # (Dv, nkp)
-        for g in range(G):
-            bh = bh0 + g
-            i0 = istart
-            while i0 < P.Tq:
-                nq = min(bq, P.Tq - i0)
-                rowi = bh * P.Tq + i0
-                qt = q + rowi * D
-                dot = dout + rowi * Dv
-                # S = scale * q_tile @ k_tile^T, each row as the forward computed
-                # it (the tile product, or sk_row_dots on its row path), so that
-                # P is the forward's exactly whatever the scores' size   (nq, nkp)
-                nqt = min(max(P.row_from - i0, 0), nq)
-                if nqt > 0:
-                    _tile_gemm(nqt, nkp, D, scale, qt, D, 1, KT, bkp, False, S, bkp)
-                for r in range(nqt, nq):
-                    _row_dots(nk, D, scale, kp + <Py_ssize_t>j0 * D, qt + <Py_ssize_t>r * D,
-                              S + <Py_ssize_t>r * bkp)
-                _mask_tile(P, S, bkp, b, <int>(bh % P.Hq), i0, nq, j0, nk)
-                # P = exp(S - m) / l
-                for r in range(nq):
-                    _row_prob(S + <Py_ssize_t>r * bkp, nk, mstat[rowi + r], lstat[rowi + r])
-                # dv_tile += P^T @ dout_tile                          (nk, Dv)
-                _tile_gemm(nk, Dv, nq, <floating>1, S, 1, bkp, dot, Dv, True,
-                           dvp + <Py_ssize_t>j0 * Dv, Dv)
-                # dP = dout_tile @ v_tile^T; dS = P * (dP - Di)         (nq, nkp)
-                _tile_gemm(nq, nkp, Dv, <floating>1, dot, Dv, 1, VT, bkp, False, dS, bkp)
-                for r in range(nq):
-                    _row_dsoftmax(S + <Py_ssize_t>r * bkp, dS + <Py_ssize_t>r * bkp, nk,
-                                  Di[rowi + r])
-                # dk_tile += scale * dS^T @ q_tile                     (nk, D)
-                _tile_gemm(nk, D, nq, scale, dS, 1, bkp, qt, D, True,
-                           dkp + <Py_ssize_t>j0 * D, D)
-                # dq_tile += scale * dS @ k_tile                       (nq, D)
-                _tile_gemm(nq, D, nk, scale, dS, bkp, 1, kp + <Py_ssize_t>j0 * D, D, True,
-                           dq + rowi * D, D)
-                i0 += bq
-        j0 += bk
+    while True:
+        j0 = jfirst
+        while j0 < kend:
+            nk = min(bk, kend - j0)
+            nkp = _round_up(nk, nr)
+            istart = 0
+            if P.causal and j0 - off > 0:
+                istart = (j0 - off) // bq * bq      # first query tile that sees key j0
+            if P.row_from > istart:                 # some rows' scores by the tile product
+                _transpose_pad(kp + <Py_ssize_t>j0 * D, nk, D, KT, bkp, nkp)     # (D, nkp)
+            if not visible_only:
+                _transpose_pad(vp + <Py_ssize_t>j0 * Dv, nk, Dv, VT, bkp, nkp)   # (Dv, nkp)
+            for g in range(G):
+                bh = bh0 + g
+                i0 = istart
+                while i0 < P.Tq:
+                    nq = min(bq, P.Tq - i0)
+                    rowi = bh * P.Tq + i0
+                    qt = q + rowi * D
+                    dot = dout + rowi * Dv
+                    # S = scale * q_tile @ k_tile^T, each row as the forward computed
+                    # it (the tile product, or sk_row_dots on its row path), so that
+                    # P is the forward's exactly whatever the scores' size   (nq, nkp)
+                    nqt = min(max(P.row_from - i0, 0), nq)
+                    if nqt > 0:
+                        _tile_gemm(nqt, nkp, D, scale, qt, D, 1, KT, bkp, False, S, bkp)
+                    for r in range(nqt, nq):
+                        _row_dots(nk, D, scale, kp + <Py_ssize_t>j0 * D, qt + <Py_ssize_t>r * D,
+                                  S + <Py_ssize_t>r * bkp)
+                    _mask_tile(P, S, bkp, b, <int>(bh % P.Hq), i0, nq, j0, nk)
+                    # P = exp(S - m) / l
+                    for r in range(nq):
+                        _row_prob(S + <Py_ssize_t>r * bkp, nk, mstat[rowi + r], lstat[rowi + r])
+                    if visible_only:
+                        _backward_visible(P, scale, b, <int>(bh % P.Hq), i0, nq, j0, nk, S,
+                                          bkp, qt, dot, kp, vp, Di + rowi, lstat + rowi,
+                                          dq + rowi * D, dkp, dvp)
+                        i0 += bq
+                        continue
+                    # dv_tile += P^T @ dout_tile                          (nk, Dv)
+                    _tile_gemm(nk, Dv, nq, <floating>1, S, 1, bkp, dot, Dv, True,
+                               dvp + <Py_ssize_t>j0 * Dv, Dv)
+                    # dP = dout_tile @ v_tile^T; dS = P * (dP - Di)         (nq, nkp)
+                    _tile_gemm(nq, nkp, Dv, <floating>1, dot, Dv, 1, VT, bkp, False, dS, bkp)
+                    for r in range(nq):
+                        _row_dsoftmax(S + <Py_ssize_t>r * bkp, dS + <Py_ssize_t>r * bkp, nk,
+                                      Di[rowi + r])
+                    # dk_tile += scale * dS^T @ q_tile                     (nk, D)
+                    _tile_gemm(nk, D, nq, scale, dS, 1, bkp, qt, D, True,
+                               dkp + <Py_ssize_t>j0 * D, D)
+                    # dq_tile += scale * dS @ k_tile                       (nq, D)
+                    _tile_gemm(nq, D, nk, scale, dS, bkp, 1, kp + <Py_ssize_t>j0 * D, D, True,
+                               dq + rowi * D, D)
+                    i0 += bq
+            j0 += bk
+        if visible_only or kend <= jfirst:
+            return
+        # A pair (i, j) where row i does not see key j has P_ij = 0 and adds exactly
+        # 0 to every result unless a NaN or Inf meets it (0 * NaN): from q_i,
+        # dout_i, Di or the row's statistics (all checked here), or from k_j or
+        # dP_ij (v_j, or overflow), which also make dq_i NaN (dS_ij k_j). Then
+        # compute the results again, pair by pair (rare: only with such values).
+        rowi = bh0 * P.Tq
+        ok = (_all_finite(dq + rowi * D, <Py_ssize_t>G * P.Tq * D)
+              and _all_finite(q + rowi * D, <Py_ssize_t>G * P.Tq * D)
+              and _all_finite(dout + rowi * Dv, <Py_ssize_t>G * P.Tq * Dv)
+              and _all_finite(Di + rowi, <Py_ssize_t>G * P.Tq)
+              and _all_finite(mstat + rowi, <Py_ssize_t>G * P.Tq)
+              and _all_finite(lstat + rowi, <Py_ssize_t>G * P.Tq))
+        if ok:
+            return
+        memset(dkp + <Py_ssize_t>jfirst * D, 0, <Py_ssize_t>(kend - jfirst) * D * sizeof(floating))
+        memset(dvp + <Py_ssize_t>jfirst * Dv, 0,
+               <Py_ssize_t>(kend - jfirst) * Dv * sizeof(floating))
+        memset(dq + bh0 * P.Tq * D, 0, <Py_ssize_t>G * P.Tq * D * sizeof(floating))
+        visible_only = True
 
 
 cdef Py_ssize_t _backward_scratch(const Problem* P, int nr) noexcept nogil:

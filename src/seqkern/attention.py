@@ -15,7 +15,10 @@ Masks, all optional and combinable:
   broadcastable to (B, Hq, Tq, Tk); the broadcast is never materialised;
 - ``key_lengths`` (B,): keys at or past ``key_lengths[b]`` are padding.
 
-A query row left with
+A key masked for a query row (by any of the three) never contributes to that
+row, not even a NaN or Inf in its k or v, and a NaN or Inf in the row's q or
+d_out never reaches that key's gradients; a finite float mask value, however
+negative (finfo.min), weighs a key rather than masks it. A query row left with
 no key to attend to gets an output of zeros and zero gradients, never NaN.
 
 The kernels are in ``_attention.pyx``; the same functions in plain NumPy are in
@@ -230,6 +233,12 @@ def attention_forward(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool 
     -------
     out : (B, Hq, Tq, Dv); zeros on a query row with no key to attend to
     cache : AttentionCache for :func:`attention_backward`, or None
+
+    A key masked for a row (False in a boolean mask, -inf in a float mask, at or
+    past key_lengths[b], or causally hidden) never contributes to that row, in the
+    forward or the backward: not even a NaN or Inf in its k or v (nor does one in
+    the row's q or d_out reach the key's gradients). A finite mask value, however
+    negative, is not a mask: NaN and Inf at that key propagate as the math says.
     """
     return_cache = check_bool("return_cache", return_cache)
     a = AttentionArgs(q, k, v, causal, mask, key_lengths, scale)
