@@ -44,12 +44,18 @@ def _visible(a):
     return ok
 
 
+def _finite(x):
+    """Whether x holds no NaN or Inf: its sum is NaN or Inf if it does (and if a sum
+    of finite values overflows, the callers take their slower exact path)."""
+    return bool(np.isfinite(x.sum()))
+
+
 def _sum_visible(x, y, vis):
     """sum_j x[..., i, j] y[..., j, :] over the keys j that row i sees (vis) only:
     a masked key contributes nothing, not even a NaN or Inf in x or y (where
     x @ y would add 0 * NaN = NaN). x is 0 wherever vis is False unless it holds
     NaN, so with finite operands x @ y is exact."""
-    if np.isfinite(x).all() and np.isfinite(y).all():
+    if _finite(x) and _finite(y):
         return x @ y
     with np.errstate(invalid="ignore"):                          # 0 * Inf, then dropped
         return np.where(vis[..., None], x[..., None] * y[..., None, :, :], 0).sum(axis=-2)
@@ -99,8 +105,10 @@ def attention_backward(d_out, cache):
     visT = vis.swapaxes(-1, -2)
     dv = _sum_visible(P.swapaxes(-1, -2), d_out, visT)           # out = P v
     dP = d_out @ v.swapaxes(-1, -2)                              # (B, Hq, Tq, Tk)
-    Di = np.where(vis, dP * P, 0).sum(axis=-1, keepdims=True)
-    dS = np.where(vis, P * (dP - Di), 0)                         # backprop through softmax
+    if not _finite(dP):
+        dP = np.where(vis, dP, 0)                                # a masked key's NaN: not in Di
+    Di = (dP * P).sum(axis=-1, keepdims=True)
+    dS = P * (dP - Di)                                           # backprop through softmax
     dq = a.scale * _sum_visible(dS, k, vis)                      # s = scale q k^T
     dk = a.scale * _sum_visible(dS.swapaxes(-1, -2), a.q, visT)  # (B, Hq, Tk, D)
     # sum the G query heads that share each key/value head
