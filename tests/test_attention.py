@@ -246,18 +246,260 @@ def test_one_thread_equals_two_threads_bitwise(rng, Tq):
 @pytest.mark.parametrize("Tq", [3, 6, 7, 12])
 def test_inf_value_at_a_causally_masked_key(Tq):
     """Query tiles of few rows run row by row (_attention's ROW_QUERIES = 6), the
-    others as tiles; both visit the keys of the whole tile and mask them, so an Inf
-    value at a key hidden from a row reaches it as 0 * Inf = NaN, as in the
-    reference (which weighs every key)."""
+    others as tiles; both visit the keys of the whole tile and mask them, yet an Inf
+    value at a key hidden from a row must not reach it (0 * Inf): only the last row,
+    which sees the key, gets Inf, as in the reference."""
     q = np.ones((1, 1, Tq, 4))
     k = np.ones((1, 1, Tq, 4))
     v = np.ones((1, 1, Tq, 2))
     v[0, 0, Tq - 1, 0] = np.inf
     out, _ = seqkern.attention_forward(q, k, v, causal=True)
-    with np.errstate(invalid="ignore"):                 # (the reference's 0 * Inf)
-        rout, _ = ref.attention_forward(q, k, v, causal=True)
-    assert np.isnan(rout[0, 0, :-1, 0]).all()           # the reference's behaviour
-    np.testing.assert_array_equal(np.isnan(out), np.isnan(rout))
+    rout, _ = ref.attention_forward(q, k, v, causal=True)
+    for o in (out, rout):
+        assert np.isinf(o[0, 0, -1, 0]) and np.isfinite(np.delete(o.ravel(), Tq * 2 - 2)).all()
+    fin = np.isfinite(rout)
+    assert_close(out[fin], rout[fin], np.float64, "out")
+
+
+# Issue 17.1: scores so large that one ulp of them is >> 1 (a padding mask filled
+# with a huge finite value, or huge q or scale). The backward must recompute the
+# forward's probabilities exactly: P = exp(S - m) / l, never through m + log(l).
+# (B, Hq, Hkv, Tq, Tk, D, Dv): the row path (Tq <= 6) and the tile path, with GQA.
+EXTREME_SHAPES = [(2, 4, 2, 3, 9, 8, 8), (1, 2, 1, 5, 300, 16, 8), (2, 2, 1, 13, 29, 8, 8),
+                  (1, 2, 2, 70, 300, 16, 16)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", EXTREME_SHAPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_huge_finite_mask_matches_reference(rng, dtype, shape, causal):
+    """The padding idiom: a float mask of finfo.min or -1e30 instead of -inf, whole
+    rows of it and scattered keys; those rows attend to every key alike (as the
+    reference), and the gradients must too."""
+    B, Hq, Hkv, Tq, Tk, D, Dv = shape
+    args = make(rng, shape, dtype)
+    for fill in (np.finfo(dtype).min, -1e30):
+        mask = np.zeros((B, 1, Tq, Tk), dtype)
+        mask[:, :, 1::2] = fill                           # every other row padded
+        mask[:, :, ::3, ::4] = fill                       # and some keys of the others
+        (out, grads), (rout, rgrads) = run_both(args, dtype, mask=mask, causal=causal)
+        assert_close(out, rout, dtype, f"{fill} out")
+        for name in ("dq", "dk", "dv"):
+            assert_close(getattr(grads, name), getattr(rgrads, name), dtype, f"{fill} {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Tq", [3, 13])                 # the row path and the tile path
+def test_backward_uses_the_forwards_probabilities(rng, dtype, Tq):
+    """With v = I the forward's output rows are its probabilities, and with one-hot
+    rows of d_out, dv holds the backward's: they must agree to a few ulps (the
+    backward differentiates the function the forward computed), for rows padded
+    with finfo.min, -1e30 or -1e4. The last, in float32, is within rounding of the
+    float64 reference either way (one ulp of its scores is ~1e-3), but rebuilding P
+    from m + log(l) moved it by up to ~5e-4 more."""
+    B, Hq, Hkv, Tk = 2, 4, 2, 11
+    G = Hq // Hkv
+    Dv = max(Tk, G * Tq)
+    q = rng.standard_normal((B, Hq, Tq, 8)).astype(dtype)
+    k = rng.standard_normal((B, Hkv, Tk, 8)).astype(dtype)
+    v = np.zeros((B, Hkv, Tk, Dv), dtype)
+    v[:, :, np.arange(Tk), np.arange(Tk)] = 1
+    d_out = np.zeros((B, Hq, Tq, Dv), dtype)
+    for h in range(Hq):
+        d_out[:, h, np.arange(Tq), (h % G) * Tq + np.arange(Tq)] = 1
+    for fill in (np.finfo(dtype).min, -1e30, -1e4):
+        mask = np.zeros((B, 1, Tq, Tk), dtype)
+        mask[:, :, 1::2] = fill
+        mask[:, :, ::3, ::4] = fill
+        out, cache = seqkern.attention_forward(q, k, v, mask=mask)
+        dv = seqkern.attention_backward(d_out, cache).dv
+        p_fwd = out[..., :Tk]                                       # (B, Hq, Tq, Tk)
+        p_bwd = np.stack([dv[:, h // G, :, (h % G) * Tq:(h % G + 1) * Tq].swapaxes(1, 2)
+                          for h in range(Hq)], axis=1)
+        rtol = 1e-6 if dtype == np.float32 else 1e-14
+        np.testing.assert_allclose(p_bwd, p_fwd, rtol=rtol, atol=0, err_msg=str(fill))
+
+
+def test_huge_finite_mask_issue_example():
+    q, k, v = (np.random.default_rng(0).standard_normal((1, 1, 3, 8)) for _ in range(3))
+    m = np.zeros((3, 3))
+    m[2] = np.finfo(np.float64).min
+    (out, g), (rout, rg) = run_both([q, k, v, np.ones((1, 1, 3, 8))], np.float64, mask=m)
+    assert_close(out, rout, np.float64, "out")
+    for name in ("dq", "dk", "dv"):
+        assert_close(getattr(g, name), getattr(rg, name), np.float64, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", EXTREME_SHAPES)
+@pytest.mark.parametrize("how", ["q", "scale"])
+def test_extreme_scores_match_reference(rng, dtype, shape, how):
+    """q * 1e18, or scale = 1e300 (1e30 in float32): each row's softmax is one-hot,
+    so dq = 0 and dv = the d_out of the rows that pick each key, as the reference
+    gives. The backward must get the forward's scores and maximum exactly."""
+    args = make(rng, shape, dtype)
+    kw = {}
+    if how == "q":
+        args[0] = args[0] * dtype(1e18)
+    else:
+        kw["scale"] = 1e300 if dtype == np.float64 else 1e30
+    for causal in (False, True):
+        (out, grads), (rout, rgrads) = run_both(args, dtype, causal=causal, **kw)
+        assert np.all(rgrads.dq == 0)                   # the reference's one-hot softmax
+        assert_close(out, rout, dtype, "out")
+        for name in ("dq", "dk", "dv"):
+            assert_close(getattr(grads, name), getattr(rgrads, name), dtype, name)
+
+
+# Issue 17.2: a masked key never contributes to a row, not even a NaN or Inf,
+# however the mask is spelt (bool mask False, float mask -inf, key_lengths,
+# causal); forward and backward. The placement of NaN is compared exactly.
+NAN_SHAPES = [(2, 4, 2, 5, 40, 8, 8),           # the row path
+              (2, 4, 2, 37, 53, 8, 8)]           # the tile path
+NAN_SPELLINGS = ["bool_mask", "float_mask", "lengths", "causal"]
+
+
+def _spelling_kwargs(rng, spelling, shape):
+    B, Hq, Hkv, Tq, Tk, D, Dv = shape
+    if spelling == "bool_mask":
+        return dict(mask=rng.random((B, Hq, Tq, Tk)) > 0.3)
+    if spelling == "float_mask":
+        m = rng.standard_normal((1, Hq, Tq, Tk))
+        m[rng.random(m.shape) < 0.3] = -np.inf
+        return dict(mask=m)
+    if spelling == "lengths":
+        return dict(key_lengths=np.array([Tk - 3, Tk // 2]))
+    return dict(causal=True)
+
+
+def _visibility(shape, kw):
+    """(B, Hq, Tq, Tk) boolean: True where row i sees key j (computed here, not by the
+    reference, so that the reference is checked too)."""
+    B, Hq, Hkv, Tq, Tk, D, Dv = shape
+    vis = np.ones((B, Hq, Tq, Tk), bool)
+    j = np.arange(Tk)
+    if kw.get("causal"):
+        vis &= j <= np.arange(Tq)[:, None] + (Tk - Tq)
+    if "key_lengths" in kw:
+        vis &= j < kw["key_lengths"][:, None, None, None]
+    m = kw.get("mask")
+    if m is not None:
+        vis &= m if m.dtype == bool else m != -np.inf
+    return vis
+
+
+def _nan_sources(shape, vis):
+    """(name, operand, index) of single non-finite elements: in v and k at a key
+    hidden from some rows and seen by others (seen by all with key_lengths, where
+    no key is both), in v at a key no row sees, and in q and d_out at a row with
+    hidden keys."""
+    B, Hq, Hkv, Tq, Tk, D, Dv = shape
+    G = Hq // Hkv
+    seen = vis.sum(axis=2)                               # (B, Hq, Tk): rows that see each key
+    mixed = np.argwhere((seen > 0) & (seen < Tq))
+    if not len(mixed):
+        mixed = np.argwhere(seen > 0)
+    b, h, j = mixed[len(mixed) // 2]
+    out = [("v", "v", (b, h // G, j, 1)), ("k", "k", (b, h // G, j, 2))]
+    hidden = np.argwhere(seen == 0)
+    if len(hidden):
+        b2, h2, j2 = hidden[len(hidden) // 2]
+        out.append(("v hidden", "v", (b2, h2 // G, j2, 0)))
+    rows = np.argwhere((~vis).any(-1) & vis.any(-1))      # rows with some keys hidden
+    b3, h3, i3 = rows[len(rows) // 2]
+    out += [("q", "q", (b3, h3, i3, 0)), ("d_out", "d_out", (b3, h3, i3, 1))]
+    return out
+
+
+def check_nan_rule(rng, dtype, shape, kw):
+    """A NaN (or Inf) in q, k, v or d_out reaches exactly the outputs it feeds
+    through keys that the row sees: kernel and reference alike, with NaN where the
+    visibility says and nowhere else. (Where an Inf leads to Inf - Inf, NaN or Inf
+    depends on the form of the arithmetic: e.g. Di = sum_j P_ij dP_ij in the
+    reference, d_out_i . out_i in the kernel. So for an Inf the placement of
+    non-finite values is compared; for a NaN, that of NaN.)"""
+    B, Hq, Hkv, Tq, Tk, D, Dv = shape
+    G = Hq // Hkv
+    vis = _visibility(shape, kw)
+    base = make(rng, shape, dtype)
+    for name, which, idx in _nan_sources(shape, vis):
+        for bad in (np.nan, np.inf):
+            args = [x.copy() for x in base]
+            args[["q", "k", "v", "d_out"].index(which)][idx] = bad
+            with np.errstate(invalid="ignore", over="ignore"):
+                (out, grads), (rout, rgrads) = run_both(args, dtype, **kw)
+            label = f"{name}={bad}"
+            got = dict(out=out, dq=grads.dq, dk=grads.dk, dv=grads.dv)
+            want = dict(out=rout, dq=rgrads.dq, dk=rgrads.dk, dv=rgrads.dv)
+            for key in got:
+                where = np.isnan if bad is np.nan else np.isfinite
+                np.testing.assert_array_equal(where(got[key]), where(want[key]),
+                                              err_msg=f"{label}: {where.__name__} in {key}")
+                fin = np.isfinite(want[key])
+                assert_close(got[key][fin], want[key][fin], dtype, f"{label} {key}")
+            if bad is np.nan:
+                # the rule itself, for the reference as well: rows (and their keys)
+                # that never see the NaN stay finite
+                b, hk = idx[0], idx[1]
+                if which in ("v", "k"):
+                    j = idx[2]
+                    sees = vis[b, hk * G:(hk + 1) * G, :, j]        # (G, Tq)
+                    assert np.isnan(rout[b, hk * G:(hk + 1) * G]).any(-1).tolist() == \
+                        sees.tolist(), label
+                    assert not np.isnan(np.delete(rgrads.dv[b, hk], j, 0)).any() or \
+                        which == "k", label
+                else:
+                    i = idx[2]
+                    blind = ~vis[b, hk, i]                          # keys row i never sees
+                    assert not np.isnan(rgrads.dk[b, hk // G, blind]).any(), label
+                    assert not np.isnan(rgrads.dv[b, hk // G, blind]).any(), label
+                    assert np.isnan(rgrads.dq[b, hk, i]).all(), label
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", NAN_SHAPES)
+@pytest.mark.parametrize("spelling", NAN_SPELLINGS)
+def test_masked_keys_never_contribute(rng, dtype, shape, spelling):
+    check_nan_rule(rng, dtype, shape, _spelling_kwargs(rng, spelling, shape))
+
+
+@pytest.mark.parametrize("tiles", [None, (3, 5), (8, 16)])
+def test_masked_keys_never_contribute_tiles(rng, monkeypatch, tiles):
+    """The same over many query and key tiles (with (3, 5) every query tile is on
+    the row path), and with the backward's keys cut into blocks (None: its default
+    tiles, one kv head); every spelling at once."""
+    if tiles is not None:
+        monkeypatch.setattr(seqkern.attention, "_tile_sizes", lambda a, backward=False: tiles)
+    shape = (1, 4, 1, 23, 300, 8, 8) if tiles is None else (2, 4, 2, 23, 37, 6, 5)
+    kw = dict(causal=True, key_lengths=np.array([shape[4] - 2] * shape[0]))
+    kw.update(_spelling_kwargs(rng, "float_mask", shape))
+    if tiles is None:
+        a = AttentionArgs(*make(rng, shape)[:3], True, None, None, None)
+        assert seqkern.attention._key_blocks(a, seqkern.attention._tile_sizes(a, True)[1]) > 1
+    check_nan_rule(rng, np.float64, shape, kw)
+    kw["mask"] = kw["mask"] != -np.inf
+    check_nan_rule(rng, np.float32, shape, kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_masked_nan_issue_examples(rng, dtype):
+    """The issue's NaN in the last value of 600 keys: hidden by key_lengths or by a
+    mask, no NaN anywhere; causal with Tq = Tk = 600, NaN in the last row only
+    (not in the whole last query tile), forward and backward."""
+    q, k, v, d_out = make(rng, (1, 1, 1, 600, 600, 8, 8), dtype)
+    v[0, 0, 599, 0] = np.nan
+    for kw in (dict(key_lengths=[599]), dict(mask=np.arange(600) < 599),
+               dict(mask=np.where(np.arange(600) < 599, 0.0, -np.inf))):
+        (out, g), (rout, rg) = run_both([q, k, v, d_out], dtype, **kw)
+        for x in (out, rout) + tuple(g) + tuple(rg):
+            assert not np.isnan(x).any(), kw
+    (out, g), (rout, rg) = run_both([q, k, v, d_out], dtype, causal=True)
+    for o in (out, rout):
+        assert np.isnan(o[0, 0, :, 0]).tolist() == [False] * 599 + [True]
+        assert not np.isnan(o[..., 1:]).any()
+    for a, b in zip(g, rg):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    assert not np.isnan(g.dv[0, 0, :599]).any() and not np.isnan(g.dq[0, 0, :599]).any()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

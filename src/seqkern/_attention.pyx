@@ -10,24 +10,39 @@
 #   query head h reads key/value head h // G.
 #
 # Forward, for one query row i (s = scale):
-#   S_ij = s q_i . k_j  (+ float mask; -inf where masked)
-#   lse_i = log sum_j exp(S_ij),   P_ij = exp(S_ij - lse_i),   out_i = sum_j P_ij v_j
+#   S_ij = s q_i . k_j  (+ float mask; -inf where masked, by selection)
+#   m_i = max_j S_ij,  l_i = sum_j exp(S_ij - m_i),  P_ij = exp(S_ij - m_i) / l_i,
+#   out_i = sum_j P_ij v_j
 # computed over tiles of BQ queries x BK keys with an online softmax: a running
 # row max m and sum l, the partial output rescaled by exp(m_old - m_new) when the
 # max grows. The (Tq, Tk) matrix is never stored: only one BQ x BK tile per thread.
 # Keys past key_lengths[b], and for causal attention past i + (Tk - Tq), are not
 # visited at all; only the tile on the causal diagonal is masked element-wise.
-# A row with no key to attend to gets out = 0 and lse = +inf (so that its P is 0
-# in the backward).
+# Each row keeps m_i and 1 / l_i for the backward (not m_i + log l_i: with a
+# padding mask of finfo.min, |m_i| is so large that log l_i rounds away). A row
+# with no key to attend to gets out = 0 and m = 1 / l = 0 (so that its P is 0).
 #
 # Backward (FlashAttention-2's equations), with Di = sum_c dout_ic out_ic:
 #   dv_j += sum_i P_ij dout_i      dP_ij = dout_i . v_j      dS_ij = P_ij (dP_ij - Di)
 #   dq_i += s sum_j dS_ij k_j      dk_j += s sum_i dS_ij q_i
-# One pass, recomputing S and P tile by tile from lse. Its tasks are the
+# One pass, recomputing S and P = exp(S - m) / l tile by tile. Each row's S is
+# computed with the forward's arithmetic for that row (the tile product, or
+# sk_row_dots for the rows the forward ran on its row path), so P is exactly the
+# forward's however large the scores (where one ulp of S is >> 1, any other
+# rounding of S would make exp(S - m) 0 or huge). Its tasks are the
 # (b, key/value head) pairs: a task owns dk, dv of its kv head and dq of the G
 # query heads that read it, so no two tasks write the same element. When
 # B * Hkv is small, each pair's keys are cut into n_kb blocks (n_kb from the
 # problem size only), each with its own copy of dq, summed in order afterwards.
+#
+# Masked keys: a key masked for a row never contributes to it, not even a NaN or
+# Inf, in the forward or the backward. Masked scores are -inf by selection, so
+# P_ij is exactly 0, but the products over whole tiles still add 0 * v_j, 0 * k_j,
+# 0 * dout_i, ... which is NaN for a NaN or Inf. So each task checks its results
+# (the forward its out rows; the backward its dq and the rows' q, dout, Di and
+# statistics, see _backward_task), and where they hold a NaN or Inf it computes
+# them again over the visible pairs (i, j) only (_forward_visible,
+# _backward_visible): slow, but only with such values in the inputs.
 #
 # Threads: tasks are fixed by the problem size (and the tile sizes, which the
 # wrapper picks from the problem size alone); threads only choose which task
@@ -47,7 +62,7 @@ from cython cimport floating
 
 include "_build_info.pxi"
 from cython.parallel cimport prange, parallel
-from libc.math cimport INFINITY, log
+from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
@@ -71,27 +86,30 @@ cdef extern from *:
     typedef float sk_vf __attribute__((vector_size(64)));
     typedef double sk_vd __attribute__((vector_size(64)));
 
+    /* c + a * b in one rounding where the target has a fused multiply-add, which
+     * is where the compiler contracts the vector products' acc += a * b (SK_GEMM,
+     * sk_row_dots) into one; in two otherwise. Sums written with it round as one
+     * element of those products does, whatever the vectoriser makes of the loop
+     * (it splits a plain a * b + c in an in-order sum into separate multiplies). */
+    #if defined(__FP_FAST_FMA) && defined(__FP_FAST_FMAF)
+    #define SK_MADD_f(a, b, c) __builtin_fmaf((a), (b), (c))
+    #define SK_MADD_d(a, b, c) __builtin_fma((a), (b), (c))
+    #else
+    #define SK_MADD_f(a, b, c) ((a) * (b) + (c))
+    #define SK_MADD_d(a, b, c) ((a) * (b) + (c))
+    #endif
+
     #define SK_ROW_HELPERS(T, V, EXP, SUF)                                       \\
-    static inline T sk_row_dot_##SUF(const T *a, const T *b, int n)               \\
-    {                                                                             \\
-        const int L = (int)(sizeof(V) / sizeof(T));                               \\
-        V acc = {0};                                                              \\
-        int j = 0, k;                                                             \\
-        for (; j + L <= n; j += L) {                                              \\
-            V x, y;                                                               \\
-            memcpy(&x, a + j, sizeof x);                                          \\
-            memcpy(&y, b + j, sizeof y);                                          \\
-            acc += x * y;                                                         \\
-        }                                                                         \\
-        T s = 0;                                                                  \\
-        for (k = 0; k < L; k++) s += acc[k];                                      \\
-        for (; j < n; j++) s += a[j] * b[j];                                      \\
-        return s;                                                                 \\
-    }                                                                             \\
     /* row[j] := exp(row[j] - m) */                                               \\
     static inline void sk_row_exp_##SUF(T *row, int n, T m)                       \\
     {                                                                             \\
         for (int j = 0; j < n; j++) row[j] = EXP(row[j] - m);                     \\
+    }                                                                             \\
+    /* row[j] := exp(row[j] - m) * inv_l: probabilities from the forward's row   \\
+     * max m and 1 / row sum inv_l */                                            \\
+    static inline void sk_row_prob_##SUF(T *row, int n, T m, T inv_l)            \\
+    {                                                                             \\
+        for (int j = 0; j < n; j++) row[j] = EXP(row[j] - m) * inv_l;            \\
     }                                                                             \\
     /* ds[j] := p[j] * (ds[j] - d) */                                             \\
     static inline void sk_row_dsoftmax_##SUF(const T *p, T *ds, int n, T d)       \\
@@ -101,6 +119,27 @@ cdef extern from *:
     static inline void sk_row_scale_##SUF(T *row, int n, T a)                     \\
     {                                                                             \\
         for (int j = 0; j < n; j++) row[j] *= a;                                  \\
+    }                                                                             \\
+    /* y[j] += a * x[j] */                                                        \\
+    static inline void sk_row_axpy_##SUF(int n, T a, const T *x, T *y)            \\
+    {                                                                             \\
+        for (int j = 0; j < n; j++) y[j] += a * x[j];                             \\
+    }                                                                             \\
+    /* 1 if x[0:n] holds no NaN or Inf (x - x is NaN for both) */                 \\
+    static inline int sk_all_finite_##SUF(const T *x, ptrdiff_t n)                \\
+    {                                                                             \\
+        int ok = 1;                                                               \\
+        for (ptrdiff_t j = 0; j < n; j++) ok &= (x[j] - x[j]) == 0;              \\
+        return ok;                                                                \\
+    }                                                                             \\
+    /* a . b (n,), summed in order from 0: the arithmetic of one element of      \\
+     * SK_GEMM with alpha = 1 (so that Di = dout_i . out_i equals dP_ij when     \\
+     * out_i is v_j exactly) */                                                  \\
+    static inline T sk_dot_seq_##SUF(const T *a, const T *b, int n)               \\
+    {                                                                             \\
+        T acc = 0;                                                                \\
+        for (int j = 0; j < n; j++) acc = SK_MADD_##SUF(a[j], b[j], acc);         \\
+        return acc;                                                               \\
     }
     SK_ROW_HELPERS(float, sk_vf, sk_expf, f)
     SK_ROW_HELPERS(double, sk_vd, sk_exp_flush, d)
@@ -109,8 +148,11 @@ cdef extern from *:
      * L accumulators along D, then summed across lanes all at once by halving
      * (each stage adds the two halves of every key's lanes of two vectors; after
      * log2 L stages lane l holds key bitrev(l)), instead of one sum across lanes
-     * per key. Fixed order: deterministic. Keys past the last whole group, and D
-     * past whole vectors, by sk_row_dot's order. */
+     * per key. Fixed order: deterministic. D past whole vectors is summed per key
+     * in order. Each key's score is the same function of (k_j, q) wherever the key
+     * falls (in a whole group or among the last ones, whatever nk is): keys past
+     * the last whole group run the same sums one key at a time (sk_key_dot), so
+     * the backward, with other key tiles, recomputes the forward's scores exactly. */
     typedef int sk_vif __attribute__((vector_size(64)));
     typedef long long sk_vid __attribute__((vector_size(64)));
     /* lane c of the stage of block width w: the first (LO) / second (HI) halves */
@@ -128,6 +170,28 @@ cdef extern from *:
     #define SK_BITREV16 {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15}
     #define SK_BITREV8 {0, 4, 2, 6, 1, 5, 3, 7}
     #define SK_ROW_DOTS(T, V, IV, L, SUF, STAGES, BITREV)                          \\
+    /* one key of sk_row_dots (before alpha): its L lanes summed by the same    \\
+     * halving, x[c] += x[c + h] for h = L/2, ..., 1. Out of line: inlined into   \\
+     * sk_row_dots' last keys it slowed the whole groups' loop (decoding ~2%). */ \\
+    static __attribute__((noinline)) T sk_key_dot_##SUF(const T *k, const T *q, int D) \\
+    {                                                                             \\
+        V a = (V){0};                                                             \\
+        T x[L], tail = 0;                                                         \\
+        int d, h, c;                                                              \\
+        for (d = 0; d + L <= D; d += L) {                                         \\
+            V qv, kv;                                                             \\
+            memcpy(&qv, q + d, sizeof qv);                                        \\
+            memcpy(&kv, k + d, sizeof kv);                                        \\
+            a += kv * qv;                                                         \\
+        }                                                                         \\
+        for (; d < D; d++)                                                        \\
+            tail = SK_MADD_##SUF(k[d], q[d], tail);                               \\
+        memcpy(x, &a, sizeof x);                                                  \\
+        for (h = L / 2; h >= 1; h /= 2)                                           \\
+            for (c = 0; c < h; c++)                                               \\
+                x[c] = x[c] + x[c + h];                                           \\
+        return x[0] + tail;                                                       \\
+    }                                                                             \\
     static void sk_row_dots_##SUF(int nk, int D, T alpha, const T *K, const T *q, \\
                                   T *s)                                           \\
     {                                                                             \\
@@ -151,14 +215,14 @@ cdef extern from *:
             d = D / L * L;                                                        \\
             for (r = 0; r < L; r++)                                               \\
                 for (int e = d; e < D; e++)                                       \\
-                    tail[r] += K[(ptrdiff_t)(j + r) * D + e] * q[e];              \\
+                    tail[r] = SK_MADD_##SUF(K[(ptrdiff_t)(j + r) * D + e], q[e], tail[r]); \\
             STAGES                                                                \\
             V f = __builtin_shuffle(a[0], (IV)BITREV);                            \\
             for (r = 0; r < L; r++)                                               \\
                 s[j + r] = alpha * (f[r] + tail[r]);                              \\
         }                                                                         \\
         for (; j < nk; j++)                                                       \\
-            s[j] = alpha * sk_row_dot_##SUF(K + (ptrdiff_t)j * D, q, D);          \\
+            s[j] = alpha * sk_key_dot_##SUF(K + (ptrdiff_t)j * D, q, D);          \\
     }
     SK_ROW_DOTS(float, sk_vf, sk_vif, 16, f,
                 SK_STAGE(sk_vf, sk_vif, SK_IDX16, 16, 16) SK_STAGE(sk_vf, sk_vif, SK_IDX16, 8, 8)
@@ -319,14 +383,20 @@ cdef extern from *:
                            double* alpha, double* shift) noexcept nogil
     float sk_softmax_row_f(float* s, int nk, float* m, float* l) noexcept nogil
     double sk_softmax_row_d(double* s, int nk, double* m, double* l) noexcept nogil
-    void sk_row_exp_f(float* row, int n, float m) noexcept nogil
-    void sk_row_exp_d(double* row, int n, double m) noexcept nogil
+    void sk_row_prob_f(float* row, int n, float m, float inv_l) noexcept nogil
+    void sk_row_prob_d(double* row, int n, double m, double inv_l) noexcept nogil
+    void sk_row_axpy_f(int n, float a, const float* x, float* y) noexcept nogil
+    void sk_row_axpy_d(int n, double a, const double* x, double* y) noexcept nogil
+    int sk_all_finite_f(const float* x, Py_ssize_t n) noexcept nogil
+    int sk_all_finite_d(const double* x, Py_ssize_t n) noexcept nogil
+    float sk_dot_seq_f(const float* a, const float* b, int n) noexcept nogil
+    double sk_dot_seq_d(const double* a, const double* b, int n) noexcept nogil
     void sk_row_dsoftmax_f(const float* p, float* ds, int n, float d) noexcept nogil
     void sk_row_dsoftmax_d(const double* p, double* ds, int n, double d) noexcept nogil
     void sk_row_scale_f(float* row, int n, float a) noexcept nogil
     void sk_row_scale_d(double* row, int n, double a) noexcept nogil
-    float sk_row_dot_f(const float* a, const float* b, int n) noexcept nogil
-    double sk_row_dot_d(const double* a, const double* b, int n) noexcept nogil
+    float sk_key_dot_f(const float* k, const float* q, int D) noexcept nogil
+    double sk_key_dot_d(const double* k, const double* q, int D) noexcept nogil
     void sk_row_dots_f(int nk, int D, float alpha, const float* K, const float* q,
                        float* s) noexcept nogil
     void sk_row_dots_d(int nk, int D, double alpha, const double* K, const double* q,
@@ -369,11 +439,42 @@ cdef inline int _round_up(int n, int step) noexcept nogil:
     return (n + step - 1) // step * step
 
 
-cdef inline void _row_exp(floating* row, int n, floating m) noexcept nogil:
+cdef inline void _row_prob(floating* row, int n, floating m, floating inv_l) noexcept nogil:
+    """row := exp(row - m) * inv_l"""
     if floating is float:
-        sk_row_exp_f(row, n, m)
+        sk_row_prob_f(row, n, m, inv_l)
     else:
-        sk_row_exp_d(row, n, m)
+        sk_row_prob_d(row, n, m, inv_l)
+
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return sk_expf(x)
+    else:
+        return sk_exp_flush(x)
+
+
+cdef inline void _row_axpy(int n, floating a, const floating* x, floating* y) noexcept nogil:
+    """y += a * x"""
+    if floating is float:
+        sk_row_axpy_f(n, a, x, y)
+    else:
+        sk_row_axpy_d(n, a, x, y)
+
+
+cdef inline bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return sk_all_finite_f(x, n)
+    else:
+        return sk_all_finite_d(x, n)
+
+
+cdef inline floating _dot_seq(const floating* a, const floating* b, int n) noexcept nogil:
+    """a . b summed in order (one element of SK_GEMM)"""
+    if floating is float:
+        return sk_dot_seq_f(a, b, n)
+    else:
+        return sk_dot_seq_d(a, b, n)
 
 
 cdef inline void _row_dsoftmax(const floating* p, floating* ds, int n, floating d) noexcept nogil:
@@ -390,11 +491,12 @@ cdef inline void _row_scale(floating* row, int n, floating a) noexcept nogil:
         sk_row_scale_d(row, n, a)
 
 
-cdef inline floating _row_dot(const floating* a, const floating* b, int n) noexcept nogil:
+cdef inline floating _key_dot(const floating* a, const floating* b, int n) noexcept nogil:
+    """a . b, vectorised (sk_row_dots' sum for one key)"""
     if floating is float:
-        return sk_row_dot_f(a, b, n)
+        return sk_key_dot_f(a, b, n)
     else:
-        return sk_row_dot_d(a, b, n)
+        return sk_key_dot_d(a, b, n)
 
 
 cdef inline void _row_dots(int nk, int D, floating alpha, const floating* K,
@@ -421,6 +523,9 @@ cdef struct Problem:
     const unsigned char* mask_b
     const void* mask_f
     Py_ssize_t ms[4]
+    # rows [row_from, Tq) are the forward's row path (_row_path_from): their scores
+    # are sk_row_dots', the others the tile product's, in the forward and backward
+    int row_from
 
 
 cdef inline int _key_end(const Problem* P, int b, int i1) noexcept nogil:
@@ -433,10 +538,30 @@ cdef inline int _key_end(const Problem* P, int b, int i1) noexcept nogil:
     return <int>(end if end > 0 else 0)
 
 
+cdef inline bint _visible(const Problem* P, floating scale, int b, int h, int i,
+                          int j) noexcept nogil:
+    """Whether query i of head h (batch b) sees key j: not causally hidden, before
+    key_lengths[b], and not False in a boolean mask nor -inf in a float mask
+    (scale: for its type only, the float mask's)."""
+    cdef Py_ssize_t o
+    if P.causal and j > i + P.Tk - P.Tq:
+        return False
+    if P.lengths != NULL and j >= P.lengths[b]:
+        return False
+    o = (<Py_ssize_t>b * P.ms[0] + <Py_ssize_t>h * P.ms[1] + <Py_ssize_t>i * P.ms[2]
+         + <Py_ssize_t>j * P.ms[3])
+    if P.mask_b != NULL:
+        return P.mask_b[o] != 0
+    if P.mask_f != NULL:
+        return (<const floating*>P.mask_f)[o] != -INFINITY
+    return True
+
+
 cdef void _mask_tile(const Problem* P, floating* S, int lds, int b, int h,
                      int i0, int nq, int j0, int nk) noexcept nogil:
     """Apply the user mask and the causal limit to the score tile
-    S[0:nq, 0:nk] of rows i0.., keys j0.. (masked scores become -inf)."""
+    S[0:nq, 0:nk] of rows i0.., keys j0.. (masked scores become -inf, by
+    selection: a NaN score at a masked key goes too)."""
     cdef int r, j, jc
     cdef int off = P.Tk - P.Tq
     cdef floating* row
@@ -461,10 +586,10 @@ cdef void _mask_tile(const Problem* P, floating* S, int lds, int b, int h,
                 mf = (<const floating*>P.mask_f) + base + <Py_ssize_t>(i0 + r) * P.ms[2]
                 if sj == 0:
                     for j in range(nk):
-                        row[j] += mf[0]
+                        row[j] = row[j] + mf[0] if mf[0] != -INFINITY else -INFINITY
                 else:
                     for j in range(nk):
-                        row[j] += mf[j]
+                        row[j] = row[j] + mf[j] if mf[j] != -INFINITY else -INFINITY
     if P.causal and j0 + nk - 1 > i0 + off:
         for r in range(nq):
             row = S + <Py_ssize_t>r * lds
@@ -497,7 +622,7 @@ cdef void _mask_tile_t(const Problem* P, floating* ST, int ld, int b, int h,
             else:
                 mf = (<const floating*>P.mask_f) + base + <Py_ssize_t>(j0 + jj) * P.ms[3]
                 for r in range(nq):
-                    row[r] += mf[r * si]
+                    row[r] = row[r] + mf[r * si] if mf[r * si] != -INFINITY else -INFINITY
     if P.causal and j0 + nk - 1 > i0 + off:
         for jj in range(nk):
             rend = j0 + jj - off - i0            # queries r < rend may not see this key
@@ -519,18 +644,44 @@ cdef enum:
     ROW_QUERIES = 6
 
 
+cdef int _row_path_from(int Tq, int bq) noexcept nogil:
+    """The first query row that the forward, with query tiles of bq rows, runs on
+    the row path (Tq if none): every row when bq <= ROW_QUERIES, else the rows of
+    the last tile when it has at most ROW_QUERIES."""
+    cdef int last
+    if bq <= ROW_QUERIES:
+        return 0
+    last = (Tq - 1) // bq * bq
+    return last if Tq - last <= ROW_QUERIES else Tq
+
+
+cdef inline void _finish_row(int Dv, floating* orow, floating m, floating l,
+                             floating* mrow, floating* lrow) noexcept nogil:
+    """out_i /= l; the row's statistics for the backward: mrow = m (0 for -inf, the
+    shift its exps used: every visible score NaN), lrow = 1 / l, and for a row with
+    no key to attend to (l = 0) out_i = 0 and mrow = lrow = 0, so that its P is 0."""
+    if l == 0:
+        memset(orow, 0, Dv * sizeof(floating))
+        mrow[0] = 0
+        lrow[0] = 0
+    else:
+        lrow[0] = 1 / l
+        _row_scale(orow, Dv, lrow[0])
+        mrow[0] = m if m != -INFINITY else 0
+
+
 cdef void _forward_row(const Problem* P, floating scale, int b, int h, int i, int kend,
                        const floating* qrow, const floating* kp, const floating* vp,
-                       floating* orow, floating* lrow, floating* s) noexcept nogil:
-    """out and lse of query row i of head h (batch b) over keys [0, kend) (its
-    query tile's: the keys the tile path visits, masked as there, so that a NaN or
-    Inf in v at a key masked for this row reaches it through 0 * Inf just the same):
-    qrow (D,), kp (Tk, D) and vp (Tk, Dv) its head's keys and values, orow (Dv,),
-    lrow (1,); s: bk scratch. The scores of a key tile are one dot product per key,
-    s[j] = scale q_i . k_j (summed in another order than the tile product's, so they
-    may differ from _forward_task's in the last bits); the mask, the online softmax
-    and the output product are _forward_task's, with the same arithmetic in the same
-    order."""
+                       floating* orow, floating* mrow, floating* lrow,
+                       floating* s) noexcept nogil:
+    """out and statistics (_finish_row) of query row i of head h (batch b) over keys
+    [0, kend) (its query tile's, masked as the tile path masks them): qrow (D,), kp
+    (Tk, D) and vp (Tk, Dv) its head's keys and values, orow (Dv,), mrow and lrow
+    (1,); s: bk scratch. The scores of a key tile are one dot product per key,
+    s[j] = scale q_i . k_j (sk_row_dots: summed in another order than the tile
+    product's; the backward recomputes them the same way); the mask, the online
+    softmax and the output product are _forward_task's, with the same arithmetic in
+    the same order."""
     cdef int bk = P.bk, D = P.D, Dv = P.Dv
     cdef int j0 = 0, nk
     cdef floating m = -INFINITY, l = 0, alpha
@@ -546,23 +697,65 @@ cdef void _forward_row(const Problem* P, floating scale, int b, int h, int i, in
         _tile_gemm(1, Dv, nk, <floating>1, s, 1, 1, vp + <Py_ssize_t>j0 * Dv, Dv, True,
                    orow, Dv)
         j0 += bk
-    if l == 0:                             # no key to attend to: zeros, and P = 0 later
-        memset(orow, 0, Dv * sizeof(floating))
-        lrow[0] = INFINITY
-    else:
-        _row_scale(orow, Dv, 1 / l)
-        lrow[0] = m + <floating>log(l)
+    _finish_row(Dv, orow, m, l, mrow, lrow)
+
+
+cdef void _forward_visible(const Problem* P, floating scale, int b, int h, int i0, int nq,
+                           int kend, const floating* qp, const floating* kp,
+                           const floating* vp, floating* op, const floating* mp,
+                           const floating* lp, floating* ST, const floating* QT,
+                           int bqp) noexcept nogil:
+    """out of rows [i0, i0 + nq) again, as sums over the keys each row sees only:
+    out_i = sum_j P_ij v_j, P_ij = exp(S_ij - m_i) / l_i, with the statistics mp, lp
+    of the pass before and its scores recomputed the same way (the row path's or
+    the tile product, with QT = q_tile^T (D, bqp) as that pass left it). For a task
+    whose output came out with NaN or Inf: where v holds NaN or Inf, the products
+    over whole tiles add 0 * v_j = NaN at keys masked for a row. ST: scratch as in
+    _forward_task."""
+    cdef int bk = P.bk, D = P.D, Dv = P.Dv
+    cdef int j0, nk, r, jj
+    cdef bint row_path = i0 >= P.row_from
+    cdef floating p
+    memset(op, 0, <Py_ssize_t>nq * Dv * sizeof(floating))
+    j0 = 0
+    while j0 < kend:
+        nk = min(bk, kend - j0)
+        if row_path:
+            for r in range(nq):
+                _row_dots(nk, D, scale, kp + <Py_ssize_t>j0 * D, qp + <Py_ssize_t>r * D, ST)
+                _mask_tile(P, ST, nk, b, h, i0 + r, 1, j0, nk)
+                if lp[r] == 0:
+                    continue
+                for jj in range(nk):
+                    if _visible(P, scale, b, h, i0 + r, j0 + jj):
+                        p = _exp(ST[jj] - mp[r]) * lp[r]
+                        _row_axpy(Dv, p, vp + <Py_ssize_t>(j0 + jj) * Dv,
+                                  op + <Py_ssize_t>r * Dv)
+        else:
+            _tile_gemm(nk, _round_up(nq, _nr(scale) // 2), D, scale, kp + <Py_ssize_t>j0 * D,
+                       D, 1, QT, bqp, False, ST, bqp)
+            _mask_tile_t(P, ST, bqp, b, h, i0, nq, j0, nk)
+            for jj in range(nk):
+                for r in range(nq):
+                    if lp[r] != 0 and _visible(P, scale, b, h, i0 + r, j0 + jj):
+                        p = _exp(ST[<Py_ssize_t>jj * bqp + r] - mp[r]) * lp[r]
+                        _row_axpy(Dv, p, vp + <Py_ssize_t>(j0 + jj) * Dv,
+                                  op + <Py_ssize_t>r * Dv)
+        j0 += bk
 
 
 cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
                         const floating* q, const floating* k, const floating* v,
-                        floating* out, floating* lse, floating* scratch) noexcept nogil:
-    """Task = (b, h, query tile): out and lse of rows [i0, i1) of head h.
+                        floating* out, floating* mstat, floating* lstat,
+                        floating* scratch) noexcept nogil:
+    """Task = (b, h, query tile): out and statistics (_finish_row) of rows [i0, i1)
+    of head h.
 
     The scores are held transposed, ST = scale * k_tile @ q_tile^T (keys x
     queries): q_tile^T is built once per task, and the softmax loops then run
     along queries (vectorised, no reductions). The output rows accumulate in
-    place in ``out``. scratch: _forward_scratch(P)."""
+    place in ``out``. If they come out with NaN or Inf, _forward_visible computes
+    them again over visible keys only. scratch: _forward_scratch(P)."""
     cdef int bq = P.bq, bk = P.bk, D = P.D, Dv = P.Dv
     cdef int nr = _nr(scale)
     cdef int bqp = _round_up(bq, nr)
@@ -578,7 +771,8 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
     cdef const floating* kp = k + bkv * P.Tk * D
     cdef const floating* vp = v + bkv * P.Tk * Dv
     cdef floating* op = out + (bh * P.Tq + i0) * Dv
-    cdef floating* lp = lse + bh * P.Tq + i0
+    cdef floating* mp = mstat + bh * P.Tq + i0
+    cdef floating* lp = lstat + bh * P.Tq + i0
     cdef int kend = _key_end(P, b, i1)
     # scratch: ST (bk, bqp) | QT (D, bqp) | m, l, alpha, shift (bqp each)
     cdef floating* ST = scratch
@@ -588,46 +782,42 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
     cdef floating* alpha = l + bqp
     cdef floating* shift = alpha + bqp
     cdef int j0, nk, r, c
-    cdef floating* row
 
-    if nq <= ROW_QUERIES:
+    if i0 >= P.row_from:                     # at most ROW_QUERIES rows
         for r in range(nq):
             _forward_row(P, scale, b, h, i0 + r, kend, qp + <Py_ssize_t>r * D, kp, vp,
-                         op + <Py_ssize_t>r * Dv, lp + r, ST)
-        return
-    # QT = q_tile^T, zero-padded to nqp columns                    (D, nqp)
-    for c in range(D):
+                         op + <Py_ssize_t>r * Dv, mp + r, lp + r, ST)
+    else:
+        # QT = q_tile^T, zero-padded to nqp columns                (D, nqp)
+        for c in range(D):
+            for r in range(nq):
+                QT[<Py_ssize_t>c * bqp + r] = qp[<Py_ssize_t>r * D + c]
+            for r in range(nq, nqp):
+                QT[<Py_ssize_t>c * bqp + r] = 0
+        memset(op, 0, <Py_ssize_t>nq * Dv * sizeof(floating))
         for r in range(nq):
-            QT[<Py_ssize_t>c * bqp + r] = qp[<Py_ssize_t>r * D + c]
-        for r in range(nq, nqp):
-            QT[<Py_ssize_t>c * bqp + r] = 0
-    memset(op, 0, <Py_ssize_t>nq * Dv * sizeof(floating))
-    for r in range(nq):
-        m[r] = -INFINITY
-        l[r] = 0
-    j0 = 0
-    while j0 < kend:
-        nk = min(bk, kend - j0)
-        # ST = scale * k_tile @ q_tile^T                             (nk, nqp)
-        _tile_gemm(nk, nqp, D, scale, kp + <Py_ssize_t>j0 * D, D, 1, QT, bqp, False, ST, bqp)
-        _mask_tile_t(P, ST, bqp, b, h, i0, nq, j0, nk)
-        # ST := exp(ST - m_new) (unnormalised P^T); m, l updated
-        _softmax_cols(ST, bqp, nk, nq, m, l, alpha, shift)
+            m[r] = -INFINITY
+            l[r] = 0
+        j0 = 0
+        while j0 < kend:
+            nk = min(bk, kend - j0)
+            # ST = scale * k_tile @ q_tile^T                         (nk, nqp)
+            _tile_gemm(nk, nqp, D, scale, kp + <Py_ssize_t>j0 * D, D, 1, QT, bqp, False,
+                       ST, bqp)
+            _mask_tile_t(P, ST, bqp, b, h, i0, nq, j0, nk)
+            # ST := exp(ST - m_new) (unnormalised P^T); m, l updated
+            _softmax_cols(ST, bqp, nk, nq, m, l, alpha, shift)
+            for r in range(nq):
+                if alpha[r] != 1:
+                    _row_scale(op + <Py_ssize_t>r * Dv, Dv, alpha[r])
+            # out_tile += P @ v_tile, with P[r, j] = ST[j, r]         (nq, Dv)
+            _tile_gemm(nq, Dv, nk, <floating>1, ST, 1, bqp, vp + <Py_ssize_t>j0 * Dv, Dv,
+                       True, op, Dv)
+            j0 += bk
         for r in range(nq):
-            if alpha[r] != 1:
-                _row_scale(op + <Py_ssize_t>r * Dv, Dv, alpha[r])
-        # out_tile += P @ v_tile, with P[r, j] = ST[j, r]             (nq, Dv)
-        _tile_gemm(nq, Dv, nk, <floating>1, ST, 1, bqp, vp + <Py_ssize_t>j0 * Dv, Dv,
-                   True, op, Dv)
-        j0 += bk
-    for r in range(nq):
-        row = op + <Py_ssize_t>r * Dv
-        if l[r] == 0:                      # no key to attend to: zeros, and P = 0 later
-            memset(row, 0, Dv * sizeof(floating))
-            lp[r] = INFINITY
-        else:
-            _row_scale(row, Dv, 1 / l[r])
-            lp[r] = m[r] + <floating>log(l[r])
+            _finish_row(Dv, op + <Py_ssize_t>r * Dv, m[r], l[r], mp + r, lp + r)
+    if not _all_finite(op, <Py_ssize_t>nq * Dv):
+        _forward_visible(P, scale, b, h, i0, nq, kend, qp, kp, vp, op, mp, lp, ST, QT, bqp)
 
 
 cdef Py_ssize_t _forward_scratch(const Problem* P, int nr) noexcept nogil:
@@ -635,7 +825,7 @@ cdef Py_ssize_t _forward_scratch(const Problem* P, int nr) noexcept nogil:
 
 
 cdef void _forward(const Problem* P, floating scale, const floating* q, const floating* k,
-                   const floating* v, floating* out, floating* lse,
+                   const floating* v, floating* out, floating* mstat, floating* lstat,
                    int n_threads) noexcept nogil:
     cdef Py_ssize_t n_tasks = <Py_ssize_t>P.B * P.Hq * ((P.Tq + P.bq - 1) // P.bq)
     cdef Py_ssize_t t
@@ -643,7 +833,7 @@ cdef void _forward(const Problem* P, floating scale, const floating* q, const fl
     with parallel(num_threads=n_threads):
         scratch = <floating*>malloc(_forward_scratch(P, _nr(scale)) * sizeof(floating))
         for t in prange(n_tasks, schedule='dynamic'):
-            _forward_task(P, scale, t, q, k, v, out, lse, scratch)
+            _forward_task(P, scale, t, q, k, v, out, mstat, lstat, scratch)
         free(scratch)
 
 
@@ -663,15 +853,49 @@ cdef void _transpose_pad(const floating* x, int n, int w, floating* xt, int ldt,
             xt[<Py_ssize_t>c * ldt + r] = 0
 
 
+cdef void _backward_visible(const Problem* P, floating scale, int b, int h, int i0, int nq,
+                            int j0, int nk, const floating* S, int lds,
+                            const floating* qt, const floating* dot, const floating* kp,
+                            const floating* vp, const floating* Dip, const floating* lp,
+                            floating* dqt, floating* dkp, floating* dvp) noexcept nogil:
+    """The products of _backward_task for one tile, summed over the pairs (i, j)
+    where row i sees key j only, one pair at a time, so that a NaN or Inf of a row
+    never reaches a key hidden from it nor the other way round. S: P (nq, nk), row
+    stride lds; qt, dot, dqt: the tile's rows of q, dout, dq; Dip, lp: its rows of
+    Di and of the forward's 1 / l; kp, vp, dkp, dvp: the head's (Tk, .) keys,
+    values and their gradients."""
+    cdef int D = P.D, Dv = P.Dv
+    cdef int r, jj, j
+    cdef floating p, dp, ds
+    for r in range(nq):
+        if lp[r] == 0:                       # a row with no key to attend to
+            continue
+        for jj in range(nk):
+            j = j0 + jj
+            if not _visible(P, scale, b, h, i0 + r, j):
+                continue
+            p = S[<Py_ssize_t>r * lds + jj]
+            # dv_j += P_ij dout_i;  dS_ij = P_ij (dout_i . v_j - Di)
+            _row_axpy(Dv, p, dot + <Py_ssize_t>r * Dv, dvp + <Py_ssize_t>j * Dv)
+            dp = _dot_seq(dot + <Py_ssize_t>r * Dv, vp + <Py_ssize_t>j * Dv, Dv)
+            ds = scale * (p * (dp - Dip[r]))
+            # dk_j += scale dS_ij q_i;  dq_i += scale dS_ij k_j
+            _row_axpy(D, ds, qt + <Py_ssize_t>r * D, dkp + <Py_ssize_t>j * D)
+            _row_axpy(D, ds, kp + <Py_ssize_t>j * D, dqt + <Py_ssize_t>r * D)
+
+
 cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task, int n_kb,
                          const floating* q, const floating* k, const floating* v,
-                         const floating* lse, const floating* dout, const floating* Di,
+                         const floating* mstat, const floating* lstat,
+                         const floating* dout, const floating* Di,
                          floating* dq, floating* dk, floating* dv,
                          floating* scratch) noexcept nogil:
     """Task = (b, kv head, key block kb of n_kb): dk, dv of that head's keys in
     the block, and the block's share of dq for its G query heads, written to dq
     part kb (dq is (n_kb, B, Hq, Tq, D); the caller sums the parts in order). All
-    accumulate in place (they hold zeros on entry). scratch: _backward_scratch(P)."""
+    accumulate in place (they hold zeros on entry). If they come out with NaN or
+    Inf, they are computed again by _backward_visible. scratch:
+    _backward_scratch(P)."""
     cdef int bq = P.bq, bk = P.bk, D = P.D, Dv = P.Dv
     cdef int nr = _nr(scale)
     cdef int bkp = _round_up(bk, nr)
@@ -686,6 +910,7 @@ cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task, int 
     cdef floating* dvp = dv + bkv * P.Tk * Dv
     cdef int n_kt = (P.Tk + bk - 1) // bk
     cdef int per_block = (n_kt + n_kb - 1) // n_kb          # key tiles per block
+    cdef int jfirst = kb * per_block * bk
     cdef int kend = min(_key_end(P, b, P.Tq), (kb + 1) * per_block * bk)
     cdef int off = P.Tk - P.Tq
     # scratch: S, dS (bq, bkp) | KT (D, bkp) | VT (Dv, bkp)
@@ -693,50 +918,89 @@ cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task, int 
     cdef floating* dS = S + <Py_ssize_t>bq * bkp
     cdef floating* KT = dS + <Py_ssize_t>bq * bkp
     cdef floating* VT = KT + <Py_ssize_t>D * bkp
-    cdef int g, i, i0, nq, j0, nk, nkp, r, istart
+    cdef int g, i0, nq, nqt, j0, nk, nkp, r, istart
     cdef Py_ssize_t bh, rowi
     cdef const floating* qt
     cdef const floating* dot
+    cdef bint visible_only = False, ok
 
     dq = dq + <Py_ssize_t>kb * P.B * P.Hq * P.Tq * D
-    j0 = kb * per_block * bk
-    while j0 < kend:
-        nk = min(bk, kend - j0)
-        nkp = _round_up(nk, nr)
-        _transpose_pad(kp + <Py_ssize_t>j0 * D, nk, D, KT, bkp, nkp)     # (D, nkp)
-        _transpose_pad(vp + <Py_ssize_t>j0 * Dv, nk, Dv, VT, bkp, nkp)   # (Dv, nkp)
-        istart = 0
-        if P.causal and j0 - off > 0:
-            istart = (j0 - off) // bq * bq          # first query tile that sees key j0
-        for g in range(G):
-            bh = bh0 + g
-            i0 = istart
-            while i0 < P.Tq:
-                nq = min(bq, P.Tq - i0)
-                rowi = bh * P.Tq + i0
-                qt = q + rowi * D
-                dot = dout + rowi * Dv
-                # S = scale * q_tile @ k_tile^T; P = exp(S - lse)         (nq, nkp)
-                _tile_gemm(nq, nkp, D, scale, qt, D, 1, KT, bkp, False, S, bkp)
-                _mask_tile(P, S, bkp, b, <int>(bh % P.Hq), i0, nq, j0, nk)
-                for r in range(nq):
-                    _row_exp(S + <Py_ssize_t>r * bkp, nk, lse[rowi + r])
-                # dv_tile += P^T @ dout_tile                              (nk, Dv)
-                _tile_gemm(nk, Dv, nq, <floating>1, S, 1, bkp, dot, Dv, True,
-                           dvp + <Py_ssize_t>j0 * Dv, Dv)
-                # dP = dout_tile @ v_tile^T; dS = P * (dP - Di)             (nq, nkp)
-                _tile_gemm(nq, nkp, Dv, <floating>1, dot, Dv, 1, VT, bkp, False, dS, bkp)
-                for r in range(nq):
-                    _row_dsoftmax(S + <Py_ssize_t>r * bkp, dS + <Py_ssize_t>r * bkp, nk,
-                                  Di[rowi + r])
-                # dk_tile += scale * dS^T @ q_tile                         (nk, D)
-                _tile_gemm(nk, D, nq, scale, dS, 1, bkp, qt, D, True,
-                           dkp + <Py_ssize_t>j0 * D, D)
-                # dq_tile += scale * dS @ k_tile                           (nq, D)
-                _tile_gemm(nq, D, nk, scale, dS, bkp, 1, kp + <Py_ssize_t>j0 * D, D, True,
-                           dq + rowi * D, D)
-                i0 += bq
-        j0 += bk
+    while True:
+        j0 = jfirst
+        while j0 < kend:
+            nk = min(bk, kend - j0)
+            nkp = _round_up(nk, nr)
+            istart = 0
+            if P.causal and j0 - off > 0:
+                istart = (j0 - off) // bq * bq      # first query tile that sees key j0
+            if P.row_from > istart:                 # some rows' scores by the tile product
+                _transpose_pad(kp + <Py_ssize_t>j0 * D, nk, D, KT, bkp, nkp)     # (D, nkp)
+            if not visible_only:
+                _transpose_pad(vp + <Py_ssize_t>j0 * Dv, nk, Dv, VT, bkp, nkp)   # (Dv, nkp)
+            for g in range(G):
+                bh = bh0 + g
+                i0 = istart
+                while i0 < P.Tq:
+                    nq = min(bq, P.Tq - i0)
+                    rowi = bh * P.Tq + i0
+                    qt = q + rowi * D
+                    dot = dout + rowi * Dv
+                    # S = scale * q_tile @ k_tile^T, each row as the forward computed
+                    # it (the tile product, or sk_row_dots on its row path), so that
+                    # P is the forward's exactly whatever the scores' size   (nq, nkp)
+                    nqt = min(max(P.row_from - i0, 0), nq)
+                    if nqt > 0:
+                        _tile_gemm(nqt, nkp, D, scale, qt, D, 1, KT, bkp, False, S, bkp)
+                    for r in range(nqt, nq):
+                        _row_dots(nk, D, scale, kp + <Py_ssize_t>j0 * D, qt + <Py_ssize_t>r * D,
+                                  S + <Py_ssize_t>r * bkp)
+                    _mask_tile(P, S, bkp, b, <int>(bh % P.Hq), i0, nq, j0, nk)
+                    # P = exp(S - m) / l
+                    for r in range(nq):
+                        _row_prob(S + <Py_ssize_t>r * bkp, nk, mstat[rowi + r], lstat[rowi + r])
+                    if visible_only:
+                        _backward_visible(P, scale, b, <int>(bh % P.Hq), i0, nq, j0, nk, S,
+                                          bkp, qt, dot, kp, vp, Di + rowi, lstat + rowi,
+                                          dq + rowi * D, dkp, dvp)
+                        i0 += bq
+                        continue
+                    # dv_tile += P^T @ dout_tile                          (nk, Dv)
+                    _tile_gemm(nk, Dv, nq, <floating>1, S, 1, bkp, dot, Dv, True,
+                               dvp + <Py_ssize_t>j0 * Dv, Dv)
+                    # dP = dout_tile @ v_tile^T; dS = P * (dP - Di)         (nq, nkp)
+                    _tile_gemm(nq, nkp, Dv, <floating>1, dot, Dv, 1, VT, bkp, False, dS, bkp)
+                    for r in range(nq):
+                        _row_dsoftmax(S + <Py_ssize_t>r * bkp, dS + <Py_ssize_t>r * bkp, nk,
+                                      Di[rowi + r])
+                    # dk_tile += scale * dS^T @ q_tile                     (nk, D)
+                    _tile_gemm(nk, D, nq, scale, dS, 1, bkp, qt, D, True,
+                               dkp + <Py_ssize_t>j0 * D, D)
+                    # dq_tile += scale * dS @ k_tile                       (nq, D)
+                    _tile_gemm(nq, D, nk, scale, dS, bkp, 1, kp + <Py_ssize_t>j0 * D, D, True,
+                               dq + rowi * D, D)
+                    i0 += bq
+            j0 += bk
+        if visible_only or kend <= jfirst:
+            return
+        # A pair (i, j) where row i does not see key j has P_ij = 0 and adds exactly
+        # 0 to every result unless a NaN or Inf meets it (0 * NaN): from q_i,
+        # dout_i, Di or the row's statistics (all checked here), or from k_j or
+        # dP_ij (v_j, or overflow), which also make dq_i NaN (dS_ij k_j). Then
+        # compute the results again, pair by pair (rare: only with such values).
+        rowi = bh0 * P.Tq
+        ok = (_all_finite(dq + rowi * D, <Py_ssize_t>G * P.Tq * D)
+              and _all_finite(q + rowi * D, <Py_ssize_t>G * P.Tq * D)
+              and _all_finite(dout + rowi * Dv, <Py_ssize_t>G * P.Tq * Dv)
+              and _all_finite(Di + rowi, <Py_ssize_t>G * P.Tq)
+              and _all_finite(mstat + rowi, <Py_ssize_t>G * P.Tq)
+              and _all_finite(lstat + rowi, <Py_ssize_t>G * P.Tq))
+        if ok:
+            return
+        memset(dkp + <Py_ssize_t>jfirst * D, 0, <Py_ssize_t>(kend - jfirst) * D * sizeof(floating))
+        memset(dvp + <Py_ssize_t>jfirst * Dv, 0,
+               <Py_ssize_t>(kend - jfirst) * Dv * sizeof(floating))
+        memset(dq + bh0 * P.Tq * D, 0, <Py_ssize_t>G * P.Tq * D * sizeof(floating))
+        visible_only = True
 
 
 cdef Py_ssize_t _backward_scratch(const Problem* P, int nr) noexcept nogil:
@@ -744,24 +1008,36 @@ cdef Py_ssize_t _backward_scratch(const Problem* P, int nr) noexcept nogil:
 
 
 cdef void _backward(const Problem* P, floating scale, const floating* q, const floating* k,
-                    const floating* v, const floating* out, const floating* lse,
-                    const floating* dout, floating* Di, floating* dq, floating* dk,
-                    floating* dv, int n_kb, int n_threads) noexcept nogil:
+                    const floating* v, const floating* out, const floating* mstat,
+                    const floating* lstat, const floating* dout, floating* Di,
+                    floating* dq, floating* dk, floating* dv, int n_kb,
+                    int n_threads) noexcept nogil:
     cdef Py_ssize_t n_bh = <Py_ssize_t>P.B * P.Hq
     cdef Py_ssize_t n_tasks = <Py_ssize_t>P.B * P.Hkv * n_kb
-    cdef Py_ssize_t t, i, rowi
+    cdef Py_ssize_t t
     cdef int Dv = P.Dv
     cdef floating* scratch = NULL
+    cdef Py_ssize_t i, rowi
     with parallel(num_threads=n_threads):
-        # Di = rowsum(dout * out), one (b, h) per iteration
+        # Di = rowsum(dout * out), one (b, h) per iteration. A row whose softmax is
+        # one key j (l = 1: every other exp is 0 or below rounding) has out_i = v_j
+        # and dS_ij = P_ij (dP_ij - Di) = 0 up to rounding; that rounding, times a
+        # huge scale (dq = scale dS k), would be all of dq. So such a row's Di is
+        # summed as one element of the dP product is (in order, SK_MADD), exactly
+        # dP_ij when out_i = v_j; the others by a vectorised sum (the in-order sum
+        # costs about as much as a whole product at small Tk).
         for t in prange(n_bh, schedule='static'):
             for i in range(P.Tq):
                 rowi = t * P.Tq + i
-                Di[rowi] = _row_dot(dout + rowi * Dv, out + rowi * Dv, Dv)
+                if lstat[rowi] == 1:
+                    Di[rowi] = _dot_seq(dout + rowi * Dv, out + rowi * Dv, Dv)
+                else:
+                    Di[rowi] = _key_dot(dout + rowi * Dv, out + rowi * Dv, Dv)
     with parallel(num_threads=n_threads):
         scratch = <floating*>malloc(_backward_scratch(P, _nr(scale)) * sizeof(floating))
         for t in prange(n_tasks, schedule='dynamic'):
-            _backward_task(P, scale, t, n_kb, q, k, v, lse, dout, Di, dq, dk, dv, scratch)
+            _backward_task(P, scale, t, n_kb, q, k, v, mstat, lstat, dout, Di, dq, dk, dv,
+                           scratch)
         free(scratch)
 
 
@@ -771,7 +1047,9 @@ cdef void _backward(const Problem* P, floating scale, const floating* q, const f
 # zero-pads q, k, v and d_out, which leaves every result unchanged)
 # ---------------------------------------------------------------------------
 
-cdef Problem _problem(q, k, v, int bq, int bk, bint causal, lengths, mask, mask_strides):
+cdef Problem _problem(q, k, v, int bq, int bk, int fwd_bq, bint causal, lengths, mask,
+                      mask_strides):
+    """fwd_bq: the forward's query tile size (the backward's bq differs)."""
     cdef Problem P
     cdef const int64_t[::1] lens
     cdef const unsigned char[::1] mb
@@ -780,6 +1058,7 @@ cdef Problem _problem(q, k, v, int bq, int bk, bint causal, lengths, mask, mask_
     P.Hkv, P.Tk = k.shape[1], k.shape[2]
     P.Dv = v.shape[3]
     P.bq, P.bk = bq, bk
+    P.row_from = _row_path_from(P.Tq, fwd_bq)
     P.causal = causal
     P.lengths = NULL
     P.mask_b = NULL
@@ -803,41 +1082,46 @@ def forward(const floating[:, :, :, ::1] q,     # (B, Hq, Tq, D)
             const floating[:, :, :, ::1] k,     # (B, Hkv, Tk, D)
             const floating[:, :, :, ::1] v,     # (B, Hkv, Tk, Dv)
             floating[:, :, :, ::1] out,         # (B, Hq, Tq, Dv) OUT
-            floating[:, :, ::1] lse,            # (B, Hq, Tq) OUT: log-sum-exp, +inf if no key
+            floating[:, :, :, ::1] stats,       # (2, B, Hq, Tq) OUT: per query row, [0] the
+                                                # largest score m, [1] 1 / sum_j exp(S_ij - m)
             double scale, bint causal, lengths, mask, mask_strides,
             int bq, int bk, int n_threads):
     """Attention forward. ``lengths`` (B,) int64 or None; ``mask`` a C-contiguous
     uint8 (boolean) or floating array whose element [b, h, i, j] is at the
     element offsets ``mask_strides`` (a 4-tuple), or None. The mask array must
-    stay alive for the call (the caller holds it)."""
-    cdef Problem P = _problem(q, k, v, bq, bk, causal, lengths, mask, mask_strides)
+    stay alive for the call (the caller holds it). A row with no key to attend to
+    gets stats 0, 0 (see _finish_row)."""
+    cdef Problem P = _problem(q, k, v, bq, bk, bq, causal, lengths, mask, mask_strides)
     with nogil:
         _forward(&P, <floating>scale, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0],
-                 &out[0, 0, 0, 0], &lse[0, 0, 0], n_threads)
+                 &out[0, 0, 0, 0], &stats[0, 0, 0, 0], &stats[1, 0, 0, 0], n_threads)
 
 
 def backward(const floating[:, :, :, ::1] q,     # (B, Hq, Tq, D)
              const floating[:, :, :, ::1] k,     # (B, Hkv, Tk, D)
              const floating[:, :, :, ::1] v,     # (B, Hkv, Tk, Dv)
              const floating[:, :, :, ::1] out,   # (B, Hq, Tq, Dv) from the forward
-             const floating[:, :, ::1] lse,      # (B, Hq, Tq) from the forward
+             const floating[:, :, :, ::1] stats, # (2, B, Hq, Tq) from the forward
              const floating[:, :, :, ::1] dout,  # (B, Hq, Tq, Dv)
              floating[:, :, ::1] Di,             # (B, Hq, Tq) scratch
              floating[:, :, :, :, ::1] dq,       # (n_kb, B, Hq, Tq, D) OUT, zeros on entry
              floating[:, :, :, ::1] dk,          # (B, Hkv, Tk, D) OUT, zeros on entry
              floating[:, :, :, ::1] dv,          # (B, Hkv, Tk, Dv) OUT, zeros on entry
              double scale, bint causal, lengths, mask, mask_strides,
-             int bq, int bk, int n_threads):
-    """Attention backward (same mask conventions as :func:`forward`).
+             int bq, int bk, int fwd_bq, int n_threads):
+    """Attention backward (same mask conventions as :func:`forward`); fwd_bq is
+    the forward's query tile size (its rows on the row path get their scores the
+    same way here).
 
     The keys of each (b, kv head) are cut into n_kb = dq.shape[0] blocks of
     whole key tiles, one task each; block kb adds its share of dq into dq[kb]
     and the caller sums dq over its first axis, in order. n_kb > 1 gives more
     tasks when B * Hkv is small, at n_kb times the memory of dq."""
-    cdef Problem P = _problem(q, k, v, bq, bk, causal, lengths, mask, mask_strides)
+    cdef Problem P = _problem(q, k, v, bq, bk, fwd_bq, causal, lengths, mask, mask_strides)
     with nogil:
         _backward(&P, <floating>scale, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0],
-                  &out[0, 0, 0, 0], &lse[0, 0, 0], &dout[0, 0, 0, 0], &Di[0, 0, 0],
+                  &out[0, 0, 0, 0], &stats[0, 0, 0, 0], &stats[1, 0, 0, 0], &dout[0, 0, 0, 0],
+                  &Di[0, 0, 0],
                   &dq[0, 0, 0, 0, 0], &dk[0, 0, 0, 0], &dv[0, 0, 0, 0], dq.shape[0],
                   n_threads)
 

@@ -15,8 +15,11 @@ Masks, all optional and combinable:
   broadcastable to (B, Hq, Tq, Tk); the broadcast is never materialised;
 - ``key_lengths`` (B,): keys at or past ``key_lengths[b]`` are padding.
 
-A query row left with no key to attend to gets an output of zeros and zero
-gradients, never NaN.
+A key masked for a query row (by any of the three) never contributes to that
+row, not even a NaN or Inf in its k or v, and a NaN or Inf in the row's q or
+d_out never reaches that key's gradients; a finite float mask value, however
+negative (finfo.min), weighs a key rather than masks it. A query row left with
+no key to attend to gets an output of zeros and zero gradients, never NaN.
 
 The kernels are in ``_attention.pyx``; the same functions in plain NumPy are in
 ``seqkern.reference.attention``. Results do not depend on the number of
@@ -145,18 +148,20 @@ class AttentionCache:
     """What :func:`attention_backward` needs from :func:`attention_forward`.
 
     References, not copies, to the checked q, k, v (and mask), plus the output
-    and the per-row log-sum-exp ``lse`` (B, Hq, Tq) (+inf for a row with no
-    key): O(T) memory. ``kernel`` holds (q, k, v, out) as the kernel sees them
+    and two numbers per query row, ``stats`` (2, B, Hq, Tq): [0] the row's largest
+    score m, [1] 1 / l with l = sum_j exp(S_ij - m) (both 0 for a row with no
+    key), so that the backward gets P = exp(S - m) / l whatever the scores' size
+    (m + log(l) loses log(l) to rounding when |m| is huge): O(T) memory. ``kernel`` holds (q, k, v, out) as the kernel sees them
     (the same arrays unless D or Dv needed zero-padding, see ``_pad``). Do not
     modify those arrays in place between forward and backward.
     """
 
-    __slots__ = ("args", "kernel", "lse")
+    __slots__ = ("args", "kernel", "stats")
 
-    def __init__(self, args, kernel, lse):
+    def __init__(self, args, kernel, stats):
         self.args = args
         self.kernel = kernel
-        self.lse = lse
+        self.stats = stats
 
 
 def _tile_sizes(a, backward=False):
@@ -233,6 +238,12 @@ def attention_forward(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool 
     -------
     out : (B, Hq, Tq, Dv); zeros on a query row with no key to attend to
     cache : AttentionCache for :func:`attention_backward`, or None
+
+    A key masked for a row (False in a boolean mask, -inf in a float mask, at or
+    past key_lengths[b], or causally hidden) never contributes to that row, in the
+    forward or the backward: not even a NaN or Inf in its k or v (nor does one in
+    the row's q or d_out reach the key's gradients). A finite mask value, however
+    negative, is not a mask: NaN and Inf at that key propagate as the math says.
     """
     return_cache = check_bool("return_cache", return_cache)
     a = AttentionArgs(q, k, v, causal, mask, key_lengths, scale)
@@ -240,13 +251,13 @@ def attention_forward(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool 
     Dp, Dvp = _padded_width(a.D, a.dtype), _padded_width(Dv, a.dtype)
     qk, kk, vk = _pad(a.q, Dp), _pad(a.k, Dp), _pad(a.v, Dvp)
     outk = _workspace.zeros((B, Hq, Tq, Dvp), a.dtype)
-    lse = np.full((B, Hq, Tq), np.inf, a.dtype)
+    stats = np.zeros((2, B, Hq, Tq), a.dtype)
     if B and Hq and Tq and Tk and Dv:
         bq, bk = _tile_sizes(a)
-        _attention.forward(qk, kk, vk, outk, lse, a.scale, a.causal, a.key_lengths,
+        _attention.forward(qk, kk, vk, outk, stats, a.scale, a.causal, a.key_lengths,
                            a.mask, a.mask_strides, bq, bk, effective_num_threads())
     out = _unpad(outk, Dv)
-    return out, (AttentionCache(a, (qk, kk, vk, outk), lse) if return_cache else None)
+    return out, (AttentionCache(a, (qk, kk, vk, outk), stats) if return_cache else None)
 
 
 def attention_backward(d_out: ArrayLike, cache: "AttentionCache") -> AttentionGrads:
@@ -275,9 +286,9 @@ def attention_backward(d_out: ArrayLike, cache: "AttentionCache") -> AttentionGr
         Di = np.empty((B, Hq, Tq), dt)
         bq, bk = _tile_sizes(a, backward=True)
         dq_parts = _workspace.zeros((_key_blocks(a, bk),) + qk.shape, dt)
-        _attention.backward(qk, kk, vk, outk, cache.lse, _pad(d_out, vk.shape[-1]), Di,
+        _attention.backward(qk, kk, vk, outk, cache.stats, _pad(d_out, vk.shape[-1]), Di,
                             dq_parts, dk, dv, a.scale, a.causal, a.key_lengths, a.mask,
-                            a.mask_strides, bq, bk, effective_num_threads())
+                            a.mask_strides, bq, bk, _tile_sizes(a)[0], effective_num_threads())
         # the parts summed in a fixed order: the result does not depend on threads
         dq = dq_parts[0] if len(dq_parts) == 1 else dq_parts.sum(axis=0)
     else:
