@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import seqkern
-from seqkern import _attention
+from seqkern.attention import _attention
 from seqkern import reference as ref
 from seqkern.attention import AttentionArgs
 
