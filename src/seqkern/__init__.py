@@ -10,7 +10,7 @@ block). Memory: :func:`workspace_limit` and
 __version__ = "0.1.0"
 
 from seqkern._config import show_config
-from seqkern._threads import get_num_threads, set_num_threads, threads
+from seqkern._threads import MAX_THREADS, get_num_threads, set_num_threads, threads
 from seqkern._types import AttentionGrads, GRUGrads, LSTMGrads, RNNGrads
 from seqkern._workspace import clear as free_workspace, max_bytes as workspace_limit
 from seqkern.attention import attention_backward, attention_forward
@@ -24,6 +24,7 @@ __all__ = [
     "__version__",
     "reference",
     "show_config",
+    "MAX_THREADS",
     "get_num_threads",
     "set_num_threads",
     "threads",
