@@ -102,36 +102,42 @@ def test_show_config(capsys):
 
 
 def test_kernels_release_the_gil():
-    """A Python thread keeps running while a long kernel call is in flight."""
+    """The kernel gives up the GIL while it computes: with forced switches between
+    Python threads turned off (a switch interval of 1000 s), the main thread can
+    only run again when the worker releases the GIL, and it finds the kernel call
+    not yet finished (the worker needs the GIL back to return). Held throughout,
+    the main thread would run only after the call."""
+    import sys
     import threading
-    import time
+
+    from seqkern.rnn import _rnn
 
     rng = np.random.default_rng(0)
-    T, B, I, H = 3000, 4, 64, 128
-    args = (rng.standard_normal((T, B, I)), None, rng.standard_normal((H, I)) * 0.1,
-            rng.standard_normal((H, H)) * 0.05)
-    ticks = []
-    done = threading.Event()
+    T, B, I, H = 50, 4, 16, 32
+    x = rng.standard_normal((T, B, I))
+    args = (x, np.zeros((B, H)), rng.standard_normal((H, I)) * 0.1,
+            rng.standard_normal((H, H)) * 0.05, np.zeros(H), None,
+            np.empty((T, B, H)), np.empty((B, H)), False, 1, 1, 0)
+    state = {"finished": False}
+    started = threading.Event()
 
-    def ticker():
-        while not done.is_set():
-            ticks.append(time.perf_counter())
-            time.sleep(0.0005)
+    def worker():
+        started.set()
+        _rnn.forward(*args)             # the kernel itself: no Python code around it
+        state["finished"] = True
 
-    with seqkern.threads(1):
-        seqkern.rnn_forward(*args)                  # warm up
-        t = threading.Thread(target=ticker)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        t = threading.Thread(target=worker)
         t.start()
-        time.sleep(0.01)
-        start = time.perf_counter()
-        seqkern.rnn_forward(*args, return_cache=False)
-        end = time.perf_counter()
-        done.set()
-        t.join()
-    during = [x for x in ticks if start < x < end]
-    # With the GIL held for the whole call the ticker could not tick at all.
-    assert end - start > 0.005
-    assert len(during) >= 2, f"{len(during)} ticks during a {1e3 * (end - start):.1f} ms call"
+        started.wait()
+        finished_when_main_ran = state["finished"]
+    finally:
+        sys.setswitchinterval(old)
+    t.join()
+    assert state["finished"]
+    assert not finished_when_main_ran
 
 
 def test_handoff_between_two_threads():
