@@ -491,8 +491,8 @@ def test_reference_sigmoid_is_stable():
 
 
 def _force_packed(monkeypatch):
-    """Run the products on the packed GEMM, as AUTO does on AVX-512 builds only (the
-    batch-1 split lives on that path)."""
+    """Run the products on the packed GEMM, and a batch-1 call on its interleaved
+    path, where the split lives (AUTO takes that path in AVX-512 modules only)."""
     import seqkern._step_gemm
 
     monkeypatch.setattr(seqkern._step_gemm, "_mode", seqkern._step_gemm.PACKED)
@@ -503,14 +503,15 @@ def _force_packed(monkeypatch):
 def test_blas_held_only_where_blas_runs(monkeypatch, mode, T, holds):
     """The wrapper holds BLAS at one thread (a few us of ctypes calls) only around
     calls whose products run on BLAS; the packed path calls none, and must still
-    match the reference. AUTO packs from 16 rows on, in modules built for AVX-512."""
+    match the reference. AUTO packs from 16 rows on, in modules built for AVX-512
+    or AVX2 + FMA."""
     from contextlib import contextmanager
 
     import seqkern.lstm as lstm_mod
     from seqkern._step_gemm import step_gemm
 
     if holds is None:
-        holds = lstm_mod._lstm.ISA != "avx512"
+        holds = lstm_mod._lstm.ISA not in ("avx512", "avx2")
 
     entered = []
 

@@ -162,7 +162,7 @@ def test_kernel_scratch_reused_between_calls():
 
     args = [np.random.default_rng(1).standard_normal(s) * 0.1
             for s in ((100, 1, 128), (1, 128), (1, 128), (512, 128), (512, 128))]
-    with seqkern.threads(1), step_gemm("packed"):     # AUTO packs on AVX-512 only
+    with seqkern.threads(1), step_gemm("packed"):     # AUTO packs on some ISAs only
         want = seqkern.lstm_forward(*args, return_cache=False)[0]
         n, held = ws.held()
         assert n >= 2 and held >= 2 * 512 * 128 * 8          # W_hh and W_ih packed

@@ -52,7 +52,7 @@ from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from seqkern._blas cimport gemm
-from seqkern._step cimport PAR_MIN_GEMM, n_blocks, packs, rows_times_wt
+from seqkern._step cimport PAR_MIN_GEMM, interleaves, n_blocks, packs, rows_times_wt
 from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, SK_PK_VBYTES, pk_alloc_nn, pk_alloc_nt, pk_gemm,
                                    pk_gemm_dir, pk_gemv_side, pk_pack_nn, pk_pack_nt, pk_pack_side,
                                    pk_size)
@@ -200,7 +200,7 @@ cdef inline int _chunk_steps(int B) noexcept nogil:
 
 cdef inline bint _one_row(Py_ssize_t T, int B, int H, int step_gemm) noexcept nogil:
     """Does forward() take the batch-1 path (_forward_one_row)?"""
-    return B == 1 and _unit_block(T, B, H) == H and packs(step_gemm, T)
+    return B == 1 and _unit_block(T, B, H) == H and interleaves(step_gemm, T)
 
 
 cdef inline bint _project_first(Py_ssize_t T, int I, int H, int n_threads) noexcept nogil:
@@ -1522,7 +1522,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     # B = 1, one block, packed: the steps compute dx as they go (_bwd_row_step),
     # with Wih_p packed whole (Wx, in place of WihK) and each thread's side operand
     # in its `at` scratch (R_SIDE x 4H; the jobs that use `at` come after the steps)
-    cdef bint row = B == 1 and n_units == 1 and kh > 0 and packs(step_gemm, <Py_ssize_t>T)
+    cdef bint row = B == 1 and n_units == 1 and kh > 0 and interleaves(step_gemm, <Py_ssize_t>T)
     cdef floating* Wx = NULL
     if row:
         at_size = max(at_size, <Py_ssize_t>SK_PK_SIDE_ROWS * G)

@@ -17,6 +17,7 @@ from seqkern._packed_gemm cimport pk_gemm
 
 cdef extern from "_simd.h" nogil:
     enum: SK_WIDE
+    enum: SK_PACK_AUTO
 
 cdef enum:
     STEP_AUTO = 0      # the kernel's measured rule (packs(): by the ISA and the rows served)
@@ -39,11 +40,18 @@ cdef enum:
 
 cdef inline bint packs(int step_gemm, Py_ssize_t rows) noexcept nogil:
     """Run the products with the weights on _packed_gemm.h, for a call over
-    ``rows`` = T * B rows? AUTO: where the module is compiled for the vector width
-    the packed GEMM is written for (SK_WIDE: AVX-512; on narrower ISAs BLAS, which
-    picks its own kernels for the CPU, is the faster everywhere measured), from
-    PACK_MIN_ROWS rows on (a function of the sizes and the ISA only, so never of
-    the thread count)."""
+    ``rows`` = T * B rows? AUTO: where the module's ISA is one the packed GEMM was
+    measured faster on (SK_PACK_AUTO, _simd.h), from PACK_MIN_ROWS rows on: a
+    function of the sizes and the ISA only, so never of the thread count."""
+    if step_gemm == STEP_AUTO:
+        return SK_PACK_AUTO and rows >= PACK_MIN_ROWS
+    return step_gemm == STEP_PACKED
+
+
+cdef inline bint interleaves(int step_gemm, Py_ssize_t rows) noexcept nogil:
+    """Run a batch-1 step's product interleaved with an independent 16-row product
+    (_packed_gemm.h's gemv_side, the LSTM's batch-1 path) for a call over ``rows``
+    rows? Its accumulators need 32 vector registers: AUTO only where SK_WIDE."""
     if step_gemm == STEP_AUTO:
         return SK_WIDE and rows >= PACK_MIN_ROWS
     return step_gemm == STEP_PACKED
