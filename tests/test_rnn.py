@@ -9,9 +9,9 @@ from seqkern import reference as ref
 
 from helpers import DTYPES, assert_close, assert_grads_close, to64
 
-# (T, B, I, H): a single step, odd sizes, and one large enough that the kernel
-# takes its parallel paths (B*H*H >= 65536 and T*B > 256 rows).
-SHAPES = [(1, 1, 3, 5), (7, 3, 5, 17), (13, 4, 9, 70), (40, 8, 16, 128)]
+# (T, B, I, H): a single step, odd sizes, and batches whose time loop splits by
+# rows (B >= 16 on a machine of 2 or more cores: blocks of 9 and 10 rows here).
+SHAPES = [(1, 1, 3, 5), (7, 3, 5, 17), (13, 4, 9, 70), (40, 8, 16, 128), (9, 19, 6, 33)]
 
 
 def make(rng, T, B, I, H, dtype=np.float64, bias=True):
@@ -158,7 +158,11 @@ def test_step_matches_reference(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(130, 8, 16, 128), (300, 1, 8, 300), (5, 64, 33, 70)])
+# The parallel paths: the steps split by hidden units (B H H >= 2^18), the time
+# loop split by batch rows and the gradients' blocks in parallel (T B H H and the
+# gradients >= 2^25 multiply-adds), and a shape too small for any of them.
+@pytest.mark.parametrize("shape", [(20, 4, 8, 256), (30, 1, 8, 512), (50, 32, 8, 160),
+                                   (5, 64, 33, 70)])
 def test_one_thread_equals_two_threads_bitwise(rng, dtype, shape):
     T, B, I, H = shape
     args = make(rng, T, B, I, H, dtype)

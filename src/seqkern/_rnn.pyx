@@ -14,11 +14,14 @@
 # large GEMMs over all T*B rows, outside it.
 #
 # Threads: work is cut into blocks whose boundaries depend only on the problem
-# size, never on the thread count, and no two blocks write the same element; the
-# threads only decide who runs which block. So the results are bitwise identical
-# for every thread count. Inside the time loop, one OpenMP parallel region spans
-# all steps and the end of each step's work-shared loop is the barrier between
-# steps.
+# size (and the machine's core count), never on the thread count, and no two
+# blocks write the same element; the threads only decide who runs which block. So
+# the results are bitwise identical for every thread count. The time loop splits
+# by batch rows where there are enough (each row is its own sequence: a thread
+# runs its rows' whole time loop, and the threads meet once, at the end), else by
+# hidden units within each step (one OpenMP region over all steps, a barrier
+# between steps: a thread that loses its core to another process holds up every
+# step, so this split is kept to large steps).
 
 from cython cimport floating
 
@@ -33,18 +36,21 @@ from seqkern._workspace cimport scratch_free
 from seqkern._activations cimport tanh_
 from seqkern._step cimport final_states, loop_threads, n_blocks, packs, rows_times_wt
 
-# A step's recurrent product is split over `n_parts` blocks of hidden units
-# (n_parts: the machine's core count, fixed per process, so that the blocks do not
-# depend on the thread count), each at least MIN_COL wide, once B*H*H reaches
-# PAR_MIN_STEP multiply-adds; below that the fork/join would cost more than it
-# saves. Fewer, wider blocks matter: each GEMM call packs h_{t-1} again.
+# The time loop is split over up to `n_parts` blocks of batch rows (n_parts: the
+# machine's core count, fixed per process, so that the blocks do not depend on the
+# thread count), each of at least MIN_ROWS rows. With fewer rows, a step's
+# recurrent product is split over `n_parts` blocks of hidden units, each at least
+# MIN_COL wide, once B*H*H reaches PAR_MIN_STEP multiply-adds; below that the
+# fork/join would cost more than it saves. Fewer, wider blocks matter: each GEMM
+# call packs h_{t-1} again.
 # The big GEMMs outside the time loop are cut in blocks of ROW_BLOCK rows of
 # T*B (input projection, dx) or W_BLOCK rows of a weight gradient; blocks are
 # large because each GEMM call packs its shared operand again. They run on one
 # thread below PAR_MIN_GEMM multiply-adds (_step.loop_threads).
 cdef enum:
+    MIN_ROWS = 8
     MIN_COL = 32
-    PAR_MIN_STEP = 65536
+    PAR_MIN_STEP = 262144
     ROW_BLOCK = 1024
     W_BLOCK = 256
 
@@ -59,10 +65,17 @@ cdef enum:
 # (32,100,256,256) 1.30/1.15, 1.22/1.13; (64,200,512,512) 1.14/1.08, 1.18/1.06.
 
 
+cdef inline int _row_blocks(int B, int n_parts) noexcept nogil:
+    """Blocks of batch rows the time loop is split into (a function of size only);
+    block r holds rows [r B / n, (r + 1) B / n)."""
+    return max(1, min(n_parts, B // MIN_ROWS))
+
+
 cdef inline int _col_block(int B, int H, int n_parts) noexcept nogil:
-    """Width of the hidden-unit blocks of one time step (a function of size only)."""
+    """Width of the hidden-unit blocks of one time step (a function of size only):
+    H (one block) where the steps split by rows or are too small to split."""
     cdef int width
-    if <int64_t>B * H * H < PAR_MIN_STEP or n_parts <= 1:
+    if _row_blocks(B, n_parts) > 1 or <int64_t>B * H * H < PAR_MIN_STEP or n_parts <= 1:
         return H
     width = (H + n_parts - 1) // n_parts
     width = ((width + 15) // 16) * 16          # whole cache lines of float32
@@ -116,6 +129,19 @@ cdef void _forward_cols(int B, int H, const floating* h_prev, const floating* W_
                 row[c] = tanh_(row[c])
 
 
+cdef void _forward_rows(int b0, int b1, int B, int H, Py_ssize_t T, const floating* h0,
+                        const floating* W_hh, const floating* W_pk, floating* out,
+                        const int64_t* lengths, bint relu) noexcept nogil:
+    """Every step for batch rows [b0, b1) (their own sequences): _forward_cols on
+    those rows and all H units; h0 (B, H), out (T, B, H) as in forward()."""
+    cdef Py_ssize_t t, step = <Py_ssize_t>B * H, r0 = <Py_ssize_t>b0 * H
+    cdef const floating* h_prev
+    for t in range(T):
+        h_prev = (h0 + r0) if t == 0 else out + (t - 1) * step + r0
+        _forward_cols(b1 - b0, H, h_prev, W_hh, W_pk, out + t * step + r0,
+                      NULL if lengths == NULL else lengths + b0, t, relu, 0, H)
+
+
 def forward(const floating[:, :, ::1] x,      # (T, B, I)
             const floating[:, ::1] h0,        # (B, H)
             const floating[:, ::1] W_ih,      # (H, I)
@@ -141,10 +167,12 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef int width = _col_block(B, H, n_parts)
     cdef int n_cols = n_blocks(H, width)
     cdef int n_rows = n_blocks(TB, ROW_BLOCK)
-    cdef int i, blk
+    cdef int n_rb = _row_blocks(B, n_parts)
+    cdef int i, blk, rb
     cdef Py_ssize_t t
     cdef int nt = n_threads
     cdef int nt_proj = loop_threads(nt, n_rows, <double>TB * I * H)
+    cdef int nt_rows = loop_threads(nt, n_rb, <double>TB * H * H)
 
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
@@ -164,13 +192,20 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                 _project_rows(xp, Wih, Xpk, bp, outp, <Py_ssize_t>i * ROW_BLOCK,
                               min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, H)
 
-            # 2. The recurrence: one GEMM and one fused element-wise pass per step.
-            with parallel(num_threads=nt, use_threads_if=nt > 1 and n_cols > 1):
-                for t in range(T):
-                    h_prev = h0p if t == 0 else outp + (t - 1) * step
-                    for blk in prange(n_cols, schedule='static'):
-                        _forward_cols(B, H, h_prev, Whh, Wpk, outp + t * step, lens, t, relu,
-                                      blk * width, min((blk + 1) * width, H))
+            # 2. The recurrence: one GEMM and one fused element-wise pass per step,
+            # each block of rows through all steps, or each step over column blocks.
+            if n_rb > 1:
+                for rb in prange(n_rb, num_threads=nt_rows, schedule='static',
+                                 use_threads_if=nt_rows > 1):
+                    _forward_rows(rb * B // n_rb, (rb + 1) * B // n_rb, B, H, T, h0p, Whh, Wpk,
+                                  outp, lens, relu)
+            else:
+                with parallel(num_threads=nt, use_threads_if=nt > 1 and n_cols > 1):
+                    for t in range(T):
+                        h_prev = h0p if t == 0 else outp + (t - 1) * step
+                        for blk in prange(n_cols, schedule='static'):
+                            _forward_cols(B, H, h_prev, Whh, Wpk, outp + t * step, lens, t,
+                                          relu, blk * width, min((blk + 1) * width, H))
 
             # 3. The final state of each sequence.
             final_states(B, H, T, lens, h0p, outp, &h_n[0, 0])
@@ -227,6 +262,22 @@ cdef void _backward_cols(int B, int H, const floating* dz_next, const floating* 
             else:
                 dz[c] = g * (1 - h * h)
             cr[c] = 0
+
+
+cdef void _backward_rows(int b0, int b1, int B, int H, Py_ssize_t T, const floating* W_hh,
+                         const floating* W_pk, floating* carry, floating* dz,
+                         const floating* d_out, const floating* out, const int64_t* lengths,
+                         bint relu) noexcept nogil:
+    """Every step back, t = T-1 .. -1, for batch rows [b0, b1) (their own
+    sequences): _backward_cols on those rows and all H units; carry (B, H), dz,
+    out (T, B, H), d_out (T, B, H) or NULL, as in backward()."""
+    cdef Py_ssize_t t, step = <Py_ssize_t>B * H, r0 = <Py_ssize_t>b0 * H
+    for t in range(T - 1, -2, -1):
+        _backward_cols(b1 - b0, H, NULL if t == T - 1 else dz + (t + 1) * step + r0, W_hh, W_pk,
+                       carry + r0, dz + t * step + r0,
+                       NULL if (d_out == NULL or t < 0) else d_out + t * step + r0,
+                       out + t * step + r0, NULL if lengths == NULL else lengths + b0, t, relu,
+                       0, H)
 
 
 cdef void _weight_grad_rows(const floating* dz, const floating* inp, floating* dW,
@@ -320,9 +371,11 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef int n_cols = n_blocks(H, width)
     cdef int n_w = n_blocks(H, W_BLOCK)
     cdef int n_x = n_blocks(<Py_ssize_t>T * B, ROW_BLOCK)
-    cdef int blk
+    cdef int n_rb = _row_blocks(B, n_parts)
+    cdef int blk, rb
     cdef Py_ssize_t t
     cdef int nt = n_threads
+    cdef int nt_rows = loop_threads(nt, n_rb, <double>T * B * H * H)
     # dW_ih, dW_hh and dx: T B H (2 I + H) multiply-adds
     cdef int nt_grads = loop_threads(nt, 2 * n_w + n_x, <double>T * B * H * (2 * I + H))
 
@@ -347,14 +400,20 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
         do_t = NULL
         with nogil:
             # 1. Through time: t = T-1 .. 0, then t = -1 finishes dh0 = carry.
-            with parallel(num_threads=nt, use_threads_if=nt > 1 and n_cols > 1):
-                for t in range(T - 1, -2, -1):
-                    dz_next = NULL if t == T - 1 else dzp + (t + 1) * step
-                    do_t = NULL if (dop == NULL or t < 0) else dop + t * step
-                    for blk in prange(n_cols, schedule='static'):
-                        _backward_cols(B, H, dz_next, Whh, Wpk, carry, dzp + t * step, do_t,
-                                       outp + t * step, lens, t, relu,
-                                       blk * width, min((blk + 1) * width, H))
+            if n_rb > 1:
+                for rb in prange(n_rb, num_threads=nt_rows, schedule='static',
+                                 use_threads_if=nt_rows > 1):
+                    _backward_rows(rb * B // n_rb, (rb + 1) * B // n_rb, B, H, T, Whh, Wpk,
+                                   carry, dzp, dop, outp, lens, relu)
+            else:
+                with parallel(num_threads=nt, use_threads_if=nt > 1 and n_cols > 1):
+                    for t in range(T - 1, -2, -1):
+                        dz_next = NULL if t == T - 1 else dzp + (t + 1) * step
+                        do_t = NULL if (dop == NULL or t < 0) else dop + t * step
+                        for blk in prange(n_cols, schedule='static'):
+                            _backward_cols(B, H, dz_next, Whh, Wpk, carry, dzp + t * step,
+                                           do_t, outp + t * step, lens, t, relu,
+                                           blk * width, min((blk + 1) * width, H))
 
             # 2. Weight, bias and input gradients: large GEMMs over all T*B rows.
             for blk in prange(2 * n_w + n_x, num_threads=nt_grads, schedule='dynamic',
