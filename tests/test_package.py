@@ -158,3 +158,26 @@ def test_handoff_between_two_threads():
         assert ns is None
     with pytest.raises(ValueError):
         handoff_ns(0)
+
+
+def test_idle_openmp_threads_sleep_unless_the_user_chose():
+    """seqkern sets OMP_WAIT_POLICY=PASSIVE before libgomp reads it, unless the
+    user set OMP_WAIT_POLICY or GOMP_SPINCOUNT."""
+    import os
+    import subprocess
+    import sys
+
+    from seqkern._threads import _prefer_passive_waits
+
+    for env, want in [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "active"}, "active"),
+                      ({"GOMP_SPINCOUNT": "1000"}, None)]:
+        e = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+        e.update(env)
+        r = subprocess.run([sys.executable, "-c", "import os, seqkern; "
+                            "print(os.environ.get('OMP_WAIT_POLICY'))"],
+                           env=e, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == str(want)
+        d = dict(env)
+        _prefer_passive_waits(d)
+        assert d.get("OMP_WAIT_POLICY") == want

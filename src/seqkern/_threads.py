@@ -23,8 +23,23 @@ changing it.
 import ctypes
 import os
 
-from seqkern import _openmp_helpers
-from seqkern._openmp_helpers import (  # noqa: F401  (the public ones are re-exported)
+
+def _prefer_passive_waits(environ=os.environ):
+    """Unless the user chose (OMP_WAIT_POLICY or GOMP_SPINCOUNT set), make idle
+    OpenMP threads sleep rather than spin: libgomp's default spins each idle
+    thread for up to milliseconds on its core, and with another program on the
+    machine that core is one the kernels' other threads or that program need: a
+    2-thread call can then take many times its 1-thread time, where a sleeping
+    thread frees its core and the OS moves the work that waited there. libgomp
+    reads this once, when the first kernel module loads it: so here, before."""
+    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+_prefer_passive_waits()
+
+from seqkern import _openmp_helpers  # noqa: E402  (after the wait policy)
+from seqkern._openmp_helpers import (  # noqa: F401, E402  (the public ones are re-exported)
     MAX_THREADS,
     blas_guard_depth,
     effective_num_threads,
