@@ -104,7 +104,7 @@ cdef enum:
 # x @ W_ih^T (rows, I) x (I, 3H) and the input gradient dgi @ W_ih (rows, 3H) x (3H, I).
 # The weight gradients stay on OpenBLAS (their left operand is dgi^T / dgh^T).
 # step_gemm (seqkern._step_gemm) forces either; AUTO follows packed_products.
-# Measured (1 thread, 2-core shared machine, --impls seqkern-blas,seqkern-packed,
+# Measured (1 thread, AMD EPYC Zen 4 with AVX-512, 2 cores, benchmarks of the time,
 # alternating calls; fwd / fwd+bwd speed-up of packed over OpenBLAS, float32 then
 # float64): (B,T,I,H) = (32,100,256,256) 1.53/1.25, 1.30/1.14; (64,200,512,512)
 # 1.17/1.15, 1.37/1.29; at batch 1, against _vecmat for the steps, near even (W_hh

@@ -103,20 +103,9 @@ cdef inline void cell_backward(const floating* z, const floating* c, const float
 # A step is split over blocks of UNIT_BLOCK hidden units once its recurrent
 # product (B * 4H * H multiply-adds) reaches PAR_MIN_STEP; below that a single
 # block (U = H) is used and the barrier per step would cost more than it saves.
-# Tried and undone: 65536, which splits B = 1, H = 128 (W_hh 256 KiB, read from
-# L2 every step) over two threads. In a tight loop it ran (1,100,128,128) forward
-# in 0.30 ms on 2 threads (0.38 on one, _forward_one_row), but in samples taken
-# after the NumPy reference had run on 2 threads it took 0.31 or 0.47 ms by
-# turns, and inside `python -m seqkern.bench` up to 10-15 ms per call (a few us
-# of work between two barriers, 100 barriers a call).
 # The GEMMs outside the time loop (the projection where the steps are not split,
 # each backward chunk's gradients) go parallel only from PAR_MIN_GEMM
-# multiply-adds, as in _gru.pyx. Below that a parallel region saves little and
-# its start can cost milliseconds on this 2-core VM: after a pause, waking the
-# idle second core took up to ~7 ms per call (measured: single (1,100,128,128)
-# forward+backward calls 20 ms apart, 4-7.7 ms on 2 threads against 1.2-1.5 ms on
-# one, with one such region per call), and even in back-to-back samples 2^24
-# (parallel gradients there) gave 1.15-1.45 ms against 1.07-1.37 ms with 2^25.
+# multiply-adds (_step.pxd).
 # Where the batch-1 backward steps split between two threads, though, the
 # chunk's gradients are shared by those two inside the same region, whatever
 # their size (_bwd_grad_tail): (1,100,128,128) float32 forward+backward on 2
@@ -173,8 +162,7 @@ def splits_steps(int T, int B, int H, int itemsize, int step_gemm, int n_threads
     """Does forward() split each batch-1 step between two threads (_split_one_row)?
     The two then write alternate runs of H/2 elements of the same rows of z, out
     and cs, which the wrapper therefore starts on a cache line: else the lines at
-    the seams would be written by both cores at every step (NumPy's arrays start
-    16 or 48 bytes past one here; no difference stood out of this VM's noise)."""
+    the seams would be written by both cores at every step."""
     return (_one_row(T, B, H, step_gemm) and T > 1
             and _split_one_row(H, itemsize, n_threads))
 
@@ -363,36 +351,29 @@ cdef inline bint _split_one_row(int H, size_t elsize, int n_threads) noexcept no
     return n_threads > 1 and _half_gate_panels(H, elsize) > 0
 
 
-# A split step pays only while handing each step across is quick. Measured on this
-# 2-vCPU VM, (1,1000,128,128) float32 forward, us per step: 1.94 split against
-# 3.0 alone where a round trip between the threads took ~100 ns (handoff_ns), but
-# 3.65 split where it took ~400 (the host had placed the two vCPUs far apart:
-# seen about a quarter of the time, for tens of seconds at once); and a spinning
+# A split step pays only while handing each step across is quick, and a spinning
 # wait for a thread that another process has pushed off its core lasts a
 # scheduler time slice. So the lead times its waits for the helper over the split
 # chunks of R steps (the first one excepted: the helper's caches are cold) and
 # goes back to running the steps alone, from the next chunk on, once they exceed
-# MAX_WAIT times the rest of their time (from the step times above: ~0.1 near, ~1
-# far). Whether and when the steps split never changes the results, only who
-# computes them.
+# MAX_WAIT times the rest of their time. Whether and when the steps split never
+# changes the results, only who computes them (docs/benchmarks.md: the
+# measurements behind MAX_WAIT and MAX_SLOWER).
 cdef double MAX_WAIT = 0.5
-# The waits do not show every slow split: in some states of this VM the split
-# steps themselves ran slow, with short waits (measured (1,100,128,128) float32
-# forward: 0.56 ms a call split to its end against 0.38 alone, a flag round trip
-# ~200 ns; in another such stretch ~23 ns, as if the two vCPUs shared a core).
-# So the lead also compares the split chunks' time with steps run alone, and
-# goes on alone once they take over MAX_SLOWER times that. The time alone is
-# measured on the first chunk of a call (run alone for that, its first
-# SOLO_FROM steps not timed: caches still cold) where no figure for the same
-# sizes is at hand or it is SOLO_CALLS calls old; one figure for the forward,
-# one for the backward (_solo_get, _solo_put).
+# The waits do not show every slow split: the split steps themselves may run
+# slow with short waits. So the lead also compares the split chunks' time with
+# steps run alone, and goes on alone once they take over MAX_SLOWER times that.
+# The time alone is measured on the first chunk of a call (run alone for that,
+# its first SOLO_FROM steps not timed: caches still cold) where no figure for the
+# same sizes is at hand or it is SOLO_CALLS calls old; one figure for the
+# forward, one for the backward (_solo_get, _solo_put).
 cdef double MAX_SLOWER = 0.85
 cdef enum:
     SOLO_CALLS = 32
     SOLO_FROM = 2
 # Where a call did not split (its helper came too late) or went back to one thread,
 # the next _skip calls run alone without a parallel region (whose start and end
-# wait for a sleeping core: ~4 ms after a pause on this VM), _skip doubling from
+# wait for a sleeping core), _skip doubling from
 # 1 to 64 while calls fail; a call that splits to its end sets it back to 0.
 cdef int _skip = 0
 cdef int _backoff = 0
@@ -826,8 +807,8 @@ cdef void _forward_one_row(int T, int I, int H, const floating* x, const floatin
     in halves of the units (_split_run, as the backward's at batch 1), synchronised
     by flags (_sync.h), never by a barrier: the calling thread starts alone, and
     the second joins at the first chunk boundary after it has come, so a second
-    core that is slow to wake (up to ~4 ms after a pause, measured on this 2-vCPU
-    VM) delays nothing but the end of the region; and the calling thread goes
+    core that is slow to wake delays nothing but the end of the region; and the
+    calling thread goes
     back to running the steps alone where handing them across costs too much
     (MAX_WAIT) or the split steps are not quicker than alone (MAX_SLOWER; solo: the
     time per step alone, see _split_lead). A half step computes each of its

@@ -71,10 +71,7 @@ cdef void _ping_pong(sk_flag* fl, int rounds, double* seconds) noexcept nogil:
 def handoff_ns(int rounds=20000):
     """Nanoseconds for two OpenMP threads to hand a step to each other and back
     through spin flags (_sync.h), the way the batch-1 LSTM forward on two threads
-    hands each step across; None without two threads. On the 2-vCPU VM this was
-    written on it moved, with where the host placed the vCPUs, between ~100 ns
-    (the split (1,1000,128,128) forward then ran 1.55x faster than on one thread)
-    and ~400 ns (1.2x slower)."""
+    hands each step across; None without two threads."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     if _forked:                     # no second thread in a forked child: see after_fork_in_child

@@ -6,10 +6,9 @@
  * the part. One flag per writer, each on its own cache line.
  *
  * Why not an OpenMP barrier per step: libgomp's barrier sleeps in the kernel after
- * a short spin, and waking a sleeping vCPU on the VM this was written on took
- * milliseconds (a split step takes ~2 us at H = 128). A flag costs one
- * cache-line transfer each way (a round trip ~100 ns here, ~400 when the host
- * placed the vCPUs far apart). A thread only ever waits for a step the other
+ * a short spin, and waking a sleeping core can take far longer than a split step
+ * (microseconds at H = 128). A flag costs one cache-line transfer each way. A
+ * thread only ever waits for a step the other
  * thread is running, so the wait ends; past a while it yields the core between
  * looks (sk_flag_wait).
  *

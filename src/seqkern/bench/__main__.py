@@ -120,7 +120,7 @@ def main(argv=None):
     if handoff[0] is not None:
         print("Handing a step between two threads and back (spin flags, as the batch-1 LSTM "
               f"does on 2 threads): {handoff[0]:.0f} ns before the run, {handoff[1]:.0f} ns "
-              "after (on a VM it varies with where the host puts the vCPUs: ~100 ns near, ~400 far)")
+              "after")
     print(f"{len(results)} measurements in {time.perf_counter() - t0:.1f} s; "
           "medians of interleaved calls; fwd = inference, fwd+bwd = training step")
     if args.json:
