@@ -74,14 +74,15 @@ int main(void) {
 KERNEL_MODULES = ("_activations", "_attention", "_gru", "_lstm", "_packed_gemm", "_rnn")
 
 # x86-64's levels: the psABI's microarchitecture levels, lowest first.
-X86_LEVELS = (("sse2", []), ("avx2", ["-march=x86-64-v3"]), ("avx512", ["-march=x86-64-v4"]))
+X86_LEVELS = (("sse2", ["-march=x86-64", "-mtune=generic"]), ("avx2", ["-march=x86-64-v3"]),
+              ("avx512", ["-march=x86-64-v4"]))
 
 
 def _levels(notes):
     """[(name, flags)] of the instruction-set levels to compile, lowest first."""
     if _env_flag("SEQKERN_PORTABLE"):
         if platform.machine().lower() in ("x86_64", "amd64"):
-            levels = [(n, f) for n, f in X86_LEVELS if not f or _compiles(f)]
+            levels = [(n, f) for n, f in X86_LEVELS if _compiles(f)]
         else:
             levels = [("generic", [])]
         notes.append("portable build (SEQKERN_PORTABLE=1): kernels for "

@@ -167,6 +167,8 @@ def test_sigmoid_where_it_is_subnormal(dtype):
     float32: [-104, -87.3]) sigmoid(x) ~ exp(x) is subnormal: within 1 ulp there
     too (the spacing of subnormals), as NumPy's exp rounds it, never flushed to 0
     or held at exp(-708)."""
+    if dtype == np.float64 and np.finfo(np.longdouble).minexp >= np.finfo(np.float64).minexp:
+        pytest.skip("needs a long double wider than double (x86's 80-bit) for the exact values")
     lo, hi = {np.float64: (-745.3, -708.3), np.float32: (-104.1, -87.2)}[dtype]
     x = np.linspace(lo, hi, 200_001).astype(dtype)
     exact = _exact_sigmoid(x)

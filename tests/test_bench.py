@@ -141,6 +141,17 @@ def test_cli_per_isa_and_busy(tmp_path, capsys):
     assert doc["machine"]["isa_level"] == _dispatch.COMPILED[0]
     assert not path.exists()
 
+    # as a user types it (python -m, argv from the command line)
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "seqkern.bench", "--steps", "--no-grid",
+                        "--kernels", "rnn", "--threads", "1", "--budget", "0", "--impls", "seqkern",
+                        "--isa", "all", f"--json={tmp_path / 'm.json'}"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("=== level ") >= 1
+    assert (tmp_path / f"m.{_dispatch.COMPILED[0]}.json").exists()
+
 
 @pytest.mark.parametrize("argv", [["--threads", "0"], ["--threads", "a"], ["--kernels", "cnn"],
                                   ["--dtypes", "float16"], ["--impls", "jax"], ["--busy", "-1"],

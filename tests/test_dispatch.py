@@ -11,7 +11,7 @@ import seqkern
 from seqkern import _dispatch
 from seqkern._cpu import x86_level
 
-RANK = {"generic": 0, "sse2": 1, "avx2": 3, "avx512": 4}
+RANK = _dispatch._ORDER
 
 
 def _run(code, **env):
@@ -59,12 +59,12 @@ def test_max_isa_caps_the_level(cap):
     level, isa, cpu = r.stdout[r.stdout.index("]") + 1:].split()
     if compiled == ["native"]:
         assert level == "native"
-        if RANK.get(isa, 2) > RANK[cap]:
+        if _dispatch._ISA_RANK.get(isa, 0) > RANK[cap]:
             assert "SEQKERN_MAX_ISA" in r.stderr        # warned: cannot be honoured
         return
     allowed = [lv for lv in compiled if RANK[lv] <= min(RANK[cap], int(cpu))] or compiled[:1]
     assert level == allowed[-1]
-    assert RANK.get(isa, 0) <= max(RANK[cap], RANK[compiled[0]])
+    assert _dispatch._ISA_RANK.get(isa, 0) <= max(RANK[cap], RANK[compiled[0]])
 
 
 def test_max_isa_rejects_unknown_names():

@@ -546,7 +546,7 @@ def test_blas_held_only_where_blas_runs(monkeypatch, mode, T, holds):
 def test_batch_1_step_split_between_threads(monkeypatch, request, dtype, H, T, I, length,
                                             join, stop):
     """On 2 threads the batch-1 steps split in halves of the units (each half of a
-    gate whole panels: H a multiple of 128 in float32, of 64 in float64), the
+    gate whole panels: with AVX-512, H a multiple of 128 in float32, of 64 in float64), the
     second thread joining at a chunk boundary: the same bits as on 1 thread, with
     and without a cache, with lengths; the backward's gradient jobs after each
     chunk of steps are shared between the two threads. Here the first thread waits for the second

@@ -44,7 +44,8 @@ def _compiled():
     levels = [base.LEVEL]
     if base.LEVEL == "sse2":            # a portable build's baseline: the others beside it
         levels += [lv for lv in ("avx2", "avx512")
-                   if importlib.util.find_spec("seqkern._rnn_" + lv) is not None]
+                   if all(importlib.util.find_spec(f"seqkern.{m}_{lv}") is not None
+                          for m in _KERNELS)]
     return levels, base.ISA
 
 

@@ -111,7 +111,8 @@ cdef enum:
 # is read once a step either way; the packed input products give the rest):
 # (1,100,128,128) 1.18/1.14, 1.07/1.13; (1,1000,64,64) 1.04/1.00, 1.20/0.98. At
 # (8,100,128,128), forward / backward alone: 1.14/0.94, 1.10/1.05 (0.94: within
-# the noise of these runs). So AUTO packs everything.
+# the noise of these runs). So AUTO packs everything where the ISA allows
+# (_step.packs).
 # Both packed operands live in one allocation (_pack_weights): with two, of ~400 KB
 # each at (1,100,128,128) float64, both packed ran at 0.83-0.88x of OpenBLAS while
 # either alone ran at 1.05-1.11x; glibc handed the pair back to the system after
@@ -209,7 +210,7 @@ def unit_block(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, bint packed_step=False)
     the weights depends on it: H (the layout given) for a call of few steps
     (few_steps). With the packed step product (packed_step) the width
     is a multiple of PANEL_UNITS, so that a block's columns, [3 c0, 3 c1) forward and
-    [c0, c1) backward, are whole panels of the packed W_hh (64 floats, 32 doubles):
+    [c0, c1) backward, are whole panels of the packed W_hh (64 floats with AVX-512):
     with blocks of 32 units, as _block gives for H = 128, half of every panel's
     FMAs were wasted and packing lost to OpenBLAS at (B, H) = (8, 128) (measured)."""
     cdef Py_ssize_t w

@@ -137,7 +137,7 @@ cdef enum:
 # float64 (the one case within noise of even: B = 1 is bound by reading W_hh, the
 # same bytes either way); (1,1000,64,64) 1.19/1.10, 1.09/1.19; (8,100,128,128)
 # 1.81/1.31, 1.50/1.20; (32,100,256,256) 1.29/1.22, 1.16/1.05; (64,200,512,512)
-# 1.15/1.13, 1.36/1.14. So AUTO always packs (_step.packs).
+# 1.15/1.13, 1.36/1.14. So AUTO packs where the ISA allows (_step.packs).
 
 
 cdef inline int _unit_block(Py_ssize_t T, int B, int H) noexcept nogil:

@@ -71,6 +71,11 @@ cdef inline int _row_blocks(int B, int n_parts) noexcept nogil:
     return max(1, min(n_parts, B // MIN_ROWS))
 
 
+cdef inline int _row_start(int rb, int B, int n_rb) noexcept nogil:
+    """First row of row block rb (of n_rb; rb = n_rb gives B)."""
+    return <int>(<int64_t>rb * B // n_rb)
+
+
 cdef inline int _col_block(int B, int H, int n_parts) noexcept nogil:
     """Width of the hidden-unit blocks of one time step (a function of size only):
     H (one block) where the steps split by rows or are too small to split."""
@@ -197,7 +202,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             if n_rb > 1:
                 for rb in prange(n_rb, num_threads=nt_rows, schedule='static',
                                  use_threads_if=nt_rows > 1):
-                    _forward_rows(rb * B // n_rb, (rb + 1) * B // n_rb, B, H, T, h0p, Whh, Wpk,
+                    _forward_rows(_row_start(rb, B, n_rb), _row_start(rb + 1, B, n_rb), B, H, T, h0p,
+                                  Whh, Wpk,
                                   outp, lens, relu)
             else:
                 with parallel(num_threads=nt, use_threads_if=nt > 1 and n_cols > 1):
@@ -272,12 +278,12 @@ cdef void _backward_rows(int b0, int b1, int B, int H, Py_ssize_t T, const float
     sequences): _backward_cols on those rows and all H units; carry (B, H), dz,
     out (T, B, H), d_out (T, B, H) or NULL, as in backward()."""
     cdef Py_ssize_t t, step = <Py_ssize_t>B * H, r0 = <Py_ssize_t>b0 * H
-    for t in range(T - 1, -2, -1):
+    for t in range(T - 1, -2, -1):      # t = -1: only the carry into dh0 (no dz, out rows)
         _backward_cols(b1 - b0, H, NULL if t == T - 1 else dz + (t + 1) * step + r0, W_hh, W_pk,
-                       carry + r0, dz + t * step + r0,
+                       carry + r0, NULL if t < 0 else dz + t * step + r0,
                        NULL if (d_out == NULL or t < 0) else d_out + t * step + r0,
-                       out + t * step + r0, NULL if lengths == NULL else lengths + b0, t, relu,
-                       0, H)
+                       NULL if t < 0 else out + t * step + r0,
+                       NULL if lengths == NULL else lengths + b0, t, relu, 0, H)
 
 
 cdef void _weight_grad_rows(const floating* dz, const floating* inp, floating* dW,
@@ -403,7 +409,8 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
             if n_rb > 1:
                 for rb in prange(n_rb, num_threads=nt_rows, schedule='static',
                                  use_threads_if=nt_rows > 1):
-                    _backward_rows(rb * B // n_rb, (rb + 1) * B // n_rb, B, H, T, Whh, Wpk,
+                    _backward_rows(_row_start(rb, B, n_rb), _row_start(rb + 1, B, n_rb), B, H, T,
+                                   Whh, Wpk,
                                    carry, dzp, dop, outp, lens, relu)
             else:
                 with parallel(num_threads=nt, use_threads_if=nt > 1 and n_cols > 1):

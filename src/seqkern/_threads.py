@@ -31,14 +31,22 @@ def _prefer_passive_waits(environ=os.environ):
     machine that core is one the kernels' other threads or that program need: a
     2-thread call can then take many times its 1-thread time, where a sleeping
     thread frees its core and the OS moves the work that waited there. libgomp
-    reads this once, when the first kernel module loads it: so here, before."""
+    reads this once, when the first kernel module loads it: so here, before; and
+    taken back out right after (_loaded), so that other OpenMP runtimes loaded
+    later and child processes see the environment as the user left it. Returns
+    whether it set the variable."""
     if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
         environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        return True
+    return False
 
 
-_prefer_passive_waits()
-
-from seqkern import _openmp_helpers  # noqa: E402  (after the wait policy)
+_set_policy = _prefer_passive_waits()
+try:
+    from seqkern import _openmp_helpers  # noqa: E402  (loads libgomp: after the policy)
+finally:
+    if _set_policy:
+        os.environ.pop("OMP_WAIT_POLICY", None)
 from seqkern._openmp_helpers import (  # noqa: F401, E402  (the public ones are re-exported)
     MAX_THREADS,
     blas_guard_depth,

@@ -38,9 +38,10 @@ def _choices(allowed):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python -m seqkern.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--quick", action="store_true",
                    help="a small grid that ends in under a minute on 2 cores")
     p.add_argument("--threads", type=_int_list, default=None,
@@ -80,6 +81,8 @@ def main(argv=None):
     if args.busy < 0:
         p.error(f"--busy must be >= 0, got {args.busy}")
     if args.isa:
+        if os.environ.get(_CHILD):
+            p.error("--isa inside a run of --isa")
         return _per_isa(p, args, argv)
 
     threads = args.threads
@@ -136,6 +139,9 @@ def main(argv=None):
     return 0
 
 
+_CHILD = "SEQKERN_BENCH_ISA_CHILD"       # set in the processes --isa starts
+
+
 def _per_isa(p, args, argv):
     """--isa: this command once per level, each in a process of its own (the level
     is chosen at import)."""
@@ -149,21 +155,23 @@ def _per_isa(p, args, argv):
     if bad or not levels:
         p.error(f"--isa: this build and CPU have {', '.join(usable)}; got {args.isa!r}")
     rest, skip = [], False
-    for a in argv:                      # argv without --isa and its value
+    for a in argv:                      # argv without --isa, --json and their values
         if skip:
             skip = False
-        elif a == "--isa":
+        elif a in ("--isa", "--json"):
             skip = True
-        elif not a.startswith("--isa="):
+        elif not a.startswith(("--isa=", "--json=")):
             rest.append(a)
     rc = 0
     for lv in levels:
         cmd = list(rest)
         if args.json:
             root, ext = os.path.splitext(args.json)
-            cmd[cmd.index(args.json)] = f"{root}.{lv}{ext}"
-        print(f"\n=== SEQKERN_MAX_ISA={lv} ===", flush=True)
-        env = dict(os.environ, SEQKERN_MAX_ISA=lv)
+            cmd += ["--json", f"{root}.{lv}{ext}"]
+        env = dict(os.environ, **{_CHILD: "1"})
+        if lv in _dispatch._ORDER:          # a native build's one level needs no cap
+            env["SEQKERN_MAX_ISA"] = lv
+        print(f"\n=== level {lv} ===", flush=True)
         rc |= subprocess.run([sys.executable, "-m", "seqkern.bench", *cmd], env=env).returncode
     return rc
 
