@@ -51,12 +51,12 @@
 #
 # Products: every product here is of two tiles already in cache (at most
 # 256 x 256 by D or Dv), where BLAS spends a large share of its time packing
-# operands (OpenBLAS's packing was measured at 12% of the forward). So they go
-# through SK_GEMM (_attention.h), a register-blocked micro-kernel (8 rows x two 64-byte
-# vectors of accumulators) that reads the tiles in place, with either operand
-# layout of A; this kernel therefore does not call BLAS at all. Measured on the
-# tile shapes (AMD EPYC, AVX-512, one thread): 105-113 GFLOP/s in float32 against
-# OpenBLAS sgemm's 90-96 GFLOP/s (packing included).
+# operands. So they go through sk_gemm (_attention.h), a register-blocked
+# micro-kernel that reads the tiles in place, with either operand layout of A;
+# its vectors are one register of the ISA the module is compiled for
+# (SK_VBYTES) and its register tile is sized for that ISA's registers (8 rows x
+# 2 vectors of accumulators with 32 registers, 6 x 2 with 16). This kernel
+# therefore does not call BLAS at all.
 
 from cython cimport floating
 
@@ -109,7 +109,8 @@ cdef inline void _tile_gemm(int m, int n, int k, floating alpha, const floating*
                             Py_ssize_t ars, Py_ssize_t acs, const floating* B, int ldb,
                             bint beta, floating* C, int ldc) noexcept nogil:
     """C[:m, :n] := alpha * A @ B (+ C if beta), A's element (r, d) at A[r*ars + d*acs];
-    n a multiple of one vector, _nr() / 2 (see SK_GEMM)."""
+    n a multiple of one vector (_nr() / 2, 64 bytes, is one at every level; see
+    sk_gemm in _attention.h)."""
     if floating is float:
         sk_gemm_f(m, n, k, alpha, A, ars, acs, B, ldb, beta, C, ldc)
     else:
@@ -133,7 +134,8 @@ cdef inline floating _softmax_row(floating* s, int nk, floating* m, floating* l)
 
 
 cdef inline int _nr(floating x) noexcept nogil:
-    """Column multiple of _tile_gemm: two 64-byte vectors."""
+    """The column multiple the tiles are padded to: 128 bytes, a multiple of
+    _tile_gemm's vectors at every level (16 to 64 bytes; it needs one)."""
     return <int>(128 // sizeof(floating))
 
 
@@ -172,7 +174,7 @@ cdef inline bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
 
 
 cdef inline floating _dot_seq(const floating* a, const floating* b, int n) noexcept nogil:
-    """a . b summed in order (one element of SK_GEMM)"""
+    """a . b summed in order (one element of sk_gemm)"""
     if floating is float:
         return sk_dot_seq_f(a, b, n)
     else:
@@ -829,7 +831,8 @@ def backward(const floating[:, :, :, ::1] q,     # (B, Hq, Tq, D)
 
 
 def pad_multiple(dtype):
-    """D and Dv must be multiples of this (two 64-byte vectors of ``dtype``)."""
+    """D and Dv must be multiples of this (128 bytes of ``dtype``: whole vectors
+    of the tile product at every instruction-set level)."""
     return 128 // np.dtype(dtype).itemsize
 
 
