@@ -56,11 +56,36 @@ static inline double sk__exp_parts(double x, double *scale, unsigned k)
     return p * r;
 }
 
+/* c ? a : b, through bit masks: GCC 12 keeps a floating-point ?: in a loop as a
+ * branch where the target has no masked vector instructions (below AVX-512:
+ * "control flow in loop"), so a loop of the functions below that used it
+ * stayed scalar with AVX2 and SSE2. The same values as the ?: (c is computed as
+ * before, so NaN takes the same side). */
+static inline double sk__select(int c, double a, double b)
+{
+    uint64_t m = (uint64_t)0 - (uint64_t)(c != 0), ua, ub;
+    memcpy(&ua, &a, sizeof ua);
+    memcpy(&ub, &b, sizeof ub);
+    ua = (ua & m) | (ub & ~m);
+    memcpy(&a, &ua, sizeof a);
+    return a;
+}
+
+static inline float sk__selectf(int c, float a, float b)
+{
+    uint32_t m = (uint32_t)0 - (uint32_t)(c != 0), ua, ub;
+    memcpy(&ua, &a, sizeof ua);
+    memcpy(&ub, &b, sizeof ub);
+    ua = (ua & m) | (ub & ~m);
+    memcpy(&a, &ua, sizeof a);
+    return a;
+}
+
 static inline double sk_clamp_exp_arg(double x)
 {
     /* written so that NaN passes through unchanged */
-    x = x > 708.0 ? 708.0 : x;
-    x = x < -708.0 ? -708.0 : x;
+    x = sk__select(x > 708.0, 708.0, x);
+    x = sk__select(x < -708.0, -708.0, x);
     return x;
 }
 
@@ -122,8 +147,8 @@ static inline float sk_expf(float x)
     const float ln2_lo = 0x1.7f7d1cp-20f;
     const float lo = -87.3365478515625f, hi = 88.0f;
     /* written so that NaN passes through unchanged */
-    float xc = x > hi ? hi : x;
-    xc = xc < lo ? lo : xc;
+    float xc = sk__selectf(x > hi, hi, x);
+    xc = sk__selectf(xc < lo, lo, xc);
     float t = xc * log2e + shifter;              /* round(x / ln2) in the low mantissa bits */
     float n = t - shifter;
     float r = (xc - n * ln2_hi) - n * ln2_lo;
@@ -141,7 +166,7 @@ static inline float sk_expf(float x)
     p = p * r + 1.0f;
     p = p * r + 1.0f;
     float e = p * scale;
-    return x < lo ? 0.0f : e;
+    return sk__selectf(x < lo, 0.0f, e);
 }
 
 /*
@@ -216,7 +241,7 @@ static inline float sk_sigmoidf_fl(float x)
 static inline double sk_exp_flush(double x)
 {
     double e = sk_exp(x);
-    return x < -708.0 ? 0.0 : e;
+    return sk__select(x < -708.0, 0.0, e);
 }
 
 #endif
