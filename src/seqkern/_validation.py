@@ -38,7 +38,8 @@ def float_array(name, a, ndim, dtype=None):
         try:
             arr = np.asarray(a)
         except (TypeError, ValueError) as e:     # ragged nested lists, say
-            raise type(e)(f"{name} must be a float32 or float64 array: {e}") from None
+            kind = TypeError if isinstance(e, TypeError) else ValueError
+            raise kind(f"{name} must be a float32 or float64 array: {e}") from None
     dt = arr.dtype
     if (dt is _F32 or dt is _F64) and (dtype is None or dt is dtype) and arr.ndim == ndim \
             and arr.flags.c_contiguous:
