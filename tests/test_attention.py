@@ -33,9 +33,21 @@ SHAPES = [
     (2, 4, 2, 1, 300, 64, 64),
     (1, 3, 3, 6, 45, 5, 7),
     (2, 2, 1, 7, 33, 16, 16),
+    # one forward tile of 65 rows, and a backward query tile of one row (its tiles
+    # are shorter) on the tile path: one-row products with a strided row
+    (2, 2, 1, 65, 70, 16, 8),
 ]
 
 VARIANTS = ["plain", "causal", "bool_mask", "float_mask", "lengths", "all"]
+
+
+@pytest.fixture(autouse=True, params=["own", "blas"])
+def products(request, monkeypatch):
+    """Every test runs twice: with the kernels' tile products on their own
+    micro-kernel (_attention.h's sk_gemm) and on BLAS. Each instruction-set level
+    runs one of the two (_attention.BLAS_PRODUCTS); both must be right."""
+    monkeypatch.setattr(seqkern.attention, "_blas_products", request.param == "blas")
+    return request.param
 
 
 def assert_close(actual, expected, dtype, name=""):
@@ -226,6 +238,48 @@ def test_backward_key_blocks_match_reference(rng, causal):
                                             key_lengths=[290])
     for name in ("dq", "dk", "dv"):
         assert_close(getattr(grads, name), getattr(rgrads, name), np.float64, name)
+
+
+@pytest.mark.parametrize("blas", [None, False, True])
+def test_blas_held_only_where_blas_runs(rng, monkeypatch, blas):
+    """The wrapper holds BLAS at one thread (see _threads) around the kernel calls
+    exactly when their products run on BLAS: by default where this level's
+    module says so (_attention.BLAS_PRODUCTS), or as forced."""
+    from contextlib import contextmanager
+
+    entered = []
+
+    @contextmanager
+    def counting():
+        entered.append(1)
+        yield
+
+    monkeypatch.setattr(seqkern.attention, "_blas_products", blas)
+    monkeypatch.setattr(seqkern.attention, "blas_single_thread", counting)
+    args = make(rng, (1, 2, 2, 20, 30, 8, 8))
+    (out, grads), (rout, rgrads) = run_both(args, np.float64, causal=True)
+    holds = _attention.BLAS_PRODUCTS if blas is None else blas
+    assert len(entered) == (2 if holds else 0)
+    assert_close(out, rout, np.float64, "out")
+    assert_close(grads.dq, rgrads.dq, np.float64, "dq")
+
+
+@pytest.mark.parametrize("Tq", [300, 3])
+def test_backward_follows_the_forwards_products(rng, monkeypatch, Tq):
+    """The backward recomputes the scores with the forward's products (on BLAS:
+    the very calls the forward made), whatever is chosen when it runs."""
+    shape = (1, 2, 1, Tq, 300, 16, 8)
+    q, k, v, d_out = make(rng, shape)
+    res = {}
+    for fwd in (False, True):
+        for bwd in (False, True):
+            monkeypatch.setattr(seqkern.attention, "_blas_products", fwd)
+            out, cache = seqkern.attention_forward(q * 1e18, k, v, causal=True)
+            monkeypatch.setattr(seqkern.attention, "_blas_products", bwd)
+            res[fwd, bwd] = seqkern.attention_backward(d_out, cache)
+    for fwd in (False, True):
+        for a, b in zip(res[fwd, fwd], res[fwd, not fwd]):
+            assert np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("Tq", [200, 1, 5])

@@ -44,6 +44,25 @@
 #endif
 #define SK_AT_NV 2
 
+/* Whether the tile products run on BLAS rather than sk_gemm at this level (the
+ * wrapper's default; the kernels take either, see _attention.pyx). Measured on
+ * the benchmark's cases (forward and forward+backward, float32 and float64, one
+ * thread), OpenBLAS's time / sk_gemm's:
+ *   AVX-512  1.5-2.1 (decoding 0.95-1.3); 1.1-1.3 with OpenBLAS's own AVX-512
+ *            kernels rather than the AVX2 ones: sk_gemm;
+ *   AVX2     1.0-1.2 against OpenBLAS's AVX2 kernels: sk_gemm;
+ *   SSE2     0.5-0.86 against its AVX2 kernels, 0.62-1.2 against its AVX ones,
+ *            0.71-1.11 against its SSE ones (float32 favours sk_gemm there,
+ *            float64 BLAS): BLAS, which uses what the CPU has beyond SSE2 (a CPU
+ *            at this level may have AVX or FMA) and this module cannot.
+ * Not measured (AVX without FMA, NEON, generic): BLAS, which picks kernels for
+ * the CPU at run time. */
+#if SK_VBYTES >= 32 && defined(__FMA__)
+#define SK_AT_BLAS_PRODUCTS 0
+#else
+#define SK_AT_BLAS_PRODUCTS 1
+#endif
+
 /* c + a * b in one rounding where the target has a fused multiply-add, which
  * is where the compiler contracts the vector products' acc += a * b (sk_gemm,
  * sk_row_dots) into one; in two otherwise. Sums written with it round as one

@@ -25,8 +25,9 @@
 # Backward (FlashAttention-2's equations), with Di = sum_c dout_ic out_ic:
 #   dv_j += sum_i P_ij dout_i      dP_ij = dout_i . v_j      dS_ij = P_ij (dP_ij - Di)
 #   dq_i += s sum_j dS_ij k_j      dk_j += s sum_i dS_ij q_i
-# One pass, recomputing S and P = exp(S - m) / l tile by tile. Each row's S is
-# computed with the forward's arithmetic for that row (the tile product, or
+# One pass, recomputing S and P = exp(S - m) / l tile by tile, transposed (keys x
+# queries) as the forward holds them. Each row's S is computed with the
+# forward's arithmetic for that row (its tile product, see _scores_t, or
 # sk_row_dots for the rows the forward ran on its row path), so P is exactly the
 # forward's however large the scores (where one ulp of S is >> 1, any other
 # rounding of S would make exp(S - m) 0 or huge). Its tasks are the
@@ -50,13 +51,20 @@
 # bitwise identical for every thread count.
 #
 # Products: every product here is of two tiles already in cache (at most
-# 256 x 256 by D or Dv), where BLAS spends a large share of its time packing
-# operands. So they go through sk_gemm (_attention.h), a register-blocked
-# micro-kernel that reads the tiles in place, with either operand layout of A;
-# its vectors are one register of the ISA the module is compiled for
-# (SK_VBYTES) and its register tile is sized for that ISA's registers (8 rows x
-# 2 vectors of accumulators with 32 registers, 6 x 2 with 16). This kernel
-# therefore does not call BLAS at all.
+# 256 x 256 by D or Dv). They run either on sk_gemm (_attention.h), a
+# register-blocked micro-kernel that reads the tiles in place (no packing), with
+# either operand layout of A, its vectors one register of the ISA the module is
+# compiled for (SK_VBYTES) and its register tile sized for that ISA's registers
+# (8 rows x 2 vectors of accumulators with 32 registers, 6 x 2 with 16); or on
+# BLAS (_blas.gemm: SciPy's OpenBLAS picks its kernels for the CPU it runs on;
+# the wrapper holds it at one thread). Problem.blas chooses, per call; the
+# wrapper's default is the level's SK_AT_BLAS_PRODUCTS, chosen by measurement
+# (see _attention.h): sk_gemm where the ISA has fused multiply-adds on 32- or
+# 64-byte vectors (AVX2, AVX-512), BLAS elsewhere (SSE2). Only the scores'
+# product must be the same function in the forward and the backward: sk_gemm
+# sums each element in an order fixed by D alone; on BLAS the backward repeats
+# the forward's calls (_scores_t). One-row products (the row path) go to
+# sk_row_gemv instead of sk_gemm (more independent sums).
 
 from cython cimport floating
 
@@ -67,10 +75,13 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
+from seqkern._blas cimport gemm
+
 import numpy as np
 
 
 cdef extern from "_attention.h" nogil:
+    int SK_AT_BLAS_PRODUCTS
     float sk_expf(float x)
     double sk_exp_flush(double x)
     void sk_gemm_f(int m, int n, int k, float alpha, const float* A, Py_ssize_t ars,
@@ -83,6 +94,18 @@ cdef extern from "_attention.h" nogil:
                            float* alpha, float* shift) noexcept nogil
     void sk_softmax_cols_d(double* st, int ld, int nk, int nq, double* m, double* l,
                            double* alpha, double* shift) noexcept nogil
+    void sk_row_gemv_f(int n, int k, float alpha, const float* x, Py_ssize_t incx,
+                       const float* B, int ldb, float* y) noexcept nogil
+    void sk_row_gemv_d(int n, int k, double alpha, const double* x, Py_ssize_t incx,
+                       const double* B, int ldb, double* y) noexcept nogil
+    void sk_cols_prob_f(float* pt, int ld, int nk, int nq, const float* m,
+                        const float* inv_l) noexcept nogil
+    void sk_cols_prob_d(double* pt, int ld, int nk, int nq, const double* m,
+                        const double* inv_l) noexcept nogil
+    void sk_cols_dsoftmax_f(const float* pt, float* dst, int ld, int nk, int nq,
+                            const float* d) noexcept nogil
+    void sk_cols_dsoftmax_d(const double* pt, double* dst, int ld, int nk, int nq,
+                            const double* d) noexcept nogil
     float sk_softmax_row_f(float* s, int nk, float* m, float* l) noexcept nogil
     double sk_softmax_row_d(double* s, int nk, double* m, double* l) noexcept nogil
     void sk_row_prob_f(float* row, int n, float m, float inv_l) noexcept nogil
@@ -131,6 +154,24 @@ cdef inline floating _softmax_row(floating* s, int nk, floating* m, floating* l)
         return sk_softmax_row_f(s, nk, m, l)
     else:
         return sk_softmax_row_d(s, nk, m, l)
+
+
+cdef inline void _cols_prob(floating* pt, int ld, int nk, int nq, const floating* m,
+                            const floating* inv_l) noexcept nogil:
+    """pt[j, i] := exp(pt[j, i] - m[i]) * inv_l[i]: _row_prob on a transposed tile."""
+    if floating is float:
+        sk_cols_prob_f(pt, ld, nk, nq, m, inv_l)
+    else:
+        sk_cols_prob_d(pt, ld, nk, nq, m, inv_l)
+
+
+cdef inline void _cols_dsoftmax(const floating* pt, floating* dst, int ld, int nk, int nq,
+                                const floating* d) noexcept nogil:
+    """dst[j, i] := pt[j, i] * (dst[j, i] - d[i]): _row_dsoftmax on a transposed tile."""
+    if floating is float:
+        sk_cols_dsoftmax_f(pt, dst, ld, nk, nq, d)
+    else:
+        sk_cols_dsoftmax_d(pt, dst, ld, nk, nq, d)
 
 
 cdef inline int _nr(floating x) noexcept nogil:
@@ -230,6 +271,50 @@ cdef struct Problem:
     # rows [row_from, Tq) are the forward's row path (_row_path_from): their scores
     # are sk_row_dots', the others the tile product's, in the forward and backward
     int row_from
+    # the tile products on BLAS (_product, _scores_t), else on _tile_gemm
+    bint blas
+
+
+cdef inline void _product(const Problem* P, int m, int n, int k, floating alpha,
+                          const floating* A, Py_ssize_t ars, Py_ssize_t acs,
+                          const floating* B, int ldb, bint beta, floating* C,
+                          int ldc) noexcept nogil:
+    """C[:m, :n] := alpha * A @ B (+ C if beta), A's element (r, d) at
+    A[r*ars + d*acs]: by _tile_gemm (n a multiple of one vector), or by BLAS where
+    P.blas (A row-major, acs == 1, or transposed, ars == 1)."""
+    if not P.blas:
+        if m == 1 and beta:                 # a row: more chains of multiply-adds
+            if floating is float:
+                sk_row_gemv_f(n, k, alpha, A, acs, B, ldb, C)
+            else:
+                sk_row_gemv_d(n, k, alpha, A, acs, B, ldb, C)
+        else:
+            _tile_gemm(m, n, k, alpha, A, ars, acs, B, ldb, beta, C, ldc)
+    elif acs == 1:
+        gemm(False, False, m, n, k, alpha, A, <int>ars, B, ldb, <floating>(1 if beta else 0),
+             C, ldc)
+    else:
+        gemm(True, False, m, n, k, alpha, A, <int>acs, B, ldb, <floating>(1 if beta else 0),
+             C, ldc)
+
+
+cdef inline void _scores_t(const Problem* P, floating scale, int nk, int nq,
+                           const floating* kt, const floating* qt, const floating* QT,
+                           int ldqt, floating* ST, int ld) noexcept nogil:
+    """ST[:nk, :nq] := scale * k_tile @ q_tile^T, the scores of a tile of nq query
+    rows qt (nq, D) against nk keys kt (nk, D), transposed: on _tile_gemm from
+    QT = q_tile^T (D, ldqt), zero past nq (it fills ST up to whole vectors of
+    queries), or where P.blas one BLAS call on qt itself.
+
+    The backward must get the forward's scores bitwise. _tile_gemm sums each
+    element in an order fixed by D alone, whatever the tile; a BLAS call may not,
+    so the backward makes exactly the forward's calls (the same tiles, operands
+    and arguments: its tiles are the forward's where P.blas)."""
+    if P.blas:
+        gemm(False, True, nk, nq, P.D, scale, kt, P.D, qt, P.D, <floating>0, ST, ld)
+    else:
+        _tile_gemm(nk, _round_up(nq, _nr(scale) // 2), P.D, scale, kt, P.D, 1, QT, ldqt,
+                   False, ST, ld)
 
 
 cdef inline int _key_end(const Problem* P, int b, int i1) noexcept nogil:
@@ -341,6 +426,18 @@ cdef void _mask_tile_t(const Problem* P, floating* ST, int ld, int b, int h,
 # Forward
 # ---------------------------------------------------------------------------
 
+cdef void _transpose_pad(const floating* x, int n, int w, floating* xt, int ldt,
+                         int n_pad) noexcept nogil:
+    """xt[c, r] = x[r, c] for x (n, w) row-major; xt (w, ldt) with columns
+    [n, n_pad) zeroed."""
+    cdef int r, c
+    for c in range(w):
+        for r in range(n):
+            xt[<Py_ssize_t>c * ldt + r] = x[<Py_ssize_t>r * w + c]
+        for r in range(n, n_pad):
+            xt[<Py_ssize_t>c * ldt + r] = 0
+
+
 # Query tiles of at most ROW_QUERIES rows (decoding: Tq = 1) run row by row
 # (_forward_row): the tile path pads the queries to _nr() columns of its score
 # product, so a single query did 32 times the multiply-adds it needs in float32.
@@ -398,8 +495,8 @@ cdef void _forward_row(const Problem* P, floating scale, int b, int h, int i, in
         if alpha != 1:
             _row_scale(orow, Dv, alpha)
         # out_i += s @ v_tile                                      (Dv,)
-        _tile_gemm(1, Dv, nk, <floating>1, s, 1, 1, vp + <Py_ssize_t>j0 * Dv, Dv, True,
-                   orow, Dv)
+        _product(P, 1, Dv, nk, <floating>1, s, 1, 1, vp + <Py_ssize_t>j0 * Dv, Dv, True,
+                 orow, Dv)
         j0 += bk
     _finish_row(Dv, orow, m, l, mrow, lrow)
 
@@ -412,7 +509,7 @@ cdef void _forward_visible(const Problem* P, floating scale, int b, int h, int i
     """out of rows [i0, i0 + nq) again, as sums over the keys each row sees only:
     out_i = sum_j P_ij v_j, P_ij = exp(S_ij - m_i) / l_i, with the statistics mp, lp
     of the pass before and its scores recomputed the same way (the row path's or
-    the tile product, with QT = q_tile^T (D, bqp) as that pass left it). For a task
+    _scores_t, with QT = q_tile^T (D, bqp) as that pass left it). For a task
     whose output came out with NaN or Inf: where v holds NaN or Inf, the products
     over whole tiles add 0 * v_j = NaN at keys masked for a row. ST: scratch as in
     _forward_task."""
@@ -436,8 +533,7 @@ cdef void _forward_visible(const Problem* P, floating scale, int b, int h, int i
                         _row_axpy(Dv, p, vp + <Py_ssize_t>(j0 + jj) * Dv,
                                   op + <Py_ssize_t>r * Dv)
         else:
-            _tile_gemm(nk, _round_up(nq, _nr(scale) // 2), D, scale, kp + <Py_ssize_t>j0 * D,
-                       D, 1, QT, bqp, False, ST, bqp)
+            _scores_t(P, scale, nk, nq, kp + <Py_ssize_t>j0 * D, qp, QT, bqp, ST, bqp)
             _mask_tile_t(P, ST, bqp, b, h, i0, nq, j0, nk)
             for jj in range(nk):
                 for r in range(nq):
@@ -485,19 +581,15 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
     cdef floating* l = m + bqp
     cdef floating* alpha = l + bqp
     cdef floating* shift = alpha + bqp
-    cdef int j0, nk, r, c
+    cdef int j0, nk, r
 
     if i0 >= P.row_from:                     # at most ROW_QUERIES rows
         for r in range(nq):
             _forward_row(P, scale, b, h, i0 + r, kend, qp + <Py_ssize_t>r * D, kp, vp,
                          op + <Py_ssize_t>r * Dv, mp + r, lp + r, ST)
     else:
-        # QT = q_tile^T, zero-padded to nqp columns                (D, nqp)
-        for c in range(D):
-            for r in range(nq):
-                QT[<Py_ssize_t>c * bqp + r] = qp[<Py_ssize_t>r * D + c]
-            for r in range(nq, nqp):
-                QT[<Py_ssize_t>c * bqp + r] = 0
+        if not P.blas:
+            _transpose_pad(qp, nq, D, QT, bqp, nqp)     # QT = q_tile^T       (D, nqp)
         memset(op, 0, <Py_ssize_t>nq * Dv * sizeof(floating))
         for r in range(nq):
             m[r] = -INFINITY
@@ -505,9 +597,8 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
         j0 = 0
         while j0 < kend:
             nk = min(bk, kend - j0)
-            # ST = scale * k_tile @ q_tile^T                         (nk, nqp)
-            _tile_gemm(nk, nqp, D, scale, kp + <Py_ssize_t>j0 * D, D, 1, QT, bqp, False,
-                       ST, bqp)
+            # ST = scale * k_tile @ q_tile^T                         (nk, nq)
+            _scores_t(P, scale, nk, nq, kp + <Py_ssize_t>j0 * D, qp, QT, bqp, ST, bqp)
             _mask_tile_t(P, ST, bqp, b, h, i0, nq, j0, nk)
             # ST := exp(ST - m_new) (unnormalised P^T); m, l updated
             _softmax_cols(ST, bqp, nk, nq, m, l, alpha, shift)
@@ -515,8 +606,8 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
                 if alpha[r] != 1:
                     _row_scale(op + <Py_ssize_t>r * Dv, Dv, alpha[r])
             # out_tile += P @ v_tile, with P[r, j] = ST[j, r]         (nq, Dv)
-            _tile_gemm(nq, Dv, nk, <floating>1, ST, 1, bqp, vp + <Py_ssize_t>j0 * Dv, Dv,
-                       True, op, Dv)
+            _product(P, nq, Dv, nk, <floating>1, ST, 1, bqp, vp + <Py_ssize_t>j0 * Dv, Dv,
+                     True, op, Dv)
             j0 += bk
         for r in range(nq):
             _finish_row(Dv, op + <Py_ssize_t>r * Dv, m[r], l[r], mp + r, lp + r)
@@ -545,29 +636,17 @@ cdef void _forward(const Problem* P, floating scale, const floating* q, const fl
 # Backward
 # ---------------------------------------------------------------------------
 
-cdef void _transpose_pad(const floating* x, int n, int w, floating* xt, int ldt,
-                         int n_pad) noexcept nogil:
-    """xt[c, r] = x[r, c] for x (n, w) row-major; xt (w, ldt) with columns
-    [n, n_pad) zeroed."""
-    cdef int r, c
-    for c in range(w):
-        for r in range(n):
-            xt[<Py_ssize_t>c * ldt + r] = x[<Py_ssize_t>r * w + c]
-        for r in range(n, n_pad):
-            xt[<Py_ssize_t>c * ldt + r] = 0
-
-
 cdef void _backward_visible(const Problem* P, floating scale, int b, int h, int i0, int nq,
-                            int j0, int nk, const floating* S, int lds,
+                            int j0, int nk, const floating* S, Py_ssize_t srs, Py_ssize_t scs,
                             const floating* qt, const floating* dot, const floating* kp,
                             const floating* vp, const floating* Dip, const floating* lp,
                             floating* dqt, floating* dkp, floating* dvp) noexcept nogil:
     """The products of _backward_task for one tile, summed over the pairs (i, j)
     where row i sees key j only, one pair at a time, so that a NaN or Inf of a row
-    never reaches a key hidden from it nor the other way round. S: P (nq, nk), row
-    stride lds; qt, dot, dqt: the tile's rows of q, dout, dq; Dip, lp: its rows of
-    Di and of the forward's 1 / l; kp, vp, dkp, dvp: the head's (Tk, .) keys,
-    values and their gradients."""
+    never reaches a key hidden from it nor the other way round. S: P, the element
+    of row r and key j0 + jj at S[r * srs + jj * scs]; qt, dot, dqt: the tile's
+    rows of q, dout, dq; Dip, lp: its rows of Di and of the forward's 1 / l; kp,
+    vp, dkp, dvp: the head's (Tk, .) keys, values and their gradients."""
     cdef int D = P.D, Dv = P.Dv
     cdef int r, jj, j
     cdef floating p, dp, ds
@@ -578,7 +657,7 @@ cdef void _backward_visible(const Problem* P, floating scale, int b, int h, int 
             j = j0 + jj
             if not _visible(P, scale, b, h, i0 + r, j):
                 continue
-            p = S[<Py_ssize_t>r * lds + jj]
+            p = S[<Py_ssize_t>r * srs + <Py_ssize_t>jj * scs]
             # dv_j += P_ij dout_i;  dS_ij = P_ij (dout_i . v_j - Di)
             _row_axpy(Dv, p, dot + <Py_ssize_t>r * Dv, dvp + <Py_ssize_t>j * Dv)
             dp = _dot_seq(dot + <Py_ssize_t>r * Dv, vp + <Py_ssize_t>j * Dv, Dv)
@@ -586,6 +665,140 @@ cdef void _backward_visible(const Problem* P, floating scale, int b, int h, int 
             # dk_j += scale dS_ij q_i;  dq_i += scale dS_ij k_j
             _row_axpy(D, ds, qt + <Py_ssize_t>r * D, dkp + <Py_ssize_t>j * D)
             _row_axpy(D, ds, kp + <Py_ssize_t>j * D, dqt + <Py_ssize_t>r * D)
+
+
+cdef inline void _exact_single_key_dp(int Dv, int nq, int nk, const floating* S,
+                                      Py_ssize_t srs, Py_ssize_t scs, floating* dP,
+                                      const floating* dot, const floating* vt,
+                                      const floating* lp) noexcept nogil:
+    """dP_ij again as _dot_seq(dout_i, v_j), for the rows whose softmax is one key
+    (1 / l = 1) and the keys with P_ij != 0 (S: P, dP: its gradient, both with
+    element (r, jj) at [r * srs + jj * scs]; vt: the tile's values). For those rows
+    Di was summed so (see _backward), so that dP_ij - Di is exactly 0 where out_i
+    is v_j; this is needed wherever dP does not come from _tile_gemm, whose every
+    element is that sum already."""
+    cdef int r, jj
+    cdef Py_ssize_t o
+    for r in range(nq):
+        if lp[r] != 1:
+            continue
+        for jj in range(nk):
+            o = <Py_ssize_t>r * srs + <Py_ssize_t>jj * scs
+            if S[o] != 0:
+                dP[o] = _dot_seq(dot + <Py_ssize_t>r * Dv, vt + <Py_ssize_t>jj * Dv, Dv)
+
+
+cdef void _backward_tile(const Problem* P, floating scale, int b, int h, int i0, int nq,
+                         int jfirst, int kend, bint visible_only, const floating* qt,
+                         const floating* dot, const floating* kp, const floating* vp,
+                         const floating* mp, const floating* lp, const floating* Dip,
+                         floating* dqt, floating* dkp, floating* dvp,
+                         floating* scratch) noexcept nogil:
+    """The backward of query rows [i0, i0 + nq) of head h (batch b), rows the
+    forward ran as a tile, against keys [jfirst, kend), tile by tile, on transposed
+    score tiles (keys x queries) as the forward's: ST = scale * k_tile @ q_tile^T
+    (_scores_t), P^T = exp(ST - m) / l, then
+        dv_tile += P^T @ dout_rows          dP^T = v_tile @ dout_rows^T
+        dS^T = P^T * (dP^T - Di)            dk_tile += scale * dS^T @ q_rows
+        dq_rows += scale * dS @ k_tile
+    (_backward_visible instead of the products if visible_only). qt, dot, mp, lp,
+    Dip, dqt: the rows of q, dout, the statistics, Di and dq; kp, vp, dkp, dvp: the
+    head's keys, values and their gradients. scratch: _backward_scratch(P)."""
+    cdef int bk = P.bk, D = P.D, Dv = P.Dv
+    cdef int bqp = _round_up(P.bq, _nr(scale))
+    cdef int nqp = _round_up(nq, _nr(scale) // 2)
+    # scratch: ST, dST (bk, bqp) | QT (D, bqp) | dOT (Dv, bqp)
+    cdef floating* ST = scratch
+    cdef floating* dST = ST + <Py_ssize_t>bk * bqp
+    cdef floating* QT = dST + <Py_ssize_t>bk * bqp
+    cdef floating* dOT = QT + <Py_ssize_t>D * bqp
+    cdef int j0, nk
+    cdef const floating* kt
+    cdef const floating* vt
+    if not P.blas:
+        _transpose_pad(qt, nq, D, QT, bqp, nqp)             # (D, nqp)
+        if not visible_only:
+            _transpose_pad(dot, nq, Dv, dOT, bqp, nqp)      # (Dv, nqp)
+    j0 = jfirst
+    while j0 < kend:
+        nk = min(bk, kend - j0)
+        kt = kp + <Py_ssize_t>j0 * D
+        vt = vp + <Py_ssize_t>j0 * Dv
+        # ST = scale * k_tile @ q_rows^T, as the forward computed it   (nk, nq)
+        _scores_t(P, scale, nk, nq, kt, qt, QT, bqp, ST, bqp)
+        _mask_tile_t(P, ST, bqp, b, h, i0, nq, j0, nk)
+        _cols_prob(ST, bqp, nk, nq, mp, lp)                 # P^T = exp(ST - m) / l
+        if visible_only:
+            _backward_visible(P, scale, b, h, i0, nq, j0, nk, ST, 1, bqp, qt, dot, kp, vp,
+                              Dip, lp, dqt, dkp, dvp)
+            j0 += bk
+            continue
+        # dv_tile += P^T @ dout_rows                                  (nk, Dv)
+        _product(P, nk, Dv, nq, <floating>1, ST, bqp, 1, dot, Dv, True,
+                 dvp + <Py_ssize_t>j0 * Dv, Dv)
+        # dP^T = v_tile @ dout_rows^T                                 (nk, nq)
+        if P.blas:
+            gemm(False, True, nk, nq, Dv, <floating>1, vt, Dv, dot, Dv, <floating>0, dST, bqp)
+            _exact_single_key_dp(Dv, nq, nk, ST, 1, bqp, dST, dot, vt, lp)
+        else:
+            _tile_gemm(nk, nqp, Dv, <floating>1, vt, Dv, 1, dOT, bqp, False, dST, bqp)
+        _cols_dsoftmax(ST, dST, bqp, nk, nq, Dip)           # dS^T = P^T * (dP^T - Di)
+        # dk_tile += scale * dS^T @ q_rows                            (nk, D)
+        _product(P, nk, D, nq, scale, dST, bqp, 1, qt, D, True, dkp + <Py_ssize_t>j0 * D, D)
+        # dq_rows += scale * dS @ k_tile                              (nq, D)
+        _product(P, nq, D, nk, scale, dST, 1, bqp, kt, D, True, dqt, D)
+        j0 += bk
+
+
+cdef void _backward_rows(const Problem* P, floating scale, int b, int h, int i0, int nq,
+                         int jfirst, int kend, bint visible_only, const floating* qt,
+                         const floating* dot, const floating* kp, const floating* vp,
+                         const floating* mp, const floating* lp, const floating* Dip,
+                         floating* dqt, floating* dkp, floating* dvp,
+                         floating* scratch) noexcept nogil:
+    """_backward_tile for rows the forward ran on its row path (_forward_row: at
+    most ROW_QUERIES rows, or every row of a problem with query tiles that small),
+    on score rows (queries x keys): each row's scores and dP by sk_row_dots, as
+    the forward's, then the same products, which here have few rows or a short
+    inner dimension. Same arguments."""
+    cdef int bk = P.bk, D = P.D, Dv = P.Dv
+    cdef int bqp = _round_up(P.bq, _nr(scale))
+    # scratch: S, dS (nq, bk), in the space of _backward_tile's ST and dST
+    cdef floating* S = scratch
+    cdef floating* dS = S + <Py_ssize_t>bk * bqp
+    cdef int j0, nk, r
+    cdef const floating* kt
+    cdef const floating* vt
+    j0 = jfirst
+    while j0 < kend:
+        nk = min(bk, kend - j0)
+        kt = kp + <Py_ssize_t>j0 * D
+        vt = vp + <Py_ssize_t>j0 * Dv
+        # S = scale * q_rows @ k_tile^T, P = exp(S - m) / l              (nq, nk)
+        for r in range(nq):
+            _row_dots(nk, D, scale, kt, qt + <Py_ssize_t>r * D, S + <Py_ssize_t>r * bk)
+        _mask_tile(P, S, bk, b, h, i0, nq, j0, nk)
+        for r in range(nq):
+            _row_prob(S + <Py_ssize_t>r * bk, nk, mp[r], lp[r])
+        if visible_only:
+            _backward_visible(P, scale, b, h, i0, nq, j0, nk, S, bk, 1, qt, dot, kp, vp,
+                              Dip, lp, dqt, dkp, dvp)
+            j0 += bk
+            continue
+        # dv_tile += P^T @ dout_rows                                  (nk, Dv)
+        _product(P, nk, Dv, nq, <floating>1, S, 1, bk, dot, Dv, True,
+                 dvp + <Py_ssize_t>j0 * Dv, Dv)
+        # dP = dout_rows @ v_tile^T; dS = P * (dP - Di)               (nq, nk)
+        for r in range(nq):
+            _row_dots(nk, Dv, <floating>1, vt, dot + <Py_ssize_t>r * Dv, dS + <Py_ssize_t>r * bk)
+        _exact_single_key_dp(Dv, nq, nk, S, bk, 1, dS, dot, vt, lp)
+        for r in range(nq):
+            _row_dsoftmax(S + <Py_ssize_t>r * bk, dS + <Py_ssize_t>r * bk, nk, Dip[r])
+        # dk_tile += scale * dS^T @ q_rows                            (nk, D)
+        _product(P, nk, D, nq, scale, dS, 1, bk, qt, D, True, dkp + <Py_ssize_t>j0 * D, D)
+        # dq_rows += scale * dS @ k_tile                              (nq, D)
+        _product(P, nq, D, nk, scale, dS, bk, 1, kt, D, True, dqt, D)
+        j0 += bk
 
 
 cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task, int n_kb,
@@ -597,12 +810,12 @@ cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task, int 
     """Task = (b, kv head, key block kb of n_kb): dk, dv of that head's keys in
     the block, and the block's share of dq for its G query heads, written to dq
     part kb (dq is (n_kb, B, Hq, Tq, D); the caller sums the parts in order). All
-    accumulate in place (they hold zeros on entry). If they come out with NaN or
-    Inf, they are computed again by _backward_visible. scratch:
+    accumulate in place (they hold zeros on entry). Query tiles of bq rows in
+    order, each against the block's keys it may see (_backward_tile, or
+    _backward_rows for the rows on the forward's row path). If the results come
+    out with NaN or Inf, they are computed again with _backward_visible. scratch:
     _backward_scratch(P)."""
     cdef int bq = P.bq, bk = P.bk, D = P.D, Dv = P.Dv
-    cdef int nr = _nr(scale)
-    cdef int bkp = _round_up(bk, nr)
     cdef int G = P.Hq // P.Hkv
     cdef Py_ssize_t bkv = task // n_kb
     cdef int kb = <int>(task % n_kb)
@@ -616,74 +829,37 @@ cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task, int 
     cdef int per_block = (n_kt + n_kb - 1) // n_kb          # key tiles per block
     cdef int jfirst = kb * per_block * bk
     cdef int kend = min(_key_end(P, b, P.Tq), (kb + 1) * per_block * bk)
-    cdef int off = P.Tk - P.Tq
-    # scratch: S, dS (bq, bkp) | KT (D, bkp) | VT (Dv, bkp)
-    cdef floating* S = scratch
-    cdef floating* dS = S + <Py_ssize_t>bq * bkp
-    cdef floating* KT = dS + <Py_ssize_t>bq * bkp
-    cdef floating* VT = KT + <Py_ssize_t>D * bkp
-    cdef int g, i0, nq, nqt, j0, nk, nkp, r, istart
+    cdef int g, h, i0, nq, nt, kend_q
     cdef Py_ssize_t bh, rowi
-    cdef const floating* qt
-    cdef const floating* dot
     cdef bint visible_only = False, ok
 
     dq = dq + <Py_ssize_t>kb * P.B * P.Hq * P.Tq * D
     while True:
-        j0 = jfirst
-        while j0 < kend:
-            nk = min(bk, kend - j0)
-            nkp = _round_up(nk, nr)
-            istart = 0
-            if P.causal and j0 - off > 0:
-                istart = (j0 - off) // bq * bq      # first query tile that sees key j0
-            if P.row_from > istart:                 # some rows' scores by the tile product
-                _transpose_pad(kp + <Py_ssize_t>j0 * D, nk, D, KT, bkp, nkp)     # (D, nkp)
-            if not visible_only:
-                _transpose_pad(vp + <Py_ssize_t>j0 * Dv, nk, Dv, VT, bkp, nkp)   # (Dv, nkp)
-            for g in range(G):
-                bh = bh0 + g
-                i0 = istart
-                while i0 < P.Tq:
-                    nq = min(bq, P.Tq - i0)
+        for g in range(G):
+            bh = bh0 + g
+            h = <int>(bh % P.Hq)
+            i0 = 0
+            while i0 < P.Tq:
+                nq = min(bq, P.Tq - i0)
+                kend_q = min(kend, _key_end(P, b, i0 + nq))     # keys these rows may see
+                if kend_q > jfirst:
                     rowi = bh * P.Tq + i0
-                    qt = q + rowi * D
-                    dot = dout + rowi * Dv
-                    # S = scale * q_tile @ k_tile^T, each row as the forward computed
-                    # it (the tile product, or sk_row_dots on its row path), so that
-                    # P is the forward's exactly whatever the scores' size   (nq, nkp)
-                    nqt = min(max(P.row_from - i0, 0), nq)
-                    if nqt > 0:
-                        _tile_gemm(nqt, nkp, D, scale, qt, D, 1, KT, bkp, False, S, bkp)
-                    for r in range(nqt, nq):
-                        _row_dots(nk, D, scale, kp + <Py_ssize_t>j0 * D, qt + <Py_ssize_t>r * D,
-                                  S + <Py_ssize_t>r * bkp)
-                    _mask_tile(P, S, bkp, b, <int>(bh % P.Hq), i0, nq, j0, nk)
-                    # P = exp(S - m) / l
-                    for r in range(nq):
-                        _row_prob(S + <Py_ssize_t>r * bkp, nk, mstat[rowi + r], lstat[rowi + r])
-                    if visible_only:
-                        _backward_visible(P, scale, b, <int>(bh % P.Hq), i0, nq, j0, nk, S,
-                                          bkp, qt, dot, kp, vp, Di + rowi, lstat + rowi,
-                                          dq + rowi * D, dkp, dvp)
-                        i0 += bq
-                        continue
-                    # dv_tile += P^T @ dout_tile                          (nk, Dv)
-                    _tile_gemm(nk, Dv, nq, <floating>1, S, 1, bkp, dot, Dv, True,
-                               dvp + <Py_ssize_t>j0 * Dv, Dv)
-                    # dP = dout_tile @ v_tile^T; dS = P * (dP - Di)         (nq, nkp)
-                    _tile_gemm(nq, nkp, Dv, <floating>1, dot, Dv, 1, VT, bkp, False, dS, bkp)
-                    for r in range(nq):
-                        _row_dsoftmax(S + <Py_ssize_t>r * bkp, dS + <Py_ssize_t>r * bkp, nk,
-                                      Di[rowi + r])
-                    # dk_tile += scale * dS^T @ q_tile                     (nk, D)
-                    _tile_gemm(nk, D, nq, scale, dS, 1, bkp, qt, D, True,
-                               dkp + <Py_ssize_t>j0 * D, D)
-                    # dq_tile += scale * dS @ k_tile                       (nq, D)
-                    _tile_gemm(nq, D, nk, scale, dS, bkp, 1, kp + <Py_ssize_t>j0 * D, D, True,
-                               dq + rowi * D, D)
-                    i0 += bq
-            j0 += bk
+                    # rows [i0, i0 + nt) ran as a tile in the forward, the rest on its
+                    # row path: each gets its scores the same way here, so that P is
+                    # the forward's exactly whatever the scores' size
+                    nt = min(max(P.row_from - i0, 0), nq)
+                    if nt > 0:
+                        _backward_tile(P, scale, b, h, i0, nt, jfirst, kend_q, visible_only,
+                                       q + rowi * D, dout + rowi * Dv, kp, vp, mstat + rowi,
+                                       lstat + rowi, Di + rowi, dq + rowi * D, dkp, dvp,
+                                       scratch)
+                    if nt < nq:
+                        rowi += nt
+                        _backward_rows(P, scale, b, h, i0 + nt, nq - nt, jfirst, kend_q,
+                                       visible_only, q + rowi * D, dout + rowi * Dv, kp, vp,
+                                       mstat + rowi, lstat + rowi, Di + rowi, dq + rowi * D,
+                                       dkp, dvp, scratch)
+                i0 += bq
         if visible_only or kend <= jfirst:
             return
         # A pair (i, j) where row i does not see key j has P_ij = 0 and adds exactly
@@ -708,7 +884,7 @@ cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task, int 
 
 
 cdef Py_ssize_t _backward_scratch(const Problem* P, int nr) noexcept nogil:
-    return (2 * P.bq + P.D + P.Dv) * <Py_ssize_t>_round_up(P.bk, nr)
+    return (2 * P.bk + P.D + P.Dv) * <Py_ssize_t>_round_up(P.bq, nr)
 
 
 cdef void _backward(const Problem* P, floating scale, const floating* q, const floating* k,
@@ -752,7 +928,7 @@ cdef void _backward(const Problem* P, floating scale, const floating* q, const f
 # ---------------------------------------------------------------------------
 
 cdef Problem _problem(q, k, v, int bq, int bk, int fwd_bq, bint causal, lengths, mask,
-                      mask_strides):
+                      mask_strides, bint blas):
     """fwd_bq: the forward's query tile size (the backward's bq differs)."""
     cdef Problem P
     cdef const int64_t[::1] lens
@@ -764,6 +940,7 @@ cdef Problem _problem(q, k, v, int bq, int bk, int fwd_bq, bint causal, lengths,
     P.bq, P.bk = bq, bk
     P.row_from = _row_path_from(P.Tq, fwd_bq)
     P.causal = causal
+    P.blas = blas
     P.lengths = NULL
     P.mask_b = NULL
     P.mask_f = NULL
@@ -789,13 +966,13 @@ def forward(const floating[:, :, :, ::1] q,     # (B, Hq, Tq, D)
             floating[:, :, :, ::1] stats,       # (2, B, Hq, Tq) OUT: per query row, [0] the
                                                 # largest score m, [1] 1 / sum_j exp(S_ij - m)
             double scale, bint causal, lengths, mask, mask_strides,
-            int bq, int bk, int n_threads):
+            int bq, int bk, bint blas, int n_threads):
     """Attention forward. ``lengths`` (B,) int64 or None; ``mask`` a C-contiguous
     uint8 (boolean) or floating array whose element [b, h, i, j] is at the
     element offsets ``mask_strides`` (a 4-tuple), or None. The mask array must
     stay alive for the call (the caller holds it). A row with no key to attend to
     gets stats 0, 0 (see _finish_row)."""
-    cdef Problem P = _problem(q, k, v, bq, bk, bq, causal, lengths, mask, mask_strides)
+    cdef Problem P = _problem(q, k, v, bq, bk, bq, causal, lengths, mask, mask_strides, blas)
     with nogil:
         _forward(&P, <floating>scale, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0],
                  &out[0, 0, 0, 0], &stats[0, 0, 0, 0], &stats[1, 0, 0, 0], n_threads)
@@ -812,7 +989,7 @@ def backward(const floating[:, :, :, ::1] q,     # (B, Hq, Tq, D)
              floating[:, :, :, ::1] dk,          # (B, Hkv, Tk, D) OUT, zeros on entry
              floating[:, :, :, ::1] dv,          # (B, Hkv, Tk, Dv) OUT, zeros on entry
              double scale, bint causal, lengths, mask, mask_strides,
-             int bq, int bk, int fwd_bq, int n_threads):
+             int bq, int bk, int fwd_bq, bint blas, int n_threads):
     """Attention backward (same mask conventions as :func:`forward`); fwd_bq is
     the forward's query tile size (its rows on the row path get their scores the
     same way here).
@@ -821,13 +998,19 @@ def backward(const floating[:, :, :, ::1] q,     # (B, Hq, Tq, D)
     whole key tiles, one task each; block kb adds its share of dq into dq[kb]
     and the caller sums dq over its first axis, in order. n_kb > 1 gives more
     tasks when B * Hkv is small, at n_kb times the memory of dq."""
-    cdef Problem P = _problem(q, k, v, bq, bk, fwd_bq, causal, lengths, mask, mask_strides)
+    cdef Problem P = _problem(q, k, v, bq, bk, fwd_bq, causal, lengths, mask, mask_strides,
+                              blas)
     with nogil:
         _backward(&P, <floating>scale, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0],
                   &out[0, 0, 0, 0], &stats[0, 0, 0, 0], &stats[1, 0, 0, 0], &dout[0, 0, 0, 0],
                   &Di[0, 0, 0],
                   &dq[0, 0, 0, 0, 0], &dk[0, 0, 0, 0], &dv[0, 0, 0, 0], dq.shape[0],
                   n_threads)
+
+
+#: Whether the tile products run on BLAS at this instruction-set level (the
+#: wrapper's default, _attention.h's SK_AT_BLAS_PRODUCTS).
+BLAS_PRODUCTS = bool(SK_AT_BLAS_PRODUCTS)
 
 
 def pad_multiple(dtype):

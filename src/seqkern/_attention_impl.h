@@ -261,6 +261,56 @@ static void SK_AT_FN(sk_gemm_)(int m, int n, int k, T alpha, const T *A, ptrdiff
                            C + (ptrdiff_t)i * ldc, ldc);
 }
 
+/* y[0:n] += alpha * x @ B[0:k, 0:n], x[d] at x[d * incx] (B row-major, row
+ * stride ldb; n a multiple of one vector): a one-row product, which sk_gemm runs on two chains
+ * of fused multiply-adds per block, each waiting on the last. Here blocks of
+ * four vectors of columns with the rows d in two interleaved halves (even and
+ * odd), eight independent chains, added at the end. Its sums are in another
+ * order than sk_gemm's: for products no other one must reproduce. */
+static void SK_AT_FN(sk_row_gemv_)(int n, int k, T alpha, const T *x, ptrdiff_t incx,
+                                   const T *B, int ldb, T *y)
+{
+    int j = 0, d, v;
+    for (; j < n; j += 4 * L) {
+        int nv = (n - j) / L < 4 ? (n - j) / L : 4;
+        V a0[4] = {{0}}, a1[4] = {{0}};
+        for (d = 0; d + 2 <= k; d += 2) {
+            const T *b0 = B + (ptrdiff_t)d * ldb + j, *b1 = b0 + ldb;
+            T x0 = x[d * incx], x1 = x[(d + 1) * incx];
+            _Pragma("GCC unroll 4")
+            for (v = 0; v < 4; v++) {
+                if (v < nv) {
+                    V u0, u1;
+                    memcpy(&u0, b0 + v * L, sizeof u0);
+                    memcpy(&u1, b1 + v * L, sizeof u1);
+                    a0[v] += x0 * u0;
+                    a1[v] += x1 * u1;
+                }
+            }
+        }
+        if (d < k) {
+            const T *b0 = B + (ptrdiff_t)d * ldb + j;
+            _Pragma("GCC unroll 4")
+            for (v = 0; v < 4; v++) {
+                if (v < nv) {
+                    V u0;
+                    memcpy(&u0, b0 + v * L, sizeof u0);
+                    a0[v] += x[d * incx] * u0;
+                }
+            }
+        }
+        _Pragma("GCC unroll 4")
+        for (v = 0; v < 4; v++) {
+            if (v < nv) {
+                V o;
+                memcpy(&o, y + j + v * L, sizeof o);
+                o += (a0[v] + a1[v]) * alpha;
+                memcpy(y + j + v * L, &o, sizeof o);
+            }
+        }
+    }
+}
+
 /* ---- online softmax ----
  * The step on a transposed score tile: st holds nk rows (keys) of nq columns
  * (queries), row stride ld; per query i:
@@ -294,6 +344,30 @@ static void SK_AT_FN(sk_softmax_cols_)(T *st, int ld, int nk, int nq, T *m, T *l
             row[i] = e;
             l[i] += e;
         }
+    }
+}
+
+/* The backward's probabilities and score gradients on a transposed tile (nk rows
+ * of keys, nq columns of queries, row stride ld), each element as the row
+ * helpers compute it (sk_row_prob, sk_row_dsoftmax), the loops along queries:
+ *   pt[j][i] := exp(pt[j][i] - m[i]) * inv_l[i]
+ *   dst[j][i] := pt[j][i] * (dst[j][i] - d[i]) */
+static void SK_AT_FN(sk_cols_prob_)(T *pt, int ld, int nk, int nq, const T *m, const T *inv_l)
+{
+    for (int j = 0; j < nk; j++) {
+        T *row = pt + (ptrdiff_t)j * ld;
+        for (int i = 0; i < nq; i++)
+            row[i] = SK_AT_EXP(row[i] - m[i]) * inv_l[i];
+    }
+}
+
+static void SK_AT_FN(sk_cols_dsoftmax_)(const T *pt, T *dst, int ld, int nk, int nq, const T *d)
+{
+    for (int j = 0; j < nk; j++) {
+        const T *p = pt + (ptrdiff_t)j * ld;
+        T *ds = dst + (ptrdiff_t)j * ld;
+        for (int i = 0; i < nq; i++)
+            ds[i] = p[i] * (ds[i] - d[i]);
     }
 }
 

@@ -35,6 +35,8 @@ B * Hkv is small (see ``_key_blocks``).
 import math
 import numbers
 
+from contextlib import nullcontext
+
 from typing import Optional, Tuple
 
 import numpy as np
@@ -44,7 +46,7 @@ from seqkern import _workspace
 from seqkern._dispatch import kernel_module
 
 _attention = kernel_module("_attention")
-from seqkern._threads import effective_num_threads
+from seqkern._threads import blas_single_thread, effective_num_threads
 from seqkern._types import AttentionGrads
 from seqkern._validation import check_bool, check_cache, check_shape, check_sizes, float_array
 
@@ -156,28 +158,49 @@ class AttentionCache:
     modify those arrays in place between forward and backward.
     """
 
-    __slots__ = ("args", "kernel", "stats")
+    __slots__ = ("args", "kernel", "stats", "blas")
 
-    def __init__(self, args, kernel, stats):
+    def __init__(self, args, kernel, stats, blas):
         self.args = args
         self.kernel = kernel
         self.stats = stats
+        self.blas = blas        # whether the forward's products ran on BLAS
 
 
 def _tile_sizes(a, backward=False):
     """(bq, bk): query and key tile sizes, from the problem size only (never the
     thread count, so that results do not depend on it).
 
-    Measured on issue 4's cases in float32 (benchmarks/attention_speed.py): the
-    forward is flat within noise from 128x128 to 512x128 when not causal; causal
-    attention prefers shorter query tiles, which waste less of the diagonal tile;
-    the backward, which holds two score tiles, is fastest at 128x128.
+    Measured on the benchmark's cases (float32 and float64, one thread, at each
+    instruction-set level): the forward is flat within noise from 128 x 128 to
+    256 x 256 when not causal; causal attention prefers short query tiles, which
+    waste less of the tiles on the diagonal (64 x 256 took 0.77-0.92 of 128 x 256's
+    time). The backward on the kernel's own products, which holds two score tiles
+    of bk x bq, is fastest with short query tiles too (64 x 128; 32 x 128 causal:
+    0.81-0.93 of 128 x 128's time at (8, 8, 256, 64) and (4, 8, 1024, 64) causal,
+    flat otherwise). The backward on BLAS takes the forward's tiles instead (see
+    attention_backward).
     """
     if backward:
-        bq, bk = 128, 128
+        bq, bk = (32, 128) if a.causal else (64, 128)
     else:
-        bq, bk = (128, 256) if a.causal else (256, 256)
+        bq, bk = (64, 256) if a.causal else (256, 256)
     return min(bq, a.Tq), min(bk, a.Tk)
+
+
+#: Where the kernels' tile products run (private, for tests and benchmarks):
+#: None follows the instruction-set level's choice (_attention.BLAS_PRODUCTS),
+#: True forces BLAS, False the kernel's own product (_attention.h's sk_gemm).
+_blas_products = None
+
+
+def _products_on_blas():
+    return bool(_attention.BLAS_PRODUCTS if _blas_products is None else _blas_products)
+
+
+def _blas_guard(blas):
+    """BLAS held at one thread around a kernel call that uses it (see _threads)."""
+    return blas_single_thread() if blas else nullcontext()
 
 
 MIN_BACKWARD_TASKS = 8
@@ -252,12 +275,14 @@ def attention_forward(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool 
     qk, kk, vk = _pad(a.q, Dp), _pad(a.k, Dp), _pad(a.v, Dvp)
     outk = _workspace.zeros((B, Hq, Tq, Dvp), a.dtype)
     stats = np.zeros((2, B, Hq, Tq), a.dtype)
+    blas = _products_on_blas()
     if B and Hq and Tq and Tk and Dv:
         bq, bk = _tile_sizes(a)
-        _attention.forward(qk, kk, vk, outk, stats, a.scale, a.causal, a.key_lengths,
-                           a.mask, a.mask_strides, bq, bk, effective_num_threads())
+        with _blas_guard(blas):
+            _attention.forward(qk, kk, vk, outk, stats, a.scale, a.causal, a.key_lengths,
+                               a.mask, a.mask_strides, bq, bk, blas, effective_num_threads())
     out = _unpad(outk, Dv)
-    return out, (AttentionCache(a, (qk, kk, vk, outk), stats) if return_cache else None)
+    return out, (AttentionCache(a, (qk, kk, vk, outk), stats, blas) if return_cache else None)
 
 
 def attention_backward(d_out: ArrayLike, cache: "AttentionCache") -> AttentionGrads:
@@ -284,11 +309,17 @@ def attention_backward(d_out: ArrayLike, cache: "AttentionCache") -> AttentionGr
     dv = _workspace.zeros(vk.shape, dt)
     if B and Hq and Tq and Tk and Dv:
         Di = np.empty((B, Hq, Tq), dt)
-        bq, bk = _tile_sizes(a, backward=True)
+        # the forward's choice of products; on BLAS the backward's tiles are the
+        # forward's, since it recomputes the scores with the forward's BLAS calls
+        # (see _attention._scores_t)
+        blas = cache.blas
+        bq, bk = _tile_sizes(a, backward=not blas)
         dq_parts = _workspace.zeros((_key_blocks(a, bk),) + qk.shape, dt)
-        _attention.backward(qk, kk, vk, outk, cache.stats, _pad(d_out, vk.shape[-1]), Di,
-                            dq_parts, dk, dv, a.scale, a.causal, a.key_lengths, a.mask,
-                            a.mask_strides, bq, bk, _tile_sizes(a)[0], effective_num_threads())
+        with _blas_guard(blas):
+            _attention.backward(qk, kk, vk, outk, cache.stats, _pad(d_out, vk.shape[-1]), Di,
+                                dq_parts, dk, dv, a.scale, a.causal, a.key_lengths, a.mask,
+                                a.mask_strides, bq, bk, _tile_sizes(a)[0], blas,
+                                effective_num_threads())
         # the parts summed in a fixed order: the result does not depend on threads
         dq = dq_parts[0] if len(dq_parts) == 1 else dq_parts.sum(axis=0)
     else:
