@@ -7,7 +7,7 @@ import pytest
 import seqkern
 from seqkern.attention import _attention
 from seqkern import reference as ref
-from seqkern.attention import AttentionArgs
+from seqkern._attention_args import AttentionArgs
 
 DTYPES = [np.float32, np.float64]
 

@@ -163,17 +163,21 @@ def test_handoff_between_two_threads():
 def test_idle_openmp_threads_sleep_unless_the_user_chose():
     """seqkern has libgomp start with OMP_WAIT_POLICY=PASSIVE unless the user set
     OMP_WAIT_POLICY or GOMP_SPINCOUNT (libgomp's own report of its settings,
-    OMP_DISPLAY_ENV, tells), and leaves the environment as it found it."""
+    OMP_DISPLAY_ENV, tells), and leaves the environment as it found it: whether
+    the kernels load through the package's names or a wrapper module directly."""
     import os
     import subprocess
     import sys
 
     from seqkern._openmp_helpers import openmp_enabled
 
-    code = "import os, seqkern; print(os.environ.get('OMP_WAIT_POLICY'))"
-    for env, want_env, want_policy in [({}, None, "PASSIVE"),
-                                       ({"OMP_WAIT_POLICY": "active"}, "active", "ACTIVE"),
-                                       ({"GOMP_SPINCOUNT": "1000"}, None, None)]:
+    via_package = "import os, seqkern; seqkern.rnn_forward; print(os.environ.get('OMP_WAIT_POLICY'))"
+    via_module = "import os, seqkern.attention; print(os.environ.get('OMP_WAIT_POLICY'))"
+    for code, env, want_env, want_policy in [
+            (via_package, {}, None, "PASSIVE"),
+            (via_module, {}, None, "PASSIVE"),
+            (via_package, {"OMP_WAIT_POLICY": "active"}, "active", "ACTIVE"),
+            (via_package, {"GOMP_SPINCOUNT": "1000"}, None, None)]:
         e = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
         e.update(env, OMP_DISPLAY_ENV="TRUE")
         r = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,
@@ -183,3 +187,134 @@ def test_idle_openmp_threads_sleep_unless_the_user_chose():
         if openmp_enabled() and want_policy is not None:
             lines = [ln for ln in r.stderr.splitlines() if "OMP_WAIT_POLICY" in ln]
             assert lines and want_policy in lines[0], r.stderr
+
+
+# --- the package's names load on first use; the references stand alone ------
+
+# Every seqkern module compiled to a shared library refuses to import (run first
+# in a subprocess): what a machine without the built extension sees.
+_HIDE_COMPILED = """
+import importlib.machinery, sys
+
+class HideCompiled:
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith("seqkern."):
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is not None and str(spec.origin).endswith(
+                    tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+                raise ImportError(f"{name} is compiled (hidden by the test)")
+        return None
+
+sys.meta_path.insert(0, HideCompiled())
+"""
+
+# The four references forward and backward on small float64 inputs; each result
+# saved to the .npz named by argv[1].
+_RUN_REFERENCES = """
+import sys
+import numpy as np
+from seqkern import reference as ref
+
+rng = np.random.default_rng(0)
+T, B, I, H = 3, 2, 4, 5
+x = rng.standard_normal((T, B, I))
+out = {}
+for name, G in (("rnn", 1), ("lstm", 4), ("gru", 3)):
+    W = (rng.standard_normal((G * H, I)), rng.standard_normal((G * H, H)),
+         rng.standard_normal(G * H), rng.standard_normal(G * H))
+    d_out, d_h = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
+    if name == "lstm":
+        o, h, c, cache = ref.lstm_forward(x, None, None, *W)
+        g = ref.lstm_backward(d_out, d_h, rng.standard_normal((B, H)), cache)
+    else:
+        o, h, cache = getattr(ref, name + "_forward")(x, None, *W)
+        g = getattr(ref, name + "_backward")(d_out, d_h, cache)
+    out[name + "_out"] = o
+    out.update({f"{name}_{k}": v for k, v in g._asdict().items() if v is not None})
+q, k, v = (rng.standard_normal((1, 2, 3, 4)) for _ in range(3))
+o, cache = ref.attention_forward(q, k, v, causal=True)
+g = ref.attention_backward(rng.standard_normal(o.shape), cache)
+out["attention_out"] = o
+out.update({"attention_" + n: a for n, a in g._asdict().items()})
+try:
+    ref.rnn_forward(x, None, np.zeros((H, I + 1)), np.zeros((H, H)))
+except ValueError as e:
+    assert "W_ih" in str(e), e
+else:
+    raise AssertionError("a W_ih of the wrong shape was accepted")
+np.savez(sys.argv[1], **out)
+"""
+
+
+def _python(code, *args):
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_reference_runs_without_the_compiled_modules(tmp_path):
+    """``seqkern.reference`` imports and runs with every compiled seqkern module
+    hidden, loading none of them, and computes what it computes with them."""
+    check = """
+for name in ("seqkern._rnn", "seqkern._workspace"):
+    try:
+        __import__(name)
+    except ImportError:
+        pass
+    else:
+        raise AssertionError(name + " was not hidden")
+"""
+    loaded = """
+import importlib.machinery
+compiled = [m for m, mod in sys.modules.items() if m.startswith("seqkern")
+            and str(getattr(mod, "__file__", "")).endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))]
+assert not compiled, compiled
+"""
+    path = tmp_path / "hidden.npz"
+    r = _python(_HIDE_COMPILED + check + _RUN_REFERENCES + loaded, str(path))
+    assert r.returncode == 0, r.stderr
+    r = _python(_RUN_REFERENCES, str(tmp_path / "normal.npz"))   # the same with them there
+    assert r.returncode == 0, r.stderr
+    hidden, normal = np.load(path), np.load(tmp_path / "normal.npz")
+    assert sorted(hidden.files) == sorted(normal.files)
+    assert {f"{k}_{n}" for k in ("rnn", "lstm", "gru") for n in ("out", "dx", "dh0", "dW_hh")} \
+        | {"lstm_dc0", "attention_out", "attention_dq", "attention_dk", "attention_dv"} \
+        <= set(hidden.files)
+    for name in hidden.files:
+        np.testing.assert_array_equal(hidden[name], normal[name], err_msg=name)
+        assert np.isfinite(hidden[name]).all(), name
+
+
+def test_package_names_load_on_first_use():
+    """``import seqkern`` loads no compiled module; each public name (and the
+    submodules it used to import) loads on first use; ``dir`` and ``__all__`` list
+    them all, and ``from seqkern import *`` binds every one."""
+    code = """
+import sys
+import seqkern
+assert not [m for m in sys.modules if m.startswith("seqkern.")], sorted(sys.modules)
+import numpy as np
+out, h_n, cache = seqkern.rnn_forward(np.ones((2, 1, 3)), None, np.ones((4, 3)), np.zeros((4, 4)))
+assert out.shape == (2, 1, 4) and np.allclose(out, np.tanh(3.0))
+assert "seqkern._rnn" in sys.modules and seqkern.rnn.rnn_forward is seqkern.rnn_forward
+from seqkern import rnn_backward, reference
+assert rnn_backward is seqkern.rnn.rnn_backward and reference is seqkern.reference
+assert seqkern.lstm.lstm_forward is seqkern.lstm_forward
+assert seqkern.gru.gru_forward is seqkern.gru_forward
+assert seqkern.attention.attention_forward is seqkern.attention_forward
+assert seqkern.workspace_limit is seqkern._workspace.max_bytes
+assert seqkern.free_workspace is seqkern._workspace.clear
+assert seqkern.get_num_threads() >= 1
+assert set(seqkern.__all__) <= set(dir(seqkern)), set(seqkern.__all__) - set(dir(seqkern))
+assert all(hasattr(seqkern, n) for n in seqkern.__all__)
+ns = {}
+exec("from seqkern import *", ns)
+assert set(seqkern.__all__) <= set(ns)
+try:
+    seqkern.no_such_name
+except AttributeError as e:
+    assert "no_such_name" in str(e)
+else:
+    raise AssertionError("seqkern.no_such_name did not raise AttributeError")
+"""
+    r = _python(code)
+    assert r.returncode == 0, r.stderr

@@ -19,6 +19,7 @@ import importlib.util
 import os
 import warnings
 
+from seqkern import _threads  # noqa: F401  (sets libgomp's wait policy before a kernel module loads it)
 from seqkern._cpu import x86_level
 
 #: The ISA levels, lowest first, with the x86-64 level each needs (0: any CPU).

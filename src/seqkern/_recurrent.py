@@ -1,5 +1,6 @@
 """Argument handling shared by the recurrent kernels (RNN, LSTM, GRU) and their
 NumPy references, so that all of them accept and reject exactly the same inputs.
+Pure Python: ``seqkern.reference`` imports it without the compiled modules.
 
 Shapes, with G gates stacked in PyTorch's order (RNN: 1; LSTM: 4, i f g o;
 GRU: 3, r z n): x (T, B, I) (or (B, T, I) with batch_first), each state (B, H),
@@ -13,6 +14,7 @@ import numpy as np
 from seqkern._validation import (
     MAX_SIZE,
     check_bool,
+    check_choice,
     check_shape,
     check_sizes,
     float_array,
@@ -113,6 +115,38 @@ class RecurrentArgs:
         if g is None and required:
             raise TypeError(f"{name} must be a float32 or float64 array, got None")
         return grad_array(name, g, (self.B, self.H), "(B, H)", self.dtype)
+
+
+class RNNArgs(RecurrentArgs):
+    """Checked, time-major, C-contiguous arguments of an RNN call."""
+
+    NONLINEARITIES = ("tanh", "relu")
+
+    def __init__(self, x, h0, W_ih, W_hh, b_ih, b_hh, nonlinearity, lengths, batch_first,
+                 x_ndim=3):
+        self.nonlinearity = check_choice("nonlinearity", nonlinearity, self.NONLINEARITIES)
+        super().__init__(x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim)
+
+
+class LSTMArgs(RecurrentArgs):
+    """Checked, time-major, C-contiguous arguments of an LSTM call."""
+
+    GATES = 4
+    ORDER = "i, f, g, o"
+    STATES = ("h", "c")
+
+    def __init__(self, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim=3):
+        super().__init__(x, (h0, c0), W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim)
+
+
+class GRUArgs(RecurrentArgs):
+    """Checked, time-major, C-contiguous arguments of a GRU call."""
+
+    GATES = 3
+    ORDER = "r, z, n"
+
+    def __init__(self, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim=3):
+        super().__init__(x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim)
 
 
 def grad_array(name, g, expected, legend, dtype):

@@ -104,6 +104,7 @@ def _blas_libraries():
     none seqkern knows (the guard then leaves it alone)."""
     global _blas_libs
     if _blas_libs is None:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS, so that it is listed)
         from threadpoolctl import ThreadpoolController
 
         ctl = ThreadpoolController()

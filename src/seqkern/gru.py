@@ -31,7 +31,7 @@ from seqkern._dispatch import kernel_module
 _gru = kernel_module("_gru")
 from seqkern._threads import blas_single_thread, effective_num_threads
 from seqkern._types import GRUGrads
-from seqkern._recurrent import RecurrentArgs
+from seqkern._recurrent import GRUArgs
 from seqkern._step_gemm import step_gemm_mode
 from seqkern._validation import check_bool, check_cache
 
@@ -44,16 +44,6 @@ __all__ = [
     "gru_step_forward",
     "gru_step_backward",
 ]
-
-
-class GRUArgs(RecurrentArgs):
-    """Checked, time-major, C-contiguous arguments of a GRU call."""
-
-    GATES = 3
-    ORDER = "r, z, n"
-
-    def __init__(self, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim=3):
-        super().__init__(x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim)
 
 
 _CHUNK_ROWS = 512

@@ -31,7 +31,7 @@ _lstm = kernel_module("_lstm")
 from seqkern._step_gemm import step_gemm_mode
 from seqkern._threads import blas_single_thread, effective_num_threads
 from seqkern._types import LSTMGrads
-from seqkern._recurrent import RecurrentArgs
+from seqkern._recurrent import LSTMArgs
 from seqkern._validation import check_bool, check_cache
 
 __all__ = [
@@ -43,17 +43,6 @@ __all__ = [
     "lstm_step_forward",
     "lstm_step_backward",
 ]
-
-
-class LSTMArgs(RecurrentArgs):
-    """Checked, time-major, C-contiguous arguments of an LSTM call."""
-
-    GATES = 4
-    ORDER = "i, f, g, o"
-    STATES = ("h", "c")
-
-    def __init__(self, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim=3):
-        super().__init__(x, (h0, c0), W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim)
 
 
 class LSTMCache:

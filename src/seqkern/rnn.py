@@ -10,8 +10,9 @@ All floating arrays of one call share one dtype, float32 or float64.
 
 The kernels are in ``_rnn.pyx``; the same functions in plain NumPy are in
 ``seqkern.reference.rnn``. Results do not depend on the number of threads: the
-work is split in blocks fixed by the problem size, so 1 and N threads give
-bitwise-identical results.
+work is split in blocks fixed by the problem size and the machine's core count
+(``_threads.block_count``, a constant of the process), never by the thread count,
+so 1 and N threads give bitwise-identical results.
 """
 
 from typing import Literal, Optional, Tuple
@@ -26,8 +27,8 @@ _rnn = kernel_module("_rnn")
 from seqkern._step_gemm import step_gemm_mode
 from seqkern._threads import blas_single_thread, block_count, effective_num_threads
 from seqkern._types import RNNGrads
-from seqkern._recurrent import RecurrentArgs
-from seqkern._validation import check_bool, check_cache, check_choice
+from seqkern._recurrent import RNNArgs
+from seqkern._validation import check_bool, check_cache
 
 __all__ = [
     "RNNCache",
@@ -38,18 +39,6 @@ __all__ = [
     "rnn_step_forward",
     "rnn_step_backward",
 ]
-
-NONLINEARITIES = ("tanh", "relu")
-
-
-class RNNArgs(RecurrentArgs):
-    """Checked, time-major, C-contiguous arguments of an RNN call."""
-
-    def __init__(self, x, h0, W_ih, W_hh, b_ih, b_hh, nonlinearity, lengths, batch_first,
-                 x_ndim=3):
-        self.nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-        super().__init__(x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim)
-
 
 class RNNCache:
     """What :func:`rnn_backward` needs from :func:`rnn_forward`.

@@ -11,9 +11,9 @@ kernels): every product sums over the visible keys only (_sum_visible).
 
 import numpy as np
 
+from seqkern._attention_args import AttentionArgs
 from seqkern._types import AttentionGrads
 from seqkern._validation import check_bool, check_cache, check_shape, float_array
-from seqkern.attention import AttentionArgs
 
 
 class RefAttentionCache:

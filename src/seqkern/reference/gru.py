@@ -13,9 +13,9 @@ order r, z, n. One line of backward per line of forward:
 
 import numpy as np
 
+from seqkern._recurrent import GRUArgs
 from seqkern._types import GRUGrads
 from seqkern._validation import check_bool, check_cache
-from seqkern.gru import GRUArgs
 
 
 def sigmoid(a):

@@ -7,9 +7,9 @@ One line of backward per line of forward.
 
 import numpy as np
 
+from seqkern._recurrent import LSTMArgs
 from seqkern._types import LSTMGrads
 from seqkern._validation import check_bool, check_cache
-from seqkern.lstm import LSTMArgs
 
 
 def _sigmoid(z):

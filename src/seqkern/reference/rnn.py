@@ -6,9 +6,9 @@ x (T, B, I), h (B, H). One line of backward per line of forward.
 
 import numpy as np
 
+from seqkern._recurrent import RNNArgs
 from seqkern._types import RNNGrads
 from seqkern._validation import check_bool, check_cache
-from seqkern.rnn import RNNArgs
 
 
 class RefRNNCache:
