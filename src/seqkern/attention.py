@@ -76,15 +76,11 @@ def _tile_sizes(a, backward=False):
     """(bq, bk): query and key tile sizes, from the problem size only (never the
     thread count, so that results do not depend on it).
 
-    Measured on the benchmark's cases (float32 and float64, one thread, at each
-    instruction-set level): the forward is flat within noise from 128 x 128 to
-    256 x 256 when not causal; causal attention prefers short query tiles, which
-    waste less of the tiles on the diagonal (64 x 256 took 0.77-0.92 of 128 x 256's
-    time). The backward on the kernel's own products, which holds two score tiles
-    of bk x bq, is fastest with short query tiles too (64 x 128; 32 x 128 causal:
-    0.81-0.93 of 128 x 128's time at (8, 8, 256, 64) and (4, 8, 1024, 64) causal,
-    flat otherwise). The backward on BLAS takes the forward's tiles instead (see
-    attention_backward).
+    Causal attention takes short query tiles, which waste less of the tiles on the
+    diagonal; so does the backward on the kernel's own products, which holds two
+    score tiles of bk x bq. The backward on BLAS takes the forward's tiles instead
+    (see attention_backward). The measurements behind these sizes are in
+    docs/benchmarks.md.
     """
     if backward:
         bq, bk = (32, 128) if a.causal else (64, 128)
