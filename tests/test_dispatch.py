@@ -1,15 +1,20 @@
 """The instruction-set levels: which compiled kernels run (seqkern._dispatch)."""
 
 import ast
+import importlib
 import os
 import subprocess
 import sys
+
+import warnings
+from types import SimpleNamespace
 
 import pytest
 
 import seqkern
 from seqkern import _dispatch
 from seqkern._cpu import x86_level
+from seqkern._kernels import KERNEL_MODULES
 
 RANK = _dispatch._ORDER
 
@@ -23,9 +28,11 @@ def _run(code, **env):
 
 
 def test_every_kernel_module_is_of_the_chosen_level():
-    for name in ("_activations", "_attention", "_gru", "_lstm", "_packed_gemm", "_rnn"):
+    base = importlib.import_module("seqkern._rnn")      # the baseline, whatever runs
+    for name in KERNEL_MODULES:
         m = _dispatch.kernel_module(name)
         assert m.LEVEL == _dispatch.LEVEL, name
+        assert m.BUILD_ID == base.BUILD_ID, name
     for mod in (seqkern.rnn, seqkern.lstm, seqkern.gru, seqkern.attention):
         kernels = [v for k, v in vars(mod).items() if k in ("_rnn", "_lstm", "_gru", "_attention")]
         assert kernels and all(k.LEVEL == _dispatch.LEVEL for k in kernels), mod.__name__
@@ -93,3 +100,74 @@ def test_show_config_names_the_level(capsys):
     seqkern.show_config()
     out = capsys.readouterr().out
     assert f"level {_dispatch.LEVEL}" in out
+
+
+def _fake_modules(ids):
+    """A loader of fake kernel modules: ``ids`` maps a module's name to its
+    BUILD_ID, or to an exception its import raises; any other has "b1"."""
+    loaded = []
+
+    def load(name):
+        loaded.append(name)
+        got = ids.get(name, "b1")
+        if isinstance(got, Exception):
+            raise got
+        m = SimpleNamespace(__file__=f"/site/{name.split('.')[1]}.so")
+        if got is not None:
+            m.BUILD_ID = got
+        return m
+
+    return load, loaded
+
+
+BASE = SimpleNamespace(BUILD_ID="b1", ISA="sse2", __file__="/site/_rnn.so")
+PORTABLE = ["sse2", "avx2", "avx512"]
+
+
+def test_levels_of_another_build_are_ignored():
+    """A chosen level with a module of another build (or none, or one that fails
+    to import) is dropped with a warning naming that file, and the next level
+    down is chosen; a whole level is taken silently, and a level above the cap
+    is not even loaded."""
+    for stale in ("old", None, ImportError("undefined symbol")):
+        load, _ = _fake_modules({"seqkern._gru_avx512": stale})
+        with pytest.warns(RuntimeWarning, match="avx512 kernels are not of this build") as w:
+            compiled, level = _dispatch._choose(PORTABLE, BASE, 4, None, load)
+        assert (compiled, level) == (["sse2", "avx2"], "avx2")
+        assert len(w) == 1 and "_gru_avx512" in str(w[0].message)
+        assert "_lstm_avx512" not in str(w[0].message)
+
+    load, _ = _fake_modules({"seqkern._rnn_avx512": "old", "seqkern._attention_avx2": "old"})
+    with pytest.warns(RuntimeWarning) as w:
+        assert _dispatch._choose(PORTABLE, BASE, 4, None, load) == (["sse2"], "sse2")
+    assert len(w) == 2 and "/site/_rnn_avx512.so" in str(w[0].message)
+    assert "/site/_attention_avx2.so" in str(w[1].message)
+
+    load, loaded = _fake_modules({"seqkern._gru_avx512": "old"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _dispatch._choose(PORTABLE, BASE, 4, RANK["avx2"], load) == (PORTABLE, "avx2")
+        assert _dispatch._choose(PORTABLE, BASE, 3, None, load) == (PORTABLE, "avx2")
+        assert _dispatch._choose(["native"], BASE, 4, None, load) == (["native"], "native")
+    assert sorted(set(loaded)) == sorted(f"seqkern.{m}_avx2" for m in KERNEL_MODULES)
+
+
+def test_a_stale_level_module_on_disk_is_ignored(tmp_path):
+    """The package as built, with one module of the chosen level replaced by one
+    of another build: the import warns naming its file and takes the level below."""
+    if _dispatch.LEVEL == _dispatch.COMPILED[0]:
+        pytest.skip("the baseline level runs: no level module to replace")
+    src = os.path.dirname(seqkern.__file__)
+    pkg = tmp_path / "seqkern"
+    pkg.mkdir()
+    stale = f"_gru_{_dispatch.LEVEL}"
+    for entry in os.listdir(src):
+        if entry != "__pycache__" and not entry.startswith(stale + "."):
+            os.symlink(os.path.join(src, entry), pkg / entry)
+    (pkg / (stale + ".py")).write_text(f"LEVEL = {_dispatch.LEVEL!r}\nBUILD_ID = 'another'\n")
+    r = _run("import seqkern._dispatch as d; print(d.LEVEL)", PYTHONPATH=str(tmp_path),
+             SEQKERN_MAX_ISA=os.environ.get("SEQKERN_MAX_ISA", _dispatch.LEVEL))
+    assert r.returncode == 0, r.stderr
+    lower = _dispatch.COMPILED[_dispatch.COMPILED.index(_dispatch.LEVEL) - 1]
+    assert r.stdout.split() == [lower]
+    assert "RuntimeWarning" in r.stderr and str(pkg / (stale + ".py")) in r.stderr

@@ -12,6 +12,12 @@ environment variable ``SEQKERN_MAX_ISA`` (sse2, avx2 or avx512; read once, at
 import), as oneDNN's ONEDNN_MAX_CPU_ISA caps its kernels: every level can so be
 tested and measured on one machine. ``seqkern.show_config()`` prints what was
 compiled and what was chosen.
+
+Every kernel module reports the build it belongs to (BUILD_ID, a hash of the
+build's configuration: setup.py). A chosen level whose modules are not of the
+baseline's build (left in the source tree by an earlier build of other levels
+or flags) is dropped with a RuntimeWarning naming the files, and the next level
+down is chosen.
 """
 
 import importlib
@@ -21,12 +27,12 @@ import warnings
 
 from seqkern import _threads  # noqa: F401  (sets libgomp's wait policy before a kernel module loads it)
 from seqkern._cpu import x86_level
+from seqkern._kernels import KERNEL_MODULES
 
 #: The ISA levels, lowest first, with the x86-64 level each needs (0: any CPU).
 _ORDER = {"generic": 0, "sse2": 1, "avx2": 3, "avx512": 4}
 #: The instruction sets a module may report (_simd.h), mapped to a level.
 _ISA_RANK = {"generic": 0, "neon": 0, "sse2": 1, "avx": 2, "avx2": 3, "avx512": 4}
-_KERNELS = ("_activations", "_attention", "_gru", "_lstm", "_packed_gemm", "_rnn")
 
 
 def _max_isa():
@@ -40,14 +46,14 @@ def _max_isa():
 
 
 def _compiled():
-    """The levels of this build, lowest first, and the baseline's instruction set."""
+    """The levels found, lowest first, and the baseline module (seqkern._rnn)."""
     base = importlib.import_module("seqkern._rnn")
     levels = [base.LEVEL]
     if base.LEVEL == "sse2":            # a portable build's baseline: the others beside it
         levels += [lv for lv in ("avx2", "avx512")
                    if all(importlib.util.find_spec(f"seqkern.{m}_{lv}") is not None
-                          for m in _KERNELS)]
-    return levels, base.ISA
+                          for m in KERNEL_MODULES)]
+    return levels, base
 
 
 def choose(compiled, cpu_level, cap):
@@ -61,25 +67,52 @@ def choose(compiled, cpu_level, cap):
     return chosen
 
 
-def _choose():
-    compiled, base_isa = _compiled()
-    cap = _max_isa()
-    chosen = choose(compiled, x86_level(), cap)
-    if cap is not None and chosen == compiled[0] and _ISA_RANK.get(base_isa, 0) > cap:
+def _not_of_build(level, build_id, load=importlib.import_module):
+    """The kernel modules of ``level`` that are not of the build ``build_id``, as
+    (file or module name, why) pairs: empty where the level is whole."""
+    bad = []
+    for name in KERNEL_MODULES:
+        full = f"seqkern.{name}_{level}"
+        try:
+            m = load(full)
+        except (ImportError, TypeError, ValueError) as e:   # (Cython: a changed C API)
+            bad.append((full, f"fails to import: {e}"))
+            continue
+        got = getattr(m, "BUILD_ID", None)
+        if got != build_id:
+            bad.append((getattr(m, "__file__", full), f"build {got}"))
+    return bad
+
+
+def _choose(compiled, base, cpu_level, cap, load=importlib.import_module):
+    """(the levels usable, the level chosen): ``compiled`` less any chosen level
+    whose modules are not of the baseline module ``base``'s build."""
+    compiled = list(compiled)
+    while True:
+        chosen = choose(compiled, cpu_level, cap)
+        bad = [] if chosen == compiled[0] else _not_of_build(chosen, base.BUILD_ID, load)
+        if not bad:
+            break
+        warnings.warn(f"seqkern: the {chosen} kernels are not of this build ({base.BUILD_ID}, "
+                      f"{base.__file__}) and are ignored: "
+                      + "; ".join(f"{f} ({why})" for f, why in bad)
+                      + ". Delete them or rebuild with SEQKERN_PORTABLE=1.", RuntimeWarning)
+        compiled.remove(chosen)
+    if cap is not None and chosen == compiled[0] and _ISA_RANK.get(base.ISA, 0) > cap:
         warnings.warn(f"SEQKERN_MAX_ISA caps the instruction set below what this build's "
-                      f"kernels use ({base_isa}, level {compiled[0]}); build with "
+                      f"kernels use ({base.ISA}, level {compiled[0]}); build with "
                       f"SEQKERN_PORTABLE=1 for kernels of each level", RuntimeWarning)
     return compiled, chosen
 
 
-COMPILED, LEVEL = _choose()
+COMPILED, LEVEL = _choose(*_compiled(), x86_level(), _max_isa())
 _SUFFIX = "" if LEVEL == COMPILED[0] else "_" + LEVEL
 
 
 def kernel_module(name):
     """The module ``name`` (one of the kernel modules, e.g. "_lstm") of the chosen level."""
-    if name not in _KERNELS:
-        raise ValueError(f"name must be one of {', '.join(_KERNELS)}, got {name!r}")
+    if name not in KERNEL_MODULES:
+        raise ValueError(f"name must be one of {', '.join(KERNEL_MODULES)}, got {name!r}")
     return importlib.import_module("seqkern." + name + _SUFFIX)
 
 
