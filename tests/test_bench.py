@@ -1,6 +1,8 @@
 """The benchmark command: its grid, JSON, comparison and arguments."""
 
 import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -139,10 +141,11 @@ def test_cli_per_isa_and_busy(tmp_path, capsys):
     assert {r["isa_level"] for r in doc["results"]} == {_dispatch.COMPILED[0]}
     assert {r["busy_processes"] for r in doc["results"]} == {1}
     assert doc["machine"]["isa_level"] == _dispatch.COMPILED[0]
+    assert doc["aten_cpu_capability"] == cli.ATEN_CAPABILITY.get(
+        _dispatch.COMPILED[0], os.environ.get("ATEN_CPU_CAPABILITY"))
     assert not path.exists()
 
     # as a user types it (python -m, argv from the command line)
-    import subprocess
     import sys
     r = subprocess.run([sys.executable, "-m", "seqkern.bench", "--steps", "--no-grid",
                         "--kernels", "rnn", "--threads", "1", "--budget", "0", "--impls", "seqkern",
@@ -151,6 +154,30 @@ def test_cli_per_isa_and_busy(tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("=== level ") >= 1
     assert (tmp_path / f"m.{_dispatch.COMPILED[0]}.json").exists()
+
+
+def test_per_isa_runs_pytorch_at_the_same_level(monkeypatch, tmp_path):
+    """--isa starts one process per level with SEQKERN_MAX_ISA and PyTorch's
+    ATEN_CPU_CAPABILITY of that level (sse2: PyTorch's "default"), whatever the
+    caller's environment says."""
+    from seqkern import _cpu, _dispatch
+
+    monkeypatch.setattr(_dispatch, "COMPILED", ["sse2", "avx2", "avx512"])
+    monkeypatch.setattr(_cpu, "x86_level", lambda: 4)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    started = []
+
+    def run(cmd, env):
+        started.append((cmd, env))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(cli.subprocess, "run", run)
+    assert cli.main(["--quick", "--isa", "all", "--json", str(tmp_path / "r.json")]) == 0
+    assert [(env["SEQKERN_MAX_ISA"], env["ATEN_CPU_CAPABILITY"]) for _, env in started] == \
+        [("sse2", "default"), ("avx2", "avx2"), ("avx512", "avx512")]
+    assert [cmd[cmd.index("--json") + 1] for cmd, _ in started] == \
+        [str(tmp_path / f"r.{lv}.json") for lv in ("sse2", "avx2", "avx512")]
+    assert all("--isa" not in cmd and "--quick" in cmd for cmd, _ in started)
 
 
 @pytest.mark.parametrize("argv", [["--threads", "0"], ["--threads", "a"], ["--kernels", "cnn"],

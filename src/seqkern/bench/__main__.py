@@ -75,8 +75,8 @@ def main(argv=None):
     p.add_argument("--isa", metavar="LEVELS",
                    help="run the whole benchmark once per instruction-set level (comma-separated, "
                         "or 'all': every level this build has and this CPU supports), each in "
-                        "its own process under SEQKERN_MAX_ISA; --json PATH gets the level "
-                        "before its extension")
+                        "its own process under SEQKERN_MAX_ISA, and PyTorch at the same level "
+                        "(ATEN_CPU_CAPABILITY); --json PATH gets the level before its extension")
     args = p.parse_args(argv)
     if args.busy < 0:
         p.error(f"--busy must be >= 0, got {args.busy}")
@@ -141,6 +141,10 @@ def main(argv=None):
 
 _CHILD = "SEQKERN_BENCH_ISA_CHILD"       # set in the processes --isa starts
 
+#: PyTorch's CPU capability (ATEN_CPU_CAPABILITY) matching each of seqkern's levels,
+#: so that --isa compares the two at the same instruction set.
+ATEN_CAPABILITY = {"sse2": "default", "avx2": "avx2", "avx512": "avx512"}
+
 
 def _per_isa(p, args, argv):
     """--isa: this command once per level, each in a process of its own (the level
@@ -169,8 +173,9 @@ def _per_isa(p, args, argv):
             root, ext = os.path.splitext(args.json)
             cmd += ["--json", f"{root}.{lv}{ext}"]
         env = dict(os.environ, **{_CHILD: "1"})
-        if lv in _dispatch._ORDER:          # a native build's one level needs no cap
+        if lv in ATEN_CAPABILITY:           # a native build's one level needs no cap
             env["SEQKERN_MAX_ISA"] = lv
+            env["ATEN_CPU_CAPABILITY"] = ATEN_CAPABILITY[lv]
         print(f"\n=== level {lv} ===", flush=True)
         rc |= subprocess.run([sys.executable, "-m", "seqkern.bench", *cmd], env=env).returncode
     return rc

@@ -223,6 +223,10 @@ def write_json(path, results, peaks, argv, handoff_ns=None):
         command="python -m seqkern.bench " + " ".join(argv),
         machine=config(),
         torch=_torch_version(),
+        # PyTorch's kernels' instruction set: the cap asked for (--isa sets it to
+        # the run's level) and what PyTorch reports it runs (None without torch)
+        aten_cpu_capability=os.environ.get("ATEN_CPU_CAPABILITY"),
+        torch_cpu_capability=_torch_capability(),
         gemm_peaks=[dict(dtype=d, threads=n, gflops=g) for (d, n), g in sorted(peaks.items())],
         handoff_ns_before_after=handoff_ns,
         results=results,
@@ -237,6 +241,14 @@ def _torch_version():
     import torch
 
     return torch.__version__
+
+
+def _torch_capability():
+    if not torch_available():
+        return None
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def compare(old_path, results, out=None):
