@@ -88,12 +88,13 @@ def _choose(compiled, base, cpu_level, cap, load=importlib.import_module):
     """(the levels usable, the level chosen): ``compiled`` less any chosen level
     whose modules are not of the baseline module ``base``'s build."""
     compiled = list(compiled)
+    build_id = getattr(base, "BUILD_ID", None)
     while True:
         chosen = choose(compiled, cpu_level, cap)
-        bad = [] if chosen == compiled[0] else _not_of_build(chosen, base.BUILD_ID, load)
+        bad = [] if chosen == compiled[0] else _not_of_build(chosen, build_id, load)
         if not bad:
             break
-        warnings.warn(f"seqkern: the {chosen} kernels are not of this build ({base.BUILD_ID}, "
+        warnings.warn(f"seqkern: the {chosen} kernels are not of this build ({build_id}, "
                       f"{base.__file__}) and are ignored: "
                       + "; ".join(f"{f} ({why})" for f, why in bad)
                       + ". Delete them or rebuild with SEQKERN_PORTABLE=1.", RuntimeWarning)
@@ -105,6 +106,8 @@ def _choose(compiled, base, cpu_level, cap, load=importlib.import_module):
     return compiled, chosen
 
 
+#: The levels of this build, lowest first (less any found to be of another build
+#: when chosen), and the level chosen.
 COMPILED, LEVEL = _choose(*_compiled(), x86_level(), _max_isa())
 _SUFFIX = "" if LEVEL == COMPILED[0] else "_" + LEVEL
 
