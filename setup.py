@@ -137,7 +137,7 @@ def _build_id_header(config):
     which every kernel module reports as BUILD_ID. seqkern._dispatch ignores a
     level module whose ID is not the baseline's: one left over in the source tree
     from an earlier build of other levels or flags. The file is rewritten only
-    when the configuration changes; the kernel modules depend on it, so such a
+    when the configuration changes; every extension depends on it, so such a
     change recompiles all of them, even where their sources are unchanged.
     Returns (the header's directory, its path)."""
     text = repr((config, sysconfig.get_config_var("EXT_SUFFIX")))
@@ -164,24 +164,24 @@ def extensions():
     compile_args, link_args, openmp, levels, notes = _decide_flags()
     print("seqkern build: " + "; ".join(notes), file=sys.stderr)
     print("seqkern build: compile flags " + " ".join(compile_args), file=sys.stderr)
-    # Every extension recompiles when a C header changes (they include each other).
-    headers = sorted(glob.glob(os.path.join(SRC, "*.h")))
+    # Every extension recompiles when a C header changes (they include each other)
+    # or the build's configuration does (its ID's header).
     id_dir, id_header = _build_id_header((levels, compile_args, link_args, openmp,
                                           KERNEL_MODULES))
+    headers = sorted(glob.glob(os.path.join(SRC, "*.h"))) + [id_header]
     exts = []
     for pyx in sorted(glob.glob(os.path.join(SRC, "_*.pyx"))):
         name = os.path.splitext(os.path.basename(pyx))[0]
-        kernel = name in KERNEL_MODULES
         # ISA-neutral modules are built once, at the lowest level's flags.
-        for i, (level, level_flags) in enumerate(levels if kernel else levels[:1]):
+        for i, (level, level_flags) in enumerate(levels if name in KERNEL_MODULES else levels[:1]):
             suffix = "_" + level if i else ""
             flags = compile_args + level_flags
             exts.append(
                 Extension(
                     "seqkern." + name + suffix,
                     [_level_source(pyx, suffix)],
-                    include_dirs=[np.get_include(), SRC] + ([id_dir] if kernel else []),
-                    depends=headers + ([id_header] if kernel else []),
+                    include_dirs=[np.get_include(), SRC, id_dir],
+                    depends=headers,
                     define_macros=[
                         ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
                         ("SEQKERN_CFLAGS", '"%s"' % " ".join(flags)),
