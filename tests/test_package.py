@@ -272,7 +272,9 @@ assert not compiled, compiled
     path = tmp_path / "hidden.npz"
     r = _python(_HIDE_COMPILED + check + _RUN_REFERENCES + loaded, str(path))
     assert r.returncode == 0, r.stderr
-    r = _python(_RUN_REFERENCES, str(tmp_path / "normal.npz"))   # the same with them there
+    # the same with the kernels loaded beside them
+    r = _python("import seqkern; seqkern.rnn_forward, seqkern.attention_forward\n"
+                + _RUN_REFERENCES, str(tmp_path / "normal.npz"))
     assert r.returncode == 0, r.stderr
     hidden, normal = np.load(path), np.load(tmp_path / "normal.npz")
     assert sorted(hidden.files) == sorted(normal.files)

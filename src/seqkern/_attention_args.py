@@ -11,22 +11,7 @@ import numbers
 
 import numpy as np
 
-from seqkern._validation import check_bool, check_shape, check_sizes, float_array
-
-
-def _key_lengths_array(key_lengths, B, Tk):
-    """``key_lengths`` as an int64 array of shape (B,) with values in [0, Tk], or None."""
-    if key_lengths is None:
-        return None
-    arr = np.asarray(key_lengths)
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"key_lengths must be an integer array of shape (B,), got dtype {arr.dtype}")
-    if arr.shape != (B,):
-        raise ValueError(f"key_lengths must have shape (B,) = ({B},), got {arr.shape}")
-    if B and (arr.min() < 0 or arr.max() > Tk):
-        raise ValueError(f"key_lengths must lie in [0, Tk] = [0, {Tk}], "
-                         f"got values in [{arr.min()}, {arr.max()}]")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+from seqkern._validation import check_bool, check_shape, check_sizes, float_array, lengths_array
 
 
 def _compact_mask(mask, target, dtype):
@@ -100,7 +85,7 @@ class AttentionArgs:
             raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
         else:
             self.scale = float(scale)
-        self.key_lengths = _key_lengths_array(key_lengths, B, Tk)
+        self.key_lengths = lengths_array(key_lengths, B, Tk, "key_lengths", "Tk")
         if mask is None:
             self.mask, self.mask_strides, self.mask_kind = None, (0, 0, 0, 0), None
         else:

@@ -69,17 +69,19 @@ def check_shape(name, arr, expected, legend):
         raise ValueError(f"{name} must have shape {legend} = {tuple(expected)}, got {tuple(arr.shape)}")
 
 
-def lengths_array(lengths, B, T):
-    """``lengths`` as an int64 array of shape (B,) with values in [0, T], or None."""
+def lengths_array(lengths, B, T, name="lengths", T_name="T"):
+    """``lengths`` (the argument ``name``) as an int64 array of shape (B,) with
+    values in [0, T] (``T_name``: how a message spells T), or None."""
     if lengths is None:
         return None
     arr = np.asarray(lengths)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"lengths must be an integer array of shape (B,), got dtype {arr.dtype}")
+        raise TypeError(f"{name} must be an integer array of shape (B,), got dtype {arr.dtype}")
     if arr.shape != (B,):
-        raise ValueError(f"lengths must have shape (B,) = ({B},), got {arr.shape}")
+        raise ValueError(f"{name} must have shape (B,) = ({B},), got {arr.shape}")
     if B and (arr.min() < 0 or arr.max() > T):
-        raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got values in [{arr.min()}, {arr.max()}]")
+        raise ValueError(f"{name} must lie in [0, {T_name}] = [0, {T}], "
+                         f"got values in [{arr.min()}, {arr.max()}]")
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
