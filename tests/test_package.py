@@ -286,6 +286,25 @@ assert not compiled, compiled
         assert np.isfinite(hidden[name]).all(), name
 
 
+def test_type_checkers_see_the_names_the_package_loads():
+    """The imports seqkern/__init__.py shows type checkers name each public
+    name's module and attribute as the lazy loader does, and every submodule."""
+    import ast
+
+    tree = ast.parse(open(seqkern.__file__).read())
+    block = next(n for n in tree.body if isinstance(n, ast.If)
+                 and getattr(n.test, "id", None) == "TYPE_CHECKING")
+    seen, modules = {}, set()
+    for imp in block.body:
+        for alias in imp.names:
+            if imp.module == "seqkern":
+                modules.add(alias.name)
+            else:
+                seen[alias.asname or alias.name] = (imp.module[len("seqkern."):], alias.name)
+    assert seen == seqkern._PUBLIC
+    assert modules == set(seqkern._SUBMODULES)
+
+
 def test_package_names_load_on_first_use():
     """``import seqkern`` loads no compiled module; each public name (and the
     submodules it used to import) loads on first use; ``dir`` and ``__all__`` list

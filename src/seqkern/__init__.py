@@ -12,8 +12,20 @@ when a kernel or a thread setting is first asked for.
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:   # the names as type checkers see them; at run time: _PUBLIC
+    from seqkern import attention, gru, lstm, reference, rnn
+    from seqkern._config import show_config
+    from seqkern._threads import MAX_THREADS, get_num_threads, set_num_threads, threads
+    from seqkern._types import AttentionGrads, GRUGrads, LSTMGrads, RNNGrads
+    from seqkern._workspace import clear as free_workspace, max_bytes as workspace_limit
+    from seqkern.attention import attention_backward, attention_forward
+    from seqkern.gru import gru_backward, gru_forward, gru_step_backward, gru_step_forward
+    from seqkern.lstm import lstm_backward, lstm_forward, lstm_step_backward, lstm_step_forward
+    from seqkern.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
 
 #: Each public name: (the module that defines it, its name there).
 _PUBLIC = {
