@@ -121,7 +121,7 @@ def test_small_tiles_match_reference(rng, monkeypatch, tiles, variant):
     """Many ragged tiles: the online softmax across key tiles, causal and length
     tile skipping, and query tiles that start past the diagonal. "large" scores
     (|s| up to ~100) make the running max jump between tiles and exp underflow."""
-    monkeypatch.setattr(seqkern.attention, "_tile_sizes", lambda a, backward=False: tiles)
+    monkeypatch.setattr(seqkern.attention, "_tiles", tiles)
     shape = (2, 4, 2, 23, 37, 6, 5)
     args = make(rng, shape)
     if variant == "large":
@@ -228,12 +228,11 @@ def test_fully_masked_rows_give_zeros(rng, dtype, impl):
 @pytest.mark.parametrize("causal", [False, True])
 def test_backward_key_blocks_match_reference(rng, causal):
     """One kv head and one batch: the backward cuts the keys into blocks with
-    their own dq parts (see attention._key_blocks)."""
+    their own dq parts (see _attention.key_blocks)."""
     shape = (1, 4, 1, 50, 300, 8, 8)
     args = make(rng, shape)
-    a = AttentionArgs(*args[:3], causal, None, None, None)
-    bk = seqkern.attention._tile_sizes(a, backward=True)[1]
-    assert seqkern.attention._key_blocks(a, bk) > 1
+    bk = _attention.tile_sizes(50, 300, causal, backward=True)[1]
+    assert _attention.key_blocks(1, 1, 300, bk) > 1
     (out, grads), (rout, rgrads) = run_both(args, np.float64, causal=causal,
                                             key_lengths=[290])
     for name in ("dq", "dk", "dv"):
@@ -523,13 +522,13 @@ def test_masked_keys_never_contribute_tiles(rng, monkeypatch, tiles):
     the row path), and with the backward's keys cut into blocks (None: its default
     tiles, one kv head); every spelling at once."""
     if tiles is not None:
-        monkeypatch.setattr(seqkern.attention, "_tile_sizes", lambda a, backward=False: tiles)
+        monkeypatch.setattr(seqkern.attention, "_tiles", tiles)
     shape = (1, 4, 1, 23, 300, 8, 8) if tiles is None else (2, 4, 2, 23, 37, 6, 5)
     kw = dict(causal=True, key_lengths=np.array([shape[4] - 2] * shape[0]))
     kw.update(_spelling_kwargs(rng, "float_mask", shape))
     if tiles is None:
-        a = AttentionArgs(*make(rng, shape)[:3], True, None, None, None)
-        assert seqkern.attention._key_blocks(a, seqkern.attention._tile_sizes(a, True)[1]) > 1
+        bk = _attention.tile_sizes(shape[3], shape[4], True, backward=True)[1]
+        assert _attention.key_blocks(shape[0], shape[2], shape[4], bk) > 1
     check_nan_rule(rng, np.float64, shape, kw)
     kw["mask"] = kw["mask"] != -np.inf
     check_nan_rule(rng, np.float32, shape, kw)

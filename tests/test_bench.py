@@ -207,21 +207,27 @@ def test_time_interleaved_alternates(monkeypatch):
 
 def test_time_interleaved_sizes_samples_on_the_steady_state(monkeypatch):
     """A slow first call (a core waking up) must not shrink every sample to one
-    call: the samples are sized on the faster of two warm-up calls."""
-    import time
+    call: the samples are sized on the faster of two warm-up calls. The runner's
+    clock is a virtual one that only the calls advance, so the load on the
+    machine cannot change the outcome."""
+    import types
 
+    now = [0.0]
+    clock = types.SimpleNamespace(perf_counter=lambda: now[0],
+                                  sleep=lambda s: now.__setitem__(0, now[0] + s))
+    monkeypatch.setattr(runner, "time", clock)
     monkeypatch.setattr(runner, "SAMPLE_S", 0.02)
     monkeypatch.setattr(runner, "PAUSE_S", 0.0)
     n = [0]
 
     def fn():
         n[0] += 1
-        time.sleep(0.03 if n[0] == 1 else 0.001)
+        now[0] += 0.03 if n[0] == 1 else 0.001
 
     t = runner.time_interleaved({"f": fn}, budget_s=0, min_repeats=2)
     assert len(t["f"]) == 2
-    assert n[0] >= 2 + 2 * 5                # two warm-up calls, then samples of several
-    assert all(x < 0.01 for x in t["f"])    # per call, without the slow first one
+    assert n[0] >= 2 + 2 * 10               # two warm-up calls, then 2 samples of ~20 calls
+    assert t["f"] == pytest.approx([0.001, 0.001])   # per call, without the slow first one
 
 
 def test_sweep_cases_and_plots(tmp_path):

@@ -259,7 +259,7 @@ cdef inline void _row_dots(int nk, int D, floating alpha, const floating* K,
 
 cdef struct Problem:
     int B, Hq, Hkv, Tq, Tk, D, Dv
-    int bq, bk                   # tile sizes (chosen from the problem size only)
+    int bq, bk                   # tile sizes (tile_sizes: from the problem size only)
     bint causal
     const int64_t* lengths       # (B,) or NULL
     # mask: boolean (mask_b, 1 = may attend) or float (mask_f, added to S) or
@@ -346,80 +346,53 @@ cdef inline bint _visible(const Problem* P, floating scale, int b, int h, int i,
     return True
 
 
-cdef void _mask_tile(const Problem* P, floating* S, int lds, int b, int h,
-                     int i0, int nq, int j0, int nk) noexcept nogil:
-    """Apply the user mask and the causal limit to the score tile
-    S[0:nq, 0:nk] of rows i0.., keys j0.. (masked scores become -inf, by
-    selection: a NaN score at a masked key goes too)."""
-    cdef int r, j, jc
+cdef void _mask_tile(const Problem* P, floating* S, Py_ssize_t rs, Py_ssize_t cs, int b,
+                     int h, int i0, int nq, int j0, int nk) noexcept nogil:
+    """Apply the user mask and the causal limit to a score tile of query rows
+    i0 .. i0 + nq and keys j0 .. j0 + nk, the score of (r, jj) at S[r*rs + jj*cs]
+    (rows of queries: rs = ld, cs = 1; transposed, keys x queries: rs = 1,
+    cs = ld). Masked scores become -inf, by selection: a NaN score at a masked
+    key goes too. The loops run along the contiguous axis."""
+    cdef bint by_rows = cs == 1
+    cdef int n_o = nq if by_rows else nk, n_i = nk if by_rows else nq
+    cdef Py_ssize_t so = rs if by_rows else cs, si = cs if by_rows else rs
+    cdef Py_ssize_t mo = P.ms[2] if by_rows else P.ms[3]
+    cdef Py_ssize_t mi = P.ms[3] if by_rows else P.ms[2]
     cdef int off = P.Tk - P.Tq
-    cdef floating* row
+    cdef int o, x, x0, x1
+    cdef floating* line
     cdef const unsigned char* mb
     cdef const floating* mf
-    cdef Py_ssize_t sj = P.ms[3]
     cdef Py_ssize_t base
     if P.mask_b != NULL or P.mask_f != NULL:
-        base = <Py_ssize_t>b * P.ms[0] + <Py_ssize_t>h * P.ms[1] + <Py_ssize_t>j0 * sj
-        for r in range(nq):
-            row = S + <Py_ssize_t>r * lds
+        base = (<Py_ssize_t>b * P.ms[0] + <Py_ssize_t>h * P.ms[1]
+                + <Py_ssize_t>i0 * P.ms[2] + <Py_ssize_t>j0 * P.ms[3])
+        for o in range(n_o):
+            line = S + <Py_ssize_t>o * so
             if P.mask_b != NULL:
-                mb = P.mask_b + base + <Py_ssize_t>(i0 + r) * P.ms[2]
-                if sj == 0:
-                    if not mb[0]:
-                        for j in range(nk):
-                            row[j] = -INFINITY
-                else:
-                    for j in range(nk):
-                        row[j] = row[j] if mb[j] else -INFINITY
+                mb = P.mask_b + base + <Py_ssize_t>o * mo
+                for x in range(n_i):
+                    if not mb[<Py_ssize_t>x * mi]:
+                        line[<Py_ssize_t>x * si] = -INFINITY
             else:
-                mf = (<const floating*>P.mask_f) + base + <Py_ssize_t>(i0 + r) * P.ms[2]
-                if sj == 0:
-                    for j in range(nk):
-                        row[j] = row[j] + mf[0] if mf[0] != -INFINITY else -INFINITY
-                else:
-                    for j in range(nk):
-                        row[j] = row[j] + mf[j] if mf[j] != -INFINITY else -INFINITY
+                mf = (<const floating*>P.mask_f) + base + <Py_ssize_t>o * mo
+                for x in range(n_i):
+                    if mf[<Py_ssize_t>x * mi] == -INFINITY:
+                        line[<Py_ssize_t>x * si] = -INFINITY
+                    else:
+                        line[<Py_ssize_t>x * si] += mf[<Py_ssize_t>x * mi]
     if P.causal and j0 + nk - 1 > i0 + off:
-        for r in range(nq):
-            row = S + <Py_ssize_t>r * lds
-            jc = i0 + r + off + 1 - j0           # first masked key of this row, tile-relative
-            if jc < 0:
-                jc = 0
-            for j in range(jc, nk):
-                row[j] = -INFINITY
-
-
-cdef void _mask_tile_t(const Problem* P, floating* ST, int ld, int b, int h,
-                       int i0, int nq, int j0, int nk) noexcept nogil:
-    """_mask_tile on a transposed tile: ST[jj, r] is the score of query i0 + r
-    and key j0 + jj."""
-    cdef int r, jj, rend
-    cdef int off = P.Tk - P.Tq
-    cdef floating* row
-    cdef const unsigned char* mb
-    cdef const floating* mf
-    cdef Py_ssize_t si = P.ms[2]
-    cdef Py_ssize_t base
-    if P.mask_b != NULL or P.mask_f != NULL:
-        base = <Py_ssize_t>b * P.ms[0] + <Py_ssize_t>h * P.ms[1] + <Py_ssize_t>i0 * si
-        for jj in range(nk):
-            row = ST + <Py_ssize_t>jj * ld
-            if P.mask_b != NULL:
-                mb = P.mask_b + base + <Py_ssize_t>(j0 + jj) * P.ms[3]
-                for r in range(nq):
-                    row[r] = row[r] if mb[r * si] else -INFINITY
-            else:
-                mf = (<const floating*>P.mask_f) + base + <Py_ssize_t>(j0 + jj) * P.ms[3]
-                for r in range(nq):
-                    row[r] = row[r] + mf[r * si] if mf[r * si] != -INFINITY else -INFINITY
-    if P.causal and j0 + nk - 1 > i0 + off:
-        for jj in range(nk):
-            rend = j0 + jj - off - i0            # queries r < rend may not see this key
-            if rend > nq:
-                rend = nq
-            row = ST + <Py_ssize_t>jj * ld
-            for r in range(rend):
-                row[r] = -INFINITY
+        # key j0 + jj is hidden from query i0 + r where jj > i0 + r + off - j0
+        for o in range(n_o):
+            line = S + <Py_ssize_t>o * so
+            if by_rows:                         # o = r: keys x0.. hidden
+                x0 = max(0, i0 + o + off + 1 - j0)
+                x1 = n_i
+            else:                               # o = jj: queries ..x1 hidden
+                x0 = 0
+                x1 = min(n_i, j0 + o - off - i0)
+            for x in range(x0, x1):
+                line[<Py_ssize_t>x * si] = -INFINITY
 
 
 # ---------------------------------------------------------------------------
@@ -443,6 +416,13 @@ cdef void _transpose_pad(const floating* x, int n, int w, floating* xt, int ldt,
 # product, so a single query did 32 times the multiply-adds it needs in float32.
 cdef enum:
     ROW_QUERIES = 6
+
+# The backward cuts a (b, kv head)'s keys into blocks to have at least about
+# MIN_BACKWARD_TASKS tasks (key_blocks), and sums dq's parts SUM_BLOCK elements a task.
+cdef enum:
+    MIN_BACKWARD_TASKS = 8
+    MAX_KEY_BLOCKS = 4
+    SUM_BLOCK = 16384
 
 
 cdef int _row_path_from(int Tq, int bq) noexcept nogil:
@@ -490,7 +470,7 @@ cdef void _forward_row(const Problem* P, floating scale, int b, int h, int i, in
     while j0 < kend:
         nk = min(bk, kend - j0)
         _row_dots(nk, D, scale, kp + <Py_ssize_t>j0 * D, qrow, s)    # (nk,)
-        _mask_tile(P, s, nk, b, h, i, 1, j0, nk)
+        _mask_tile(P, s, nk, 1, b, h, i, 1, j0, nk)
         alpha = _softmax_row(s, nk, &m, &l)     # s := exp(s - m_new); m, l updated
         if alpha != 1:
             _row_scale(orow, Dv, alpha)
@@ -524,7 +504,7 @@ cdef void _forward_visible(const Problem* P, floating scale, int b, int h, int i
         if row_path:
             for r in range(nq):
                 _row_dots(nk, D, scale, kp + <Py_ssize_t>j0 * D, qp + <Py_ssize_t>r * D, ST)
-                _mask_tile(P, ST, nk, b, h, i0 + r, 1, j0, nk)
+                _mask_tile(P, ST, nk, 1, b, h, i0 + r, 1, j0, nk)
                 if lp[r] == 0:
                     continue
                 for jj in range(nk):
@@ -534,7 +514,7 @@ cdef void _forward_visible(const Problem* P, floating scale, int b, int h, int i
                                   op + <Py_ssize_t>r * Dv)
         else:
             _scores_t(P, scale, nk, nq, kp + <Py_ssize_t>j0 * D, qp, QT, bqp, ST, bqp)
-            _mask_tile_t(P, ST, bqp, b, h, i0, nq, j0, nk)
+            _mask_tile(P, ST, 1, bqp, b, h, i0, nq, j0, nk)
             for jj in range(nk):
                 for r in range(nq):
                     if lp[r] != 0 and _visible(P, scale, b, h, i0 + r, j0 + jj):
@@ -599,7 +579,7 @@ cdef void _forward_task(const Problem* P, floating scale, Py_ssize_t task,
             nk = min(bk, kend - j0)
             # ST = scale * k_tile @ q_tile^T                         (nk, nq)
             _scores_t(P, scale, nk, nq, kp + <Py_ssize_t>j0 * D, qp, QT, bqp, ST, bqp)
-            _mask_tile_t(P, ST, bqp, b, h, i0, nq, j0, nk)
+            _mask_tile(P, ST, 1, bqp, b, h, i0, nq, j0, nk)
             # ST := exp(ST - m_new) (unnormalised P^T); m, l updated
             _softmax_cols(ST, bqp, nk, nq, m, l, alpha, shift)
             for r in range(nq):
@@ -619,17 +599,24 @@ cdef Py_ssize_t _forward_scratch(const Problem* P, int nr) noexcept nogil:
     return (P.bk + P.D + 4) * <Py_ssize_t>_round_up(P.bq, nr)
 
 
-cdef void _forward(const Problem* P, floating scale, const floating* q, const floating* k,
+cdef bint _forward(const Problem* P, floating scale, const floating* q, const floating* k,
                    const floating* v, floating* out, floating* mstat, floating* lstat,
                    int n_threads) noexcept nogil:
+    """Every forward task; False if a thread could not allocate its scratch."""
     cdef Py_ssize_t n_tasks = <Py_ssize_t>P.B * P.Hq * ((P.Tq + P.bq - 1) // P.bq)
     cdef Py_ssize_t t
     cdef floating* scratch = NULL
-    with parallel(num_threads=n_threads):
+    cdef int failed = 0
+    cdef int* failed_p = &failed       # shared: a variable assigned in the region is private
+    with parallel(num_threads=n_threads, use_threads_if=n_threads > 1 and n_tasks > 1):
         scratch = <floating*>malloc(_forward_scratch(P, _nr(scale)) * sizeof(floating))
+        if scratch == NULL:
+            failed_p[0] = 1
         for t in prange(n_tasks, schedule='dynamic'):
-            _forward_task(P, scale, t, q, k, v, out, mstat, lstat, scratch)
+            if scratch != NULL:
+                _forward_task(P, scale, t, q, k, v, out, mstat, lstat, scratch)
         free(scratch)
+    return not failed
 
 
 # ---------------------------------------------------------------------------
@@ -726,7 +713,7 @@ cdef void _backward_tile(const Problem* P, floating scale, int b, int h, int i0,
         vt = vp + <Py_ssize_t>j0 * Dv
         # ST = scale * k_tile @ q_rows^T, as the forward computed it   (nk, nq)
         _scores_t(P, scale, nk, nq, kt, qt, QT, bqp, ST, bqp)
-        _mask_tile_t(P, ST, bqp, b, h, i0, nq, j0, nk)
+        _mask_tile(P, ST, 1, bqp, b, h, i0, nq, j0, nk)
         _cols_prob(ST, bqp, nk, nq, mp, lp)                 # P^T = exp(ST - m) / l
         if visible_only:
             _backward_visible(P, scale, b, h, i0, nq, j0, nk, ST, 1, bqp, qt, dot, kp, vp,
@@ -777,7 +764,7 @@ cdef void _backward_rows(const Problem* P, floating scale, int b, int h, int i0,
         # S = scale * q_rows @ k_tile^T, P = exp(S - m) / l              (nq, nk)
         for r in range(nq):
             _row_dots(nk, D, scale, kt, qt + <Py_ssize_t>r * D, S + <Py_ssize_t>r * bk)
-        _mask_tile(P, S, bk, b, h, i0, nq, j0, nk)
+        _mask_tile(P, S, bk, 1, b, h, i0, nq, j0, nk)
         for r in range(nq):
             _row_prob(S + <Py_ssize_t>r * bk, nk, mp[r], lp[r])
         if visible_only:
@@ -809,8 +796,8 @@ cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task, int 
                          floating* scratch) noexcept nogil:
     """Task = (b, kv head, key block kb of n_kb): dk, dv of that head's keys in
     the block, and the block's share of dq for its G query heads, written to dq
-    part kb (dq is (n_kb, B, Hq, Tq, D); the caller sums the parts in order). All
-    accumulate in place (they hold zeros on entry). Query tiles of bq rows in
+    part kb (dq is (n_kb, B, Hq, Tq, D); _backward sums the parts in order). The
+    task zeroes those elements first, then accumulates into them. Query tiles of bq rows in
     order, each against the block's keys it may see (_backward_tile, or
     _backward_rows for the rows on the forward's row path). If the results come
     out with NaN or Inf, they are computed again with _backward_visible. scratch:
@@ -829,11 +816,16 @@ cdef void _backward_task(const Problem* P, floating scale, Py_ssize_t task, int 
     cdef int per_block = (n_kt + n_kb - 1) // n_kb          # key tiles per block
     cdef int jfirst = kb * per_block * bk
     cdef int kend = min(_key_end(P, b, P.Tq), (kb + 1) * per_block * bk)
-    cdef int g, h, i0, nq, nt, kend_q
+    cdef int g, h, i0, nq, nt, kend_q, kblock
     cdef Py_ssize_t bh, rowi
     cdef bint visible_only = False, ok
 
     dq = dq + <Py_ssize_t>kb * P.B * P.Hq * P.Tq * D
+    memset(dq + bh0 * P.Tq * D, 0, <Py_ssize_t>G * P.Tq * D * sizeof(floating))
+    if jfirst < P.Tk:
+        kblock = min(P.Tk, (kb + 1) * per_block * bk) - jfirst
+        memset(dkp + <Py_ssize_t>jfirst * D, 0, <Py_ssize_t>kblock * D * sizeof(floating))
+        memset(dvp + <Py_ssize_t>jfirst * Dv, 0, <Py_ssize_t>kblock * Dv * sizeof(floating))
     while True:
         for g in range(G):
             bh = bh0 + g
@@ -887,25 +879,37 @@ cdef Py_ssize_t _backward_scratch(const Problem* P, int nr) noexcept nogil:
     return (2 * P.bk + P.D + P.Dv) * <Py_ssize_t>_round_up(P.bq, nr)
 
 
-cdef void _backward(const Problem* P, floating scale, const floating* q, const floating* k,
+cdef bint _backward(const Problem* P, floating scale, const floating* q, const floating* k,
                     const floating* v, const floating* out, const floating* mstat,
-                    const floating* lstat, const floating* dout, floating* Di,
-                    floating* dq, floating* dk, floating* dv, int n_kb,
-                    int n_threads) noexcept nogil:
+                    const floating* lstat, const floating* dout, floating* dq, floating* dk,
+                    floating* dv, int n_kb, int n_threads) noexcept nogil:
+    """Every backward task into dq, dk, dv (each element written); False if
+    scratch could not be allocated (the results are then incomplete)."""
     cdef Py_ssize_t n_bh = <Py_ssize_t>P.B * P.Hq
+    cdef Py_ssize_t n_rows = n_bh * P.Tq
+    cdef Py_ssize_t dq_size = n_rows * P.D
     cdef Py_ssize_t n_tasks = <Py_ssize_t>P.B * P.Hkv * n_kb
-    cdef Py_ssize_t t
-    cdef int Dv = P.Dv
+    cdef Py_ssize_t t, i, rowi, e, e1
+    cdef int Dv = P.Dv, kb
     cdef floating* scratch = NULL
-    cdef Py_ssize_t i, rowi
-    with parallel(num_threads=n_threads):
+    cdef int failed = 0
+    cdef int* failed_p = &failed       # shared: a variable assigned in the region is private
+    cdef floating acc
+    # Di (B, Hq, Tq), and dq's parts (n_kb, B, Hq, Tq, D) where n_kb > 1
+    cdef floating* Di = <floating*>malloc(n_rows * sizeof(floating))
+    cdef floating* parts = dq if n_kb == 1 else <floating*>malloc(n_kb * dq_size * sizeof(floating))
+    if Di == NULL or parts == NULL:
+        free(Di)
+        if parts != dq:
+            free(parts)
+        return False
+    with parallel(num_threads=n_threads, use_threads_if=n_threads > 1 and n_bh > 1):
         # Di = rowsum(dout * out), one (b, h) per iteration. A row whose softmax is
         # one key j (l = 1: every other exp is 0 or below rounding) has out_i = v_j
         # and dS_ij = P_ij (dP_ij - Di) = 0 up to rounding; that rounding, times a
         # huge scale (dq = scale dS k), would be all of dq. So such a row's Di is
         # summed as one element of the dP product is (in order, SK_MADD), exactly
-        # dP_ij when out_i = v_j; the others by a vectorised sum (the in-order sum
-        # costs about as much as a whole product at small Tk).
+        # dP_ij when out_i = v_j; the others by a vectorised sum.
         for t in prange(n_bh, schedule='static'):
             for i in range(P.Tq):
                 rowi = t * P.Tq + i
@@ -913,12 +917,28 @@ cdef void _backward(const Problem* P, floating scale, const floating* q, const f
                     Di[rowi] = _dot_seq(dout + rowi * Dv, out + rowi * Dv, Dv)
                 else:
                     Di[rowi] = _key_dot(dout + rowi * Dv, out + rowi * Dv, Dv)
-    with parallel(num_threads=n_threads):
+    with parallel(num_threads=n_threads, use_threads_if=n_threads > 1 and n_tasks > 1):
         scratch = <floating*>malloc(_backward_scratch(P, _nr(scale)) * sizeof(floating))
+        if scratch == NULL:
+            failed_p[0] = 1
         for t in prange(n_tasks, schedule='dynamic'):
-            _backward_task(P, scale, t, n_kb, q, k, v, mstat, lstat, dout, Di, dq, dk, dv,
-                           scratch)
+            if scratch != NULL:
+                _backward_task(P, scale, t, n_kb, q, k, v, mstat, lstat, dout, Di, parts,
+                               dk, dv, scratch)
         free(scratch)
+    if n_kb > 1:
+        # dq = the parts summed in order (the sum does not depend on the threads)
+        for t in prange((dq_size + SUM_BLOCK - 1) // SUM_BLOCK, num_threads=n_threads,
+                        schedule='static', use_threads_if=n_threads > 1 and dq_size > SUM_BLOCK):
+            e1 = min((t + 1) * SUM_BLOCK, dq_size)
+            for e in range(t * SUM_BLOCK, e1):
+                acc = parts[e]
+                for kb in range(1, n_kb):
+                    acc = acc + parts[kb * dq_size + e]
+                dq[e] = acc
+        free(parts)
+    free(Di)
+    return not failed
 
 
 # ---------------------------------------------------------------------------
@@ -959,23 +979,63 @@ cdef Problem _problem(q, k, v, int bq, int bk, int fwd_bq, bint causal, lengths,
     return P
 
 
+def tile_sizes(int Tq, int Tk, bint causal, bint backward=False):
+    """(bq, bk): the query and key tile sizes the kernels choose, from the problem
+    size only (never the thread count, so that results do not depend on it).
+    Causal attention takes short query tiles, which waste less on the diagonal;
+    the backward on the kernel's own products holds two score tiles of bk x bq
+    and takes short query tiles too. The backward on BLAS takes the forward's
+    tiles (it repeats the forward's score products). docs/benchmarks.md has the
+    measurements behind these sizes."""
+    if backward:
+        bq, bk = (32, 128) if causal else (64, 128)
+    else:
+        bq, bk = (64, 256) if causal else (256, 256)
+    return min(bq, Tq), min(bk, Tk)
+
+
+def key_blocks(int B, int Hkv, int Tk, int bk):
+    """How many blocks the backward cuts each (b, kv head)'s keys into, so that
+    it has about MIN_BACKWARD_TASKS tasks to share among threads: from the
+    problem size only; each block beyond the first costs one more dq-sized
+    scratch array."""
+    cdef int pairs = B * Hkv
+    if pairs >= MIN_BACKWARD_TASKS:
+        return 1
+    n_tiles = (Tk + bk - 1) // bk
+    return max(1, min((MIN_BACKWARD_TASKS + pairs - 1) // pairs, MAX_KEY_BLOCKS, n_tiles))
+
+
+def _tiles(int Tq, int Tk, bint causal, bint backward, tiles):
+    """tile_sizes, or ``tiles`` (bq, bk) where given (tests force small tiles)."""
+    if tiles is None:
+        return tile_sizes(Tq, Tk, causal, backward)
+    return min(tiles[0], Tq), min(tiles[1], Tk)
+
+
 def forward(const floating[:, :, :, ::1] q,     # (B, Hq, Tq, D)
             const floating[:, :, :, ::1] k,     # (B, Hkv, Tk, D)
             const floating[:, :, :, ::1] v,     # (B, Hkv, Tk, Dv)
             floating[:, :, :, ::1] out,         # (B, Hq, Tq, Dv) OUT
             floating[:, :, :, ::1] stats,       # (2, B, Hq, Tq) OUT: per query row, [0] the
                                                 # largest score m, [1] 1 / sum_j exp(S_ij - m)
-            double scale, bint causal, lengths, mask, mask_strides,
-            int bq, int bk, bint blas, int n_threads):
-    """Attention forward. ``lengths`` (B,) int64 or None; ``mask`` a C-contiguous
-    uint8 (boolean) or floating array whose element [b, h, i, j] is at the
-    element offsets ``mask_strides`` (a 4-tuple), or None. The mask array must
-    stay alive for the call (the caller holds it). A row with no key to attend to
-    gets stats 0, 0 (see _finish_row)."""
+            double scale, bint causal, lengths, mask, mask_strides, bint blas,
+            int n_threads, tiles=None):
+    """Attention forward; writes every element of out and stats. ``lengths``
+    (B,) int64 or None; ``mask`` a C-contiguous uint8 (boolean) or floating array
+    whose element [b, h, i, j] is at the element offsets ``mask_strides`` (a
+    4-tuple), or None. The mask array must stay alive for the call (the caller
+    holds it). ``blas``: the tile products on BLAS, else on sk_gemm. ``tiles``:
+    (bq, bk) to force, else tile_sizes. A row with no key to attend to gets
+    out = 0 and stats 0, 0 (see _finish_row)."""
+    bq, bk = _tiles(q.shape[2], k.shape[2], causal, False, tiles)
     cdef Problem P = _problem(q, k, v, bq, bk, bq, causal, lengths, mask, mask_strides, blas)
+    cdef bint ok
     with nogil:
-        _forward(&P, <floating>scale, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0],
-                 &out[0, 0, 0, 0], &stats[0, 0, 0, 0], &stats[1, 0, 0, 0], n_threads)
+        ok = _forward(&P, <floating>scale, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0],
+                      &out[0, 0, 0, 0], &stats[0, 0, 0, 0], &stats[1, 0, 0, 0], n_threads)
+    if not ok:
+        raise MemoryError("attention_forward: no memory for the kernel's scratch")
 
 
 def backward(const floating[:, :, :, ::1] q,     # (B, Hq, Tq, D)
@@ -984,28 +1044,32 @@ def backward(const floating[:, :, :, ::1] q,     # (B, Hq, Tq, D)
              const floating[:, :, :, ::1] out,   # (B, Hq, Tq, Dv) from the forward
              const floating[:, :, :, ::1] stats, # (2, B, Hq, Tq) from the forward
              const floating[:, :, :, ::1] dout,  # (B, Hq, Tq, Dv)
-             floating[:, :, ::1] Di,             # (B, Hq, Tq) scratch
-             floating[:, :, :, :, ::1] dq,       # (n_kb, B, Hq, Tq, D) OUT, zeros on entry
-             floating[:, :, :, ::1] dk,          # (B, Hkv, Tk, D) OUT, zeros on entry
-             floating[:, :, :, ::1] dv,          # (B, Hkv, Tk, Dv) OUT, zeros on entry
-             double scale, bint causal, lengths, mask, mask_strides,
-             int bq, int bk, int fwd_bq, bint blas, int n_threads):
-    """Attention backward (same mask conventions as :func:`forward`); fwd_bq is
-    the forward's query tile size (its rows on the row path get their scores the
-    same way here).
+             floating[:, :, :, ::1] dq,          # (B, Hq, Tq, D) OUT
+             floating[:, :, :, ::1] dk,          # (B, Hkv, Tk, D) OUT
+             floating[:, :, :, ::1] dv,          # (B, Hkv, Tk, Dv) OUT
+             double scale, bint causal, lengths, mask, mask_strides, bint blas,
+             int n_threads, tiles=None):
+    """Attention backward (same conventions as :func:`forward`, whose ``blas``
+    and ``tiles`` it must be given); writes every element of dq, dk and dv.
 
-    The keys of each (b, kv head) are cut into n_kb = dq.shape[0] blocks of
-    whole key tiles, one task each; block kb adds its share of dq into dq[kb]
-    and the caller sums dq over its first axis, in order. n_kb > 1 gives more
-    tasks when B * Hkv is small, at n_kb times the memory of dq."""
-    cdef Problem P = _problem(q, k, v, bq, bk, fwd_bq, causal, lengths, mask, mask_strides,
-                              blas)
+    Its tiles are tile_sizes(backward=True), or the forward's where ``blas`` (it
+    repeats the forward's score products); rows the forward ran on its row path
+    get their scores the same way here. The keys of each (b, kv head) are cut
+    into key_blocks() blocks, one task each, each adding its share of dq into a
+    dq part of its own; the parts are summed in order."""
+    cdef int Tq = q.shape[2], Tk = k.shape[2]
+    fbq, fbk = _tiles(Tq, Tk, causal, False, tiles)
+    bq, bk = (fbq, fbk) if blas else _tiles(Tq, Tk, causal, True, tiles)
+    cdef int n_kb = key_blocks(q.shape[0], k.shape[1], Tk, bk)
+    cdef Problem P = _problem(q, k, v, bq, bk, fbq, causal, lengths, mask, mask_strides, blas)
+    cdef bint ok
     with nogil:
-        _backward(&P, <floating>scale, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0],
-                  &out[0, 0, 0, 0], &stats[0, 0, 0, 0], &stats[1, 0, 0, 0], &dout[0, 0, 0, 0],
-                  &Di[0, 0, 0],
-                  &dq[0, 0, 0, 0, 0], &dk[0, 0, 0, 0], &dv[0, 0, 0, 0], dq.shape[0],
-                  n_threads)
+        ok = _backward(&P, <floating>scale, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0],
+                       &out[0, 0, 0, 0], &stats[0, 0, 0, 0], &stats[1, 0, 0, 0],
+                       &dout[0, 0, 0, 0], &dq[0, 0, 0, 0], &dk[0, 0, 0, 0], &dv[0, 0, 0, 0],
+                       n_kb, n_threads)
+    if not ok:
+        raise MemoryError("attention_backward: no memory for the kernel's scratch")
 
 
 #: Whether the tile products run on BLAS at this instruction-set level (the

@@ -26,10 +26,10 @@ The kernels are in ``_attention.pyx``; the same functions in plain NumPy are in
 threads: the work is split in tiles fixed by the problem size, so 1 and N
 threads give bitwise-identical results. The GIL is released while they run.
 
-Memory: O(T). The forward keeps the output and one log-sum-exp per query row;
-the backward recomputes the scores tile by tile. Scratch per thread is a few
-tiles; the backward may hold up to MAX_KEY_BLOCKS partial copies of dq when
-B * Hkv is small (see ``_key_blocks``).
+Memory: O(T). The forward keeps the output and two numbers per query row (the
+row's largest score and 1 / its softmax sum); the backward recomputes the
+scores tile by tile. Scratch per thread is a few tiles; the backward may hold
+up to 4 partial copies of dq when B * Hkv is small (``_attention.key_blocks``).
 """
 
 from contextlib import nullcontext
@@ -72,21 +72,9 @@ class AttentionCache:
         self.blas = blas        # whether the forward's products ran on BLAS
 
 
-def _tile_sizes(a, backward=False):
-    """(bq, bk): query and key tile sizes, from the problem size only (never the
-    thread count, so that results do not depend on it).
-
-    Causal attention takes short query tiles, which waste less of the tiles on the
-    diagonal; so does the backward on the kernel's own products, which holds two
-    score tiles of bk x bq. The backward on BLAS takes the forward's tiles instead
-    (see attention_backward). The measurements behind these sizes are in
-    docs/benchmarks.md.
-    """
-    if backward:
-        bq, bk = (32, 128) if a.causal else (64, 128)
-    else:
-        bq, bk = (64, 256) if a.causal else (256, 256)
-    return min(bq, a.Tq), min(bk, a.Tk)
+#: Tile sizes (bq, bk) to force on the kernels (private, for tests): None lets
+#: them choose (_attention.tile_sizes).
+_tiles = None
 
 
 #: Where the kernels' tile products run (private, for tests and benchmarks):
@@ -102,22 +90,6 @@ def _products_on_blas():
 def _blas_guard(blas):
     """BLAS held at one thread around a kernel call that uses it (see _threads)."""
     return blas_single_thread() if blas else nullcontext()
-
-
-MIN_BACKWARD_TASKS = 8
-MAX_KEY_BLOCKS = 4
-
-
-def _key_blocks(a, bk):
-    """How many blocks the backward cuts each (b, kv head)'s keys into, so that
-    it has about MIN_BACKWARD_TASKS tasks to share among threads. A function of
-    the problem size only (never the thread count); each block beyond the first
-    costs one more array the size of dq."""
-    pairs = a.B * a.Hkv
-    if pairs >= MIN_BACKWARD_TASKS:
-        return 1
-    n_tiles = -(-a.Tk // bk)
-    return max(1, min(-(-MIN_BACKWARD_TASKS // pairs), MAX_KEY_BLOCKS, n_tiles))
 
 
 def _padded_width(n, dtype):
@@ -174,14 +146,16 @@ def attention_forward(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool 
     B, Hq, Tq, Tk, Dv = a.B, a.Hq, a.Tq, a.Tk, a.Dv
     Dp, Dvp = _padded_width(a.D, a.dtype), _padded_width(Dv, a.dtype)
     qk, kk, vk = _pad(a.q, Dp), _pad(a.k, Dp), _pad(a.v, Dvp)
-    outk = _workspace.zeros((B, Hq, Tq, Dvp), a.dtype)
-    stats = np.zeros((2, B, Hq, Tq), a.dtype)
     blas = _products_on_blas()
     if B and Hq and Tq and Tk and Dv:
-        bq, bk = _tile_sizes(a)
+        outk = _workspace.empty((B, Hq, Tq, Dvp), a.dtype)     # the kernel writes them all
+        stats = np.empty((2, B, Hq, Tq), a.dtype)
         with _blas_guard(blas):
             _attention.forward(qk, kk, vk, outk, stats, a.scale, a.causal, a.key_lengths,
-                               a.mask, a.mask_strides, bq, bk, blas, effective_num_threads())
+                               a.mask, a.mask_strides, blas, effective_num_threads(), _tiles)
+    else:
+        outk = _workspace.zeros((B, Hq, Tq, Dvp), a.dtype)
+        stats = np.zeros((2, B, Hq, Tq), a.dtype)
     out = _unpad(outk, Dv)
     return out, (AttentionCache(a, (qk, kk, vk, outk), stats, blas) if return_cache else None)
 
@@ -206,23 +180,17 @@ def attention_backward(d_out: ArrayLike, cache: "AttentionCache") -> AttentionGr
     check_shape("d_out", d_out, (B, Hq, Tq, Dv), "(B, Hq, Tq, Dv)")
     dt = a.dtype
     qk, kk, vk, outk = cache.kernel
-    dk = _workspace.zeros(kk.shape, dt)
-    dv = _workspace.zeros(vk.shape, dt)
     if B and Hq and Tq and Tk and Dv:
-        Di = np.empty((B, Hq, Tq), dt)
-        # the forward's choice of products; on BLAS the backward's tiles are the
-        # forward's, since it recomputes the scores with the forward's BLAS calls
-        # (see _attention._scores_t)
-        blas = cache.blas
-        bq, bk = _tile_sizes(a, backward=not blas)
-        dq_parts = _workspace.zeros((_key_blocks(a, bk),) + qk.shape, dt)
-        with _blas_guard(blas):
-            _attention.backward(qk, kk, vk, outk, cache.stats, _pad(d_out, vk.shape[-1]), Di,
-                                dq_parts, dk, dv, a.scale, a.causal, a.key_lengths, a.mask,
-                                a.mask_strides, bq, bk, _tile_sizes(a)[0], blas,
-                                effective_num_threads())
-        # the parts summed in a fixed order: the result does not depend on threads
-        dq = dq_parts[0] if len(dq_parts) == 1 else dq_parts.sum(axis=0)
+        dq = _workspace.empty(qk.shape, dt)       # the kernel writes every element
+        dk = _workspace.empty(kk.shape, dt)
+        dv = _workspace.empty(vk.shape, dt)
+        # the forward's choice of products (the backward repeats its score products)
+        with _blas_guard(cache.blas):
+            _attention.backward(qk, kk, vk, outk, cache.stats, _pad(d_out, vk.shape[-1]),
+                                dq, dk, dv, a.scale, a.causal, a.key_lengths, a.mask,
+                                a.mask_strides, cache.blas, effective_num_threads(), _tiles)
     else:
         dq = np.zeros(qk.shape, dt)
+        dk = np.zeros(kk.shape, dt)
+        dv = np.zeros(vk.shape, dt)
     return AttentionGrads(_unpad(dq, D), _unpad(dk, D), _unpad(dv, Dv))
