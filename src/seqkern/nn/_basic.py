@@ -49,23 +49,24 @@ class Linear(Module):
     def forward(self, x):
         """x (..., in_features) -> (y (..., out_features), cache)."""
         x = layer_input("x", x, self.dtype, self.in_features)
-        y = x @ self.params["weight"].T
+        x2 = x.reshape(-1, self.in_features)                          # (N, in): one GEMM
+        y = x2 @ self.params["weight"].T
         if "bias" in self.params:
             y += self.params["bias"]
-        return y, _Cache(self, x)
+        return y.reshape(x.shape[:-1] + (self.out_features,)), _Cache(self, x2)
 
     def backward(self, d_y, cache):
         """d_y (..., out_features) -> dx (..., in_features); adds into grads."""
-        (x,) = check_layer_cache(self, cache)
+        (x2,) = check_layer_cache(self, cache)
         d_y = layer_input("d_y", d_y, self.dtype, self.out_features)
-        if d_y.shape[:-1] != x.shape[:-1]:
-            raise ValueError(f"d_y must have shape {x.shape[:-1] + (self.out_features,)}, "
-                             f"got {d_y.shape}")
         d2 = d_y.reshape(-1, self.out_features)                       # (N, out)
-        self.grads["weight"] += d2.T @ x.reshape(-1, self.in_features)  # (out, in)
+        if d2.shape[0] != x2.shape[0]:
+            raise ValueError(f"d_y must have the shape of y, (..., {self.out_features}) with "
+                             f"{x2.shape[0]} rows, got {d_y.shape}")
+        self.grads["weight"] += d2.T @ x2                             # (out, in)
         if "bias" in self.grads:
             self.grads["bias"] += d2.sum(axis=0)
-        return d_y @ self.params["weight"]
+        return (d2 @ self.params["weight"]).reshape(d_y.shape[:-1] + (self.in_features,))
 
 
 class Embedding(Module):
