@@ -207,29 +207,36 @@ def main():
     ap.add_argument("-k", default="", help="only the cases whose name contains this")
     args = ap.parse_args()
     impls = [i for i in IMPLS if i != "torch" or torch_available()]
-    print(f"seqkern {seqkern.__version__}; medians of {args.repeats} rounds, implementations "
-          "alternated; ratios = other / seqkern (> 1: seqkern faster)")
-    print(f"{'case':36s} thr " + " ".join(f"{i:>13s}" for i in impls)
-          + "  loop/sk torch/sk")
+    print(f"seqkern {seqkern.__version__}; medians of {args.repeats} rounds; in each round every "
+          "implementation at every thread count, in turn. Ratios: other / seqkern at the same "
+          "thread count (> 1: seqkern faster); 1thr/2thr: seqkern's own speed-up")
+    print(f"{'case':32s} thr " + " ".join(f"{i:>13s}" for i in impls)
+          + "  loop/sk torch/sk 1thr/2thr")
     for case in CASES:
         if args.k not in case_name(case):
             continue
+        runs = {}
         for n in THREADS:
             with thread_count(n):
-                runners = {i: make_runner(case, i) for i in impls if applies(case, i)}
-                times = {i: [] for i in runners}
-                for fn in runners.values():
-                    fn()                                   # warm-up
-                for _ in range(args.repeats):
-                    for i, fn in runners.items():
-                        t0 = time.perf_counter()
-                        fn()
-                        times[i].append(time.perf_counter() - t0)
-            med = {i: statistics.median(t) * 1e3 for i, t in times.items()}
-            cells = " ".join(f"{med[i]:10.2f} ms" if i in med else f"{'-':>13s}" for i in impls)
-            ratios = " ".join(f"{med[i] / med['seqkern']:7.2f}" if i in med else f"{'-':>7s}"
-                              for i in ("seqkern-loop", "torch"))
-            print(f"{case_name(case):36s} {n:3d} {cells}  {ratios}", flush=True)
+                for i in impls:
+                    if applies(case, i):
+                        runs[i, n] = make_runner(case, i)
+                        runs[i, n]()                          # warm-up
+        times = {key: [] for key in runs}
+        for _ in range(args.repeats):
+            for (i, n), fn in runs.items():
+                with thread_count(n):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[i, n].append(time.perf_counter() - t0)
+        med = {key: statistics.median(t) * 1e3 for key, t in times.items()}
+        for n in THREADS:
+            cells = " ".join(f"{med[i, n]:10.2f} ms" if (i, n) in med else f"{'-':>13s}"
+                             for i in impls)
+            ratios = " ".join(f"{med[i, n] / med['seqkern', n]:7.2f}" if (i, n) in med
+                              else f"{'-':>7s}" for i in ("seqkern-loop", "torch"))
+            own = f"{med['seqkern', 1] / med['seqkern', n]:9.2f}" if n > 1 else ""
+            print(f"{case_name(case):32s} {n:3d} {cells}  {ratios} {own}", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,20 @@ where they are and are zeros in every output. In training mode, out_l of every
 layer but the last is multiplied by a dropout mask, (u >= p) / (1 - p) with
 u ~ U[0, 1) of shape (T, B, D H) drawn from ``layer.rng``, layer by layer.
 
-The two directions of a layer are independent: with two or more threads they
-run at once, on two Python threads (the kernels release the GIL), each kernel
-on half of the calling thread's count (seqkern.threads). Results do not depend
-on the thread count: every kernel's do not.
+Threads (run_pair): the two directions of a layer are independent; with two or
+more threads they run at once, on two Python threads (the kernels release the
+GIL), each kernel on half of the calling thread's count (seqkern.threads). A
+one-direction stack of two or more layers runs as a wavefront over chunks of
+steps (_chunks: about T / 8 steps, fixed by T): layer l's chunk k beside layer
+l - 1's chunk k + 1, the input projection of each chunk one GEMM inside the
+kernel; the backward walks the same diagonals in reverse. Only whole kernel
+calls are overlapped (no lock per step), so a descheduled thread costs at most
+one chunk's wait. Results do not depend on the thread count: the kernels' do
+not, and the chunks do not depend on it.
 """
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -34,6 +41,7 @@ from seqkern.rnn import rnn_backward, rnn_forward
 __all__ = ["RNN", "LSTM", "GRU"]
 
 _pool = None
+_pool_lock = threading.Lock()
 
 
 def _run_threads(n, fn):
@@ -48,8 +56,9 @@ def run_pair(f0, f1):
     n = effective_num_threads()
     if n < 2:
         return f0(), f1()
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqkern-nn")
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqkern-nn")
     half = n // 2
     fut = _pool.submit(_run_threads, n - half, f1)
     try:
