@@ -13,8 +13,9 @@ after layer over whole sequences and the two directions of a layer one after
 the other (each kernel on all the threads); "torch" when it is installed.
 
 Run: pytest benchmarks/bench_nn.py --benchmark-group-by=group
-or, for a side-by-side table of medians (implementations alternated within
-each case, one process): python benchmarks/bench_nn.py [--repeats N] [-k WORD]
+or, for a side-by-side table (every implementation and thread count in turn
+within each round, one process): python benchmarks/bench_nn.py [--repeats N]
+[-k WORD] [--stat min|median]
 """
 
 import argparse
@@ -205,9 +206,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds per implementation")
     ap.add_argument("-k", default="", help="only the cases whose name contains this")
+    ap.add_argument("--stat", choices=("min", "median"), default="min",
+                    help="per implementation: the best round (least disturbed by other "
+                         "programs on a shared machine) or the median")
     args = ap.parse_args()
+    stat = min if args.stat == "min" else statistics.median
     impls = [i for i in IMPLS if i != "torch" or torch_available()]
-    print(f"seqkern {seqkern.__version__}; medians of {args.repeats} rounds; in each round every "
+    print(f"seqkern {seqkern.__version__}; {args.stat} of {args.repeats} rounds; in each round every "
           "implementation at every thread count, in turn. Ratios: other / seqkern at the same "
           "thread count (> 1: seqkern faster); 1thr/2thr: seqkern's own speed-up")
     print(f"{'case':32s} thr " + " ".join(f"{i:>13s}" for i in impls)
@@ -225,11 +230,12 @@ def main():
         times = {key: [] for key in runs}
         for _ in range(args.repeats):
             for (i, n), fn in runs.items():
+                time.sleep(0.02)     # the previous call's idle OpenMP threads stop spinning
                 with thread_count(n):
                     t0 = time.perf_counter()
                     fn()
                     times[i, n].append(time.perf_counter() - t0)
-        med = {key: statistics.median(t) * 1e3 for key, t in times.items()}
+        med = {key: stat(t) * 1e3 for key, t in times.items()}
         for n in THREADS:
             cells = " ".join(f"{med[i, n]:10.2f} ms" if (i, n) in med else f"{'-':>13s}"
                              for i in impls)
