@@ -127,7 +127,7 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     (such rows add nothing). reduction: "mean" (over the rows not ignored, NaN
     if there are none, as PyTorch), "sum", or "none".
 
-    Returns (loss, d_logits): loss a 0-d array ("mean", "sum") or (N,) ("none";
+    Returns (loss, d_logits): loss a NumPy scalar ("mean", "sum") or (N,) ("none";
     ignored rows 0), and d_logits (N, C) the gradient of the loss (of its sum,
     for "none"). The log-sum-exp is taken after subtracting each row's maximum,
     so large logits neither overflow nor lose the small ones; NaN and Inf in a
@@ -136,8 +136,8 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     logits = np.asarray(logits)
     if logits.dtype not in (np.float32, np.float64):
         raise TypeError(f"logits must be float32 or float64, got {logits.dtype}")
-    if logits.ndim != 2:
-        raise ValueError(f"logits must have shape (N, C), got {logits.shape}")
+    if logits.ndim != 2 or logits.shape[1] == 0:
+        raise ValueError(f"logits must have shape (N, C) with C >= 1, got {logits.shape}")
     N, C = logits.shape
     t = np.asarray(targets)
     if t.dtype == np.bool_ or not np.issubdtype(t.dtype, np.integer):
