@@ -715,3 +715,26 @@ def test_clip_grad_norm_nonfinite_and_value():
     np.testing.assert_array_equal(g["w"], np.array([[-1.0, 0.5], [np.nan, 1.0]], np.float32))
     with pytest.raises(TypeError, match="grads must"):
         nn.clip_grad_value_(3.0, 1.0)
+
+
+# -- threads of the layers' own products ------------------------------------------------
+
+
+def test_matmul_split_and_blas_counts_restored(rng):
+    from threadpoolctl import threadpool_info
+    from seqkern.nn import _parallel
+
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    a = rng.standard_normal((513, 256)).astype(np.float32)   # 513 * 256 * 256 >= 2^25
+    b = rng.standard_normal((256, 256)).astype(np.float32)
+    assert a.shape[0] * 256 * 256 >= _parallel.PAR_MIN_PRODUCT
+    with seqkern.threads(1):
+        one = _parallel.matmul(a, b)
+    with seqkern.threads(2):
+        two = _parallel.matmul(a, b.T.copy().T)             # and a non-contiguous operand
+        with _parallel.blas_one_thread():                    # re-entrant
+            assert all(i["num_threads"] == 1 for i in threadpool_info()
+                       if i["user_api"] == "blas")
+    np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(one, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before

@@ -17,6 +17,7 @@ from seqkern.attention import attention_backward, attention_forward
 from seqkern._validation import check_bool
 from seqkern.nn._basic import _Cache, check_layer_cache
 from seqkern.nn._module import Module, check_size, layer_input, make_rng, uniform
+from seqkern.nn._parallel import matmul
 
 __all__ = ["MultiheadAttention"]
 
@@ -176,13 +177,13 @@ class MultiheadAttention(Module):
         heads = []
         for i, x in enumerate(xs):
             w, b = self._projection(i, self.params)
-            y = x.reshape(-1, x.shape[2]) @ w.T                    # (T B, E)
+            y = matmul(x.reshape(-1, x.shape[2]), w.T)              # (T B, E)
             if b is not None:
                 y += b
             heads.append(self._to_heads(y.reshape(x.shape[:2] + (E,))))  # (B, h, T, d)
         o, acache = attention_forward(*heads, causal=causal, mask=mask, key_lengths=key_lengths)
         o = self._from_heads(o)                                     # (L B, E)
-        out = o @ self.params["out_proj.weight"].T
+        out = matmul(o, self.params["out_proj.weight"].T)
         if self.bias:
             out += self.params["out_proj.bias"]
         return out.reshape(xs[0].shape[:2] + (E,)), _Cache(self, xs, o, acache)
@@ -197,10 +198,10 @@ class MultiheadAttention(Module):
             raise ValueError(f"d_out must have the shape of out, {xs[0].shape[:2] + (E,)}, "
                              f"got {d_out.shape}")
         d2 = d_out.reshape(-1, E)                                   # (L B, E)
-        self.grads["out_proj.weight"] += d2.T @ o
+        self.grads["out_proj.weight"] += matmul(d2.T, o)
         if self.bias:
             self.grads["out_proj.bias"] += d2.sum(axis=0)
-        d_o = (d2 @ self.params["out_proj.weight"]).reshape(d_out.shape)
+        d_o = matmul(d2, self.params["out_proj.weight"]).reshape(d_out.shape)
         g = attention_backward(self._to_heads(d_o), acache)
         d_inputs = []
         for i, (x, dy) in enumerate(zip(xs, g)):
@@ -208,8 +209,8 @@ class MultiheadAttention(Module):
             x2 = x.reshape(dy.shape[0], -1)                         # (T B, n)
             w, _ = self._projection(i, self.params)
             gw, gb = self._projection(i, self.grads)
-            gw += dy.T @ x2
+            gw += matmul(dy.T, x2)
             if gb is not None:
                 gb += dy.sum(axis=0)
-            d_inputs.append((dy @ w).reshape(x.shape))
+            d_inputs.append(matmul(dy, w).reshape(x.shape))
         return tuple(d_inputs)

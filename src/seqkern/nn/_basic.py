@@ -7,6 +7,7 @@ import numpy as np
 
 from seqkern._validation import check_bool, check_choice
 from seqkern.nn._module import Module, check_size, layer_input, make_rng, uniform
+from seqkern.nn._parallel import blas_one_thread, matmul
 
 __all__ = ["Linear", "Embedding", "cross_entropy", "clip_grad_norm_", "clip_grad_value_",
            "arrays_of"]
@@ -50,7 +51,7 @@ class Linear(Module):
         """x (..., in_features) -> (y (..., out_features), cache)."""
         x = layer_input("x", x, self.dtype, self.in_features)
         x2 = x.reshape(-1, self.in_features)                          # (N, in): one GEMM
-        y = x2 @ self.params["weight"].T
+        y = matmul(x2, self.params["weight"].T)
         if "bias" in self.params:
             y += self.params["bias"]
         return y.reshape(x.shape[:-1] + (self.out_features,)), _Cache(self, x2)
@@ -63,10 +64,10 @@ class Linear(Module):
         if d2.shape[0] != x2.shape[0]:
             raise ValueError(f"d_y must have the shape of y, (..., {self.out_features}) with "
                              f"{x2.shape[0]} rows, got {d_y.shape}")
-        self.grads["weight"] += d2.T @ x2                             # (out, in)
+        self.grads["weight"] += matmul(d2.T, x2)                      # (out, in)
         if "bias" in self.grads:
             self.grads["bias"] += d2.sum(axis=0)
-        return (d2 @ self.params["weight"]).reshape(d_y.shape[:-1] + (self.in_features,))
+        return matmul(d2, self.params["weight"]).reshape(d_y.shape[:-1] + (self.in_features,))
 
 
 class Embedding(Module):
@@ -214,9 +215,9 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
         if any(np.isnan(g).any() for g in arrays):
             total = math.nan
     elif norm_type == 2:
-        total = math.sqrt(sum(float(np.vdot(g.ravel().astype(np.float64, copy=False),
-                                            g.ravel().astype(np.float64, copy=False)))
-                              for g in arrays))
+        with blas_one_thread():
+            total = math.sqrt(sum(float(np.vdot(g64, g64)) for g64 in
+                                  (g.ravel().astype(np.float64, copy=False) for g in arrays)))
     else:
         total = sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type))
                     for g in arrays) ** (1 / norm_type)

@@ -13,7 +13,7 @@ where they are and are zeros in every output. In training mode, out_l of every
 layer but the last is multiplied by a dropout mask, (u >= p) / (1 - p) with
 u ~ U[0, 1) of shape (T, B, D H) drawn from ``layer.rng``, layer by layer.
 
-Threads (run_pair): the two directions of a layer are independent; with two or
+Threads (_parallel.run_pair): the two directions of a layer are independent; with two or
 more threads they run at once, on two Python threads (the kernels release the
 GIL), each kernel on half of the calling thread's count (seqkern.threads). A
 one-direction stack of two or more layers runs as a wavefront over chunks of
@@ -26,48 +26,17 @@ not, and the chunks do not depend on it.
 """
 
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from seqkern._threads import effective_num_threads, threads
 from seqkern._validation import check_bool, check_choice, lengths_array
 from seqkern.gru import gru_backward, gru_forward
 from seqkern.lstm import lstm_backward, lstm_forward
 from seqkern.nn._module import Module, check_size, make_rng, uniform
+from seqkern.nn._parallel import run_pair
 from seqkern.rnn import rnn_backward, rnn_forward
 
 __all__ = ["RNN", "LSTM", "GRU"]
-
-_pool = None
-_pool_lock = threading.Lock()
-
-
-def _run_threads(n, fn):
-    with threads(n):
-        return fn()
-
-
-def run_pair(f0, f1):
-    """(f0(), f1()): at once on two Python threads, each with half of the calling
-    thread's kernel threads, when it has two or more; else one after the other."""
-    global _pool
-    n = effective_num_threads()
-    if n < 2:
-        return f0(), f1()
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqkern-nn")
-    half = n // 2
-    fut = _pool.submit(_run_threads, n - half, f1)
-    try:
-        with threads(half):
-            r0 = f0()
-    finally:
-        r1 = fut.result()    # waited for (and its error raised) even when f0 raised
-    return r0, r1
-
 
 class _Flip:
     """Reverses each sequence within its own length along the time axis:
