@@ -9,7 +9,7 @@ import pytest
 
 import seqkern
 from seqkern import nn, reference as ref
-from helpers import DTYPES, assert_close
+from helpers import DTYPES, assert_close, numeric_grad
 
 KINDS = {"RNN": 1, "LSTM": 4, "GRU": 3}
 F32_STACK = dict(rtol=1e-3, atol=1e-4)   # float32 stack vs float64 composition
@@ -99,21 +99,6 @@ def reference_stack(kind, params, x, hx, lengths, num_layers, D, masks, d_out, d
                         grads[f"{name}_l{l}{sfx[d]}"] += gk
         g_in = dx
     return inputs[-1], finals, g_in, d_hx, grads
-
-
-def numeric_grad(loss, arr, eps=1e-6):
-    """Central differences of loss() with respect to every element of arr (in place,
-    restored)."""
-    num = np.empty_like(arr)
-    for i in np.ndindex(arr.shape):
-        old = arr[i]
-        arr[i] = old + eps
-        up = loss()
-        arr[i] = old - eps
-        down = loss()
-        arr[i] = old
-        num[i] = (up - down) / (2 * eps)
-    return num
 
 
 def run_layer(m, x, hx, lengths, d_out, d_finals):
