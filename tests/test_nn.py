@@ -723,3 +723,19 @@ def test_matmul_split_and_blas_counts_restored(rng):
     np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(one, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_inference_forward_keeps_no_cache(kind, bidirectional, rng):
+    m = make(kind, input_size=3, hidden_size=4, num_layers=2, bidirectional=bidirectional)
+    x, hx, _, _ = random_case(kind, np.float64, rng, T=9, D=2 if bidirectional else 1)
+    hx = hx if kind == "LSTM" else hx[0]
+    out, finals, cache = m.forward(x, hx, lengths=[9, 3, 0])
+    out2, finals2, none = m.forward(x, hx, lengths=[9, 3, 0], return_cache=False)
+    assert none is None and cache is not None
+    np.testing.assert_allclose(out2, out, rtol=1e-12, atol=1e-14)
+    for a, b in zip(np.atleast_3d(finals2), np.atleast_3d(finals)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(TypeError, match="with return_cache=True"):
+        m.backward(out, None, none)
