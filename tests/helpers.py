@@ -40,3 +40,18 @@ def assert_grads_close(actual, expected, dtype):
 
 def to64(*arrays):
     return [None if a is None else np.asarray(a, np.float64) for a in arrays]
+
+
+def numeric_grad(loss, arr, eps=1e-6):
+    """Central differences of loss() with respect to every element of ``arr``
+    (changed in place and restored)."""
+    num = np.empty_like(arr)
+    for i in np.ndindex(arr.shape):
+        old = arr[i]
+        arr[i] = old + eps
+        up = loss()
+        arr[i] = old - eps
+        down = loss()
+        arr[i] = old
+        num[i] = (up - down) / (2 * eps)
+    return num

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:   # the names as type checkers see them; at run time: _PUBLIC
-    from seqkern import attention, gru, lstm, reference, rnn
+    from seqkern import attention, gru, lstm, nn, optim, reference, rnn
     from seqkern._config import show_config
     from seqkern._threads import MAX_THREADS, get_num_threads, set_num_threads, threads
     from seqkern._types import AttentionGrads, GRUGrads, LSTMGrads, RNNGrads
@@ -57,9 +57,9 @@ _PUBLIC = {
 }
 
 #: Submodules reachable as attributes of the package without importing them first.
-_SUBMODULES = ("reference", "rnn", "lstm", "gru", "attention")
+_SUBMODULES = ("reference", "nn", "optim", "rnn", "lstm", "gru", "attention")
 
-__all__ = ["__version__", "reference", *_PUBLIC]
+__all__ = ["__version__", "reference", "nn", "optim", *_PUBLIC]
 
 
 def __getattr__(name):
