@@ -1,0 +1,14 @@
+"""seqkern.nn: layers with PyTorch's names, shapes and conventions, on the kernels.
+
+Every layer keeps its parameters in ``params`` and their gradients in
+``grads`` (dicts keyed by PyTorch's ``state_dict`` names), has
+``forward(...) -> (outputs..., cache)`` and ``backward(d_outputs..., cache) ->
+d_inputs``; backward ADDS into ``grads`` and ``zero_grad()`` clears them.
+``state_dict()`` / ``load_state_dict(d, strict=True)`` take and give PyTorch's
+keys and shapes. No autograd: the caches are explicit values.
+"""
+
+from seqkern.nn._module import Module
+from seqkern.nn._rnn import GRU, LSTM, RNN
+
+__all__ = ["Module", "RNN", "LSTM", "GRU"]

@@ -1,0 +1,395 @@
+"""seqkern.nn recurrent stacks against a composition of seqkern.reference calls
+(one sequence at a time, the reverse direction on the sequence reversed), against
+central finite differences, and against torch.nn when it is installed."""
+
+import copy
+
+import numpy as np
+import pytest
+
+import seqkern
+from seqkern import nn, reference as ref
+from helpers import DTYPES, assert_close
+
+KINDS = {"RNN": 1, "LSTM": 4, "GRU": 3}
+F32_STACK = dict(rtol=1e-3, atol=1e-4)   # float32 stack vs float64 composition
+
+
+def make(kind, dtype=np.float64, **kw):
+    kw.setdefault("rng", np.random.default_rng(7))
+    return getattr(nn, kind)(dtype=dtype, **kw)
+
+
+def _ref_call(kind, x, state, W, nonlinearity):
+    """One layer, one direction, one sequence: x (t, 1, I) -> (out, states, cache)."""
+    if kind == "LSTM":
+        out, h, c, cache = ref.lstm_forward(x, state[0], state[1], *W)
+        return out, (h, c), cache
+    if kind == "GRU":
+        out, h, cache = ref.gru_forward(x, state[0], *W)
+    else:
+        out, h, cache = ref.rnn_forward(x, state[0], *W, nonlinearity=nonlinearity)
+    return out, (h,), cache
+
+
+def _ref_back(kind, d_out, d_states, cache):
+    if kind == "LSTM":
+        g = ref.lstm_backward(d_out, d_states[0], d_states[1], cache)
+        return g.dx, (g.dh0, g.dc0), g[3:]
+    fn = ref.gru_backward if kind == "GRU" else ref.rnn_backward
+    g = fn(d_out, d_states[0], cache)
+    return g.dx, (g.dh0,), g[2:]
+
+
+def reference_stack(kind, params, x, hx, lengths, num_layers, D, masks, d_out, d_finals,
+                    nonlinearity="tanh"):
+    """Forward and backward of the stack, in float64, composed of seqkern.reference
+    calls on one sequence at a time. x (T, B, I); hx: tuple of (L D, B, H);
+    masks[l]: multiplies out_l (l < L - 1) or None; d_out (T, B, D H); d_finals
+    like hx. Returns out, finals, dx, d_hx, grads (dict like params)."""
+    p = {k: v.astype(np.float64) for k, v in params.items()}
+    T, B, _ = x.shape
+    H = p["weight_hh_l0"].shape[1]
+    sfx = ("", "_reverse")
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+    finals = [np.zeros((num_layers * D, B, H)) for _ in hx]
+    inputs, caches = [x.astype(np.float64)], {}
+    for l in range(num_layers):
+        inp, out = inputs[-1], np.zeros((T, B, D * H))
+        for d in range(D):
+            W = [p.get(f"{n}_l{l}{sfx[d]}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            for b in range(B):
+                n = lengths[b]
+                s0 = tuple(s[l * D + d, b:b + 1].astype(np.float64) for s in hx)
+                if n == 0:
+                    for f, s in zip(finals, s0):
+                        f[l * D + d, b] = s[0]
+                    continue
+                xs = inp[:n, b:b + 1] if d == 0 else inp[:n, b:b + 1][::-1]
+                o, s_n, c = _ref_call(kind, xs, s0, W, nonlinearity)
+                out[:n, b, d * H:(d + 1) * H] = (o if d == 0 else o[::-1])[:, 0]
+                for f, s in zip(finals, s_n):
+                    f[l * D + d, b] = s[0]
+                caches[l, d, b] = c
+        if masks[l + 1] is not None:
+            out = out * masks[l + 1]
+        inputs.append(out)
+    grads = {k: np.zeros_like(v) for k, v in p.items()}
+    d_hx = [np.zeros((num_layers * D, B, H)) for _ in hx]
+    g_in = d_out.astype(np.float64)
+    for l in reversed(range(num_layers)):
+        if masks[l + 1] is not None:
+            g_in = g_in * masks[l + 1]
+        dx = np.zeros_like(inputs[l])
+        for d in range(D):
+            for b in range(B):
+                n = lengths[b]
+                ds = tuple(s[l * D + d, b:b + 1].astype(np.float64) for s in d_finals)
+                if n == 0:
+                    for g, s in zip(d_hx, ds):
+                        g[l * D + d, b] = s[0]
+                    continue
+                do = g_in[:n, b:b + 1, d * H:(d + 1) * H]
+                gx, ds0, gw = _ref_back(kind, do if d == 0 else do[::-1], ds, caches[l, d, b])
+                dx[:n, b] += (gx if d == 0 else gx[::-1])[:, 0]
+                for g, s in zip(d_hx, ds0):
+                    g[l * D + d, b] = s[0]
+                for name, gk in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), gw):
+                    if gk is not None:
+                        grads[f"{name}_l{l}{sfx[d]}"] += gk
+        g_in = dx
+    return inputs[-1], finals, g_in, d_hx, grads
+
+
+def run_layer(m, x, hx, lengths, d_out, d_finals):
+    """The layer's forward and backward with the stack's uniform tuples of states."""
+    if isinstance(m, nn.LSTM):
+        out, finals, cache = m.forward(x, hx, lengths=lengths)
+        dx, d_hx = m.backward(d_out, d_finals, cache)
+    else:
+        out, h_n, cache = m.forward(x, None if hx is None else hx[0], lengths=lengths)
+        finals = (h_n,)
+        dx, dh0 = m.backward(d_out, None if d_finals is None else d_finals[0], cache)
+        d_hx = (dh0,)
+    return out, finals, dx, d_hx
+
+
+def random_case(kind, dtype, rng, T=5, B=3, I=3, H=4, num_layers=2, D=2):
+    n_states = 2 if kind == "LSTM" else 1
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    hx = tuple(rng.standard_normal((num_layers * D, B, H)).astype(dtype) for _ in range(n_states))
+    d_out = rng.standard_normal((T, B, D * H)).astype(dtype)
+    d_finals = tuple(rng.standard_normal((num_layers * D, B, H)).astype(dtype)
+                     for _ in range(n_states))
+    return x, hx, d_out, d_finals
+
+
+CONFIGS = [
+    dict(num_layers=1, bidirectional=False, lengths=None),
+    dict(num_layers=2, bidirectional=True, lengths=None),
+    dict(num_layers=2, bidirectional=True, lengths=[5, 0, 3]),
+    dict(num_layers=3, bidirectional=False, lengths=[2, 5, 1]),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"L{c['num_layers']}"
+                         f"{'bi' if c['bidirectional'] else ''}{'len' if c['lengths'] else ''}")
+def test_stack_matches_reference_composition(kind, dtype, config, rng):
+    L, bi, lengths = config["num_layers"], config["bidirectional"], config["lengths"]
+    D = 2 if bi else 1
+    extra = dict(nonlinearity="relu") if kind == "RNN" else {}
+    m = make(kind, dtype, input_size=3, hidden_size=4, num_layers=L, bidirectional=bi, **extra)
+    x, hx, d_out, d_finals = random_case(kind, dtype, rng, num_layers=L, D=D)
+    out, finals, dx, d_hx = run_layer(m, x, hx, lengths, d_out, d_finals)
+    e_out, e_finals, e_dx, e_dhx, e_grads = reference_stack(
+        kind, m.params, x, hx, lengths, L, D, [None] * (L + 1), d_out, d_finals,
+        nonlinearity="relu" if kind == "RNN" else "tanh")
+    check = (lambda a, e, name: assert_close(a, e, dtype, name)) if dtype == np.float64 else \
+        (lambda a, e, name: np.testing.assert_allclose(a, e, err_msg=name, **F32_STACK))
+    check(out, e_out, "out")
+    for i, (a, e) in enumerate(zip(finals, e_finals)):
+        check(a, e, f"final state {i}")
+    check(dx, e_dx, "dx")
+    for i, (a, e) in enumerate(zip(d_hx, e_dhx)):
+        check(a, e, f"gradient of initial state {i}")
+    for k in m.params:
+        check(m.grads[k], e_grads[k], k)
+        assert m.grads[k].dtype == dtype
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_batch_first_is_the_transpose(kind, rng):
+    kw = dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    tm, bf = make(kind, **kw), make(kind, batch_first=True, **kw)
+    x, hx, d_out, d_finals = random_case(kind, np.float64, rng)
+    out, finals, dx, d_hx = run_layer(tm, x, hx, [5, 2, 4], d_out, d_finals)
+    out2, finals2, dx2, d_hx2 = run_layer(bf, x.transpose(1, 0, 2), hx, [5, 2, 4],
+                                          d_out.transpose(1, 0, 2), d_finals)
+    np.testing.assert_array_equal(out2, out.transpose(1, 0, 2))
+    np.testing.assert_array_equal(dx2, dx.transpose(1, 0, 2))
+    for a, b in zip(finals + d_hx, finals2 + d_hx2):
+        np.testing.assert_array_equal(a, b)
+    for k in tm.grads:
+        np.testing.assert_array_equal(tm.grads[k], bf.grads[k])
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_gradients_accumulate_and_zero_grad(kind, rng):
+    m = make(kind, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    x, hx, d_out, d_finals = random_case(kind, np.float64, rng)
+    run_layer(m, x, hx, None, d_out, d_finals)
+    once = {k: v.copy() for k, v in m.grads.items()}
+    run_layer(m, x, hx, None, d_out, d_finals)
+    for k in once:
+        np.testing.assert_allclose(m.grads[k], 2 * once[k], rtol=1e-12, atol=0, err_msg=k)
+    m.zero_grad()
+    assert all(not g.any() for g in m.grads.values())
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_finite_differences(kind, rng):
+    """Every parameter and input of a 2-layer bidirectional stack with lengths."""
+    L, D, lengths = 2, 2, [3, 1]
+    m = make(kind, input_size=2, hidden_size=2, num_layers=L, bidirectional=True)
+    x, hx, d_out, d_finals = random_case(kind, np.float64, rng, T=3, B=2, I=2, H=2)
+
+    def loss():
+        out, finals, _, _ = run_layer_forward(m, x, hx, lengths)
+        return np.sum(out * d_out) + sum(np.sum(f * g) for f, g in zip(finals, d_finals))
+
+    _, _, dx, d_hx = run_layer(m, x, hx, lengths, d_out, d_finals)
+    eps = 1e-6
+    targets = [(k, m.params[k], m.grads[k]) for k in m.params] + [("x", x, dx)] + \
+        [(f"hx[{i}]", h, g) for i, (h, g) in enumerate(zip(hx, d_hx))]
+    for name, arr, grad in targets:
+        num = np.empty_like(arr)
+        for i in np.ndindex(arr.shape):
+            old = arr[i]
+            arr[i] = old + eps
+            up = loss()
+            arr[i] = old - eps
+            down = loss()
+            arr[i] = old
+            num[i] = (up - down) / (2 * eps)
+        np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def run_layer_forward(m, x, hx, lengths):
+    if isinstance(m, nn.LSTM):
+        out, finals, cache = m.forward(x, hx, lengths=lengths)
+    else:
+        out, h_n, cache = m.forward(x, hx[0], lengths=lengths)
+        finals = (h_n,)
+    return out, finals, cache, None
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_dropout(kind, rng):
+    kw = dict(input_size=3, hidden_size=4, num_layers=3, bidirectional=True)
+    plain = make(kind, **kw)
+    drop = make(kind, dropout=0.4, **kw)
+    x, hx, d_out, d_finals = random_case(kind, np.float64, rng, num_layers=3)
+    # eval mode: the identity
+    drop.eval()
+    out, finals, dx, d_hx = run_layer(plain, x, hx, None, d_out, d_finals)
+    out2, finals2, dx2, d_hx2 = run_layer(drop, x, hx, None, d_out, d_finals)
+    for u, v in zip((out, dx) + finals + d_hx, (out2, dx2) + finals2 + d_hx2):
+        np.testing.assert_array_equal(u, v)
+    for k in plain.grads:
+        np.testing.assert_array_equal(plain.grads[k], drop.grads[k], err_msg=k)
+    # train mode: masks (u >= p) / (1 - p), u ~ U[0, 1) (T, B, D H), drawn layer by layer
+    drop.train()
+    drop.zero_grad()
+    draws = copy.deepcopy(drop.rng)
+    masks = [None] + [(draws.random((5, 3, 8)) >= 0.4) / 0.6 for _ in range(2)] + [None]
+    out, finals, dx, d_hx = run_layer(drop, x, hx, None, d_out, d_finals)
+    e_out, e_finals, e_dx, e_dhx, e_grads = reference_stack(
+        kind, drop.params, x, hx, None, 3, 2, masks, d_out, d_finals)
+    assert_close(out, e_out, np.float64, "out")
+    assert_close(dx, e_dx, np.float64, "dx")
+    for k in drop.params:
+        assert_close(drop.grads[k], e_grads[k], np.float64, k)
+    assert 0 < (masks[1] == 0).mean() < 1
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_one_thread_equals_two(kind, rng):
+    kw = dict(input_size=3, hidden_size=8, num_layers=2, bidirectional=True)
+    a, b = make(kind, np.float32, **kw), make(kind, np.float32, **kw)
+    x, hx, d_out, d_finals = random_case(kind, np.float32, rng, T=9, B=4, H=8)
+    with seqkern.threads(1):
+        r1 = run_layer(a, x, hx, [9, 4, 0, 7], d_out, d_finals)
+    with seqkern.threads(2):
+        r2 = run_layer(b, x, hx, [9, 4, 0, 7], d_out, d_finals)
+    np.testing.assert_array_equal(r1[0], r2[0])
+    np.testing.assert_array_equal(r1[2], r2[2])
+    for u, v in zip(r1[1] + r1[3], r2[1] + r2[3]):
+        np.testing.assert_array_equal(u, v)
+    for k in a.grads:
+        np.testing.assert_array_equal(a.grads[k], b.grads[k], err_msg=k)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_parameters_and_init(kind):
+    G = KINDS[kind]
+    m = make(kind, np.float32, input_size=3, hidden_size=5, num_layers=2, bidirectional=True)
+    expected = []
+    for l in range(2):
+        for s in ("", "_reverse"):
+            I = 3 if l == 0 else 10
+            expected += [(f"weight_ih_l{l}{s}", (G * 5, I)), (f"weight_hh_l{l}{s}", (G * 5, 5)),
+                         (f"bias_ih_l{l}{s}", (G * 5,)), (f"bias_hh_l{l}{s}", (G * 5,))]
+    assert [(k, v.shape) for k, v in m.params.items()] == expected
+    assert all(v.dtype == np.float32 for v in m.params.values())
+    bound = 1 / np.sqrt(5)
+    assert all(np.abs(v).max() <= bound for v in m.params.values())
+    same = make(kind, np.float32, input_size=3, hidden_size=5, num_layers=2, bidirectional=True)
+    for k in m.params:
+        np.testing.assert_array_equal(m.params[k], same.params[k])
+    nobias = make(kind, input_size=3, hidden_size=5, bias=False)
+    assert list(nobias.params) == ["weight_ih_l0", "weight_hh_l0"]
+
+
+def test_state_dict_round_trip_and_errors(rng):
+    a = make("GRU", input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    b = make("GRU", input_size=3, hidden_size=4, num_layers=2, bidirectional=True,
+             rng=np.random.default_rng(99))
+    ref_w = b.params["weight_hh_l1"]          # references stay valid after a load
+    assert b.load_state_dict(a.state_dict()) == ([], [])
+    assert ref_w is b.params["weight_hh_l1"]
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    sd = a.state_dict()
+    sd["weight_ih_l0"][...] = 0             # a copy, not the parameters
+    assert a.params["weight_ih_l0"].any()
+    with pytest.raises(ValueError, match="missing keys.*bias_hh_l1_reverse"):
+        b.load_state_dict({k: v for k, v in sd.items() if k != "bias_hh_l1_reverse"})
+    with pytest.raises(ValueError, match="unexpected keys.*'extra'"):
+        b.load_state_dict({**sd, "extra": np.zeros(1)})
+    assert b.load_state_dict({**sd, "extra": np.zeros(1)}, strict=False) == ([], ["extra"])
+    before = b.state_dict()
+    with pytest.raises(ValueError, match=r"state_dict\['weight_hh_l0'\] must have shape"):
+        b.load_state_dict({**sd, "weight_ih_l1": np.ones_like(sd["weight_ih_l1"]),
+                           "weight_hh_l0": np.zeros((4, 4))})
+    for k in before:                        # nothing changed
+        np.testing.assert_array_equal(before[k], b.params[k])
+
+
+def test_errors_name_the_argument(rng):
+    m = make("LSTM", input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    x = rng.standard_normal((5, 2, 3))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(num_layers \* D, B, H\)"):
+        m.forward(x, (np.zeros((2, 2, 4)), np.zeros((4, 2, 4))))
+    with pytest.raises(ValueError, match="c0 must have shape"):
+        m.forward(x, (np.zeros((4, 2, 4)), np.zeros((4, 3, 4))))
+    with pytest.raises(TypeError, match="hx must be a pair"):
+        m.forward(x, np.zeros((4, 2, 4)))
+    with pytest.raises(ValueError, match="x must have shape .* input_size = 3"):
+        m.forward(rng.standard_normal((5, 2, 4)))
+    with pytest.raises(TypeError, match="x must have the layer's dtype float64"):
+        m.forward(x.astype(np.float32))
+    with pytest.raises(ValueError, match="lengths"):
+        m.forward(x, lengths=[6, 1])
+    out, _, cache = m.forward(x)
+    with pytest.raises(ValueError, match="d_out must have the shape of out"):
+        m.backward(out[:, :1], None, cache)
+    with pytest.raises(TypeError, match="cache must be the cache returned by"):
+        m.backward(out, None, None)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        nn.RNN(3, 4, nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match="dropout"):
+        nn.GRU(3, 4, dropout=1.5)
+    with pytest.raises(ValueError, match="hidden_size must be >= 1"):
+        nn.GRU(3, 0)
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        nn.GRU(3, 4, dtype=np.int32)
+
+
+# -- against PyTorch, when it is installed ----------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_against_torch(kind, batch_first, rng):
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    T, B, I, H, L = 6, 3, 3, 4, 2
+    tm = getattr(torch.nn, kind)(I, H, num_layers=L, bidirectional=True,
+                                 batch_first=batch_first).double()
+    m = make(kind, input_size=I, hidden_size=H, num_layers=L, bidirectional=True,
+             batch_first=batch_first)
+    m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    lengths = np.array([6, 2, 4])
+    x = rng.standard_normal((B, T, I) if batch_first else (T, B, I))
+    hx = tuple(rng.standard_normal((L * 2, B, H)) for _ in range(2 if kind == "LSTM" else 1))
+    xt = torch.tensor(x, requires_grad=True)
+    hxt = tuple(torch.tensor(h, requires_grad=True) for h in hx)
+    packed = pack_padded_sequence(xt, torch.tensor(lengths), batch_first=batch_first,
+                                  enforce_sorted=False)
+    out_p, fin_t = tm(packed, hxt if kind == "LSTM" else hxt[0])
+    out_t, _ = pad_packed_sequence(out_p, batch_first=batch_first, total_length=T)
+    fin_t = fin_t if kind == "LSTM" else (fin_t,)
+    d_out = rng.standard_normal(out_t.shape)
+    d_fin = tuple(rng.standard_normal(h.shape) for h in hx)
+    loss = (out_t * torch.tensor(d_out)).sum() + sum((f * torch.tensor(g)).sum()
+                                                      for f, g in zip(fin_t, d_fin))
+    loss.backward()
+    out, finals, dx, d_hx = run_layer(m, x, hx, lengths, d_out, d_fin)
+    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-9, atol=1e-12)
+    for a, e in zip(finals, fin_t):
+        np.testing.assert_allclose(a, e.detach().numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    for a, e in zip(d_hx, hxt):
+        np.testing.assert_allclose(a, e.grad.numpy(), rtol=1e-9, atol=1e-12)
+    for k, p in tm.named_parameters():
+        np.testing.assert_allclose(m.grads[k], p.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
+    # and back: our state dict loads into torch as it is
+    m2 = make(kind, input_size=I, hidden_size=H, num_layers=L, bidirectional=True,
+              rng=np.random.default_rng(3))
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in m2.state_dict().items()})
+    for k, v in tm.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), m2.params[k])
