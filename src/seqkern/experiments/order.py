@@ -15,6 +15,9 @@ from collections import Counter
 
 import numpy as np
 
+import seqkern
+from seqkern import nn, optim
+
 from seqkern.experiments.common import Check, Verdict, new_figure
 
 TITLE = "word order: bag-of-words and n-grams against a recurrent classifier"
@@ -122,12 +125,10 @@ def make_set(n, rng, paired):
 class GRUClassifier:
     """Embedding -> GRU -> Linear on the last hidden state -> 2 logits."""
 
-    def __init__(self, embed, hidden, rng):
-        from seqkern import nn
-
-        self.emb = nn.Embedding(len(VOCAB), embed, padding_idx=INDEX[PAD], rng=rng)
-        self.gru = nn.GRU(embed, hidden, rng=rng)
-        self.head = nn.Linear(hidden, 2, rng=rng)
+    def __init__(self, embed, hidden, rng, dtype=np.float32):
+        self.emb = nn.Embedding(len(VOCAB), embed, padding_idx=INDEX[PAD], dtype=dtype, rng=rng)
+        self.gru = nn.GRU(embed, hidden, dtype=dtype, rng=rng)
+        self.head = nn.Linear(hidden, 2, dtype=dtype, rng=rng)
         self.layers = [self.emb, self.gru, self.head]
 
     def forward(self, ids):
@@ -139,14 +140,12 @@ class GRUClassifier:
     def backward(self, d_logits, caches):
         ce, cg, ch = caches
         d_h = self.head.backward(d_logits, ch)
-        d_e = self.gru.backward(None, d_h[None], cg)
-        self.emb.backward(d_e[0] if isinstance(d_e, tuple) else d_e, ce)
+        d_e, _ = self.gru.backward(None, d_h[None], cg)
+        self.emb.backward(d_e, ce)
 
 
 def train_gru(cfg, train, rng, ctx):
     """Train a GRUClassifier on (tokens, labels) with Adam; return it and its losses."""
-    from seqkern import nn, optim
-
     model = GRUClassifier(cfg["embed"], cfg["hidden"], rng)
     opt = optim.Adam([l.params for l in model.layers], [l.grads for l in model.layers], lr=1e-2)
     toks, labels = train
@@ -176,7 +175,7 @@ def measure(cfg, ctx):
     ngrams = {}
     for n in (1, 2, 3):
         distinct, once, coverage = ngram_sparsity(text, n)
-        ngrams[n] = {"distinct": distinct, "seen_once": once, "coverage": coverage}
+        ngrams[str(n)] = {"distinct": distinct, "seen_once": once, "coverage": coverage}
         ctx.row(n, distinct, once, coverage)
 
     train = make_set(cfg["train"], rng, paired=False)
