@@ -393,3 +393,325 @@ def test_against_torch(kind, batch_first, rng):
     tm.load_state_dict({k: torch.from_numpy(v) for k, v in m2.state_dict().items()})
     for k, v in tm.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), m2.params[k])
+
+
+# -- MultiheadAttention -------------------------------------------------------------------
+
+
+def mha_reference(m, query, key, value, may_attend, d_out):
+    """Projections in NumPy around seqkern.reference attention, float64, time-major
+    inputs; may_attend (B, h, L, S) booleans. Returns out, (dq, dk, dv), grads."""
+    p = {k: v.astype(np.float64) for k, v in m.params.items()}
+    E, h = m.embed_dim, m.num_heads
+    if "in_proj_weight" in p:
+        Ws = np.split(p["in_proj_weight"], 3)
+    else:
+        Ws = [p[f"{n}_proj_weight"] for n in "qkv"]
+    bs = np.split(p["in_proj_bias"], 3)
+    xs = [np.asarray(a, np.float64).transpose(1, 0, 2) for a in (query, key, value)]  # (B, T, n)
+    B = xs[0].shape[0]
+    heads = [(x @ W.T + b).reshape(B, -1, h, E // h).transpose(0, 2, 1, 3)
+             for x, W, b in zip(xs, Ws, bs)]
+    o, cache = ref.attention_forward(*heads, mask=may_attend)
+    o2 = o.transpose(0, 2, 1, 3).reshape(B, -1, E)
+    out = o2 @ p["out_proj.weight"].T + p["out_proj.bias"]
+    d2 = np.asarray(d_out, np.float64).transpose(1, 0, 2)
+    grads = {"out_proj.weight": np.einsum("bte,btf->ef", d2, o2), "out_proj.bias": d2.sum((0, 1))}
+    g = ref.attention_backward((d2 @ p["out_proj.weight"]).reshape(B, -1, h, E // h)
+                               .transpose(0, 2, 1, 3), cache)
+    dws, dbs, dxs = [], [], []
+    for x, W, dy in zip(xs, Ws, g):
+        dy = dy.transpose(0, 2, 1, 3).reshape(B, -1, E)
+        dws.append(np.einsum("bte,btn->en", dy, x))
+        dbs.append(dy.sum((0, 1)))
+        dxs.append((dy @ W).transpose(1, 0, 2))
+    if "in_proj_weight" in p:
+        grads["in_proj_weight"] = np.concatenate(dws)
+    else:
+        grads.update({f"{n}_proj_weight": w for n, w in zip("qkv", dws)})
+    grads["in_proj_bias"] = np.concatenate(dbs)
+    return out.transpose(1, 0, 2), dxs, grads
+
+
+def mha_case(rng, dtype, L=5, S=6, B=2, E=8, kdim=8, vdim=8):
+    q = rng.standard_normal((L, B, E)).astype(dtype)
+    k = rng.standard_normal((S, B, kdim)).astype(dtype)
+    v = rng.standard_normal((S, B, vdim)).astype(dtype)
+    return q, k, v, rng.standard_normal((L, B, E)).astype(dtype)
+
+
+def mha(dtype=np.float64, E=8, h=2, **kw):
+    m = nn.MultiheadAttention(E, h, dtype=dtype, rng=np.random.default_rng(5), **kw)
+    for k in ("in_proj_bias", "out_proj.bias"):    # PyTorch starts them at zero; test them
+        m.params[k][...] = np.random.default_rng(6).standard_normal(m.params[k].shape)
+    return m
+
+
+MASKS = {
+    "none": lambda B, L, S: ({}, np.ones((B, 2, L, S), bool)),
+    "padding at the end": lambda B, L, S: (
+        dict(key_padding_mask=np.arange(S) >= np.array([[S], [2]])),
+        np.broadcast_to((np.arange(S) < np.array([[S], [2]]))[:, None, None], (B, 2, L, S))),
+    "padding anywhere + attn_mask": lambda B, L, S: (
+        dict(key_padding_mask=np.array([[False] * (S - 1) + [True], [True] + [False] * (S - 1)]),
+             attn_mask=np.eye(L, S, 1, dtype=bool)),
+        np.broadcast_to((~np.array([[False] * (S - 1) + [True], [True] + [False] * (S - 1)]))
+                        [:, None, None] & ~np.eye(L, S, 1, dtype=bool), (B, 2, L, S))),
+    "causal": lambda B, L, S: (dict(is_causal=True),
+                               np.broadcast_to(np.tri(L, S, dtype=bool), (B, 2, L, S))),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("masks", list(MASKS))
+@pytest.mark.parametrize("dims", [(8, 8, 6), (8, 5, 3)], ids=["packed", "kdim-vdim"])
+def test_mha_matches_reference_composition(dtype, masks, dims, rng):
+    E, kdim, vdim = dims
+    L, S = (5, 5) if masks == "causal" else (5, 6)
+    m = mha(dtype, E, kdim=kdim, vdim=vdim)
+    q, k, v, d_out = mha_case(rng, dtype, L, S, 2, E, kdim, vdim)
+    kw, may = MASKS[masks](2, L, S)
+    out, cache = m.forward(q, k, v, **kw)
+    dxs = m.backward(d_out, cache)
+    e_out, e_dxs, e_grads = mha_reference(m, q, k, v, may, d_out)
+    check = (lambda a, e, name: assert_close(a, e, dtype, name)) if dtype == np.float64 else \
+        (lambda a, e, name: np.testing.assert_allclose(a, e, err_msg=name, **F32_STACK))
+    check(out, e_out, "out")
+    for name, a, e in zip(("d_query", "d_key", "d_value"), dxs, e_dxs):
+        check(a, e, name)
+    for key in m.params:
+        check(m.grads[key], e_grads[key], key)
+
+
+def test_mha_masks_float_and_bool_agree(rng):
+    """A float mask of 0 / -inf means what the boolean one means; causal with L != S
+    is PyTorch's (key j <= query i)."""
+    m = mha()
+    q, k, v, _ = mha_case(rng, np.float64, 4, 6)
+    pad = np.array([[False, True, False, False, False, True], [False] * 5 + [True]])
+    attn = np.tri(4, 6, dtype=bool)
+    out_b, _ = m.forward(q, k, v, key_padding_mask=pad, attn_mask=~attn)
+    out_f, _ = m.forward(q, k, v, key_padding_mask=np.where(pad, -np.inf, 0.0),
+                         attn_mask=np.where(attn, 0.0, -np.inf))
+    out_c, _ = m.forward(q, k, v, key_padding_mask=pad, is_causal=True)
+    np.testing.assert_allclose(out_f, out_b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out_c, out_b, rtol=1e-12, atol=1e-12)
+
+
+def test_mha_finite_differences(rng):
+    m = mha(E=4, h=2, kdim=3, vdim=2)
+    q, k, v, d_out = mha_case(rng, np.float64, 3, 4, 2, 4, 3, 2)
+    pad = np.array([[False, False, True, False], [False] * 4])
+
+    def loss():
+        return np.sum(m.forward(q, k, v, key_padding_mask=pad)[0] * d_out)
+
+    dxs = m.backward(d_out, m.forward(q, k, v, key_padding_mask=pad)[1])
+    targets = [(n, m.params[n], m.grads[n]) for n in m.params] + \
+        list(zip(("query", "key", "value"), (q, k, v), dxs))
+    for name, arr, grad in targets:
+        num = np.empty_like(arr)
+        for i in np.ndindex(arr.shape):
+            old = arr[i]
+            arr[i] = old + 1e-6
+            up = loss()
+            arr[i] = old - 1e-6
+            num[i] = (up - loss()) / 2e-6
+            arr[i] = old
+        np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-8, err_msg=name)
+
+
+def test_mha_batch_first_and_errors(rng):
+    a, b = mha(), mha(batch_first=True)
+    q, k, v, d_out = mha_case(rng, np.float64)
+    out, cache = a.forward(q, k, v)
+    out2, cache2 = b.forward(*(x.transpose(1, 0, 2) for x in (q, k, v)))
+    np.testing.assert_array_equal(out2, out.transpose(1, 0, 2))
+    for x, y in zip(a.backward(d_out, cache), b.backward(d_out.transpose(1, 0, 2), cache2)):
+        np.testing.assert_array_equal(y, x.transpose(1, 0, 2))
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        nn.MultiheadAttention(8, 3)
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(B, S\)"):
+        a.forward(q, k, v, key_padding_mask=np.zeros((2, 5), bool))
+    with pytest.raises(ValueError, match="attn_mask must have shape"):
+        a.forward(q, k, v, attn_mask=np.zeros((6, 5), bool))
+    with pytest.raises(TypeError, match="attn_mask must be a boolean or floating"):
+        a.forward(q, k, v, attn_mask=np.zeros((5, 6), int))
+    with pytest.raises(ValueError, match="key must have a last axis of size 8"):
+        a.forward(q, k[..., :3], v)
+    with pytest.raises(TypeError, match="cache must be the cache returned by this Multi"):
+        b.backward(d_out, cache)
+    assert list(nn.MultiheadAttention(8, 2, kdim=4).params) == [
+        "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias",
+        "out_proj.weight", "out_proj.bias"]
+
+
+@pytest.mark.parametrize("kdim", [None, 5])
+def test_mha_against_torch(kdim, rng):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    E, h, L, S, B = 8, 2, 5, 6, 3
+    tm = torch.nn.MultiheadAttention(E, h, kdim=kdim, vdim=kdim).double()
+    m = nn.MultiheadAttention(E, h, kdim=kdim, vdim=kdim, dtype=np.float64)
+    m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    kd = kdim or E
+    q, k, v, d_out = mha_case(rng, np.float64, L, S, B, E, kd, kd)
+    pad = np.zeros((B, S), bool)
+    pad[1, 4:] = True
+    pad[2, 0] = True
+    attn = ~np.tri(L, S, 1, dtype=bool)
+    ts = [torch.tensor(x, requires_grad=True) for x in (q, k, v)]
+    out_t, _ = tm(*ts, key_padding_mask=torch.tensor(pad), attn_mask=torch.tensor(attn),
+                  need_weights=False)
+    (out_t * torch.tensor(d_out)).sum().backward()
+    out, cache = m.forward(q, k, v, key_padding_mask=pad, attn_mask=attn)
+    dxs = m.backward(d_out, cache)
+    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-9, atol=1e-12)
+    for a, t in zip(dxs, ts):
+        np.testing.assert_allclose(a, t.grad.numpy(), rtol=1e-9, atol=1e-12)
+    for name, p in tm.named_parameters():
+        np.testing.assert_allclose(m.grads[name], p.grad.numpy(), rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
+    assert set(m.state_dict()) == set(tm.state_dict())
+
+
+# -- Linear, Embedding, cross_entropy, clipping -------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear(dtype, rng):
+    m = nn.Linear(3, 4, dtype=dtype, rng=rng)
+    assert m.params["weight"].shape == (4, 3) and m.params["bias"].shape == (4,)
+    assert np.abs(m.params["weight"]).max() <= 1 / np.sqrt(3)
+    x = rng.standard_normal((2, 5, 3)).astype(dtype)
+    d_y = rng.standard_normal((2, 5, 4)).astype(dtype)
+    y, cache = m.forward(x)
+    W, b = m.params["weight"].astype(np.float64), m.params["bias"].astype(np.float64)
+    assert_close(y, x.astype(np.float64) @ W.T + b, dtype, "y")
+    for _ in range(2):                                    # gradients accumulate
+        dx = m.backward(d_y, cache)
+    assert_close(dx, d_y.astype(np.float64) @ W, dtype, "dx")
+    assert_close(m.grads["weight"], 2 * np.einsum("bto,bti->oi", d_y.astype(np.float64), x),
+                 dtype, "weight")
+    assert_close(m.grads["bias"], 2 * d_y.astype(np.float64).sum((0, 1)), dtype, "bias")
+    with pytest.raises(ValueError, match="x must have a last axis of size 3"):
+        m.forward(x[..., :2])
+
+
+def test_embedding(rng):
+    m = nn.Embedding(6, 3, padding_idx=-1, dtype=np.float64, rng=rng)
+    assert m.padding_idx == 5 and not m.params["weight"][5].any()
+    idx = np.array([[0, 5, 2], [2, 2, 5]])
+    out, cache = m.forward(idx)
+    np.testing.assert_array_equal(out, m.params["weight"][idx])
+    d = rng.standard_normal((2, 3, 3))
+    assert m.backward(d, cache) is None
+    expected = np.zeros((6, 3))
+    for (i, j), row in np.ndenumerate(idx):
+        if row != 5:
+            expected[row] += d[i, j]
+    np.testing.assert_allclose(m.grads["weight"], expected, rtol=1e-14)
+    with pytest.raises(ValueError, match=r"indices must be in \[0, 6\)"):
+        m.forward([6])
+    with pytest.raises(TypeError, match="indices must be an integer array"):
+        m.forward([0.5])
+    with pytest.raises(ValueError, match="padding_idx"):
+        nn.Embedding(6, 3, padding_idx=6)
+
+
+def _log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy(dtype, reduction, rng):
+    logits = (rng.standard_normal((6, 5)) * 3 + 1e4 * (np.arange(6) == 2)[:, None]).astype(dtype)
+    targets = np.array([0, 4, 2, -100, 1, 3])
+    loss, d = nn.cross_entropy(logits, targets, reduction=reduction)
+    lp = _log_softmax(logits.astype(np.float64))
+    valid = targets != -100
+    per = np.where(valid, -lp[np.arange(6), np.where(valid, targets, 0)], 0)
+    onehot = np.eye(5)[np.where(valid, targets, 0)] * valid[:, None]
+    grad = (np.exp(lp) * valid[:, None] - onehot)
+    if reduction == "mean":
+        per, grad = per.sum() / valid.sum(), grad / valid.sum()
+    elif reduction == "sum":
+        per = per.sum()
+    assert loss.dtype == dtype and d.dtype == dtype
+    assert_close(loss, per, dtype, "loss")
+    assert_close(d, grad, dtype, "d_logits")
+    assert np.isfinite(loss).all()
+
+
+def test_cross_entropy_gradient_nan_and_errors(rng):
+    logits = rng.standard_normal((4, 3))
+    targets = np.array([2, 0, 1, 1])
+    _, d = nn.cross_entropy(logits, targets)
+    num = np.empty_like(logits)
+    for i in np.ndindex(logits.shape):
+        old = logits[i]
+        logits[i] = old + 1e-6
+        up = nn.cross_entropy(logits, targets)[0]
+        logits[i] = old - 1e-6
+        num[i] = (up - nn.cross_entropy(logits, targets)[0]) / 2e-6
+        logits[i] = old
+    np.testing.assert_allclose(d, num, rtol=1e-6, atol=1e-9)
+    bad = logits.copy()
+    bad[1, 2] = np.nan
+    loss, _ = nn.cross_entropy(bad, targets, reduction="none")
+    assert np.isnan(loss[1]) and np.isfinite(loss[[0, 2, 3]]).all()
+    assert np.isnan(nn.cross_entropy(logits, np.full(4, -100))[0])   # no row counted
+    with pytest.raises(ValueError, match=r"targets must be in \[0, 3\)"):
+        nn.cross_entropy(logits, [0, 3, 1, 1])
+    with pytest.raises(ValueError, match=r"targets must have shape \(N,\)"):
+        nn.cross_entropy(logits, [0, 1])
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        nn.cross_entropy(logits, targets, reduction="avg")
+
+
+def test_cross_entropy_against_torch(rng):
+    torch = pytest.importorskip("torch")
+    logits = rng.standard_normal((7, 4)) * 5
+    targets = np.array([0, 3, -1, 2, 1, -1, 3])
+    lt = torch.tensor(logits, requires_grad=True)
+    lt_loss = torch.nn.functional.cross_entropy(lt, torch.tensor(targets), ignore_index=-1)
+    lt_loss.backward()
+    loss, d = nn.cross_entropy(logits, targets, ignore_index=-1)
+    np.testing.assert_allclose(loss, lt_loss.item(), rtol=1e-12)
+    np.testing.assert_allclose(d, lt.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, np.inf])
+def test_clip_grad_norm(norm_type, rng):
+    grads = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5).astype(np.float32)}
+    flat = np.concatenate([g.ravel().astype(np.float64) for g in grads.values()])
+    total = np.linalg.norm(flat, norm_type)
+    before = {k: v.copy() for k, v in grads.items()}
+    assert nn.clip_grad_norm_(grads, 2 * total, norm_type) == pytest.approx(total, rel=1e-12)
+    for k in grads:                                      # under the limit: unchanged
+        np.testing.assert_array_equal(grads[k], before[k])
+    assert nn.clip_grad_norm_([grads], total / 4, norm_type) == pytest.approx(total, rel=1e-12)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], before[k] / 4, rtol=1e-6)
+        assert grads[k].dtype == before[k].dtype
+    np.testing.assert_allclose(np.linalg.norm(np.concatenate(
+        [g.ravel().astype(np.float64) for g in grads.values()]), norm_type), total / 4,
+        rtol=1e-5)
+
+
+def test_clip_grad_norm_nonfinite_and_value():
+    g = np.array([1.0, np.nan, 2.0])
+    assert np.isnan(nn.clip_grad_norm_(g, 1.0))          # reported ...
+    assert np.isnan(g).all()                              # ... and propagated, as PyTorch
+    g = np.array([1.0, np.inf])
+    with pytest.raises(RuntimeError, match="total norm .* inf"):
+        nn.clip_grad_norm_(g, 1.0, error_if_nonfinite=True)
+    np.testing.assert_array_equal(g, [1.0, np.inf])      # untouched when it raises
+    assert nn.clip_grad_norm_(g, 1.0) == np.inf
+    g = {"w": np.array([[-3.0, 0.5], [np.nan, 2.0]], np.float32)}
+    nn.clip_grad_value_(g, 1.0)
+    np.testing.assert_array_equal(g["w"], np.array([[-1.0, 0.5], [np.nan, 1.0]], np.float32))
+    with pytest.raises(TypeError, match="grads must"):
+        nn.clip_grad_value_(3.0, 1.0)

@@ -19,10 +19,13 @@ from seqkern.lstm import lstm_backward, lstm_forward, lstm_step_backward, lstm_s
 from seqkern.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
 
 from seqkern import reference  # noqa: E402  (plain-NumPy twins of every kernel)
+from seqkern import nn, optim  # noqa: E402  (layers and optimisers on the kernels)
 
 __all__ = [
     "__version__",
     "reference",
+    "nn",
+    "optim",
     "show_config",
     "MAX_THREADS",
     "get_num_threads",

@@ -10,5 +10,8 @@ keys and shapes. No autograd: the caches are explicit values.
 
 from seqkern.nn._module import Module
 from seqkern.nn._rnn import GRU, LSTM, RNN
+from seqkern.nn._attention import MultiheadAttention
+from seqkern.nn._basic import Embedding, Linear, clip_grad_norm_, clip_grad_value_, cross_entropy
 
-__all__ = ["Module", "RNN", "LSTM", "GRU"]
+__all__ = ["Module", "RNN", "LSTM", "GRU", "MultiheadAttention", "Linear", "Embedding",
+           "cross_entropy", "clip_grad_norm_", "clip_grad_value_"]

@@ -1,0 +1,118 @@
+"""seqkern.optim against the update rules written out in NumPy, and against
+torch.optim when it is installed."""
+
+import numpy as np
+import pytest
+
+from seqkern import nn, optim
+
+
+def params_and_grads(rng, dtype=np.float64):
+    p = {"w": rng.standard_normal((3, 4)).astype(dtype), "b": rng.standard_normal(4).astype(dtype)}
+    return p, {k: np.zeros_like(v) for k, v in p.items()}
+
+
+def gradient_sequence(rng, p, steps=4):
+    return [{k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in p.items()}
+            for _ in range(steps)]
+
+
+def run(opt, grads, seq):
+    for g in seq:
+        for k in grads:
+            grads[k][...] = g[k]
+        opt.step()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(momentum=0.9), dict(momentum=0.9, weight_decay=0.1),
+                                dict(momentum=0.5, dampening=0.3),
+                                dict(momentum=0.9, nesterov=True)])
+def test_sgd_rule(kw, rng):
+    p, grads = params_and_grads(rng)
+    seq = gradient_sequence(rng, p)
+    expected = {k: v.copy() for k, v in p.items()}
+    mu, wd, damp = kw.get("momentum", 0), kw.get("weight_decay", 0), kw.get("dampening", 0)
+    buf = {}
+    for g in seq:
+        for k in expected:
+            d = g[k] + wd * expected[k]
+            if mu:
+                buf[k] = d.copy() if k not in buf else mu * buf[k] + (1 - damp) * d
+                d = d + mu * buf[k] if kw.get("nesterov") else buf[k]
+            expected[k] = expected[k] - 0.1 * d
+    run(optim.SGD(p, grads, lr=0.1, **kw), grads, seq)
+    for k in p:
+        np.testing.assert_allclose(p[k], expected[k], rtol=1e-13, atol=1e-15, err_msg=k)
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_rule(cls, amsgrad, dtype, rng):
+    p, grads = params_and_grads(rng, dtype)
+    seq = gradient_sequence(rng, p, 5)
+    lr, (b1, b2), eps, wd = 0.01, (0.8, 0.99), 1e-6, 0.05
+    expected = {k: v.astype(np.float64) for k, v in p.items()}
+    m = {k: 0.0 for k in p}
+    v = {k: 0.0 for k in p}
+    vmax = {k: 0.0 for k in p}
+    for t, g in enumerate(seq, 1):
+        for k in expected:
+            gk = g[k].astype(np.float64)
+            if cls == "AdamW":
+                expected[k] = expected[k] * (1 - lr * wd)
+            else:
+                gk = gk + wd * expected[k]
+            m[k] = b1 * m[k] + (1 - b1) * gk
+            v[k] = b2 * v[k] + (1 - b2) * gk ** 2
+            vmax[k] = np.maximum(vmax[k], v[k])
+            vh = (vmax[k] if amsgrad else v[k]) / (1 - b2 ** t)
+            expected[k] = expected[k] - lr * (m[k] / (1 - b1 ** t)) / (np.sqrt(vh) + eps)
+    opt = getattr(optim, cls)([p], [grads], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd,
+                              amsgrad=amsgrad)
+    run(opt, grads, seq)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
+    for k in p:
+        assert p[k].dtype == dtype
+        np.testing.assert_allclose(p[k], expected[k], err_msg=k, **tol)
+
+
+def test_defaults_and_errors(rng):
+    p, g = params_and_grads(rng)
+    assert optim.AdamW(p, g).weight_decay == 0.01 and optim.Adam(p, g).weight_decay == 0
+    a = optim.Adam(p, g)
+    assert (a.lr, a.betas, a.eps) == (1e-3, (0.9, 0.999), 1e-8)
+    g["w"][...] = 1
+    optim.SGD(p, g).zero_grad()
+    assert not g["w"].any()
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        optim.SGD(p, g, lr=-1)
+    with pytest.raises(ValueError, match="betas must be in"):
+        optim.Adam(p, g, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="same structure"):
+        optim.Adam(p, {"w": g["w"], "c": g["b"]})
+    with pytest.raises(ValueError, match="same shape and dtype"):
+        optim.Adam([p["w"]], [g["b"]])
+    with pytest.raises(ValueError, match="nesterov"):
+        optim.SGD(p, g, nesterov=True)
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.01,
+                                                  nesterov=True)),
+                                     ("Adam", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+                                     ("AdamW", dict(lr=0.01))])
+def test_against_torch(name, kw, rng):
+    torch = pytest.importorskip("torch")
+    lstm = nn.LSTM(3, 4, dtype=np.float64, rng=rng)
+    tparams = [torch.tensor(v.copy(), requires_grad=True) for v in lstm.params.values()]
+    topt = getattr(torch.optim, name)(tparams, **kw)
+    opt = getattr(optim, name)(lstm.params, lstm.grads, **kw)
+    for g in gradient_sequence(rng, lstm.params, 4):
+        for t, k in zip(tparams, lstm.params):
+            t.grad = torch.tensor(g[k])
+            lstm.grads[k][...] = g[k]
+        topt.step()
+        opt.step()
+    for t, k in zip(tparams, lstm.params):
+        np.testing.assert_allclose(lstm.params[k], t.detach().numpy(), rtol=1e-12, atol=1e-14,
+                                   err_msg=k)
