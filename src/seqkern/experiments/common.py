@@ -19,6 +19,7 @@ import os
 import platform
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -128,9 +129,7 @@ class Context:
     def rng(self, *key):
         """A generator for one named part of an experiment: the same for the same
         seed and key, whatever ran before it."""
-        words = [self.seed] + [sum(ord(ch) * 31 ** i for i, ch in enumerate(str(k))) % 2**32
-                               for k in key]
-        return np.random.default_rng(words)
+        return np.random.default_rng([self.seed] + [zlib.crc32(str(k).encode()) for k in key])
 
     def say(self, text=""):
         if self._bar is not None:
@@ -209,10 +208,9 @@ def run(module, size="quick", out_dir="experiments-out", seed=0, threads=None, s
     name = module.__name__.rsplit(".", 1)[-1]
     cfg = module.SIZES[size]
     ctx = Context(seed, threads, stream)
-    ctx.say(f"== {name}: {module.TITLE} ({size}, seed {seed}, "
-            f"{threads or seqkern.get_num_threads()} threads)")
-    t0 = time.perf_counter()
     n = threads or seqkern.get_num_threads()
+    ctx.say(f"== {name}: {module.TITLE} ({size}, seed {seed}, {n} threads)")
+    t0 = time.perf_counter()
     try:
         with seqkern.threads(n), threadpool_limits(limits=n, user_api="blas"):
             numbers = to_jsonable(module.measure(cfg, ctx))

@@ -171,6 +171,7 @@ def figure(numbers):
             ax.plot([r["threads"] for r in rows], [r["tokens_per_s"] for r in rows], style,
                     marker="o", color=colors[k], label=f"{k} B={B}")
     ax.set_yscale("log")
+    ax.set_xticks(range(1, numbers["max_threads"] + 1))
     ax.set_xlabel("threads")
     ax.set_ylabel("tokens/s")
     ax.set_title("throughput against threads")
