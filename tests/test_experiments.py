@@ -21,9 +21,9 @@ except ImportError:
     HAVE_MPL = False
 
 
-def run_tiny(name, out, seed=0):
+def run_tiny(name, out, seed=0, threads=1):
     stream = io.StringIO()
-    result = common.run(load(name), "tiny", out_dir=str(out), seed=seed, threads=1,
+    result = common.run(load(name), "tiny", out_dir=str(out), seed=seed, threads=threads,
                         stream=stream)
     return result, stream.getvalue()
 
@@ -96,9 +96,13 @@ def test_tiny_run_writes_json_figure_and_verdict(name, tmp_path):
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "parallel"])
 def test_tiny_run_reproducible(name, tmp_path):
+    """The same numbers for the same seed, on 1 thread or 2 (the kernels' results do
+    not depend on the thread count); other numbers for another seed."""
     a, _ = run_tiny(name, tmp_path / "a", seed=3)
-    b, _ = run_tiny(name, tmp_path / "b", seed=3)
+    b, _ = run_tiny(name, tmp_path / "b", seed=3, threads=2)
+    c, _ = run_tiny(name, tmp_path / "c", seed=4)
     assert json.dumps(a["numbers"]) == json.dumps(b["numbers"])
+    assert json.dumps(a["numbers"]) != json.dumps(c["numbers"])
 
 
 def test_without_matplotlib_a_note_and_no_png(tmp_path, monkeypatch):
@@ -210,7 +214,7 @@ SLOW_RNN = {**FAST, **{(k, 1): 0.5 for k in ("rnn", "lstm", "gru")}}
     (bottleneck, bottleneck_numbers((0.9, 0.1), (1.0, 0.95), ANTI), common.SUPPORTED),
     (bottleneck, bottleneck_numbers((0.9, 0.85), (1.0, 0.95), ANTI), common.NOT_SUPPORTED),
     (bottleneck, bottleneck_numbers((0.9, 0.1), (1.0, 0.2), ANTI), common.NOT_SUPPORTED),
-    (bottleneck, bottleneck_numbers((0.9, 0.1), (1.0, 0.95), np.eye(4).tolist()),
+    (bottleneck, bottleneck_numbers((0.9, 0.1), (1.0, 0.95), np.eye(6).tolist()),
      common.NOT_SUPPORTED),
 ])
 def test_verdict_both_ways(module, numbers, status):
@@ -290,7 +294,11 @@ def test_reach_and_alignment():
     assert memory.reach(n, "adding", "rnn") == 10      # solved again at 100 does not count
     n = memory_numbers({"rnn": {10: math.nan}})
     assert memory.reach(n, "adding", "rnn") == 0
-    assert bottleneck.alignment(ANTI) == 1.0 and bottleneck.alignment(np.eye(4)) == 0.0
+    assert bottleneck.alignment(ANTI) == 1.0
+    assert bottleneck.alignment(np.eye(6)) == pytest.approx(2 / 6)   # only j = 2, 3 pass
+    shifted = np.eye(6)[[5, 5, 4, 3, 2, 1]]          # output j looks at source L - j (or L - 1)
+    assert bottleneck.alignment(shifted) == 1.0
+    assert bottleneck.alignment(np.eye(6)[[3, 2, 1, 0, 5, 4]]) == 0.0   # two positions off
 
 
 # ---------------------------------------------------------------- model backwards

@@ -161,33 +161,31 @@ def verdict(numbers):
     ])
 
 
+def _throughput(ax, rows, x):
+    """tokens/s against ``x`` (a row key), a line per kernel and batch."""
+    colors = dict(zip(KERNELS, ("tab:red", "tab:orange", "tab:green", "tab:blue")))
+    for k in KERNELS:
+        for B, style in zip(BATCHES, ("-", "--")):
+            mine = [r for r in rows if r["kernel"] == k and r["batch"] == B]
+            ax.plot([r[x] for r in mine], [r["tokens_per_s"] for r in mine], style,
+                    marker="o", color=colors[k], label=f"{k} B={B}")
+    ax.set_yscale("log")
+    ax.set_ylabel("tokens/s")
+    ax.legend(fontsize=7)
+
+
 def figure(numbers):
     fig, axes = new_figure(3, 1, (15, 4.5))
-    colors = dict(zip(KERNELS, ("tab:red", "tab:orange", "tab:green", "tab:blue")))
     ax = axes[0, 0]
-    for k in KERNELS:
-        for B, style in zip(BATCHES, ("-", "--")):
-            rows = [r for r in numbers["by_threads"] if r["kernel"] == k and r["batch"] == B]
-            ax.plot([r["threads"] for r in rows], [r["tokens_per_s"] for r in rows], style,
-                    marker="o", color=colors[k], label=f"{k} B={B}")
-    ax.set_yscale("log")
+    _throughput(ax, numbers["by_threads"], "threads")
     ax.set_xticks(range(1, numbers["max_threads"] + 1))
     ax.set_xlabel("threads")
-    ax.set_ylabel("tokens/s")
     ax.set_title("throughput against threads")
-    ax.legend(fontsize=7)
     ax = axes[0, 1]
-    for k in KERNELS:
-        for B, style in zip(BATCHES, ("-", "--")):
-            rows = [r for r in numbers["by_length"] if r["kernel"] == k and r["batch"] == B]
-            ax.plot([r["T"] for r in rows], [r["tokens_per_s"] for r in rows], style,
-                    marker="o", color=colors[k], label=f"{k} B={B}")
+    _throughput(ax, numbers["by_length"], "T")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
     ax.set_xlabel("sequence length T")
-    ax.set_ylabel("tokens/s")
     ax.set_title(f"throughput against length ({numbers['max_threads']} threads)")
-    ax.legend(fontsize=7)
     ax = axes[0, 2]
     top = numbers["max_threads"]
     for i, B in enumerate(BATCHES):
