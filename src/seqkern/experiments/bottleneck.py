@@ -36,8 +36,8 @@ SIZES = {
     "quick": {"embed": 32, "hidden": 64, "train_lengths": [2, 16],
               "eval_lengths": [4, 8, 12, 16], "steps": 2000, "batch": 64, "lr": 5e-3,
               "eval": 256},
-    "full": {"embed": 32, "hidden": 128, "train_lengths": [2, 24],
-             "eval_lengths": [4, 8, 12, 16, 20, 24], "steps": 4000, "batch": 64, "lr": 3e-3,
+    "full": {"embed": 32, "hidden": 96, "train_lengths": [2, 24],
+             "eval_lengths": [4, 8, 12, 16, 20, 24], "steps": 3000, "batch": 64, "lr": 3e-3,
              "eval": 512},
 }
 

@@ -30,8 +30,8 @@ SIZES = {
              "train_batch": 16},
     "quick": {"hidden": 64, "T": 100, "batch": 32, "train_T": 30, "train_steps": 400,
               "train_batch": 32},
-    "full": {"hidden": 128, "T": 200, "batch": 64, "train_T": 50, "train_steps": 2500,
-             "train_batch": 64},
+    "full": {"hidden": 64, "T": 200, "batch": 64, "train_T": 50, "train_steps": 1500,
+             "train_batch": 32},
 }
 
 

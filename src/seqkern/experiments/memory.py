@@ -28,8 +28,8 @@ SIZES = {
              "batch": 8, "lr": 1e-2, "eval": 32},
     "quick": {"tasks": ["adding"], "lengths": [10, 50, 100, 200], "hidden": 32, "steps": 400,
               "batch": 32, "lr": 1e-2, "eval": 512},
-    "full": {"tasks": ["adding", "copy"], "lengths": [10, 50, 100, 200, 400], "hidden": 64,
-             "steps": 1500, "batch": 32, "lr": 1e-2, "eval": 1024},
+    "full": {"tasks": ["adding", "copy"], "lengths": [10, 50, 100, 200], "hidden": 48,
+             "steps": 1000, "batch": 32, "lr": 1e-2, "eval": 1024},
 }
 
 

@@ -15,7 +15,6 @@ from collections import Counter
 
 import numpy as np
 
-import seqkern
 from seqkern import nn, optim
 
 from seqkern.experiments.common import Check, Verdict, new_figure

@@ -24,7 +24,6 @@ import math
 
 import numpy as np
 
-import seqkern
 from seqkern import nn, optim
 
 ADDING_CHANCE = 1.0 / 6.0
