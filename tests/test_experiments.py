@@ -112,6 +112,20 @@ def test_without_matplotlib_a_note_and_no_png(tmp_path, monkeypatch):
     assert (tmp_path / "order.json").exists() and not (tmp_path / "order.png").exists()
 
 
+def test_progress_bar_only_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term, plain = Terminal(), io.StringIO()
+    for stream in (term, plain):
+        bar = common.Progress(4, "training", stream)
+        bar.update(2)
+        bar.close()
+    assert "2/4 training" in term.getvalue() and "#" * 15 + "." * 15 in term.getvalue()
+    assert term.getvalue().endswith("\r\033[K") and plain.getvalue() == ""
+
+
 def test_cli(tmp_path, capsys):
     assert main(["clipping", "--size", "tiny", "--out", str(tmp_path), "--threads", "1",
                  "--seed", "2"]) == 0

@@ -36,8 +36,8 @@ def main(argv=None):
                    help="where the JSON and PNG files go (default: experiments-out)")
     p.add_argument("--seed", type=int, default=0, help="seed of every generator (default 0)")
     p.add_argument("--threads", type=_positive, default=None, metavar="N",
-                   help="seqkern's and BLAS's thread count (default: seqkern's); for "
-                        "parallel, the largest count of its sweep")
+                   help="seqkern's thread count (default: seqkern's; NumPy's BLAS runs on "
+                        "one); for parallel, the largest count of its sweep")
     p.add_argument("--size", choices=("tiny", "quick", "full"), default=None,
                    help=argparse.SUPPRESS)  # tiny: the test suite's sizes
     args = p.parse_args(argv)

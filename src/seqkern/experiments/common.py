@@ -212,7 +212,9 @@ def run(module, size="quick", out_dir="experiments-out", seed=0, threads=None, s
     ctx.say(f"== {name}: {module.TITLE} ({size}, seed {seed}, {n} threads)")
     t0 = time.perf_counter()
     try:
-        with seqkern.threads(n), threadpool_limits(limits=n, user_api="blas"):
+        # NumPy's BLAS (the layers' small products) on one thread: on a busy machine
+        # its threads made the training loops many times slower than one thread.
+        with seqkern.threads(n), threadpool_limits(limits=1, user_api="blas"):
             numbers = to_jsonable(module.measure(cfg, ctx))
     finally:
         ctx.end_progress()
