@@ -101,6 +101,21 @@ def reference_stack(kind, params, x, hx, lengths, num_layers, D, masks, d_out, d
     return inputs[-1], finals, g_in, d_hx, grads
 
 
+def numeric_grad(loss, arr, eps=1e-6):
+    """Central differences of loss() with respect to every element of arr (in place,
+    restored)."""
+    num = np.empty_like(arr)
+    for i in np.ndindex(arr.shape):
+        old = arr[i]
+        arr[i] = old + eps
+        up = loss()
+        arr[i] = old - eps
+        down = loss()
+        arr[i] = old
+        num[i] = (up - down) / (2 * eps)
+    return num
+
+
 def run_layer(m, x, hx, lengths, d_out, d_finals):
     """The layer's forward and backward with the stack's uniform tuples of states."""
     if isinstance(m, nn.LSTM):
@@ -128,7 +143,8 @@ CONFIGS = [
     dict(num_layers=1, bidirectional=False, lengths=None),
     dict(num_layers=2, bidirectional=True, lengths=None),
     dict(num_layers=2, bidirectional=True, lengths=[5, 0, 3]),
-    dict(num_layers=3, bidirectional=False, lengths=[2, 5, 1]),
+    dict(num_layers=3, bidirectional=False, lengths=[2, 5, 1]),       # wavefront, 2 chunks
+    dict(num_layers=2, bidirectional=False, lengths=[13, 0, 6], T=13),  # wavefront, 4 chunks
 ]
 
 
@@ -141,7 +157,7 @@ def test_stack_matches_reference_composition(kind, dtype, config, rng):
     D = 2 if bi else 1
     extra = dict(nonlinearity="relu") if kind == "RNN" else {}
     m = make(kind, dtype, input_size=3, hidden_size=4, num_layers=L, bidirectional=bi, **extra)
-    x, hx, d_out, d_finals = random_case(kind, dtype, rng, num_layers=L, D=D)
+    x, hx, d_out, d_finals = random_case(kind, dtype, rng, T=config.get("T", 5), num_layers=L, D=D)
     out, finals, dx, d_hx = run_layer(m, x, hx, lengths, d_out, d_finals)
     e_out, e_finals, e_dx, e_dhx, e_grads = reference_stack(
         kind, m.params, x, hx, lengths, L, D, [None] * (L + 1), d_out, d_finals,
@@ -189,31 +205,24 @@ def test_gradients_accumulate_and_zero_grad(kind, rng):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_finite_differences(kind, rng):
-    """Every parameter and input of a 2-layer bidirectional stack with lengths."""
-    L, D, lengths = 2, 2, [3, 1]
-    m = make(kind, input_size=2, hidden_size=2, num_layers=L, bidirectional=True)
-    x, hx, d_out, d_finals = random_case(kind, np.float64, rng, T=3, B=2, I=2, H=2)
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_finite_differences(kind, bidirectional, rng):
+    """Every parameter and input of a 2-layer stack with lengths (one direction:
+    the wavefront over two chunks of steps)."""
+    L, D, T, lengths = 2, 2 if bidirectional else 1, 3 if bidirectional else 6, [3, 1]
+    m = make(kind, input_size=2, hidden_size=2, num_layers=L, bidirectional=bidirectional)
+    x, hx, d_out, d_finals = random_case(kind, np.float64, rng, T=T, B=2, I=2, H=2, D=D)
 
     def loss():
         out, finals, _, _ = run_layer_forward(m, x, hx, lengths)
         return np.sum(out * d_out) + sum(np.sum(f * g) for f, g in zip(finals, d_finals))
 
     _, _, dx, d_hx = run_layer(m, x, hx, lengths, d_out, d_finals)
-    eps = 1e-6
     targets = [(k, m.params[k], m.grads[k]) for k in m.params] + [("x", x, dx)] + \
         [(f"hx[{i}]", h, g) for i, (h, g) in enumerate(zip(hx, d_hx))]
     for name, arr, grad in targets:
-        num = np.empty_like(arr)
-        for i in np.ndindex(arr.shape):
-            old = arr[i]
-            arr[i] = old + eps
-            up = loss()
-            arr[i] = old - eps
-            down = loss()
-            arr[i] = old
-            num[i] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(grad, numeric_grad(loss, arr), rtol=1e-5, atol=1e-7,
+                                   err_msg=name)
 
 
 def run_layer_forward(m, x, hx, lengths):
@@ -226,11 +235,13 @@ def run_layer_forward(m, x, hx, lengths):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_dropout(kind, rng):
-    kw = dict(input_size=3, hidden_size=4, num_layers=3, bidirectional=True)
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_dropout(kind, bidirectional, rng):
+    D = 2 if bidirectional else 1
+    kw = dict(input_size=3, hidden_size=4, num_layers=3, bidirectional=bidirectional)
     plain = make(kind, **kw)
     drop = make(kind, dropout=0.4, **kw)
-    x, hx, d_out, d_finals = random_case(kind, np.float64, rng, num_layers=3)
+    x, hx, d_out, d_finals = random_case(kind, np.float64, rng, T=9, num_layers=3, D=D)
     # eval mode: the identity
     drop.eval()
     out, finals, dx, d_hx = run_layer(plain, x, hx, None, d_out, d_finals)
@@ -243,10 +254,10 @@ def test_dropout(kind, rng):
     drop.train()
     drop.zero_grad()
     draws = copy.deepcopy(drop.rng)
-    masks = [None] + [(draws.random((5, 3, 8)) >= 0.4) / 0.6 for _ in range(2)] + [None]
-    out, finals, dx, d_hx = run_layer(drop, x, hx, None, d_out, d_finals)
+    masks = [None] + [(draws.random((9, 3, 4 * D)) >= 0.4) / 0.6 for _ in range(2)] + [None]
+    out, finals, dx, d_hx = run_layer(drop, x, hx, [9, 2, 7], d_out, d_finals)
     e_out, e_finals, e_dx, e_dhx, e_grads = reference_stack(
-        kind, drop.params, x, hx, None, 3, 2, masks, d_out, d_finals)
+        kind, drop.params, x, hx, [9, 2, 7], 3, D, masks, d_out, d_finals)
     assert_close(out, e_out, np.float64, "out")
     assert_close(dx, e_dx, np.float64, "dx")
     for k in drop.params:
@@ -255,10 +266,12 @@ def test_dropout(kind, rng):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_one_thread_equals_two(kind, rng):
-    kw = dict(input_size=3, hidden_size=8, num_layers=2, bidirectional=True)
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_one_thread_equals_two(kind, bidirectional, rng):
+    D = 2 if bidirectional else 1
+    kw = dict(input_size=3, hidden_size=8, num_layers=3, bidirectional=bidirectional)
     a, b = make(kind, np.float32, **kw), make(kind, np.float32, **kw)
-    x, hx, d_out, d_finals = random_case(kind, np.float32, rng, T=9, B=4, H=8)
+    x, hx, d_out, d_finals = random_case(kind, np.float32, rng, T=9, B=4, H=8, num_layers=3, D=D)
     with seqkern.threads(1):
         r1 = run_layer(a, x, hx, [9, 4, 0, 7], d_out, d_finals)
     with seqkern.threads(2):
@@ -351,21 +364,21 @@ def test_errors_name_the_argument(rng):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("batch_first", [False, True])
-def test_against_torch(kind, batch_first, rng):
+@pytest.mark.parametrize("batch_first,bidirectional", [(False, True), (True, True), (False, False)])
+def test_against_torch(kind, batch_first, bidirectional, rng):
     torch = pytest.importorskip("torch")
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     torch.manual_seed(0)
-    T, B, I, H, L = 6, 3, 3, 4, 2
-    tm = getattr(torch.nn, kind)(I, H, num_layers=L, bidirectional=True,
+    T, B, I, H, L, D = 6, 3, 3, 4, 2, 2 if bidirectional else 1
+    tm = getattr(torch.nn, kind)(I, H, num_layers=L, bidirectional=bidirectional,
                                  batch_first=batch_first).double()
-    m = make(kind, input_size=I, hidden_size=H, num_layers=L, bidirectional=True,
+    m = make(kind, input_size=I, hidden_size=H, num_layers=L, bidirectional=bidirectional,
              batch_first=batch_first)
     m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
     lengths = np.array([6, 2, 4])
     x = rng.standard_normal((B, T, I) if batch_first else (T, B, I))
-    hx = tuple(rng.standard_normal((L * 2, B, H)) for _ in range(2 if kind == "LSTM" else 1))
+    hx = tuple(rng.standard_normal((L * D, B, H)) for _ in range(2 if kind == "LSTM" else 1))
     xt = torch.tensor(x, requires_grad=True)
     hxt = tuple(torch.tensor(h, requires_grad=True) for h in hx)
     packed = pack_padded_sequence(xt, torch.tensor(lengths), batch_first=batch_first,
@@ -388,7 +401,7 @@ def test_against_torch(kind, batch_first, rng):
     for k, p in tm.named_parameters():
         np.testing.assert_allclose(m.grads[k], p.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
     # and back: our state dict loads into torch as it is
-    m2 = make(kind, input_size=I, hidden_size=H, num_layers=L, bidirectional=True,
+    m2 = make(kind, input_size=I, hidden_size=H, num_layers=L, bidirectional=bidirectional,
               rng=np.random.default_rng(3))
     tm.load_state_dict({k: torch.from_numpy(v) for k, v in m2.state_dict().items()})
     for k, v in tm.state_dict().items():
@@ -510,15 +523,8 @@ def test_mha_finite_differences(rng):
     targets = [(n, m.params[n], m.grads[n]) for n in m.params] + \
         list(zip(("query", "key", "value"), (q, k, v), dxs))
     for name, arr, grad in targets:
-        num = np.empty_like(arr)
-        for i in np.ndindex(arr.shape):
-            old = arr[i]
-            arr[i] = old + 1e-6
-            up = loss()
-            arr[i] = old - 1e-6
-            num[i] = (up - loss()) / 2e-6
-            arr[i] = old
-        np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-8, err_msg=name)
+        np.testing.assert_allclose(grad, numeric_grad(loss, arr), rtol=1e-5, atol=1e-8,
+                                   err_msg=name)
 
 
 def test_mha_batch_first_and_errors(rng):
@@ -526,9 +532,10 @@ def test_mha_batch_first_and_errors(rng):
     q, k, v, d_out = mha_case(rng, np.float64)
     out, cache = a.forward(q, k, v)
     out2, cache2 = b.forward(*(x.transpose(1, 0, 2) for x in (q, k, v)))
-    np.testing.assert_array_equal(out2, out.transpose(1, 0, 2))
+    # the projections see the rows in another order: close, not bitwise
+    np.testing.assert_allclose(out2, out.transpose(1, 0, 2), rtol=1e-12, atol=1e-14)
     for x, y in zip(a.backward(d_out, cache), b.backward(d_out.transpose(1, 0, 2), cache2)):
-        np.testing.assert_array_equal(y, x.transpose(1, 0, 2))
+        np.testing.assert_allclose(y, x.transpose(1, 0, 2), rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         nn.MultiheadAttention(8, 3)
     with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(B, S\)"):
@@ -649,14 +656,7 @@ def test_cross_entropy_gradient_nan_and_errors(rng):
     logits = rng.standard_normal((4, 3))
     targets = np.array([2, 0, 1, 1])
     _, d = nn.cross_entropy(logits, targets)
-    num = np.empty_like(logits)
-    for i in np.ndindex(logits.shape):
-        old = logits[i]
-        logits[i] = old + 1e-6
-        up = nn.cross_entropy(logits, targets)[0]
-        logits[i] = old - 1e-6
-        num[i] = (up - nn.cross_entropy(logits, targets)[0]) / 2e-6
-        logits[i] = old
+    num = numeric_grad(lambda: nn.cross_entropy(logits, targets)[0], logits)
     np.testing.assert_allclose(d, num, rtol=1e-6, atol=1e-9)
     bad = logits.copy()
     bad[1, 2] = np.nan
@@ -715,3 +715,26 @@ def test_clip_grad_norm_nonfinite_and_value():
     np.testing.assert_array_equal(g["w"], np.array([[-1.0, 0.5], [np.nan, 1.0]], np.float32))
     with pytest.raises(TypeError, match="grads must"):
         nn.clip_grad_value_(3.0, 1.0)
+
+
+# -- threads of the layers' own products ------------------------------------------------
+
+
+def test_matmul_split_and_blas_counts_restored(rng):
+    from threadpoolctl import threadpool_info
+    from seqkern.nn import _parallel
+
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    a = rng.standard_normal((513, 256)).astype(np.float32)   # 513 * 256 * 256 >= 2^25
+    b = rng.standard_normal((256, 256)).astype(np.float32)
+    assert a.shape[0] * 256 * 256 >= _parallel.PAR_MIN_PRODUCT
+    with seqkern.threads(1):
+        one = _parallel.matmul(a, b)
+    with seqkern.threads(2):
+        two = _parallel.matmul(a, b.T.copy().T)             # and a non-contiguous operand
+        with _parallel.blas_one_thread():                    # re-entrant
+            assert all(i["num_threads"] == 1 for i in threadpool_info()
+                       if i["user_api"] == "blas")
+    np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(one, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before

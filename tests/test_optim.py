@@ -116,3 +116,49 @@ def test_against_torch(name, kw, rng):
     for t, k in zip(tparams, lstm.params):
         np.testing.assert_allclose(lstm.params[k], t.detach().numpy(), rtol=1e-12, atol=1e-14,
                                    err_msg=k)
+
+
+def test_language_model_training_steps_against_torch(rng):
+    """Embedding, 2-layer LSTM (the wavefront: T = 9 is three chunks), linear,
+    cross-entropy, clipping and Adam: three training steps, as in PyTorch."""
+    torch = pytest.importorskip("torch")
+    T, B, V, H = 9, 3, 7, 5
+    torch.manual_seed(0)
+    t_emb, t_lstm, t_fc = torch.nn.Embedding(V, H, padding_idx=0), torch.nn.LSTM(H, H, 2), \
+        torch.nn.Linear(H, V)
+    t_mods = [m.double() for m in (t_emb, t_lstm, t_fc)]
+    emb = nn.Embedding(V, H, padding_idx=0, dtype=np.float64)
+    lstm = nn.LSTM(H, H, num_layers=2, dtype=np.float64)
+    fc = nn.Linear(H, V, dtype=np.float64)
+    mods = (emb, lstm, fc)
+    for m, tm in zip(mods, t_mods):
+        m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    t_params = [p for tm in t_mods for p in tm.parameters()]
+    t_opt = torch.optim.Adam(t_params, lr=0.01)
+    opt = optim.Adam([m.params for m in mods], [m.grads for m in mods], lr=0.01)
+    for _ in range(3):
+        tokens = rng.integers(0, V, (T, B))
+        targets = rng.integers(0, V, T * B)
+        targets[::4] = -100
+        t_opt.zero_grad()
+        h, _ = t_lstm(t_emb(torch.tensor(tokens)))
+        t_loss = torch.nn.functional.cross_entropy(t_fc(h).reshape(-1, V),
+                                                   torch.tensor(targets))
+        t_loss.backward()
+        t_norm = torch.nn.utils.clip_grad_norm_(t_params, 0.5)
+        t_opt.step()
+
+        opt.zero_grad()
+        e, ce = emb.forward(tokens)
+        h, _, cl = lstm.forward(e)
+        logits, cf = fc.forward(h)
+        loss, d_logits = nn.cross_entropy(logits.reshape(-1, V), targets)
+        d_e, _ = lstm.backward(fc.backward(d_logits.reshape(T, B, V), cf), None, cl)
+        emb.backward(d_e, ce)
+        norm = nn.clip_grad_norm_([m.grads for m in mods], 0.5)
+        opt.step()
+        np.testing.assert_allclose(loss, t_loss.item(), rtol=1e-10)
+        np.testing.assert_allclose(norm, t_norm.item(), rtol=1e-10)
+    for m, tm in zip(mods, t_mods):
+        for k, v in tm.state_dict().items():
+            np.testing.assert_allclose(m.params[k], v.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)

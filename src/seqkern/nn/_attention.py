@@ -17,6 +17,7 @@ from seqkern.attention import attention_backward, attention_forward
 from seqkern._validation import check_bool
 from seqkern.nn._basic import _Cache, check_layer_cache
 from seqkern.nn._module import Module, check_size, layer_input, make_rng, uniform
+from seqkern.nn._parallel import matmul
 
 __all__ = ["MultiheadAttention"]
 
@@ -87,12 +88,22 @@ class MultiheadAttention(Module):
         return w, b
 
     def _sequence(self, name, x, n):
-        """x (T, B, n) (or (B, T, n)) -> (B, T, n)."""
+        """x (T, B, n) (or (B, T, n) with batch_first), C-contiguous."""
         x = layer_input(name, x, self.dtype, n)
         if x.ndim != 3:
             legend = "(B, T, " if self.batch_first else "(T, B, "
             raise ValueError(f"{name} must have shape {legend}{n}), got {x.shape}")
-        return x if self.batch_first else x.transpose(1, 0, 2)
+        return np.ascontiguousarray(x)
+
+    def _to_heads(self, y):
+        """(T, B, E) (or (B, T, E)) -> (B, h, T, d), C-contiguous."""
+        y = y.reshape(y.shape[:2] + (self.num_heads, self.head_dim))
+        return np.ascontiguousarray(y.transpose((0, 2, 1, 3) if self.batch_first else (1, 2, 0, 3)))
+
+    def _from_heads(self, y):
+        """(B, h, T, d) -> (T B, E) (or (B T, E)) rows in the input's layout."""
+        y = y.transpose((0, 2, 1, 3) if self.batch_first else (2, 0, 1, 3))
+        return np.ascontiguousarray(y).reshape(-1, self.embed_dim)
 
     def _mask(self, key_padding_mask, attn_mask, is_causal, B, L, S):
         """(causal, mask broadcastable to (B, h, L, S) with True = may attend or
@@ -152,56 +163,54 @@ class MultiheadAttention(Module):
         Returns (out (L, B, E) or (B, L, E), cache); no attention weights.
         """
         check_bool("is_causal", is_causal)
-        E, h, d = self.embed_dim, self.num_heads, self.head_dim
-        q_in = self._sequence("query", query, E)
-        k_in = self._sequence("key", key, self.kdim)
-        v_in = self._sequence("value", value, self.vdim)
-        B, L, _ = q_in.shape
-        S = k_in.shape[1]
-        if k_in.shape[:2] != (B, S) or v_in.shape[:2] != (B, S):
-            raise ValueError(f"key and value must share (B, S) with query's batch {B}, got "
-                             f"key {k_in.shape[:2]}, value {v_in.shape[:2]} (as (B, S))")
+        E = self.embed_dim
+        xs = (self._sequence("query", query, E), self._sequence("key", key, self.kdim),
+              self._sequence("value", value, self.vdim))
+        (B, L), S = ((xs[0].shape[0], xs[0].shape[1]), xs[1].shape[1]) if self.batch_first \
+            else ((xs[0].shape[1], xs[0].shape[0]), xs[1].shape[0])
+        for name, x in zip(("key", "value"), xs[1:]):
+            if x.shape[:2] != xs[1].shape[:2] or B != (x.shape[0] if self.batch_first
+                                                        else x.shape[1]):
+                raise ValueError(f"{name} must have the batch of query ({B}) and the steps of "
+                                 f"key, got shape {x.shape}")
         causal, mask, key_lengths = self._mask(key_padding_mask, attn_mask, is_causal, B, L, S)
         heads = []
-        for i, x in enumerate((q_in, k_in, v_in)):
+        for i, x in enumerate(xs):
             w, b = self._projection(i, self.params)
-            y = x @ w.T                                         # (B, T, E)
+            y = matmul(x.reshape(-1, x.shape[2]), w.T)              # (T B, E)
             if b is not None:
                 y += b
-            heads.append(np.ascontiguousarray(
-                y.reshape(B, -1, h, d).transpose(0, 2, 1, 3)))   # (B, h, T, d)
+            heads.append(self._to_heads(y.reshape(x.shape[:2] + (E,))))  # (B, h, T, d)
         o, acache = attention_forward(*heads, causal=causal, mask=mask, key_lengths=key_lengths)
-        o = np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(B, L, E)  # (B, L, E)
-        out = o @ self.params["out_proj.weight"].T
+        o = self._from_heads(o)                                     # (L B, E)
+        out = matmul(o, self.params["out_proj.weight"].T)
         if self.bias:
             out += self.params["out_proj.bias"]
-        if not self.batch_first:
-            out = out.transpose(1, 0, 2)
-        return out, _Cache(self, q_in, k_in, v_in, o, acache)
+        return out.reshape(xs[0].shape[:2] + (E,)), _Cache(self, xs, o, acache)
 
     def backward(self, d_out, cache):
         """d_out like out -> (d_query, d_key, d_value), shaped like query, key,
         value; adds the parameters' gradients into grads."""
-        q_in, k_in, v_in, o, acache = check_layer_cache(self, cache)
-        E, h, d = self.embed_dim, self.num_heads, self.head_dim
-        B, L, _ = q_in.shape
+        xs, o, acache = check_layer_cache(self, cache)
+        E = self.embed_dim
         d_out = self._sequence("d_out", d_out, E)
-        if d_out.shape != (B, L, E):
-            raise ValueError(f"d_out must have the shape of out, got {d_out.shape}")
-        d2 = d_out.reshape(B * L, E)
-        self.grads["out_proj.weight"] += d2.T @ o.reshape(B * L, E)
+        if d_out.shape != xs[0].shape[:2] + (E,):
+            raise ValueError(f"d_out must have the shape of out, {xs[0].shape[:2] + (E,)}, "
+                             f"got {d_out.shape}")
+        d2 = d_out.reshape(-1, E)                                   # (L B, E)
+        self.grads["out_proj.weight"] += matmul(d2.T, o)
         if self.bias:
             self.grads["out_proj.bias"] += d2.sum(axis=0)
-        d_o = (d2 @ self.params["out_proj.weight"]).reshape(B, L, h, d).transpose(0, 2, 1, 3)
-        g = attention_backward(np.ascontiguousarray(d_o), acache)
+        d_o = matmul(d2, self.params["out_proj.weight"]).reshape(d_out.shape)
+        g = attention_backward(self._to_heads(d_o), acache)
         d_inputs = []
-        for i, (x, dy) in enumerate(zip((q_in, k_in, v_in), g)):
-            dy = dy.transpose(0, 2, 1, 3).reshape(-1, E)          # (B T, E)
+        for i, (x, dy) in enumerate(zip(xs, g)):
+            dy = self._from_heads(dy)                               # (T B, E)
+            x2 = x.reshape(dy.shape[0], -1)                         # (T B, n)
             w, _ = self._projection(i, self.params)
             gw, gb = self._projection(i, self.grads)
-            gw += dy.T @ x.reshape(dy.shape[0], -1)
+            gw += matmul(dy.T, x2)
             if gb is not None:
                 gb += dy.sum(axis=0)
-            dx = (dy @ w).reshape(x.shape)                          # (B, T, n)
-            d_inputs.append(dx if self.batch_first else dx.transpose(1, 0, 2))
+            d_inputs.append(matmul(dy, w).reshape(x.shape))
         return tuple(d_inputs)

@@ -7,6 +7,7 @@ import numpy as np
 
 from seqkern._validation import check_bool, check_choice
 from seqkern.nn._module import Module, check_size, layer_input, make_rng, uniform
+from seqkern.nn._parallel import blas_one_thread, matmul
 
 __all__ = ["Linear", "Embedding", "cross_entropy", "clip_grad_norm_", "clip_grad_value_",
            "arrays_of"]
@@ -49,23 +50,24 @@ class Linear(Module):
     def forward(self, x):
         """x (..., in_features) -> (y (..., out_features), cache)."""
         x = layer_input("x", x, self.dtype, self.in_features)
-        y = x @ self.params["weight"].T
+        x2 = x.reshape(-1, self.in_features)                          # (N, in): one GEMM
+        y = matmul(x2, self.params["weight"].T)
         if "bias" in self.params:
             y += self.params["bias"]
-        return y, _Cache(self, x)
+        return y.reshape(x.shape[:-1] + (self.out_features,)), _Cache(self, x2)
 
     def backward(self, d_y, cache):
         """d_y (..., out_features) -> dx (..., in_features); adds into grads."""
-        (x,) = check_layer_cache(self, cache)
+        (x2,) = check_layer_cache(self, cache)
         d_y = layer_input("d_y", d_y, self.dtype, self.out_features)
-        if d_y.shape[:-1] != x.shape[:-1]:
-            raise ValueError(f"d_y must have shape {x.shape[:-1] + (self.out_features,)}, "
-                             f"got {d_y.shape}")
         d2 = d_y.reshape(-1, self.out_features)                       # (N, out)
-        self.grads["weight"] += d2.T @ x.reshape(-1, self.in_features)  # (out, in)
+        if d2.shape[0] != x2.shape[0]:
+            raise ValueError(f"d_y must have the shape of y, (..., {self.out_features}) with "
+                             f"{x2.shape[0]} rows, got {d_y.shape}")
+        self.grads["weight"] += matmul(d2.T, x2)                      # (out, in)
         if "bias" in self.grads:
             self.grads["bias"] += d2.sum(axis=0)
-        return d_y @ self.params["weight"]
+        return matmul(d2, self.params["weight"]).reshape(d_y.shape[:-1] + (self.in_features,))
 
 
 class Embedding(Module):
@@ -126,7 +128,7 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     (such rows add nothing). reduction: "mean" (over the rows not ignored, NaN
     if there are none, as PyTorch), "sum", or "none".
 
-    Returns (loss, d_logits): loss a 0-d array ("mean", "sum") or (N,) ("none";
+    Returns (loss, d_logits): loss a NumPy scalar ("mean", "sum") or (N,) ("none";
     ignored rows 0), and d_logits (N, C) the gradient of the loss (of its sum,
     for "none"). The log-sum-exp is taken after subtracting each row's maximum,
     so large logits neither overflow nor lose the small ones; NaN and Inf in a
@@ -135,8 +137,8 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     logits = np.asarray(logits)
     if logits.dtype not in (np.float32, np.float64):
         raise TypeError(f"logits must be float32 or float64, got {logits.dtype}")
-    if logits.ndim != 2:
-        raise ValueError(f"logits must have shape (N, C), got {logits.shape}")
+    if logits.ndim != 2 or logits.shape[1] == 0:
+        raise ValueError(f"logits must have shape (N, C) with C >= 1, got {logits.shape}")
     N, C = logits.shape
     t = np.asarray(targets)
     if t.dtype == np.bool_ or not np.issubdtype(t.dtype, np.integer):
@@ -213,9 +215,9 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
         if any(np.isnan(g).any() for g in arrays):
             total = math.nan
     elif norm_type == 2:
-        total = math.sqrt(sum(float(np.vdot(g.ravel().astype(np.float64, copy=False),
-                                            g.ravel().astype(np.float64, copy=False)))
-                              for g in arrays))
+        with blas_one_thread():
+            total = math.sqrt(sum(float(np.vdot(g64, g64)) for g64 in
+                                  (g.ravel().astype(np.float64, copy=False) for g in arrays)))
     else:
         total = sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type))
                     for g in arrays) ** (1 / norm_type)

@@ -13,52 +13,30 @@ where they are and are zeros in every output. In training mode, out_l of every
 layer but the last is multiplied by a dropout mask, (u >= p) / (1 - p) with
 u ~ U[0, 1) of shape (T, B, D H) drawn from ``layer.rng``, layer by layer.
 
-The two directions of a layer are independent: with two or more threads they
-run at once, on two Python threads (the kernels release the GIL), each kernel
-on half of the calling thread's count (seqkern.threads). Results do not depend
-on the thread count: every kernel's do not.
+Threads (_parallel.run_pair): the two directions of a layer are independent; with two or
+more threads they run at once, on two Python threads (the kernels release the
+GIL), each kernel on half of the calling thread's count (seqkern.threads). A
+one-direction stack of two or more layers runs as a wavefront over chunks of
+steps (_chunks: about T / 8 steps, fixed by T): layer l's chunk k beside layer
+l - 1's chunk k + 1, the input projection of each chunk one GEMM inside the
+kernel; the backward walks the same diagonals in reverse. Only whole kernel
+calls are overlapped (no lock per step), so a descheduled thread costs at most
+one chunk's wait. Results do not depend on the thread count: the kernels' do
+not, and the chunks do not depend on it.
 """
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from seqkern._threads import effective_num_threads, threads
 from seqkern._validation import check_bool, check_choice, lengths_array
 from seqkern.gru import gru_backward, gru_forward
 from seqkern.lstm import lstm_backward, lstm_forward
 from seqkern.nn._module import Module, check_size, make_rng, uniform
+from seqkern.nn._parallel import run_pair
 from seqkern.rnn import rnn_backward, rnn_forward
 
 __all__ = ["RNN", "LSTM", "GRU"]
-
-_pool = None
-
-
-def _run_threads(n, fn):
-    with threads(n):
-        return fn()
-
-
-def run_pair(f0, f1):
-    """(f0(), f1()): at once on two Python threads, each with half of the calling
-    thread's kernel threads, when it has two or more; else one after the other."""
-    global _pool
-    n = effective_num_threads()
-    if n < 2:
-        return f0(), f1()
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqkern-nn")
-    half = n // 2
-    fut = _pool.submit(_run_threads, n - half, f1)
-    try:
-        with threads(half):
-            r0 = f0()
-    finally:
-        r1 = fut.result()    # waited for (and its error raised) even when f0 raised
-    return r0, r1
-
 
 class _Flip:
     """Reverses each sequence within its own length along the time axis:
@@ -80,16 +58,44 @@ class _Flip:
         return a[self.index]
 
 
+def _chunk_steps(T):
+    """Steps per chunk of the wavefront: about T / 8 (8 chunks: two layers on two
+    threads then overlap for 8 of 9 diagonals), at least 4. Fixed by T alone, so
+    the arithmetic does not depend on the thread count."""
+    return max(4, -(-T // 8))
+
+
+def _chunks(T):
+    C = _chunk_steps(T)
+    return [(t0, min(T, t0 + C)) for t0 in range(0, T, C)]
+
+
+def _chunk_lengths(lengths, t0, t1):
+    """The steps of each sequence inside steps [t0, t1)."""
+    return None if lengths is None else np.clip(lengths - t0, 0, t1 - t0)
+
+
+def _run_diagonal(task, items):
+    """task(*item) for every item: those of even and odd positions at once on two
+    threads (run_pair) when there are two or more."""
+    if len(items) == 1:
+        task(*items[0])
+    else:
+        run_pair(lambda: [task(*i) for i in items[0::2]],
+                 lambda: [task(*i) for i in items[1::2]])
+
+
 class _StackCache:
     """What backward needs from forward: per layer, per direction, the kernel's
     cache; per layer, the dropout mask applied to its input (or None)."""
 
-    __slots__ = ("T", "B", "flip", "kernel", "masks", "batch_first")
+    __slots__ = ("T", "B", "flip", "kernel", "masks", "chunks", "batch_first")
 
     def __init__(self, T, B, flip, batch_first):
         self.T, self.B, self.flip, self.batch_first = T, B, flip, batch_first
-        self.kernel = []   # [layer][direction] kernel cache
-        self.masks = []    # [layer] (T, B, I_l) mask applied to x_l, or None
+        self.kernel = []     # [layer][direction] kernel cache, or [layer][chunk]
+        self.masks = []      # [layer] (T, B, I_l) mask applied to x_l, or None
+        self.chunks = None   # [(t0, t1)] of the wavefront, or None: whole sequences
 
 
 class _Recurrent(Module):
@@ -186,70 +192,132 @@ class _Recurrent(Module):
 
     # -- forward and backward on tuples of states -------------------------------------
 
-    def _forward(self, x, hx, lengths):
+    def _dropout_masks(self, shape):
+        """[None, mask of layer 1's input, ..., of layer L-1's]: (u >= p) / (1 - p),
+        u ~ U[0, 1) of ``shape`` (T, B, D H) from self.rng, layer by layer; all
+        None in evaluation mode or without dropout."""
+        masks = [None] * self.num_layers
+        if self.training and self.dropout:
+            for layer in range(1, self.num_layers):
+                keep = self.rng.random(shape) >= self.dropout
+                masks[layer] = keep.astype(self.dtype) / self.dtype.type(1 - self.dropout) \
+                    if self.dropout < 1 else np.zeros(shape, self.dtype)
+        return masks
+
+    def _add_grads(self, layer, d, dW_ih, dW_hh, db_ih, db_hh):
+        key = self._weights(layer, d)[0]
+        g = self.grads
+        g[f"weight_ih_{key}"] += dW_ih
+        g[f"weight_hh_{key}"] += dW_hh
+        if self.bias:
+            g[f"bias_ih_{key}"] += db_ih
+            g[f"bias_hh_{key}"] += db_hh
+
+    def _forward(self, x, hx, lengths, return_cache):
         """x (T, B, I) or (B, T, I); hx: tuple of N_STATES (L D, B, H) arrays or
-        Nones -> (out, tuple of (L D, B, H) final states, cache)."""
+        Nones -> (out, tuple of (L D, B, H) final states, cache or None)."""
+        return_cache = check_bool("return_cache", return_cache)
         x = self._input(x)
         T, B, _ = x.shape
         H, D = self.hidden_size, 2 if self.bidirectional else 1
         hx = tuple(self._states(n, s, B) for n, s in zip(("h0", "c0"), hx))
         lengths = lengths_array(lengths, B, T)
         cache = _StackCache(T, B, _Flip(lengths, T, B), self.batch_first)
-        flip = cache.flip
+        cache.masks = self._dropout_masks((T, B, D * H))
         finals = tuple(np.empty((self.num_layers * D, B, H), self.dtype) for _ in hx)
-        inp, mask = x, None
+        if D == 1 and self.num_layers > 1 and T > _chunk_steps(T):
+            out = self._forward_wavefront(x, hx, lengths, return_cache, cache, finals)
+        else:
+            out = self._forward_layers(x, hx, lengths, return_cache, cache, finals)
+        if self.batch_first:
+            out = out.transpose(1, 0, 2)
+        return out, finals, (cache if return_cache else None)
+
+    def _forward_layers(self, x, hx, lengths, return_cache, cache, finals):
+        """Layer after layer, the two directions of each at once."""
+        D = 2 if self.bidirectional else 1
+        flip, inp = cache.flip, x
         for layer in range(self.num_layers):
+            if cache.masks[layer] is not None:
+                inp = inp * cache.masks[layer]
+
             def run(d, inp=inp, layer=layer):
                 _, W_ih, W_hh, b_ih, b_hh = self._weights(layer, d)
                 s0 = tuple(None if s is None else s[layer * D + d] for s in hx)
                 xd = inp if d == 0 else flip(inp)
-                out, s_n, kc = self._kernel_forward(xd, s0, W_ih, W_hh, b_ih, b_hh, lengths)
+                out, s_n, kc = self._kernel_forward(xd, s0, W_ih, W_hh, b_ih, b_hh, lengths,
+                                                    return_cache)
                 return (out if d == 0 else flip(out)), s_n, kc
             runs = run_pair(lambda: run(0), lambda: run(1)) if D == 2 else (run(0),)
             for d, (_, s_n, _) in enumerate(runs):
                 for f, s in zip(finals, s_n):
                     f[layer * D + d] = s
             cache.kernel.append([kc for _, _, kc in runs])
-            cache.masks.append(mask)
-            out = runs[0][0] if D == 1 else np.concatenate([r[0] for r in runs], axis=2)
-            mask = None
-            if self.training and self.dropout and layer < self.num_layers - 1:
-                keep = self.rng.random(out.shape) >= self.dropout
-                mask = keep.astype(self.dtype) / self.dtype.type(1 - self.dropout) \
-                    if self.dropout < 1 else np.zeros(out.shape, self.dtype)
-                out = out * mask
-            inp = out
-        if self.batch_first:
-            inp = inp.transpose(1, 0, 2)
-        return inp, finals, cache
+            inp = runs[0][0] if D == 1 else np.concatenate([r[0] for r in runs], axis=2)
+        return inp
+
+    def _forward_wavefront(self, x, hx, lengths, return_cache, cache, finals):
+        """One direction, L layers: chunks of steps in diagonals. Layer l's chunk k
+        runs once its chunk k - 1 (the state) and layer l - 1's chunk k (the
+        input, one GEMM inside the kernel) are done: in diagonal s = l + k, whose
+        chunks run at once (on two threads, split between them)."""
+        T, B, _ = x.shape
+        L, H = self.num_layers, self.hidden_size
+        bounds = _chunks(T)
+        K = len(bounds)
+        outs = [np.empty((T, B, H), self.dtype) for _ in range(L)]   # every layer's out_l
+        states = [tuple(None if s is None else s[layer] for s in hx) for layer in range(L)]
+        kernel = [[None] * K for _ in range(L)]
+
+        def task(layer, k):
+            t0, t1 = bounds[k]
+            inp = x[t0:t1] if layer == 0 else outs[layer - 1][t0:t1]
+            mask = cache.masks[layer]
+            inp = np.ascontiguousarray(inp if mask is None else inp * mask[t0:t1])
+            _, W_ih, W_hh, b_ih, b_hh = self._weights(layer, 0)
+            out, states[layer], kernel[layer][k] = self._kernel_forward(
+                inp, states[layer], W_ih, W_hh, b_ih, b_hh, _chunk_lengths(lengths, t0, t1),
+                return_cache)
+            outs[layer][t0:t1] = out
+
+        for s in range(K + L - 1):
+            _run_diagonal(task, [(layer, s - layer) for layer in range(L) if 0 <= s - layer < K])
+        for layer in range(L):
+            for f, st in zip(finals, states[layer]):
+                f[layer] = st
+        cache.kernel, cache.chunks = kernel, bounds
+        return outs[-1]
 
     def _backward(self, d_out, d_finals, cache):
         """d_out like out or None; d_finals: tuple of N_STATES (L D, B, H) or Nones
         -> (dx like x, tuple of N_STATES (L D, B, H) gradients of hx). Adds the
         parameters' gradients into self.grads."""
         if not isinstance(cache, _StackCache) or len(cache.kernel) != self.num_layers:
-            raise TypeError(f"cache must be the cache returned by this "
-                            f"{type(self).__name__}'s forward, got {type(cache).__name__}")
-        T, B, flip = cache.T, cache.B, cache.flip
+            raise TypeError(f"cache must be the cache returned by this {type(self).__name__}'s "
+                            f"forward (with return_cache=True), got {type(cache).__name__}")
+        T, B = cache.T, cache.B
         H, D = self.hidden_size, 2 if self.bidirectional else 1
         d_in = self._seq_grad(d_out, T, B)
         d_finals = tuple(self._states(n, s, B) for n, s in zip(("d_h_n", "d_c_n"), d_finals))
         d_init = tuple(np.zeros((self.num_layers * D, B, H), self.dtype) for _ in d_finals)
+        if cache.chunks is None:
+            dx = self._backward_layers(d_in, d_finals, d_init, cache)
+        else:
+            dx = self._backward_wavefront(d_in, d_finals, d_init, cache)
+        if cache.batch_first:
+            dx = dx.transpose(1, 0, 2)
+        return dx, d_init
+
+    def _backward_layers(self, d_in, d_finals, d_init, cache):
+        H, D, flip = self.hidden_size, 2 if self.bidirectional else 1, cache.flip
         for layer in reversed(range(self.num_layers)):
             def run(d, d_in=d_in, layer=layer):
-                kc = cache.kernel[layer][d]
                 dd = None if d_in is None else np.ascontiguousarray(d_in[..., d * H:(d + 1) * H])
                 if d == 1:
                     dd = flip(dd)
                 ds = tuple(None if s is None else s[layer * D + d] for s in d_finals)
-                dx, ds0, dW_ih, dW_hh, db_ih, db_hh = self._kernel_backward(dd, ds, kc)
-                key = self._weights(layer, d)[0]
-                g = self.grads
-                g[f"weight_ih_{key}"] += dW_ih
-                g[f"weight_hh_{key}"] += dW_hh
-                if self.bias:
-                    g[f"bias_ih_{key}"] += db_ih
-                    g[f"bias_hh_{key}"] += db_hh
+                dx, ds0, *dW = self._kernel_backward(dd, ds, cache.kernel[layer][d])
+                self._add_grads(layer, d, *dW)
                 return (dx if d == 0 else flip(dx)), ds0
             runs = run_pair(lambda: run(0), lambda: run(1)) if D == 2 else (run(0),)
             for d, (_, ds0) in enumerate(runs):
@@ -258,9 +326,36 @@ class _Recurrent(Module):
             dx = runs[0][0] if D == 1 else runs[0][0] + runs[1][0]
             mask = cache.masks[layer]
             d_in = dx if mask is None else dx * mask
-        if cache.batch_first:
-            d_in = d_in.transpose(1, 0, 2)
-        return d_in, d_init
+        return d_in
+
+    def _backward_wavefront(self, d_out, d_finals, d_init, cache):
+        """The forward's diagonals in reverse: layer l's chunk k once its chunk
+        k + 1 (the state's gradient) and layer l + 1's chunk k (its output's) are done."""
+        T, B, bounds = cache.T, cache.B, cache.chunks
+        L, K = self.num_layers, len(bounds)
+        # d_outs[l]: gradient reaching out_l (T, B, H), written chunk by chunk by layer l + 1
+        d_outs = [np.empty((T, B, self.hidden_size), self.dtype) for _ in range(L - 1)]
+        d_outs.append(d_out)
+        dx0 = np.empty((T, B, self.input_size), self.dtype)
+        d_states = [tuple(None if s is None else s[layer] for s in d_finals) for layer in range(L)]
+
+        def task(layer, k):
+            t0, t1 = bounds[k]
+            dd = None if d_outs[layer] is None else np.ascontiguousarray(d_outs[layer][t0:t1])
+            dx, d_states[layer], *dW = self._kernel_backward(dd, d_states[layer],
+                                                             cache.kernel[layer][k])
+            self._add_grads(layer, 0, *dW)
+            mask = cache.masks[layer]
+            target = dx0 if layer == 0 else d_outs[layer - 1]
+            target[t0:t1] = dx if mask is None else dx * mask[t0:t1]
+
+        for s in range(K + L - 1):
+            _run_diagonal(task, [(layer, K - 1 - (s - (L - 1 - layer))) for layer in range(L)
+                                 if 0 <= K - 1 - (s - (L - 1 - layer)) < K])
+        for layer in range(L):
+            for g, st in zip(d_init, d_states[layer]):
+                g[layer] = st
+        return dx0
 
 
 class RNN(_Recurrent):
@@ -282,20 +377,22 @@ class RNN(_Recurrent):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, rng)
 
-    def _kernel_forward(self, x, s0, W_ih, W_hh, b_ih, b_hh, lengths):
+    def _kernel_forward(self, x, s0, W_ih, W_hh, b_ih, b_hh, lengths, return_cache):
         out, h_n, kc = rnn_forward(x, s0[0], W_ih, W_hh, b_ih, b_hh,
-                                   nonlinearity=self.nonlinearity, lengths=lengths)
+                                   nonlinearity=self.nonlinearity, lengths=lengths,
+                                   return_cache=return_cache)
         return out, (h_n,), kc
 
     def _kernel_backward(self, d_out, ds, kc):
         g = rnn_backward(d_out, ds[0], kc)
         return g.dx, (g.dh0,), g.dW_ih, g.dW_hh, g.db_ih, g.db_hh
 
-    def forward(self, x, hx=None, *, lengths=None):
+    def forward(self, x, hx=None, *, lengths=None, return_cache=True):
         """x (T, B, I) (or (B, T, I) with ``batch_first``), hx (L D, B, H) or None
         for zeros, lengths (B,) integers in [0, T] or None
-        -> (out (T, B, D H) (or (B, T, D H)), h_n (L D, B, H), cache)."""
-        out, (h_n,), cache = self._forward(x, (hx,), lengths)
+        -> (out (T, B, D H) (or (B, T, D H)), h_n (L D, B, H), cache); with
+        return_cache=False (inference) nothing is kept and cache is None."""
+        out, (h_n,), cache = self._forward(x, (hx,), lengths, return_cache)
         return out, h_n, cache
 
     def backward(self, d_out, d_h_n, cache):
@@ -316,8 +413,9 @@ class GRU(_Recurrent):
 
     GATES = 3
 
-    def _kernel_forward(self, x, s0, W_ih, W_hh, b_ih, b_hh, lengths):
-        out, h_n, kc = gru_forward(x, s0[0], W_ih, W_hh, b_ih, b_hh, lengths=lengths)
+    def _kernel_forward(self, x, s0, W_ih, W_hh, b_ih, b_hh, lengths, return_cache):
+        out, h_n, kc = gru_forward(x, s0[0], W_ih, W_hh, b_ih, b_hh, lengths=lengths,
+                                   return_cache=return_cache)
         return out, (h_n,), kc
 
     def _kernel_backward(self, d_out, ds, kc):
@@ -340,9 +438,9 @@ class LSTM(_Recurrent):
     GATES = 4
     N_STATES = 2
 
-    def _kernel_forward(self, x, s0, W_ih, W_hh, b_ih, b_hh, lengths):
+    def _kernel_forward(self, x, s0, W_ih, W_hh, b_ih, b_hh, lengths, return_cache):
         out, h_n, c_n, kc = lstm_forward(x, s0[0], s0[1], W_ih, W_hh, b_ih, b_hh,
-                                         lengths=lengths)
+                                         lengths=lengths, return_cache=return_cache)
         return out, (h_n, c_n), kc
 
     def _kernel_backward(self, d_out, ds, kc):
@@ -357,11 +455,12 @@ class LSTM(_Recurrent):
             raise TypeError(f"{name} must be a pair (h, c) or None, got {type(hx).__name__}")
         return tuple(hx)
 
-    def forward(self, x, hx=None, *, lengths=None):
+    def forward(self, x, hx=None, *, lengths=None, return_cache=True):
         """x (T, B, I) (or (B, T, I) with ``batch_first``), hx = (h0, c0), each
         (L D, B, H) or None for zeros, lengths (B,) integers in [0, T] or None
-        -> (out (T, B, D H) (or (B, T, D H)), (h_n, c_n) each (L D, B, H), cache)."""
-        out, finals, cache = self._forward(x, self._pair("hx", hx), lengths)
+        -> (out (T, B, D H) (or (B, T, D H)), (h_n, c_n) each (L D, B, H), cache);
+        with return_cache=False (inference) nothing is kept and cache is None."""
+        out, finals, cache = self._forward(x, self._pair("hx", hx), lengths, return_cache)
         return out, finals, cache
 
     def backward(self, d_out, d_hc_n, cache):
