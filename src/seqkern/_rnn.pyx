@@ -2,7 +2,8 @@
 #
 # Axis legend: T = time steps, B = batch, I = input features, H = hidden units.
 # Every array is C-contiguous and time-major; the Python wrapper (rnn.py) checks
-# and prepares arguments, allocates outputs, and holds BLAS at one thread.
+# and prepares arguments, allocates the outputs and holds BLAS at one thread; the
+# kernels write every element of their outputs and allocate their own scratch.
 #
 # Forward:   z_t = x_t W_ih^T + (b_ih + b_hh) + h_{t-1} W_hh^T,   h_t = act(z_t)
 # Backward:  dz_t = (dh_t + d_out_t) * act'(h_t),   dh_{t-1} = dz_t W_hh
@@ -31,7 +32,7 @@ from libc.stdint cimport int64_t
 
 from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_gemm_dir
-from seqkern._workspace cimport scratch_free
+from seqkern._workspace cimport scratch_alloc, scratch_free
 from seqkern._activations cimport tanh_
 from seqkern._step cimport (ROW_BLOCK, W_BLOCK, final_states, loop_threads, n_blocks,
                             packs, project_rows, row_blocks, row_start, unit_block)
@@ -298,7 +299,6 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
              const floating[:, ::1] W_ih,        # (H, I)
              const floating[:, ::1] W_hh,        # (H, H)
              const int64_t[::1] lengths,         # (B,) or None
-             floating[:, :, ::1] dz,             # (T, B, H) scratch: pre-activation gradients
              floating[:, :, ::1] dx,             # (T, B, I) OUT
              floating[:, ::1] dh0,               # (B, H) OUT
              floating[:, ::1] dW_ih,             # (H, I) OUT
@@ -313,7 +313,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef const floating* dop = NULL if d_out is None else &d_out[0, 0, 0]
     cdef const floating* outp = &out[0, 0, 0]
     cdef const floating* Whh = &W_hh[0, 0]
-    cdef floating* dzp = &dz[0, 0, 0]
+    cdef floating* dzp = NULL       # (T, B, H) scratch: the pre-activation gradients
     cdef floating* carry = &dh0[0, 0]
     cdef const floating* dz_next
     cdef const floating* do_t
@@ -342,8 +342,9 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     if packed:
         Wpk = pk_alloc_nn(H, H, Whh)               # for dz @ W_hh
         Xpk = pk_alloc_nn(H, I, &W_ih[0, 0])       # for dz @ W_ih
+    dzp = <floating*>scratch_alloc(<size_t>T * B * H * sizeof(floating))
     try:
-        if packed and (Wpk == NULL or Xpk == NULL):
+        if dzp == NULL or (packed and (Wpk == NULL or Xpk == NULL)):
             raise MemoryError()
         t = 0
         dz_next = NULL
@@ -375,3 +376,4 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     finally:
         scratch_free(Wpk)
         scratch_free(Xpk)
+        scratch_free(dzp)

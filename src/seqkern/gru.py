@@ -14,8 +14,8 @@ dtype, float32 or float64.
 
 The kernels are in ``_gru.pyx``; the same functions in plain NumPy are in
 ``seqkern.reference.gru``. Results do not depend on the number of threads: the
-work is split in blocks fixed by the problem size, so 1 and N threads give
-bitwise-identical results.
+work is split in blocks fixed by the problem size and the machine's core count,
+never by the thread count, so 1 and N threads give bitwise-identical results.
 """
 
 from typing import Optional, Tuple
