@@ -309,8 +309,7 @@ def test_lstm_with_each_step_product(rng, mode, dtype, shape):
     two backward chunks (512 rows, then 88); (5, 600, ..): two steps per chunk,
     1200 rows in five K blocks; (5, 300, 4, 130): the same beside unit blocks
     (whose steps read dz_{t+1} across all blocks while writing dz_t);
-    (300, 4, 5, 130): forward projection chunks of 16 steps and backward chunks
-    of 128 beside unit blocks."""
+    (300, 4, 5, 130): backward chunks of 128 steps beside unit blocks."""
     T, B, I, H = shape
     s = 1.0 / np.sqrt(H)
     args = [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)) * 0.5,
