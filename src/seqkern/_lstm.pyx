@@ -49,7 +49,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
-from seqkern._step cimport (MIN_ROWS, ROW_BLOCK, final_states, group_gates, interleaves,
+from seqkern._step cimport (ROW_BLOCK, final_states, group_gates, interleaves,
                             loop_threads, n_blocks, packs, project_rows, row_blocks, row_start,
                             unit_block)
 from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, SK_PK_VBYTES, pk_alloc_nt, pk_gemm,
