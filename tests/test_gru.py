@@ -265,19 +265,13 @@ def test_step_vs_reference_and_none_h():
         assert_grads_close(gru_step_backward(dh, c), ref.gru_step_backward(dh, rc), np.float64)
 
 
-def test_few_steps_keep_the_weights_as_given():
-    """A step (or a call of few steps and rows) neither reorders nor transposes
-    the weights (one block of units): its cache refers to W_ih and W_hh
-    themselves; a longer call at the same sizes splits them into blocks. Both
+def test_few_steps_and_longer_calls_match_reference():
+    """A call of few steps and rows keeps the weights as given (one block of units,
+    no W_hh^T); a longer call at the same sizes groups them into unit blocks. Both
     match the reference."""
-    from seqkern.gru import _gru
-
     for T, B in [(1, 1), (3, 4), (4, 4)]:
         x, h, W_ih, W_hh, b_ih, b_hh = make(T, B, 6, 300)
         out, h_n, cache = gru_forward(x, h, W_ih, W_hh, b_ih, b_hh)
-        few = T < 4 and T * B < 16
-        assert _gru.few_steps(T, B) == few
-        assert (cache.W_ih is W_ih and cache.W_hh is W_hh) == few
         r_out, _, r_cache = ref.gru_forward(x, h, W_ih, W_hh, b_ih, b_hh)
         assert_close("out", out, r_out, np.float64)
         d_out = np.random.default_rng(4).standard_normal(out.shape)
@@ -291,6 +285,9 @@ def test_few_steps_keep_the_weights_as_given():
 # the last shape is large enough for the GEMMs outside the time loop to go parallel
 @pytest.mark.parametrize("shape", [(20, 16, 8, 70), (3, 40, 300, 130), (4, 1, 4, 300),
                                    (20, 64, 256, 80),
+                                   # blocks of batch rows (B >= 16), uneven (17), and
+                                   # two backward chunks (40 x 32 rows)
+                                   (9, 17, 5, 40), (40, 32, 6, 33),
                                    # few rows: one block, no W_hh^T
                                    (1, 1, 4, 300), (3, 5, 8, 70)])
 def test_threads_bitwise(shape, dtype):

@@ -309,8 +309,7 @@ def test_lstm_with_each_step_product(rng, mode, dtype, shape):
     two backward chunks (512 rows, then 88); (5, 600, ..): two steps per chunk,
     1200 rows in five K blocks; (5, 300, 4, 130): the same beside unit blocks
     (whose steps read dz_{t+1} across all blocks while writing dz_t);
-    (300, 4, 5, 130): forward projection chunks of 16 steps and backward chunks
-    of 128 beside unit blocks."""
+    (300, 4, 5, 130): backward chunks of 128 steps beside unit blocks."""
     T, B, I, H = shape
     s = 1.0 / np.sqrt(H)
     args = [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)) * 0.5,
@@ -345,10 +344,12 @@ def test_lstm_with_each_step_product(rng, mode, dtype, shape):
 @pytest.mark.parametrize("mode", ["blas", "packed"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 130),
-                                   (1100, 1, 3, 20)])
+                                   (1100, 1, 3, 20), (12, 17, 6, 40), (40, 32, 5, 20)])
 def test_gru_with_each_step_product(rng, mode, dtype, shape):
     """(9, 1, ..): batch 1 (_vecmat vs the packed M = 1 kernel); (20, 8, 16, 130):
-    several unit blocks, split over 2 threads; (1100, 1, ..): several backward chunks."""
+    several unit blocks, split over 2 threads; (1100, 1, ..): several backward chunks;
+    (12, 17, ..), (40, 32, ..): blocks of batch rows, the second over two backward
+    chunks and (without a cache) three forward ones."""
     T, B, I, H = shape
     s = 1.0 / np.sqrt(H)
     args = [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)) * 0.5,

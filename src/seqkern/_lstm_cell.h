@@ -6,10 +6,10 @@
  *
  * z holds the row's gates of the n units as four runs of n: i, f, g, o
  * (pre-activations less the bias on entry to the forward, activations on exit);
- * bias has the same layout. Both also take runs gs >= n apart (the first n
- * units of each run of gs: half of the units of a one-block row, for the
- * batch-1 step split between two threads); dz is laid out as z. Adding the bias here, not before the GEMMs, saves a
- * pass over the whole (T, B, 4H) gate buffer (a copy, then a read-modify-write).
+ * bias has the same layout, and so has dz; the runs start gs >= n apart (the
+ * first n units of each run of gs). Adding the bias here, not before the GEMMs,
+ * saves a pass over the whole (T, B, 4H) gate buffer (a copy, then a
+ * read-modify-write).
  *
  * Forward:  i, f, o = sigmoid(. + b), g = tanh(. + b), c = f c_prev + i g, h = o tanh(c)
  * Backward: dh = carry_h + d_out (d_out may be NULL), tc = tanh(c)

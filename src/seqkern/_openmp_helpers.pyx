@@ -70,8 +70,8 @@ cdef void _ping_pong(sk_flag* fl, int rounds, double* seconds) noexcept nogil:
 
 def handoff_ns(int rounds=20000):
     """Nanoseconds for two OpenMP threads to hand a step to each other and back
-    through spin flags (_sync.h), the way the batch-1 LSTM forward on two threads
-    hands each step across; None without two threads."""
+    through spin flags (_sync.h): what a split of each time step between two
+    threads would pay per step; None without two threads."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     if _forked:                     # no second thread in a forked child: see after_fork_in_child

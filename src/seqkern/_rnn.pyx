@@ -2,7 +2,8 @@
 #
 # Axis legend: T = time steps, B = batch, I = input features, H = hidden units.
 # Every array is C-contiguous and time-major; the Python wrapper (rnn.py) checks
-# and prepares arguments, allocates outputs, and holds BLAS at one thread.
+# and prepares arguments, allocates the outputs and holds BLAS at one thread; the
+# kernels write every element of their outputs and allocate their own scratch.
 #
 # Forward:   z_t = x_t W_ih^T + (b_ih + b_hh) + h_{t-1} W_hh^T,   h_t = act(z_t)
 # Backward:  dz_t = (dh_t + d_out_t) * act'(h_t),   dh_{t-1} = dz_t W_hh
@@ -28,79 +29,23 @@ from cython cimport floating
 include "_build_info.pxi"
 from cython.parallel cimport prange, parallel
 from libc.stdint cimport int64_t
-from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_gemm_dir
-from seqkern._workspace cimport scratch_free
+from seqkern._workspace cimport scratch_alloc, scratch_free
 from seqkern._activations cimport tanh_
-from seqkern._step cimport final_states, loop_threads, n_blocks, packs, rows_times_wt
-
-# The time loop is split over up to `n_parts` blocks of batch rows (n_parts: the
-# machine's core count, fixed per process, so that the blocks do not depend on the
-# thread count), each of at least MIN_ROWS rows. With fewer rows, a step's
-# recurrent product is split over `n_parts` blocks of hidden units, each at least
-# MIN_COL wide, once B*H*H reaches PAR_MIN_STEP multiply-adds; below that the
-# fork/join would cost more than it saves. Fewer, wider blocks matter: each GEMM
-# call packs h_{t-1} again.
-# The big GEMMs outside the time loop are cut in blocks of ROW_BLOCK rows of
-# T*B (input projection, dx) or W_BLOCK rows of a weight gradient; blocks are
-# large because each GEMM call packs its shared operand again. They run on one
-# thread below PAR_MIN_GEMM multiply-adds (_step.loop_threads).
-cdef enum:
-    MIN_ROWS = 8
-    MIN_COL = 32
-    PAR_MIN_STEP = 262144
-    ROW_BLOCK = 1024
-    W_BLOCK = 256
-
+from seqkern._step cimport (ROW_BLOCK, W_BLOCK, final_states, loop_threads, n_blocks,
+                            packs, project_rows, row_blocks, row_start, unit_block)
 
 # The products with the weights (see _step.pxd): packed on _packed_gemm.h are the
 # per-step h_{t-1} @ W_hh^T and dz_t @ W_hh, the input projection x @ W_ih^T and the
 # input gradient dz @ W_ih; the weight gradients stay on OpenBLAS (their left
 # operand is dz^T).
-# Measured (1 thread, AMD EPYC Zen 4, alternating calls, fwd / fwd+bwd speed-up of
-# packed over OpenBLAS): (B,T,I,H) = (1,100,128,128) 1.17/1.14 float32, 1.01/1.02
-# float64; (1,1000,64,64) 1.58/1.36, 1.37/1.20; (4,100,64,64) 1.21/1.11, 1.13/1.08;
-# (32,100,256,256) 1.30/1.15, 1.22/1.13; (64,200,512,512) 1.14/1.08, 1.18/1.06.
-
-
-cdef inline int _row_blocks(int B, int n_parts) noexcept nogil:
-    """Blocks of batch rows the time loop is split into (a function of size only);
-    block r holds rows [r B / n, (r + 1) B / n)."""
-    return max(1, min(n_parts, B // MIN_ROWS))
-
-
-cdef inline int _row_start(int rb, int B, int n_rb) noexcept nogil:
-    """First row of row block rb (of n_rb; rb = n_rb gives B)."""
-    return <int>(<int64_t>rb * B // n_rb)
-
-
-cdef inline int _col_block(int B, int H, int n_parts) noexcept nogil:
-    """Width of the hidden-unit blocks of one time step (a function of size only):
-    H (one block) where the steps split by rows or are too small to split."""
-    cdef int width
-    if _row_blocks(B, n_parts) > 1 or <int64_t>B * H * H < PAR_MIN_STEP or n_parts <= 1:
-        return H
-    width = (H + n_parts - 1) // n_parts
-    width = ((width + 15) // 16) * 16          # whole cache lines of float32
-    return max(width, <int>MIN_COL)
 
 
 # ---------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------
-
-cdef void _project_rows(const floating* x, const floating* W, const floating* W_pk,
-                        const floating* bias, floating* out, Py_ssize_t r0, Py_ssize_t r1,
-                        int I, int H) noexcept nogil:
-    """out[r0:r1] := x[r0:r1] @ W^T + bias; x (rows, I), W (H, I), out (rows, H).
-    W_pk: W packed for x @ W^T (_packed_gemm.h), or NULL (OpenBLAS)."""
-    cdef Py_ssize_t r
-    for r in range(r0, r1):
-        memcpy(out + r * H, bias, H * sizeof(floating))
-    rows_times_wt(x, W, W_pk, out, r0, r1, I, H, True)
-
 
 cdef void _forward_cols(int B, int H, const floating* h_prev, const floating* W_hh,
                         const floating* W_pk, floating* out_t, const int64_t* lengths,
@@ -169,10 +114,10 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef const floating* Whh = &W_hh[0, 0]
     cdef const floating* bp = &bias[0]
     cdef const floating* h_prev
-    cdef int width = _col_block(B, H, n_parts)
+    cdef int width = unit_block(B, 1, H, n_parts)
     cdef int n_cols = n_blocks(H, width)
     cdef int n_rows = n_blocks(TB, ROW_BLOCK)
-    cdef int n_rb = _row_blocks(B, n_parts)
+    cdef int n_rb = row_blocks(B, n_parts)
     cdef int i, blk, rb
     cdef Py_ssize_t t
     cdef int nt = n_threads
@@ -194,7 +139,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             # 1. The input projection of every step, in one pass of row blocks.
             for i in prange(n_rows, num_threads=nt_proj, schedule='static',
                             use_threads_if=nt_proj > 1):
-                _project_rows(xp, Wih, Xpk, bp, outp, <Py_ssize_t>i * ROW_BLOCK,
+                project_rows(xp, Wih, Xpk, bp, outp, <Py_ssize_t>i * ROW_BLOCK,
                               min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, H)
 
             # 2. The recurrence: one GEMM and one fused element-wise pass per step,
@@ -202,7 +147,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             if n_rb > 1:
                 for rb in prange(n_rb, num_threads=nt_rows, schedule='static',
                                  use_threads_if=nt_rows > 1):
-                    _forward_rows(_row_start(rb, B, n_rb), _row_start(rb + 1, B, n_rb), B, H, T, h0p,
+                    _forward_rows(row_start(rb, B, n_rb), row_start(rb + 1, B, n_rb), B, H, T, h0p,
                                   Whh, Wpk,
                                   outp, lens, relu)
             else:
@@ -354,7 +299,6 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
              const floating[:, ::1] W_ih,        # (H, I)
              const floating[:, ::1] W_hh,        # (H, H)
              const int64_t[::1] lengths,         # (B,) or None
-             floating[:, :, ::1] dz,             # (T, B, H) scratch: pre-activation gradients
              floating[:, :, ::1] dx,             # (T, B, I) OUT
              floating[:, ::1] dh0,               # (B, H) OUT
              floating[:, ::1] dW_ih,             # (H, I) OUT
@@ -369,15 +313,15 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef const floating* dop = NULL if d_out is None else &d_out[0, 0, 0]
     cdef const floating* outp = &out[0, 0, 0]
     cdef const floating* Whh = &W_hh[0, 0]
-    cdef floating* dzp = &dz[0, 0, 0]
+    cdef floating* dzp = NULL       # (T, B, H) scratch: the pre-activation gradients
     cdef floating* carry = &dh0[0, 0]
     cdef const floating* dz_next
     cdef const floating* do_t
-    cdef int width = _col_block(B, H, n_parts)
+    cdef int width = unit_block(B, 1, H, n_parts)
     cdef int n_cols = n_blocks(H, width)
     cdef int n_w = n_blocks(H, W_BLOCK)
     cdef int n_x = n_blocks(<Py_ssize_t>T * B, ROW_BLOCK)
-    cdef int n_rb = _row_blocks(B, n_parts)
+    cdef int n_rb = row_blocks(B, n_parts)
     cdef int blk, rb
     cdef Py_ssize_t t
     cdef int nt = n_threads
@@ -398,8 +342,9 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     if packed:
         Wpk = pk_alloc_nn(H, H, Whh)               # for dz @ W_hh
         Xpk = pk_alloc_nn(H, I, &W_ih[0, 0])       # for dz @ W_ih
+    dzp = <floating*>scratch_alloc(<size_t>T * B * H * sizeof(floating))
     try:
-        if packed and (Wpk == NULL or Xpk == NULL):
+        if dzp == NULL or (packed and (Wpk == NULL or Xpk == NULL)):
             raise MemoryError()
         t = 0
         dz_next = NULL
@@ -409,7 +354,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
             if n_rb > 1:
                 for rb in prange(n_rb, num_threads=nt_rows, schedule='static',
                                  use_threads_if=nt_rows > 1):
-                    _backward_rows(_row_start(rb, B, n_rb), _row_start(rb + 1, B, n_rb), B, H, T,
+                    _backward_rows(row_start(rb, B, n_rb), row_start(rb + 1, B, n_rb), B, H, T,
                                    Whh, Wpk,
                                    carry, dzp, dop, outp, lens, relu)
             else:
@@ -431,3 +376,4 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     finally:
         scratch_free(Wpk)
         scratch_free(Xpk)
+        scratch_free(dzp)

@@ -1,12 +1,22 @@
-# What the recurrent kernels (_rnn.pyx, _lstm.pyx, _gru.pyx) share: the choice of
-# GEMM for the products with the weights, and the row-block product with W_ih.
+# What the recurrent kernels (_rnn.pyx, _lstm.pyx, _gru.pyx) share: how their work is
+# cut into blocks, the choice of GEMM for the products with the weights, the input
+# projection, the gate re-layout for the per-step unit split, and the final states.
 #
 # The products with the weights run on OpenBLAS (_blas.pxd) or on _packed_gemm.h
 # with the weights packed once per call: OpenBLAS packs its W operand again inside
-# every call (once per time step for W_hh, once per row block for W_ih), and the
-# packed kernel runs closer to the FMA peak at these shapes (~114 GFLOP/s float32
-# at B = 32..64 against ~60-75 for OpenBLAS's per-step calls). Each kernel's file
-# records what was measured for it. seqkern._step_gemm forces either choice.
+# every call (once per time step for W_hh, once per row block for W_ih).
+# seqkern._step_gemm forces either choice; docs/benchmarks.md has the measurements.
+#
+# Threads: every split is into blocks whose boundaries depend only on the problem
+# size and n_parts (the machine's core count, a constant of the process), never on
+# the thread count, and no two blocks write the same element; the threads only pick
+# which blocks they run, so results are bitwise identical for any thread count.
+# The time loop splits by blocks of batch rows (row_blocks: each row is its own
+# sequence, so a thread runs its rows through every step and the threads meet once),
+# or, with too few rows, by blocks of hidden units within each step (unit_block:
+# a barrier per step, so only for steps of PAR_MIN_STEP multiply-adds or more), or
+# runs on one thread. The big GEMMs outside the time loop are cut in ROW_BLOCK rows
+# (of T*B) or W_BLOCK rows of a weight gradient, and run on loop_threads threads.
 
 from cython cimport floating
 from libc.stdint cimport int64_t
@@ -25,10 +35,6 @@ cdef enum:
     STEP_PACKED = 2
     # AUTO packs once the weights serve at least this many rows (T * B): packing
     # costs a pass over the weights, which a handful of rows does not repay.
-    # Measured (LSTM, float32, 1 thread, forward / forward+backward, us, packed vs
-    # OpenBLAS): (B,T,I,H) = (1,1,128,128) 55/109 vs 39/78; (1,4,512,512)
-    # 1374/4225 vs 704/2933; (1,16,512,512) 2186/6383 vs 2368/6866;
-    # (1,16,128,128) 113/259 vs 130/267; (32,1,256,256) 455/1241 vs 594/1520.
     PACK_MIN_ROWS = 16
     # The minimum work of a parallel loop (multiply-adds over all its tasks): below
     # it every kernel runs that loop on one thread. Waking a second thread costs
@@ -36,6 +42,17 @@ cdef enum:
     # process holds its core, and the loop ends only when that thread has run: a
     # small problem that splits runs slower, and far slower under load.
     PAR_MIN_GEMM = 1 << 25
+    # Blocks of the time loop: at least MIN_ROWS batch rows a row block; unit blocks
+    # at least MIN_COL units wide, and only for a step whose recurrent product
+    # B*G*H*H (G gates) reaches PAR_MIN_STEP multiply-adds, because every step then
+    # ends at a barrier that waits for the slowest thread.
+    MIN_ROWS = 8
+    MIN_COL = 32
+    PAR_MIN_STEP = 1 << 18
+    # Blocks of the GEMMs outside the time loop: large, because each GEMM call packs
+    # its shared operand again.
+    ROW_BLOCK = 1024
+    W_BLOCK = 256
 
 
 cdef inline bint packs(int step_gemm, Py_ssize_t rows) noexcept nogil:
@@ -66,7 +83,33 @@ cdef inline int loop_threads(int n_threads, int n_tasks, double work) noexcept n
 
 
 cdef inline int n_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:
+    """Blocks of ``block`` items that cover n items (the last may be shorter)."""
     return <int>((n + block - 1) // block)
+
+
+cdef inline int row_blocks(int B, int n_parts) noexcept nogil:
+    """Blocks of batch rows the time loop is split into (a function of B and n_parts
+    only): up to n_parts, each of at least MIN_ROWS rows; block rb holds rows
+    [row_start(rb), row_start(rb + 1)). 1: the loop does not split by rows."""
+    return max(1, min(n_parts, B // MIN_ROWS))
+
+
+cdef inline int row_start(int rb, int B, int n_rb) noexcept nogil:
+    """First row of row block rb of n_rb (rb = n_rb gives B)."""
+    return <int>(<int64_t>rb * B // n_rb)
+
+
+cdef inline int unit_block(int B, int G, int H, int n_parts) noexcept nogil:
+    """Width in hidden units of the blocks a time step is split into (a function of
+    the sizes and n_parts only): H (one block) where the loop splits by rows
+    (row_blocks > 1) or the step's recurrent product B*G*H*H is below PAR_MIN_STEP;
+    else H / n_parts rounded up to whole cache lines of float32, at least MIN_COL."""
+    cdef int width
+    if row_blocks(B, n_parts) > 1 or n_parts <= 1 or <int64_t>B * G * H * H < PAR_MIN_STEP:
+        return H
+    width = (H + n_parts - 1) // n_parts
+    width = ((width + 15) // 16) * 16
+    return min(H, max(width, <int>MIN_COL))
 
 
 cdef inline void rows_times_wt(const floating* x, const floating* W, const floating* W_pk,
@@ -80,6 +123,56 @@ cdef inline void rows_times_wt(const floating* x, const floating* W, const float
     else:
         gemm(False, True, <int>(r1 - r0), G, I, <floating>1, x + r0 * I, I, W, I,
              <floating>(1 if accumulate else 0), out + r0 * G, G)
+
+
+cdef inline void project_rows(const floating* x, const floating* W, const floating* W_pk,
+                              const floating* bias, floating* out, Py_ssize_t r0, Py_ssize_t r1,
+                              int I, int G) noexcept nogil:
+    """out[r0:r1] := x[r0:r1] @ W^T + bias; x (rows, I), W (G, I), bias (G,) or NULL
+    (no bias), out (rows, G). W_pk: W packed for x @ W^T, or NULL (OpenBLAS)."""
+    cdef Py_ssize_t r
+    if bias == NULL:
+        rows_times_wt(x, W, W_pk, out, r0, r1, I, G, False)
+        return
+    for r in range(r0, r1):
+        memcpy(out + r * G, bias, G * sizeof(floating))
+    rows_times_wt(x, W, W_pk, out, r0, r1, I, G, True)
+
+
+cdef inline void _gate_rows(const floating* src, floating* dst, int G, int H, int K, int U,
+                            bint grouping) noexcept nogil:
+    """group_gates (grouping) or ungroup_gates (not grouping) from src to dst."""
+    cdef int k, c0, c1, g
+    cdef Py_ssize_t n, gi, grouped
+    for k in range(n_blocks(H, U)):
+        c0 = k * U
+        c1 = min(c0 + U, H)
+        n = <Py_ssize_t>(c1 - c0) * K
+        for g in range(G):
+            gi = (<Py_ssize_t>g * H + c0) * K                   # row g*H + c0 of W
+            grouped = (<Py_ssize_t>G * c0 + <Py_ssize_t>g * (c1 - c0)) * K
+            if grouping:
+                memcpy(dst + grouped, src + gi, n * sizeof(floating))
+            else:
+                memcpy(dst + gi, src + grouped, n * sizeof(floating))
+
+
+cdef inline void group_gates(const floating* W, floating* Wg, int G, int H, int K,
+                             int U) noexcept nogil:
+    """Wg := the rows of W (G*H, K), stacked by gate as PyTorch's (gate g's rows at
+    [g H, (g + 1) H)), regrouped by blocks of U hidden units: block k, units
+    [c0, c1) = [k U, min((k + 1) U, H)), holds rows [G c0, G c1) of Wg, its rows
+    of gate 0, then gate 1, ...: Wg row G c0 + g (c1 - c0) + j is W row g H + c0 + j.
+    So one product with Wg's rows [G c0, G c1) gives every gate of the block's units.
+    U >= H: Wg = W. A bias is K = 1. W and Wg do not overlap."""
+    _gate_rows(W, Wg, G, H, K, U, True)
+
+
+cdef inline void ungroup_gates(const floating* Wg, floating* W, int G, int H, int K,
+                               int U) noexcept nogil:
+    """The inverse of group_gates: W (G*H, K) in PyTorch's order from Wg (for the
+    gradients of grouped weights)."""
+    _gate_rows(Wg, W, G, H, K, U, False)
 
 
 cdef inline void final_states(int B, int H, Py_ssize_t T, const int64_t* lengths,

@@ -1,16 +1,10 @@
 /*
  * Spin flags for two threads of one parallel region that hand work to each other
- * step by step (the batch-1 LSTM step split in halves, _lstm.pyx): one thread
- * writes its part of a step, then publishes the step's number (a release store);
- * the other waits until that number is published (acquire loads), and then sees
- * the part. One flag per writer, each on its own cache line.
- *
- * Why not an OpenMP barrier per step: libgomp's barrier sleeps in the kernel after
- * a short spin, and waking a sleeping core can take far longer than a split step
- * (microseconds at H = 128). A flag costs one cache-line transfer each way. A
- * thread only ever waits for a step the other
- * thread is running, so the wait ends; past a while it yields the core between
- * looks (sk_flag_wait).
+ * (_openmp_helpers.handoff_ns measures a round trip with them): one thread
+ * publishes a number (a release store); the other waits until that number is
+ * published (acquire loads), and then sees what was written before it. One flag
+ * per writer, each on its own cache line. A wait spins for a while, then yields
+ * the core between looks (sk_flag_wait).
  *
  * Also a spin lock (sk_lock), for _workspace's lists of reusable memory, which
  * kernels on any thread take and give back without the GIL: it is held for a few
@@ -39,21 +33,6 @@ static inline long long sk_flag_get(sk_flag *f)
     return __atomic_load_n(&f->v, __ATOMIC_ACQUIRE);
 }
 
-/* Set the flag to `to` if it holds `from`: 1 if it did (one thread of several
- * that try wins). */
-static inline int sk_flag_claim(sk_flag *f, long long from, long long to)
-{
-    return __atomic_compare_exchange_n(&f->v, &from, to, 0, __ATOMIC_ACQ_REL,
-                                       __ATOMIC_ACQUIRE);
-}
-
-/* Add 1 to the flag and return its value before (a shared job counter: each
- * number is handed to exactly one thread). */
-static inline long long sk_flag_take(sk_flag *f)
-{
-    return __atomic_fetch_add(&f->v, 1, __ATOMIC_ACQ_REL);
-}
-
 static inline void sk_cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
@@ -63,8 +42,8 @@ static inline void sk_cpu_relax(void)
 #endif
 }
 
-/* Pauses a wait spins before it yields: ~50 us here (a pause took 25 ns), far
- * beyond a step (a few us), far below a scheduler time slice (~ms). */
+/* Pauses a wait spins before it yields: tens of microseconds, far below a
+ * scheduler time slice (~ms). */
 #define SK_SPINS 2000
 
 static inline void sk_yield(void)

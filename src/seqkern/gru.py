@@ -14,11 +14,9 @@ dtype, float32 or float64.
 
 The kernels are in ``_gru.pyx``; the same functions in plain NumPy are in
 ``seqkern.reference.gru``. Results do not depend on the number of threads: the
-work is split in blocks fixed by the problem size, so 1 and N threads give
-bitwise-identical results.
+work is split in blocks fixed by the problem size and the machine's core count,
+never by the thread count, so 1 and N threads give bitwise-identical results.
 """
-
-from functools import lru_cache
 
 from typing import Optional, Tuple
 
@@ -29,7 +27,7 @@ from seqkern import _workspace
 from seqkern._dispatch import kernel_module
 
 _gru = kernel_module("_gru")
-from seqkern._threads import blas_single_thread, effective_num_threads
+from seqkern._threads import blas_single_thread, block_count, effective_num_threads
 from seqkern._types import GRUGrads
 from seqkern._recurrent import GRUArgs
 from seqkern._step_gemm import step_gemm_mode
@@ -46,48 +44,6 @@ __all__ = [
 ]
 
 
-_CHUNK_ROWS = 512
-_BWD_CHUNK_ROWS = 1024
-_FUSED = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-
-
-@lru_cache(maxsize=64)
-def _gate_order(H, width):
-    """Row permutation of the packed gate layout (see _gru.pyx): packed row k is
-    row order[k] of PyTorch's (r; z; n) stacking. None when it is the identity."""
-    if width >= H:
-        return None
-    parts = []
-    for c0 in range(0, H, width):
-        c1 = min(c0 + width, H)
-        for gate in range(3):
-            parts.append(np.arange(gate * H + c0, gate * H + c1))
-    order = np.concatenate(parts)
-    order.setflags(write=False)
-    return order
-
-
-def _pack(a, order):
-    return a if order is None else a[order]
-
-
-def _transposed(W_hh, wanted, T, B, packed):
-    """W_hh^T (H, 3H) for the kernel's step products on OpenBLAS where ``wanted``
-    (the forward's at B = 1, the backward's at B > 1), else None: packed products
-    and calls of few steps (_gru.few_steps) use W_hh itself."""
-    if not wanted or packed & _gru.PK_STEP or _gru.few_steps(T, B):
-        return None
-    W_hh_T = _workspace.empty(W_hh.shape[::-1], W_hh.dtype)
-    _gru.transpose(W_hh, W_hh_T)
-    return W_hh_T
-
-
-def _unpack(a, order):
-    if order is None:
-        return a
-    out = np.empty_like(a)
-    out[order] = a
-    return out
 
 
 class GRUCache:
@@ -95,23 +51,18 @@ class GRUCache:
 
     Per token (one time step of one sequence) it keeps the gates r, z, n and
     h W_hn^T + b_hn: 4H numbers, i.e. 16H bytes in float32 and 32H in float64.
-    Beyond that it holds references, not copies, to x, h0 and ``out`` (which
-    doubles as the saved hidden states), and the weights: reordered into blocks of
-    units (O(H(I+H)), once per call), or W_ih and W_hh themselves where that is
-    their layout (a call of few steps, or a small H). Do not modify those arrays
+    Beyond that it holds references, not copies, to x, h0, the weights and
+    ``out`` (which doubles as the saved hidden states). Do not modify those arrays
     in place between forward and backward.
     """
 
-    __slots__ = ("args", "out", "W_ih", "W_hh", "gates", "hn", "width")
+    __slots__ = ("args", "out", "gates", "hn")
 
-    def __init__(self, args, out, W_ih, W_hh, gates, hn, width):
+    def __init__(self, args, out, gates, hn):
         self.args = args
         self.out = out        # (T, B, H), time-major
-        self.W_ih = W_ih      # (3H, I) packed
-        self.W_hh = W_hh      # (3H, H) packed
-        self.gates = gates    # (T, B, 3H) packed r, z, n
+        self.gates = gates    # (T, B, 3H) r, z, n, in the kernel's grouped layout (_gru.pyx)
         self.hn = hn          # (T, B, H)
-        self.width = width    # unit-block width of the packing
 
 
 class GRUStepCache:
@@ -126,36 +77,19 @@ class GRUStepCache:
 def _forward(a, return_cache):
     T, B, H = a.T, a.B, a.H
     dt = a.dtype
-    out = _workspace.zeros((T, B, H), dt)
-    h_n = a.h0.copy()
     if not (T and B and H):
-        cache = GRUCache(a, out, None, None, np.zeros((T, B, 3 * H), dt),
-                         np.zeros((T, B, H), dt), H) if return_cache else None
-        return out, h_n, cache
-    # packed: the weight products on _packed_gemm.h (see _gru.pyx); otherwise
-    # OpenBLAS, and batch 1 runs its steps as vector @ W_hh^T (see _gru_cell.h)
-    # unless the call has few steps (_gru.few_steps: OpenBLAS's GEMV on W_hh)
-    packed = _gru.packed_products(T, B, H, step_gemm_mode(), False)
-    width = _gru.unit_block(T, B, H, packed & _gru.PK_STEP)
-    order = _gate_order(H, width)
-    bias = np.zeros(3 * H, dt) if a.b_ih is None else a.b_ih.copy()
-    b_hn = np.zeros(H, dt)
-    if a.b_hh is not None:
-        bias[:2 * H] += a.b_hh[:2 * H]     # b_hr, b_hz fold into the input projection
-        b_hn[:] = a.b_hh[2 * H:]           # b_hn sits inside r * (...): kept apart
-    W_ih = _pack(a.W_ih, order)
-    W_hh = _pack(a.W_hh, order)
-    W_hh_T = _transposed(W_hh, B == 1, T, B, packed)
-    # Without a cache the steps run in chunks of about _CHUNK_ROWS rows (T*B), so
-    # the gate buffer stays small (see _gru.forward).
-    Tc = T if return_cache else min(T, max(1, _CHUNK_ROWS // B))
-    gates = _workspace.empty((Tc, B, 3 * H), dt)
-    hn = _workspace.empty((T if return_cache else 1, B, H), dt)
-    gh = np.empty((B, 3 * H), dt)
+        out = np.zeros((T, B, H), dt)
+        cache = GRUCache(a, out, np.zeros((T, B, 3 * H), dt),
+                         np.zeros((T, B, H), dt)) if return_cache else None
+        return out, a.h0.copy(), cache
+    out = _workspace.empty((T, B, H), dt)
+    h_n = np.empty((B, H), dt)
+    gates = _workspace.empty((T, B, 3 * H), dt) if return_cache else None
+    hn = _workspace.empty((T, B, H), dt) if return_cache else None
     with blas_single_thread():
-        _gru.forward(a.x, a.h0, W_ih, W_hh, W_hh_T, _pack(bias, order), b_hn, a.lengths,
-                     gates, hn, gh, out, h_n, width, effective_num_threads(), packed)
-    cache = GRUCache(a, out, W_ih, W_hh, gates, hn, width) if return_cache else None
+        _gru.forward(a.x, a.h0, a.W_ih, a.W_hh, a.b_ih, a.b_hh, a.lengths, gates, hn, out, h_n,
+                     effective_num_threads(), block_count(), step_gemm_mode())
+    cache = GRUCache(a, out, gates, hn) if return_cache else None
     return out, h_n, cache
 
 
@@ -197,27 +131,24 @@ def _backward(c, d_out, d_h_n):
     a = c.args
     T, B, I, H = a.T, a.B, a.I, a.H
     dt = a.dtype
-    dx = _workspace.zeros((T, B, I), dt)
-    dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
-    dW_ih = _workspace.zeros((3 * H, I), dt)
-    dW_hh = _workspace.zeros((3 * H, H), dt)
-    db_ih = np.zeros(3 * H, dt)
-    db_hh = np.zeros(3 * H, dt)
     if T and B and H:
-        order = _gate_order(H, c.width)
-        # the backward runs in chunks of about _BWD_CHUNK_ROWS rows (see _gru.backward)
-        Tc = min(T, max(2, _BWD_CHUNK_ROWS // B))
-        dgi = _workspace.empty((Tc, B, 3 * H), dt)
-        dgh = _workspace.empty((Tc, B, 3 * H), dt)
-        packed = _gru.packed_products(T, B, H, step_gemm_mode(), True)
-        W_hh_T = _transposed(c.W_hh, B > 1, T, B, packed)
+        dx = _workspace.empty((T, B, I), dt)
+        dh0 = np.empty((B, H), dt)
+        dW_ih = _workspace.empty((3 * H, I), dt)
+        dW_hh = _workspace.empty((3 * H, H), dt)
+        db_ih = np.empty(3 * H, dt)
+        db_hh = np.empty(3 * H, dt)
         with blas_single_thread():
-            # d_out may be None: pick the fused specialisation by dtype, not by argument
-            _gru.backward[_FUSED[dt]](d_out, a.x, a.h0, c.out, c.W_ih, c.W_hh, W_hh_T, c.gates,
-                                      c.hn, a.lengths, dgi, dgh, dx, dh0, dW_ih, dW_hh,
-                                      db_ih, db_hh, c.width, effective_num_threads(), packed)
-        dW_ih, dW_hh = _unpack(dW_ih, order), _unpack(dW_hh, order)
-        db_ih, db_hh = _unpack(db_ih, order), _unpack(db_hh, order)
+            _gru.backward(a.x, d_out, d_h_n, a.h0, c.out, a.W_ih, a.W_hh, c.gates, c.hn,
+                          a.lengths, dx, dh0, dW_ih, dW_hh, db_ih, db_hh,
+                          effective_num_threads(), block_count(), step_gemm_mode())
+    else:
+        dx = np.zeros((T, B, I), dt)
+        dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
+        dW_ih = np.zeros((3 * H, I), dt)
+        dW_hh = np.zeros((3 * H, H), dt)
+        db_ih = np.zeros(3 * H, dt)
+        db_hh = np.zeros(3 * H, dt)
     return GRUGrads(
         dx, dh0, dW_ih, dW_hh,
         None if a.b_ih is None else db_ih,

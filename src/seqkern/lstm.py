@@ -14,11 +14,10 @@ dtype, float32 or float64.
 
 The kernels are in ``_lstm.pyx``; the same functions in plain NumPy are in
 ``seqkern.reference.lstm``. Results do not depend on the number of threads: the
-work is split in blocks fixed by the problem size, so 1 and N threads give
-bitwise-identical results.
+work is split in blocks fixed by the problem size and the machine's core count,
+so 1 and N threads give bitwise-identical results.
 """
 
-from contextlib import nullcontext
 from typing import Optional, Tuple
 
 import numpy as np
@@ -29,7 +28,7 @@ from seqkern._dispatch import kernel_module
 
 _lstm = kernel_module("_lstm")
 from seqkern._step_gemm import step_gemm_mode
-from seqkern._threads import blas_single_thread, effective_num_threads
+from seqkern._threads import blas_single_thread, block_count, effective_num_threads
 from seqkern._types import LSTMGrads
 from seqkern._recurrent import LSTMArgs
 from seqkern._validation import check_bool, check_cache
@@ -49,23 +48,21 @@ class LSTMCache:
     """What :func:`lstm_backward` needs from :func:`lstm_forward`.
 
     Per token (one time step of one sequence) it keeps the four gate activations
-    and the cell state: 5 H values, i.e. ``20 H`` bytes in float32 and ``40 H``
-    in float64, beside ``out`` (the hidden states, returned anyway and held by
-    reference). It also holds the weights repacked in the kernel's gate layout
-    (4H (I + H) values, once per call; the weights themselves where that layout
-    is theirs: small B x H) and references, not copies, to x, h0, c0 and the
-    weights: do not modify those arrays in place between forward and backward.
+    i, f, g, o and the cell state c_t: 5 H values, i.e. ``20 H`` bytes in float32
+    and ``40 H`` in float64, beside ``out`` (the hidden states, returned anyway and
+    held by reference). The gates of a token are in the kernel's order (grouped by
+    blocks of hidden units: _lstm.pyx, "Gate layout"). It holds references, not
+    copies, to x, h0, c0 and the weights: do not modify those arrays in place
+    between forward and backward.
     """
 
-    __slots__ = ("args", "out", "z", "cs", "Wih_p", "Whh_p")
+    __slots__ = ("args", "out", "gates", "cells")
 
-    def __init__(self, args, out, z, cs, Wih_p, Whh_p):
+    def __init__(self, args, out, gates, cells):
         self.args = args
         self.out = out        # (T, B, H), time-major: every h_t
-        self.z = z            # (T, B, 4H): gate activations, kernel's block layout
-        self.cs = cs          # (T, B, H): every c_t
-        self.Wih_p = Wih_p    # (4H, I): W_ih in the block layout
-        self.Whh_p = Whh_p    # (4H, H): W_hh in the block layout
+        self.gates = gates    # (T, B, 4H): the gate activations, kernel's order
+        self.cells = cells    # (T, B, H): every c_t
 
 
 class LSTMStepCache:
@@ -77,44 +74,25 @@ class LSTMStepCache:
         self.seq = seq
 
 
-def _blas_guard(rows, mode):
-    """BLAS held at one thread around a kernel call that uses it (see _threads);
-    a call whose products all run packed uses none, and skips the ~2 us that costs."""
-    return blas_single_thread() if _lstm.calls_blas(rows, mode) else nullcontext()
-
-
 def _forward(a, return_cache):
     T, B, I, H = a.T, a.B, a.I, a.H
     dt = a.dtype
-    h_n = a.h0.copy()
-    c_n = a.c0.copy()
-    if not (T and B and H):
-        out = np.zeros((T, B, H), dt)     # (all empty)
-        z = np.zeros((T, B, 4 * H), dt)
-        cs = np.zeros((T, B, H), dt)
-        Wih_p, Whh_p = a.W_ih, a.W_hh       # any layout fits zero gradients
+    if not (T and B and H):               # (all empty)
+        out = np.zeros((T, B, H), dt)
+        gates, cells = np.zeros((T, B, 4 * H), dt), np.zeros((T, B, H), dt)
+        h_n, c_n = a.h0.copy(), a.c0.copy()
     else:
-        mode, n_threads = step_gemm_mode(), effective_num_threads()
-        # Where two threads split each step, the rows they share start on a cache
-        # line; large arrays are reused blocks, always so aligned (_workspace).
-        aligned = _lstm.splits_steps(T, B, H, dt.itemsize, mode, n_threads)
-        out = _workspace.empty((T, B, H), dt, aligned)  # the kernel writes every element
-        # Without a cache the gates need one chunk of steps (two of 16 at batch 1,
-        # all of them where the input projection runs first) and the cells the
-        # previous step: _lstm.gate_slots.
-        z = _workspace.empty((_lstm.gate_slots(T, B, H, I, return_cache, mode, n_threads),
-                              B, 4 * H), dt, aligned)
-        cs = _workspace.empty((T if return_cache else min(T, 2), B, H), dt, aligned)
-        if _lstm.unit_block(T, B, H) == H:  # the kernel's layout is the given one
-            Wih_p, Whh_p = a.W_ih, a.W_hh
-        else:
-            Wih_p = _workspace.empty((4 * H, I), dt)
-            Whh_p = _workspace.empty((4 * H, H), dt)
-        with _blas_guard(T * B, mode):
-            _lstm.forward(a.x, a.h0, a.c0, a.W_ih, a.W_hh, a.bias(), a.lengths,
-                          Wih_p, Whh_p, np.empty(4 * H, dt), z, cs, out, h_n, c_n,
-                          n_threads, mode)
-    cache = LSTMCache(a, out, z, cs, Wih_p, Whh_p) if return_cache else None
+        # the kernel writes every element of these; without a cache it keeps the
+        # gates and cells in its own scratch
+        out = _workspace.empty((T, B, H), dt)
+        h_n, c_n = np.empty((B, H), dt), np.empty((B, H), dt)
+        gates = _workspace.empty((T, B, 4 * H), dt) if return_cache else None
+        cells = _workspace.empty((T, B, H), dt) if return_cache else None
+        with blas_single_thread():
+            _lstm.forward(a.x, a.h0, a.c0, a.W_ih, a.W_hh, a.bias(), a.lengths, out, h_n,
+                          c_n, gates, cells, effective_num_threads(), block_count(),
+                          step_gemm_mode())
+    cache = LSTMCache(a, out, gates, cells) if return_cache else None
     return out, h_n, c_n, cache
 
 
@@ -156,25 +134,22 @@ def _backward(cache, d_out, d_h_n, d_c_n):
     a = cache.args
     T, B, I, H = a.T, a.B, a.I, a.H
     dt = a.dtype
-    full = T and B and H
-    # written by the kernel, not added to (fresh zero pages would fault twice): dx,
-    # and the weight gradients in its first chunk (the others add to them)
-    out_array = _workspace.empty if full else _workspace.zeros
-    dx = out_array((T, B, I), dt)
-    dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
-    dc0 = np.zeros((B, H), dt) if d_c_n is None else d_c_n.copy()
-    dW_ih = out_array((4 * H, I), dt)
-    dW_hh = out_array((4 * H, H), dt)
-    db = np.zeros(4 * H, dt)
-    if full:
-        # dz scratch for one chunk of steps (the kernel adds each chunk's gradients)
-        dz = _workspace.empty((min(T, _lstm.bwd_chunk_steps(B)), B, 4 * H), dt)
-        mode = step_gemm_mode()
-        with _blas_guard(T * B, mode):
-            _lstm.backward(a.x, d_out, d_h_n, d_c_n, a.h0, a.c0, cache.out, cache.z,
-                           cache.cs, cache.Wih_p, cache.Whh_p, a.lengths,
-                           dz, dx, dh0, dc0, dW_ih, dW_hh, db, effective_num_threads(),
-                           mode)
+    if T and B and H:
+        # the kernel writes every element of these
+        dx = _workspace.empty((T, B, I), dt)
+        dh0, dc0 = np.empty((B, H), dt), np.empty((B, H), dt)
+        dW_ih, dW_hh = _workspace.empty((4 * H, I), dt), _workspace.empty((4 * H, H), dt)
+        db = np.empty(4 * H, dt)
+        with blas_single_thread():
+            _lstm.backward(a.x, d_out, d_h_n, d_c_n, a.h0, a.c0, a.W_ih, a.W_hh, a.lengths,
+                           cache.out, cache.gates, cache.cells, dx, dh0, dc0, dW_ih, dW_hh,
+                           db, effective_num_threads(), block_count(), step_gemm_mode())
+    else:
+        dx = np.zeros((T, B, I), dt)
+        dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
+        dc0 = np.zeros((B, H), dt) if d_c_n is None else d_c_n.copy()
+        dW_ih, dW_hh = np.zeros((4 * H, I), dt), np.zeros((4 * H, H), dt)
+        db = np.zeros(4 * H, dt)
     return LSTMGrads(
         dx, dh0, dc0, dW_ih, dW_hh,
         None if a.b_ih is None else db,

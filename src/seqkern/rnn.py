@@ -66,13 +66,15 @@ class RNNStepCache:
 
 def _forward(a, return_cache):
     T, B, H = a.T, a.B, a.H
-    out = _workspace.zeros((T, B, H), a.dtype)
-    h_n = a.h0.copy()
     if T and B and H:
+        out = _workspace.empty((T, B, H), a.dtype)
+        h_n = np.empty((B, H), a.dtype)
         with blas_single_thread():
             _rnn.forward(a.x, a.h0, a.W_ih, a.W_hh, a.bias(), a.lengths, out, h_n,
                          a.nonlinearity == "relu", effective_num_threads(), block_count(),
                          step_gemm_mode())
+    else:
+        out, h_n = np.zeros((T, B, H), a.dtype), a.h0.copy()
     cache = RNNCache(a, out) if return_cache else None
     return out, h_n, cache
 
@@ -116,18 +118,21 @@ def _backward(cache, d_out, d_h_n):
     a, out = cache.args, cache.out
     T, B, I, H = a.T, a.B, a.I, a.H
     dt = a.dtype
-    dx = _workspace.zeros((T, B, I), dt)
-    dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
-    dW_ih = _workspace.zeros((H, I), dt)
-    dW_hh = _workspace.zeros((H, H), dt)
-    db = np.zeros(H, dt)
     if T and B and H:
-        dz = _workspace.empty((T, B, H), dt)
+        dx = _workspace.empty((T, B, I), dt)
+        dh0 = np.empty((B, H), dt)
+        dW_ih = _workspace.empty((H, I), dt)
+        dW_hh = _workspace.empty((H, H), dt)
+        db = np.empty(H, dt)
         with blas_single_thread():
             _rnn.backward(a.x, d_out, d_h_n, a.h0, out, a.W_ih, a.W_hh, a.lengths,
-                          dz, dx, dh0, dW_ih, dW_hh, db,
+                          dx, dh0, dW_ih, dW_hh, db,
                           a.nonlinearity == "relu", effective_num_threads(), block_count(),
                           step_gemm_mode())
+    else:
+        dx, dW_ih, dW_hh = np.zeros((T, B, I), dt), np.zeros((H, I), dt), np.zeros((H, H), dt)
+        dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()
+        db = np.zeros(H, dt)
     return RNNGrads(
         dx, dh0, dW_ih, dW_hh,
         None if a.b_ih is None else db,

@@ -121,8 +121,8 @@ def main(argv=None):
     print(f"\nGEMM peak GFLOP/s measured in this run (1024^3 in SciPy's BLAS): {peak_txt}")
     handoff.append(runner.handoff())
     if handoff[0] is not None:
-        print("Handing a step between two threads and back (spin flags, as the batch-1 LSTM "
-              f"does on 2 threads): {handoff[0]:.0f} ns before the run, {handoff[1]:.0f} ns "
+        print("Handing a step between two threads and back (spin flags): "
+              f"{handoff[0]:.0f} ns before the run, {handoff[1]:.0f} ns "
               "after")
     print(f"{len(results)} measurements in {time.perf_counter() - t0:.1f} s; "
           "medians of interleaved calls; fwd = inference, fwd+bwd = training step")
