@@ -15,7 +15,7 @@ import seqkern
 from seqkern import reference as ref
 from seqkern._step_gemm import step_gemm
 
-from helpers import (ATTENTION, DTYPES, GRU, IMPLS, KERNELS, LSTM, RECURRENT, RNN_TANH,
+from helpers import (ATTENTION, DTYPES, GRU, IMPLS, KERNELS, RECURRENT, RNN_TANH,
                      assert_all_equal, assert_close, assert_grads_close, escape,
                      lengths_with_ends, numeric_grad, to64)
 
@@ -64,29 +64,36 @@ def test_matches_reference(rng, kernel, shape, variant, dtype):
         assert np.isfinite(outs[0]).all()
         return
     assert isinstance(g, kernel.grads_type) and g.dx.shape == args[0].shape
+    batch_first = kw.get("batch_first", False)
+    tm = (lambda a: a.transpose(1, 0, 2)) if batch_first else (lambda a: a)
     if "lengths" in variant:
         # the semantics, independent of the reference: outputs 0 after the end;
-        # length 0 keeps the initial states and passes their gradients through
-        out, states = outs[0], outs[1:]
+        # length 0 keeps the initial states and passes their gradients through; a
+        # sequence of all T steps gives the bits of a call without lengths
+        out, states, dx = tm(outs[0]), outs[1:], tm(g.dx)
         lengths = kw["lengths"]
         for b, L in enumerate(lengths):
-            assert not np.any(out[L:, b]) and not np.any(g.dx[L:, b])
+            assert not np.any(out[L:, b]) and not np.any(dx[L:, b])
         zero = lengths == 0
         d_states = [getattr(g, "d" + s) for s in kernel.states]
         for s0, s_n, d_s0, d_s_n in zip(args[1:], states, d_states, d_outs[1:]):
             np.testing.assert_array_equal(s_n[zero], s0[zero])
             np.testing.assert_array_equal(d_s0[zero], d_s_n[zero])
-    if variant == "batch_first":
+        full = lengths == args[0].shape[1 if batch_first else 0]
+        all_T = kernel.forward(seqkern, args, batch_first=batch_first)[0]
+        np.testing.assert_array_equal(out[:, full], tm(all_T[0])[:, full])
+        for s_n, s_all in zip(states, all_T[1:]):
+            np.testing.assert_array_equal(s_n[full], s_all[full])
+    if batch_first:
         # the same bits as the time-major call, kernel and reference alike
-        tm = [np.ascontiguousarray(args[0].transpose(1, 0, 2))] + args[1:]
-        d_tm = [d_outs[0].transpose(1, 0, 2)] + d_outs[1:]
+        tm_args = [np.ascontiguousarray(tm(args[0]))] + args[1:]
+        d_tm = [tm(d_outs[0])] + d_outs[1:]
         for mod, res, grads in ((seqkern, outs, g), (ref, routs, rg)):
-            t_outs, t_cache = kernel.forward(mod, to64(*tm) if mod is ref else tm)
-            t_g = kernel.backward(mod, to64(*d_tm) if mod is ref else d_tm, t_cache)
-            assert_all_equal([res[0].transpose(1, 0, 2)] + list(res[1:]), t_outs,
-                             kernel.out_names)
-            assert_all_equal([grads.dx.transpose(1, 0, 2)] + list(grads[1:]), t_g,
-                             kernel.grad_names)
+            cast = to64 if mod is ref else (lambda *a: list(a))
+            t_outs, t_cache = kernel.forward(mod, cast(*tm_args), **{**kw, "batch_first": False})
+            t_g = kernel.backward(mod, cast(*d_tm), t_cache)
+            assert_all_equal([tm(res[0])] + list(res[1:]), t_outs, kernel.out_names)
+            assert_all_equal([tm(grads.dx)] + list(grads[1:]), t_g, kernel.grad_names)
 
 
 @over(RECURRENT)
@@ -214,10 +221,12 @@ def test_one_thread_equals_two_threads_bitwise(rng, monkeypatch, kernel, shape, 
     args = (kernel.args(rng, *shape, dtype) if kernel.recurrent
             else kernel.args(rng, shape, dtype))
     for kw in _thread_lengths(kernel, rng, shape):
-        outs, _ = kernel.forward(seqkern, args, return_cache=False, **kw)
-        d_outs = kernel.upstream(rng, outs)
+        routs, _ = kernel.forward(ref, to64(*args), return_cache=False, **kw)
+        d_outs = [d.astype(dtype) for d in kernel.upstream(rng, routs)]
         one, two = (_run_threads(kernel, args, d_outs, n, **kw) for n in (1, 2))
         assert_all_equal(two, one, kernel.out_names + kernel.grad_names)
+        for name, a, b in zip(kernel.out_names, one, routs):
+            assert_close(a, b, dtype, name)
 
 
 @over(RECURRENT, ("shape", lambda k: k.gemm_shapes))
@@ -470,6 +479,9 @@ def test_empty_shapes(rng, kernel, shape, impl, dtype):
     mod = IMPLS[impl]
     if kernel.recurrent:
         args, kw = kernel.args(rng, *shape, dtype), {}
+        if shape[0] and shape[1]:       # steps to run: from zero states, one bias
+            x, states, weights = kernel.split(args)
+            args = [x] + [None] * len(states) + weights[:3] + [None]
     else:
         args, kw = kernel.args(rng, shape, dtype), dict(causal=True)
     outs, cache = kernel.forward(mod, args, **kw)
@@ -482,8 +494,8 @@ def test_empty_shapes(rng, kernel, shape, impl, dtype):
         assert_close(a, b, dtype, name)
     assert_grads_close(g, rg, dtype)
     for name, a, grad in zip(kernel.grad_names, args, g):
-        assert grad.shape == a.shape, name
-    if kernel.recurrent and shape[0] == 0:
+        assert a is None or grad.shape == a.shape, name
+    if kernel.recurrent and shape[0] * shape[1] == 0:
         for s0, s_n, d_s_n, s in zip(args[1:], outs[1:], d_outs[1:], kernel.states):
             np.testing.assert_array_equal(s_n, s0)
             np.testing.assert_array_equal(getattr(g, "d" + s), d_s_n)
