@@ -47,6 +47,8 @@ def impls_of(kernel):
     """Both implementations; the reference once for attention (the products
     chosen are the kernel's)."""
     return ["kernel"] if kernel is ATTENTION[1] else ["kernel", "reference"]
+
+
 dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 
 
@@ -193,14 +195,14 @@ def test_step_loop_equals_sequence(rng, kernel, impl, dtype):
 # --- threads ---------------------------------------------------------------------------
 
 def _thread_lengths(kernel, rng, shape):
-    """Lengths 0 .. T across the batch with one sequence of T steps; at batch 1 both
-    without lengths and with [T]."""
+    """Lengths 0, 1, .. across the batch, the last sequence of all T steps; at batch
+    1 both without lengths and with [T]."""
     if not kernel.recurrent:
         return [dict(causal=True, mask=rng.random(shape[3:5]) > 0.1,
                      key_lengths=[300, 150, 290])]
     T, B = shape[:2]
     lengths = np.arange(B) % (T + 1)
-    lengths[0] = T
+    lengths[-1] = T
     return [dict(lengths=lengths)] + ([{}] if B == 1 else [])
 
 
@@ -219,8 +221,7 @@ def _run_threads(kernel, args, d_outs, n, **kw):
 @dtypes
 def test_one_thread_equals_two_threads_bitwise(rng, monkeypatch, kernel, shape, dtype):
     kernel.two_core_blocks(monkeypatch)
-    args = (kernel.args(rng, *shape, dtype) if kernel.recurrent
-            else kernel.args(rng, shape, dtype))
+    args, _ = kernel.inputs(rng, shape, dtype)
     for kw in _thread_lengths(kernel, rng, shape):
         routs = None
         if kernel.recurrent and shape[1] == 1:
@@ -267,11 +268,11 @@ def test_each_step_product(rng, kernel, shape, mode, dtype):
 def test_return_cache_false(rng, kernel, shape, n_threads, dtype):
     """The same bits without a cache (several unit blocks at H = 70: the gates then
     live in a buffer of one chunk of steps), with lengths; the reference too."""
+    args, _ = kernel.inputs(rng, shape, dtype)
     if kernel.recurrent:
-        args = kernel.args(rng, *shape, dtype)
         kw = dict(lengths=np.arange(shape[1]) % (shape[0] + 1))
     else:
-        args, kw = kernel.args(rng, shape, dtype), dict(causal=True)
+        kw = dict(causal=True)
     with seqkern.threads(n_threads):
         outs, cache = kernel.forward(seqkern, args, return_cache=False, **kw)
         outs2, cache2 = kernel.forward(seqkern, args, **kw)
@@ -426,11 +427,10 @@ def test_layouts_and_inputs_not_modified(rng, kernel, shape, layout, dtype):
     ones (kernel; the reference within rounding), forward, backward and steps, and
     no argument is modified."""
     change = _strided_read_only if layout == "strided" else _fortran_read_only
+    args, _ = kernel.inputs(rng, shape, dtype)
     if kernel.recurrent:
-        args = kernel.args(rng, *shape, dtype)
         kw = dict(lengths=lengths_with_ends(rng, shape[1], shape[0]))
     else:
-        args = kernel.args(rng, shape, dtype)
         kw = dict(causal=True, mask=rng.random(shape[3:5]) > 0.2, key_lengths=np.array([12, 7]))
     outs, cache = kernel.forward(seqkern, args, **kw)
     d_outs = kernel.upstream(rng, outs)
@@ -481,13 +481,12 @@ def test_empty_shapes(rng, kernel, shape, impl, dtype):
     keep the initial states and pass their gradients through, with zero weight
     gradients. (I = 0: the recurrence alone; H = 1, I = 1: the smallest sizes.)"""
     mod = IMPLS[impl]
-    if kernel.recurrent:
-        args, kw = kernel.args(rng, *shape, dtype), {}
-        if shape[0] and shape[1]:       # steps to run: from zero states, one bias
-            x, states, weights = kernel.split(args)
-            args = [x] + [None] * len(states) + weights[:3] + [None]
-    else:
-        args, kw = kernel.args(rng, shape, dtype), dict(causal=True)
+    args, kw = kernel.inputs(rng, shape, dtype)
+    if not kernel.recurrent:
+        kw = dict(causal=True)
+    elif shape[0] and shape[1]:         # steps to run: from zero states, one bias
+        x, states, weights = kernel.split(args)
+        args = [x] + [None] * len(states) + weights[:3] + [None]
     outs, cache = kernel.forward(mod, args, **kw)
     d_outs = kernel.upstream(rng, outs)
     g = kernel.backward(mod, d_outs, cache)
@@ -576,7 +575,8 @@ def _bad_forward_calls(kernel):
     return cases
 
 
-@over(RECURRENT[1:], ("case", lambda k: [c for c in _bad_forward_calls(k)]))
+# (the RNN's tanh and relu share one argument check: relu stands for both)
+@over(RECURRENT[1:], ("case", _bad_forward_calls))
 @impls
 def test_bad_forward_arguments_named(kernel, case, impl):
     _, args, kw, exc, msg = case
