@@ -137,6 +137,10 @@ class Recurrent:
     # variants of the reference comparison
     variants = ["plain", "no_bias", "lengths", "no_bias_lengths", "lengths_batch_first"]
 
+    # (T, B, I, H) without a cache: several unit blocks at H = 70, where the gates
+    # live in a buffer of one chunk of steps
+    no_cache_shapes = [(5, 2, 3, 4), (5, 16, 8, 70), (20, 17, 9, 70)]
+
     def __init__(self, name, gates, states, init, shapes, thread_shapes, gemm_shapes,
                  kw=None, id=None):
         self.name, self.gates, self.states = name, gates, states
@@ -247,6 +251,7 @@ class Attention:
     # many query tiles (Tq = 200), and the row path (Tq = 1, 5), over 300 keys
     thread_shapes = [(3, 4, 2, 200, 300, 16, 8), (3, 4, 2, 1, 300, 16, 8),
                      (3, 4, 2, 5, 300, 16, 8)]
+    no_cache_shapes = [(1, 1, 1, 2, 3, 4, 4), (2, 4, 2, 13, 29, 8, 8)]
 
     def __init__(self, products):
         self.products = products
@@ -376,6 +381,9 @@ LSTM = Recurrent("lstm", 4, ("h0", "c0"), _lstm_init,
               gemm_shapes=[(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 130), (600, 1, 3, 20),
                            (5, 600, 4, 10), (5, 300, 4, 130), (300, 4, 5, 130),
                            (16, 1, 8, 64), (33, 1, 16, 33), (40, 1, 70, 3)])
+# batch 1 with a projection large enough (T I 4H >= 2^25) to run first, in
+# parallel, on 2 threads, and inside the steps on 1
+LSTM.no_cache_shapes = Recurrent.no_cache_shapes + [(300, 1, 512, 64), (513, 1, 512, 64)]
 GRU = Recurrent("gru", 3, ("h0",), _gru_init,
               shapes=[
                   (1, 1, 3, 2),

@@ -207,14 +207,19 @@ def _thread_lengths(kernel, rng, shape):
 
 
 def _run_threads(kernel, args, d_outs, n, **kw):
-    """forward (with and without a cache: the same bits) and backward on n threads."""
+    """On n threads: the outputs of a forward with a cache, those of one without,
+    and the gradients."""
     with seqkern.threads(n):
         outs, cache = kernel.forward(seqkern, args, **kw)
         outs_nc, none = kernel.forward(seqkern, args, return_cache=False, **kw)
         g = kernel.backward(seqkern, d_outs, cache)
     assert none is None
-    assert_all_equal(outs_nc, outs, kernel.out_names)
-    return list(outs) + list(g)
+    return list(outs) + list(outs_nc) + list(g)
+
+
+def _names(kernel):
+    """The names of what _run_threads returns."""
+    return kernel.out_names + tuple(n + " (no cache)" for n in kernel.out_names) + kernel.grad_names
 
 
 @over(KERNELS, ("shape", lambda k: k.thread_shapes))
@@ -229,7 +234,7 @@ def test_one_thread_equals_two_threads_bitwise(rng, monkeypatch, kernel, shape, 
         outs, _ = kernel.forward(seqkern, args, return_cache=False, **kw)
         d_outs = kernel.upstream(rng, outs)
         one, two = (_run_threads(kernel, args, d_outs, n, **kw) for n in (1, 2))
-        assert_all_equal(two, one, kernel.out_names + kernel.grad_names)
+        assert_all_equal(two, one, _names(kernel))
         if routs is not None:      # batch 1: the projection first or inside the steps
             for name, a, b in zip(kernel.out_names, one, routs):
                 assert_close(a, b, dtype, name)
@@ -251,23 +256,23 @@ def test_each_step_product(rng, kernel, shape, mode, dtype):
     d_outs = [d.astype(dtype) for d in kernel.upstream(rng, routs)]
     with step_gemm(mode):
         one, two = (_run_threads(kernel, args, d_outs, n, lengths=lengths) for n in (1, 2))
-    assert_all_equal(two, one, kernel.out_names + kernel.grad_names)
+    assert_all_equal(two, one, _names(kernel))
     n = len(routs)
+    for res in (one, two):
+        assert_all_equal(res[n:2 * n], res[:n], kernel.out_names)
     for name, a, b in zip(kernel.out_names, one[:n], routs):
         assert_close(a, b, dtype, name)
     rg = kernel.backward(ref, to64(*d_outs), rcache)
-    assert_grads_close(kernel.grads_type(*one[n:]), rg, dtype)
+    assert_grads_close(kernel.grads_type(*one[2 * n:]), rg, dtype)
 
 
 # --- return_cache=False, None gradients, initial states, the cache -----------------------
 
-@over(KERNELS, ("shape", lambda k: [(5, 2, 3, 4), (5, 16, 8, 70), (20, 17, 9, 70)]
-                 if k.recurrent else [(1, 1, 1, 2, 3, 4, 4), (2, 4, 2, 13, 29, 8, 8)]))
+@over(KERNELS, ("shape", lambda k: k.no_cache_shapes))
 @pytest.mark.parametrize("n_threads", [1, 2])
 @dtypes
 def test_return_cache_false(rng, kernel, shape, n_threads, dtype):
-    """The same bits without a cache (several unit blocks at H = 70: the gates then
-    live in a buffer of one chunk of steps), with lengths; the reference too."""
+    """The same bits without a cache, with lengths; the reference too."""
     args, _ = kernel.inputs(rng, shape, dtype)
     if kernel.recurrent:
         kw = dict(lengths=np.arange(shape[1]) % (shape[0] + 1))
