@@ -1,24 +1,49 @@
-"""Shared test helpers: tolerances per dtype and a comparison that says which
-tensor went wrong and by how much (llm.c's test style)."""
+"""Shared test helpers: the kernels behind one interface (a ``Kernel`` spec each),
+one tolerance table, and comparisons that say which tensor went wrong and by
+how much (llm.c's test style).
+
+Axis legend: recurrent T = time, B = batch, I = input features, H = hidden units;
+attention B = batch, Hq / Hkv = query / key-value heads, Tq / Tk = queries / keys,
+D = key width, Dv = value width.
+"""
+
+import re
+from contextlib import contextmanager
 
 import numpy as np
 
-# Kernel in float64 vs reference in float64, and kernel in float32 vs the
-# reference run in float64 on the same (rounded) inputs.
-TOL = {
-    np.float64: dict(rtol=1e-9, atol=1e-11),
-    np.float32: dict(rtol=2e-4, atol=2e-5),
-}
+import seqkern
+from seqkern import reference as ref
 
 DTYPES = [np.float32, np.float64]
 
+# The one tolerance table: kind of check -> dtype -> tolerance.
+TOL = {
+    # kernel vs seqkern.reference: a float64 kernel against the float64 reference
+    # (summation order only), a float32 kernel against the reference run in float64
+    # on the same (rounded) inputs (a few float32 ulps accumulated over the steps)
+    "reference": {np.float64: dict(rtol=1e-10, atol=1e-12),
+                  np.float32: dict(rtol=2e-4, atol=2e-5)},
+    # step calls against the whole sequence, of one implementation
+    "step": {np.float64: dict(rtol=1e-12, atol=1e-13),
+             np.float32: dict(rtol=1e-5, atol=1e-6)},
+    # a batch with lengths against each sequence run alone (float64): outputs and
+    # states, then gradients
+    "lengths": {np.float64: dict(rtol=1e-12, atol=0)},
+    "lengths_grad": {np.float64: dict(rtol=1e-10, atol=1e-14)},
+    # analytic gradients against central differences of step 1e-6 (float64): the
+    # differences' own error is ~1e-10 * |loss| from rounding
+    "finite_differences": {np.float64: dict(rtol=1e-8, atol=1e-8)},
+}
 
-def tol(dtype):
-    return TOL[np.dtype(dtype).type]
+
+def tol(dtype, kind="reference"):
+    return TOL[kind][np.dtype(dtype).type]
 
 
-def assert_close(actual, expected, dtype, name=""):
-    """assert_allclose with the tolerance of ``dtype``; None must match None."""
+def assert_close(actual, expected, dtype, name="", kind="reference"):
+    """assert_allclose with the table's tolerance for ``kind`` and ``dtype``;
+    None must match None. The message gives the largest difference."""
     if expected is None or actual is None:
         assert actual is None and expected is None, f"{name}: {actual!r} vs {expected!r}"
         return
@@ -30,28 +55,360 @@ def assert_close(actual, expected, dtype, name=""):
     else:
         diff = 0.0
     np.testing.assert_allclose(actual, expected, err_msg=f"{name}: max abs diff {diff:.3g}",
-                               **tol(dtype))
+                               **tol(dtype, kind))
 
 
-def assert_grads_close(actual, expected, dtype):
+def assert_grads_close(actual, expected, dtype, kind="reference"):
     for field in expected._fields:
-        assert_close(getattr(actual, field), getattr(expected, field), dtype, field)
+        assert_close(getattr(actual, field), getattr(expected, field), dtype, field, kind)
+
+
+def assert_all_equal(actual, expected, names):
+    """Bitwise equality of two lists of results (None must match None)."""
+    for name, a, b in zip(names, actual, expected, strict=True):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 def to64(*arrays):
     return [None if a is None else np.asarray(a, np.float64) for a in arrays]
 
 
-def numeric_grad(loss, arr, eps=1e-6):
-    """Central differences of loss() with respect to every element of ``arr``
-    (changed in place and restored)."""
-    num = np.empty_like(arr)
-    for i in np.ndindex(arr.shape):
-        old = arr[i]
-        arr[i] = old + eps
-        up = loss()
-        arr[i] = old - eps
-        down = loss()
-        arr[i] = old
-        num[i] = (up - down) / (2 * eps)
-    return num
+def numeric_grad(f, x, eps=1e-6):
+    """Central differences of the scalar ``f()`` with respect to each element of
+    ``x`` (changed in place and restored)."""
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + eps
+        fp = f()
+        x[i] = old - eps
+        fm = f()
+        x[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def escape(msg):
+    return re.escape(msg)
+
+
+# ---------------------------------------------------------------------------
+# The kernels, one spec each. A spec gives inputs for a shape, runs the forward
+# and backward of an implementation (seqkern or seqkern.reference) on them, and
+# lists the shapes that reach each of its paths.
+# ---------------------------------------------------------------------------
+
+def _rnn_init(rng, T, B, I, H, bias):
+    """x (T, B, I), h0 (B, H), W_ih (H, I), W_hh (H, H), b_ih, b_hh (H,)."""
+    s = 1.0 / np.sqrt(max(H, 1))
+    return [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)) * 0.5,
+            rng.standard_normal((H, I)) * s, rng.standard_normal((H, H)) * s * 0.9,
+            rng.standard_normal(H) * 0.1 if bias else None,
+            rng.standard_normal(H) * 0.1 if bias else None]
+
+
+def _lstm_init(rng, T, B, I, H, bias):
+    """x (T, B, I), h0, c0 (B, H), W_ih (4H, I), W_hh (4H, H), b_ih, b_hh (4H,)."""
+    s = 1.0 / np.sqrt(max(H, 1))
+    return [rng.standard_normal((T, B, I)), 0.5 * rng.standard_normal((B, H)),
+            0.5 * rng.standard_normal((B, H)),
+            rng.uniform(-s, s, (4 * H, I)), rng.uniform(-s, s, (4 * H, H)),
+            rng.uniform(-s, s, 4 * H) if bias else None,
+            rng.uniform(-s, s, 4 * H) if bias else None]
+
+
+def _gru_init(rng, T, B, I, H, bias):
+    """x (T, B, I), h0 (B, H), W_ih (3H, I), W_hh (3H, H), b_ih, b_hh (3H,)."""
+    s = 1.0 / np.sqrt(max(H, 1))
+    return [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)),
+            rng.uniform(-s, s, (3 * H, I)) * 2, rng.uniform(-s, s, (3 * H, H)) * 2,
+            rng.uniform(-1, 1, 3 * H) if bias else None,
+            rng.uniform(-1, 1, 3 * H) if bias else None]
+
+
+class Recurrent:
+    """An RNN, LSTM or GRU: ``name`` is the functions' prefix ("rnn", ...),
+    ``gates`` the rows of W_ih per hidden unit, ``states`` the initial states'
+    names, ``kw`` fixed keyword arguments (the RNN's nonlinearity)."""
+
+    recurrent = True
+    # variants of the reference comparison
+    variants = ["plain", "no_bias", "lengths", "no_bias_lengths", "lengths_batch_first"]
+
+    # (T, B, I, H) without a cache: several unit blocks at H = 70, where the gates
+    # live in a buffer of one chunk of steps
+    no_cache_shapes = [(5, 2, 3, 4), (5, 16, 8, 70), (20, 17, 9, 70)]
+
+    def __init__(self, name, gates, states, init, shapes, thread_shapes, gemm_shapes,
+                 kw=None, id=None):
+        self.name, self.gates, self.states = name, gates, states
+        self.init, self.kw = init, dict(kw or {})
+        self.id = id or name
+        self.shapes = shapes                  # (T, B, I, H) against the reference
+        self.thread_shapes = thread_shapes    # (T, B, I, H) reaching each parallel path
+        self.gemm_shapes = gemm_shapes        # (T, B, I, H) under each forced step product
+        self.out_names = ("out", "h_n", "c_n")[:1 + len(states)]
+        self.grads_type = {"rnn": seqkern.RNNGrads, "lstm": seqkern.LSTMGrads,
+                           "gru": seqkern.GRUGrads}[name]
+        self.grad_names = self.grads_type._fields
+
+    def __repr__(self):
+        return self.id
+
+    @contextmanager
+    def path(self):
+        """The products these tests run on: each kernel's own choice."""
+        yield
+
+    def two_core_blocks(self, monkeypatch):
+        """Cut the work in the blocks of a 2-core machine, whatever this one has."""
+        if self.name == "rnn":
+            monkeypatch.setattr(seqkern.rnn, "block_count", lambda: 2)
+
+    # --- inputs -----------------------------------------------------------
+    def args(self, rng, T, B, I, H, dtype=np.float64, bias=True, scale=1.0):
+        """Positional arguments of ``{name}_forward``: x, the states, W_ih, W_hh,
+        b_ih, b_hh; ``scale`` multiplies x."""
+        args = self.init(rng, T, B, I, H, bias)
+        args[0] = args[0] * scale
+        return [None if a is None else a.astype(dtype) for a in args]
+
+    def split(self, args):
+        """(x, states, weights) of the positional arguments."""
+        n = len(self.states)
+        return args[0], args[1:1 + n], args[1 + n:]
+
+    def inputs(self, rng, shape, dtype, variant="plain"):
+        """(args, kw) of a forward call for a reference comparison ``variant``."""
+        T, B, I, H = shape
+        args = self.args(rng, T, B, I, H, dtype, bias="no_bias" not in variant)
+        kw = {}
+        if "lengths" in variant:
+            kw["lengths"] = lengths_with_ends(rng, B, T)
+        if "batch_first" in variant:
+            kw["batch_first"] = True
+            args[0] = np.ascontiguousarray(args[0].transpose(1, 0, 2))
+        return args, kw
+
+    def upstream(self, rng, outs):
+        """Random gradients of the outputs, one per output."""
+        return [rng.standard_normal(o.shape).astype(o.dtype) for o in outs]
+
+    # --- calls --------------------------------------------------------------
+    def forward(self, mod, args, **kw):
+        """(outputs, cache) of ``mod``'s forward: outputs (out, h_n[, c_n])."""
+        res = getattr(mod, f"{self.name}_forward")(*args, **self.kw, **kw)
+        return tuple(res[:-1]), res[-1]
+
+    def backward(self, mod, d_outs, cache):
+        return getattr(mod, f"{self.name}_backward")(*d_outs, cache)
+
+    def step_forward(self, mod, x, states, weights):
+        """(next states, cache) of one step."""
+        res = getattr(mod, f"{self.name}_step_forward")(x, *states, *weights, **self.kw)
+        return tuple(res[:-1]), res[-1]
+
+    def step_backward(self, mod, d_states, cache):
+        return getattr(mod, f"{self.name}_step_backward")(*d_states, cache)
+
+    def loss_and_grads(self, mod, args, kw, d_outs):
+        """sum(out * d_out) + sum(state * d_state) and its gradients."""
+        outs, cache = self.forward(mod, args, **kw)
+        loss = sum(float(np.sum(o * d)) for o, d in zip(outs, d_outs))
+        return loss, self.backward(mod, d_outs, cache)
+
+
+class Attention:
+    """Batched multi-head attention with its tile products on the kernel's own
+    micro-kernel ("own") or on BLAS ("blas"); both must be right at every level."""
+
+    recurrent = False
+    name = "attention"
+    out_names = ("out",)
+    grad_names = ("dq", "dk", "dv")
+    variants = ["plain", "causal", "bool_mask", "float_mask", "lengths", "all"]
+    # (B, Hq, Hkv, Tq, Tk, D, Dv): Tq != Tk, Tq = 1, D != Dv, odd sizes and GQA, and
+    # sizes past the tile sizes (several query and key tiles, ragged last tiles).
+    shapes = [
+        (2, 4, 4, 13, 29, 8, 8),
+        (1, 2, 2, 1, 17, 16, 16),
+        (2, 2, 2, 9, 9, 5, 11),
+        (3, 6, 2, 37, 53, 7, 5),
+        (1, 2, 1, 300, 520, 32, 24),
+        (2, 2, 2, 70, 130, 64, 64),        # no padding of D and Dv
+        # query tiles of few rows run row by row (_attention's ROW_QUERIES): decoding
+        # (Tq = 1) over two key tiles and 18 groups of 16 keys and 12 keys, 6 rows, and
+        # 7 (the tile path again)
+        (2, 4, 2, 1, 300, 64, 64),
+        (1, 3, 3, 6, 45, 5, 7),
+        (2, 2, 1, 7, 33, 16, 16),
+        # one forward tile of 65 rows, and a backward query tile of one row (its tiles
+        # are shorter) on the tile path: one-row products with a strided row
+        (2, 2, 1, 65, 70, 16, 8),
+    ]
+    # many query tiles (Tq = 200), and the row path (Tq = 1, 5), over 300 keys
+    thread_shapes = [(3, 4, 2, 200, 300, 16, 8), (3, 4, 2, 1, 300, 16, 8),
+                     (3, 4, 2, 5, 300, 16, 8)]
+    no_cache_shapes = [(1, 1, 1, 2, 3, 4, 4), (2, 4, 2, 13, 29, 8, 8)]
+
+    def __init__(self, products):
+        self.products = products
+        self.id = f"attention-{products}"
+
+    def __repr__(self):
+        return self.id
+
+    @contextmanager
+    def path(self):
+        old = seqkern.attention._blas_products
+        seqkern.attention._blas_products = self.products == "blas"
+        try:
+            yield
+        finally:
+            seqkern.attention._blas_products = old
+
+    def two_core_blocks(self, monkeypatch):
+        pass
+
+    def args(self, rng, shape, dtype=np.float64):
+        """q (B, Hq, Tq, D), k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv)."""
+        B, Hq, Hkv, Tq, Tk, D, Dv = shape
+        return [rng.standard_normal(s).astype(dtype)
+                for s in [(B, Hq, Tq, D), (B, Hkv, Tk, D), (B, Hkv, Tk, Dv)]]
+
+    def inputs(self, rng, shape, dtype, variant="plain"):
+        return self.args(rng, shape, dtype), attention_kwargs(rng, variant, shape)
+
+    def upstream(self, rng, outs):
+        return [rng.standard_normal(o.shape).astype(o.dtype) for o in outs]
+
+    def forward(self, mod, args, **kw):
+        out, cache = mod.attention_forward(*args, **kw)
+        return (out,), cache
+
+    def backward(self, mod, d_outs, cache):
+        return mod.attention_backward(*d_outs, cache)
+
+    def loss_and_grads(self, mod, args, kw, d_outs):
+        outs, cache = self.forward(mod, args, **kw)
+        return float(np.sum(outs[0] * d_outs[0])), self.backward(mod, d_outs, cache)
+
+
+def lengths_with_ends(rng, B, T):
+    """Random lengths in [0, T]: the first sequence full, the last (B > 1) empty."""
+    lengths = rng.integers(0, T + 1, size=B)
+    lengths[:1] = T
+    if B > 1:
+        lengths[-1] = 0
+    return lengths
+
+
+def attention_kwargs(rng, variant, shape):
+    """Keyword arguments of attention_forward for a variant: causal, a boolean mask
+    broadcast over heads, a float mask with keys at -inf broadcast over batch and
+    queries, key_lengths with a full and an empty batch entry, or all at once."""
+    B, Hq, Hkv, Tq, Tk, D, Dv = shape
+    kw = {}
+    if variant in ("causal", "all"):
+        kw["causal"] = True
+    if variant in ("bool_mask", "all"):
+        kw["mask"] = rng.random((B, 1, Tq, Tk)) > 0.25    # about one key in four hidden
+    if variant == "float_mask":
+        m = rng.standard_normal((Hq, 1, Tk))
+        m[:, :, ::5] = -np.inf
+        kw["mask"] = m
+    if variant in ("lengths", "all"):
+        kw["key_lengths"] = lengths_with_ends(rng, B, Tk)
+    return kw
+
+
+def _rnn(nonlinearity):
+    return Recurrent(
+              "rnn", 1, ("h0",), _rnn_init, kw=dict(nonlinearity=nonlinearity),
+              id=f"rnn-{nonlinearity}",
+              # a single step, odd sizes, and batches whose time loop splits by rows
+              # (B >= 16 on a machine of 2 or more cores: blocks of 9 and 10 rows)
+              shapes=[(1, 1, 3, 5), (7, 3, 5, 17), (13, 4, 9, 70), (40, 8, 16, 128),
+                      (9, 19, 6, 33)],
+              # the steps split by hidden units (B H H >= 2^18), the time loop split
+              # by batch rows and the gradients' blocks in parallel (T B H H and the
+              # gradients >= 2^25 multiply-adds), and a shape too small for any
+              thread_shapes=[(20, 4, 8, 256), (30, 1, 8, 512), (50, 32, 8, 160),
+                             (5, 64, 33, 70)],
+              gemm_shapes=[(9, 1, 5, 7), (6, 5, 7, 70), (30, 8, 16, 130)])
+
+
+RNN_TANH, RNN_RELU = _rnn("tanh"), _rnn("relu")
+LSTM = Recurrent("lstm", 4, ("h0", "c0"), _lstm_init,
+              shapes=[
+                  (1, 1, 1, 1),
+                  (1, 3, 4, 5),
+                  (7, 1, 3, 9),
+                  (5, 4, 6, 33),
+                  (4, 2, 5, 130),    # several unit blocks at B=2? (size decides), odd H
+                  (1, 1, 5, 260),    # a single step: one block where two steps would split
+                  (3, 16, 8, 70),    # blocks of 64 with a ragged last block
+                  (6, 9, 20, 200),
+                  (30, 10, 12, 70),  # T*B = 300: the packed weight gradients sum over 2 K blocks
+                  (33, 1, 16, 33),   # batch 1, packed: the projection runs inside the steps ...
+                  (40, 1, 70, 3),    # ... also where it is more work than the step's product
+              ],
+              thread_shapes=[
+                  (7, 1, 8, 200), (5, 8, 16, 130), (3, 33, 9, 70),
+                  (1, 1, 8, 260),      # a single step: one block
+                  (20, 17, 9, 70),     # T*B = 340: weight gradients in 2 K blocks
+                  # big enough for parallel loops outside the steps (PAR_MIN_GEMM):
+                  # a chunk's gradient jobs ...
+                  (10, 64, 64, 256),
+                  # ... and the projection of a one-block step
+                  (2048, 1, 64, 64),
+                  # batch 1 with a projection large enough (T I 4H >= 2^25) to run
+                  # first, in parallel, on 2 threads, and inside the steps on 1
+                  (300, 1, 512, 64), (2100, 1, 512, 64),
+              ],
+              # (9, 1, ..), (600, 1, ..), (16, 1, ..), (33, 1, ..), (40, 1, ..): batch 1,
+              # whose packed forward projects the next 16 steps inside each step's
+              # product: less than one chunk, many, exactly one, two and one row, and
+              # more projection than recurrent work per step (I > 4H). (20, 8, 16, 130):
+              # several unit blocks, split over 2 threads; (600, 1, ..) also: two
+              # backward chunks (512 rows, then 88); (5, 600, ..): two steps per chunk,
+              # 1200 rows in five K blocks; (5, 300, 4, 130): the same beside unit
+              # blocks (whose steps read dz_{t+1} across all blocks while writing dz_t);
+              # (300, 4, 5, 130): backward chunks of 128 steps beside unit blocks.
+              gemm_shapes=[(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 130), (600, 1, 3, 20),
+                           (5, 600, 4, 10), (5, 300, 4, 130), (300, 4, 5, 130),
+                           (16, 1, 8, 64), (33, 1, 16, 33), (40, 1, 70, 3)])
+# batch 1 with a projection large enough (T I 4H >= 2^25) to run first, in
+# parallel, on 2 threads, and inside the steps on 1
+LSTM.no_cache_shapes = Recurrent.no_cache_shapes + [(300, 1, 512, 64), (2100, 1, 512, 64)]
+GRU = Recurrent("gru", 3, ("h0",), _gru_init,
+              shapes=[
+                  (1, 1, 3, 2),
+                  (5, 3, 4, 7),
+                  (7, 1, 6, 33),
+                  (4, 16, 8, 70),     # large enough to split a step in unit blocks
+                  (3, 9, 5, 131),     # odd H, ragged last block
+                  (2, 3, 4, 7),       # few rows (T < 4, T*B < 16): no W_hh^T in the backward at B > 1
+                  (1, 1, 5, 300),     # a single step: one block where more steps would split
+                  (6, 5, 4, 9), (5, 12, 6, 130),
+              ],
+              # the last two: few rows, one block, no W_hh^T; (20, 64, 256, 80): large
+              # enough for the GEMMs outside the time loop to go parallel
+              thread_shapes=[(20, 16, 8, 70), (3, 40, 300, 130), (4, 1, 4, 300),
+                             (20, 64, 256, 80), (1, 1, 4, 300), (3, 5, 8, 70),
+                             # blocks of batch rows (B >= 16), uneven (17), and two
+                             # backward chunks (40 x 32 rows)
+                             (9, 17, 5, 40), (40, 32, 6, 33)],
+              # (9, 1, ..): batch 1 (_vecmat vs the packed M = 1 kernel); (20, 8, 16,
+              # 130): several unit blocks, split over 2 threads; (1100, 1, ..): several
+              # backward chunks; (12, 17, ..), (40, 32, ..): blocks of batch rows, the
+              # second over two backward chunks and (without a cache) three forward ones
+              gemm_shapes=[(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 130), (1100, 1, 3, 20),
+                           (12, 17, 6, 40), (40, 32, 5, 20)])
+
+RECURRENT = [RNN_TANH, RNN_RELU, LSTM, GRU]
+ATTENTION = [Attention("own"), Attention("blas")]
+KERNELS = RECURRENT + ATTENTION
+IMPLS = {"kernel": seqkern, "reference": ref}

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 import seqkern
 from seqkern import reference as ref
 
-DTYPES = [np.float32, np.float64]
+from helpers import DTYPES, tol
+
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(seqkern.__file__)))
 
@@ -89,9 +90,8 @@ def names(exc_info, name):
 
 
 def close(actual, expected, dtype, rtol=None, atol=None):
-    f32 = np.dtype(dtype) == np.float32
-    rtol = rtol if rtol is not None else (2e-4 if f32 else 1e-9)
-    atol = atol if atol is not None else (2e-5 if f32 else 1e-11)
+    rtol = rtol if rtol is not None else tol(dtype)["rtol"]
+    atol = atol if atol is not None else tol(dtype)["atol"]
     assert len(actual) == len(expected)
     for i, (a, e) in enumerate(zip(actual, expected)):
         assert a.shape == e.shape, f"result {i}: shape {a.shape} != {e.shape}"

@@ -1,5 +1,8 @@
-"""Attention kernels against seqkern.reference, the reference against finite
-differences, masks, fully masked rows, thread counts, NaN, and bad input."""
+"""Attention-specific tests: small tiles, mask forms, fully masked rows, key blocks,
+the choice of products, huge and extreme scores, the rule that a masked key never
+contributes (not even a NaN), NaN, the row path's dots, exp, and bad input. The
+contract it shares with the other kernels (the reference, finite differences,
+threads, layouts, empty sizes, return_cache) is in test_contract.py."""
 
 import numpy as np
 import pytest
@@ -9,54 +12,16 @@ from seqkern.attention import _attention
 from seqkern import reference as ref
 from seqkern._attention_args import AttentionArgs
 
-DTYPES = [np.float32, np.float64]
-
-# Kernel in float64 vs reference in float64, and kernel in float32 vs the
-# reference run in float64 on the same (rounded) inputs.
-TOL = {
-    np.float64: dict(rtol=1e-9, atol=1e-11),
-    np.float32: dict(rtol=2e-4, atol=5e-5),
-}
-
-# (B, Hq, Hkv, Tq, Tk, D, Dv): Tq != Tk, Tq = 1, D != Dv, odd sizes and GQA, and
-# sizes past the tile sizes (several query and key tiles, ragged last tiles).
-SHAPES = [
-    (2, 4, 4, 13, 29, 8, 8),
-    (1, 2, 2, 1, 17, 16, 16),
-    (2, 2, 2, 9, 9, 5, 11),
-    (3, 6, 2, 37, 53, 7, 5),
-    (1, 2, 1, 300, 520, 32, 24),
-    (2, 2, 2, 70, 130, 64, 64),        # no padding of D and Dv
-    # query tiles of few rows run row by row (_attention's ROW_QUERIES): decoding
-    # (Tq = 1) over two key tiles and 18 groups of 16 keys and 12 keys, 6 rows, and
-    # 7 (the tile path again)
-    (2, 4, 2, 1, 300, 64, 64),
-    (1, 3, 3, 6, 45, 5, 7),
-    (2, 2, 1, 7, 33, 16, 16),
-    # one forward tile of 65 rows, and a backward query tile of one row (its tiles
-    # are shorter) on the tile path: one-row products with a strided row
-    (2, 2, 1, 65, 70, 16, 8),
-]
-
-VARIANTS = ["plain", "causal", "bool_mask", "float_mask", "lengths", "all"]
+from helpers import ATTENTION, DTYPES, assert_close, attention_kwargs as variant_kwargs
 
 
-@pytest.fixture(autouse=True, params=["own", "blas"])
-def products(request, monkeypatch):
+@pytest.fixture(autouse=True, params=ATTENTION, ids=str)
+def products(request):
     """Every test runs twice: with the kernels' tile products on their own
     micro-kernel (_attention.h's sk_gemm) and on BLAS. Each instruction-set level
     runs one of the two (_attention.BLAS_PRODUCTS); both must be right."""
-    monkeypatch.setattr(seqkern.attention, "_blas_products", request.param == "blas")
-    return request.param
-
-
-def assert_close(actual, expected, dtype, name=""):
-    actual = np.asarray(actual)
-    expected = np.asarray(expected)
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    diff = np.nanmax(np.abs(actual.astype(np.float64) - expected)) if actual.size else 0.0
-    np.testing.assert_allclose(actual, expected, err_msg=f"{name}: max abs diff {diff:.3g}",
-                               **TOL[np.dtype(dtype).type])
+    with request.param.path():
+        yield request.param.products
 
 
 def make(rng, shape, dtype=np.float64):
@@ -68,28 +33,6 @@ def make(rng, shape, dtype=np.float64):
     return [a.astype(dtype) for a in (q, k, v, d_out)]
 
 
-def variant_kwargs(rng, variant, shape):
-    B, Hq, Hkv, Tq, Tk, D, Dv = shape
-    kw = {}
-    if variant in ("causal", "all"):
-        kw["causal"] = True
-    if variant in ("bool_mask", "all"):
-        # broadcast over heads; about one key in four hidden
-        kw["mask"] = rng.random((B, 1, Tq, Tk)) > 0.25
-    if variant == "float_mask":
-        # broadcast over batch and queries, a few keys at -inf
-        m = rng.standard_normal((Hq, 1, Tk))
-        m[:, :, ::5] = -np.inf
-        kw["mask"] = m
-    if variant in ("lengths", "all"):
-        lengths = rng.integers(0, Tk + 1, size=B)
-        lengths[0] = Tk
-        if B > 1:
-            lengths[-1] = 0
-        kw["key_lengths"] = lengths
-    return kw
-
-
 def run_both(args, dtype, **kw):
     """Kernel forward + backward on the dtype's arrays, reference in float64 on the same values."""
     q, k, v, d_out = args
@@ -99,20 +42,6 @@ def run_both(args, dtype, **kw):
     rout, rcache = ref.attention_forward(q64, k64, v64, **kw)
     rgrads = ref.attention_backward(d64, rcache)
     return (out, grads), (rout, rgrads)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_forward_backward_match_reference(rng, dtype, shape, variant):
-    args = make(rng, shape, dtype)
-    kw = variant_kwargs(rng, variant, shape)
-    (out, grads), (rout, rgrads) = run_both(args, dtype, **kw)
-    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
-    assert np.isfinite(out).all()
-    assert_close(out, rout, dtype, "out")
-    for name in ("dq", "dk", "dv"):
-        assert_close(getattr(grads, name), getattr(rgrads, name), dtype, name)
 
 
 @pytest.mark.parametrize("tiles", [(1, 1), (3, 5), (8, 16), (16, 8)])
@@ -161,41 +90,6 @@ def test_mask_broadcast_is_not_materialised(rng):
     a = AttentionArgs(q, k, v, False, full, None, None)
     assert a.mask.shape == (1, 4, 1, 64)
     assert a.mask_strides == (0, 64, 0, 1)
-
-
-def numeric_grad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = x[i]
-        x[i] = old + eps
-        fp = f()
-        x[i] = old - eps
-        fm = f()
-        x[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
-
-
-@pytest.mark.parametrize("variant", ["plain", "all", "float_mask"])
-def test_reference_backward_matches_finite_differences(rng, variant):
-    shape = (2, 4, 2, 3, 5, 3, 2)
-    q, k, v, d_out = make(rng, shape)
-    kw = variant_kwargs(rng, variant, shape)
-    if variant == "all":
-        kw["key_lengths"] = np.array([5, 2])     # keep rows with keys, so gradients are nonzero
-
-    def loss():
-        return float((ref.attention_forward(q, k, v, **kw)[0] * d_out).sum())
-
-    _, cache = ref.attention_forward(q, k, v, **kw)
-    grads = ref.attention_backward(d_out, cache)
-    for name, x in (("dq", q), ("dk", k), ("dv", v)):
-        num = numeric_grad(loss, x)
-        assert np.abs(num).max() > 1e-3, f"{name}: the check would be vacuous"
-        np.testing.assert_allclose(getattr(grads, name), num, rtol=1e-6, atol=1e-8,
-                                   err_msg=name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -279,21 +173,6 @@ def test_backward_follows_the_forwards_products(rng, monkeypatch, Tq):
     for fwd in (False, True):
         for a, b in zip(res[fwd, fwd], res[fwd, not fwd]):
             assert np.array_equal(a, b)
-
-
-@pytest.mark.parametrize("Tq", [200, 1, 5])
-def test_one_thread_equals_two_threads_bitwise(rng, Tq):
-    for dtype in DTYPES:
-        shape = (3, 4, 2, Tq, 300, 16, 8)
-        q, k, v, d_out = make(rng, shape, dtype)
-        kw = dict(causal=True, mask=rng.random((Tq, 300)) > 0.1, key_lengths=[300, 150, 290])
-        res = []
-        for n in (1, 2):
-            with seqkern.threads(n):
-                out, cache = seqkern.attention_forward(q, k, v, **kw)
-                res.append((out,) + tuple(seqkern.attention_backward(d_out, cache)))
-        for a, b, name in zip(res[0], res[1], ("out", "dq", "dk", "dv")):
-            assert np.array_equal(a, b), f"{dtype.__name__} {name} differs between 1 and 2 threads"
 
 
 @pytest.mark.parametrize("Tq", [3, 6, 7, 12])
@@ -590,59 +469,6 @@ def test_nan_propagates(rng, dtype):
     assert np.isnan(out[..., 0]).all()
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_inputs_not_modified_read_only_and_strided(rng, dtype):
-    shape = (2, 4, 2, 9, 12, 5, 6)
-    q, k, v, d_out = make(rng, shape, dtype)
-    mask = rng.random((9, 12)) > 0.2
-    lengths = np.array([12, 7])
-    arrays = [q, k, v, d_out, mask, lengths]
-    copies = [a.copy() for a in arrays]
-    for a in arrays:
-        a.flags.writeable = False
-    kw = dict(mask=mask, key_lengths=lengths, causal=True)
-    out, cache = seqkern.attention_forward(q, k, v, **kw)
-    g = seqkern.attention_backward(d_out, cache)
-    for a, c in zip(arrays, copies):
-        assert np.array_equal(a, c)
-    # the same values laid out (B, T, H, D) and viewed as (B, H, T, D)
-    qs, ks, vs, ds = (np.ascontiguousarray(a.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
-                      for a in (q, k, v, d_out))
-    assert not qs.flags.c_contiguous
-    out2, cache2 = seqkern.attention_forward(qs, ks, vs, **kw)
-    g2 = seqkern.attention_backward(ds, cache2)
-    assert np.array_equal(out, out2)
-    for a, b in zip(g, g2):
-        assert np.array_equal(a, b)
-
-
-@pytest.mark.parametrize("impl", [seqkern, ref])
-@pytest.mark.parametrize("sizes", [
-    dict(B=0), dict(Hq=0, Hkv=0), dict(Tq=0), dict(Tk=0), dict(D=0), dict(Dv=0),
-])
-def test_empty_sizes(rng, impl, sizes):
-    s = dict(B=2, Hq=2, Hkv=1, Tq=3, Tk=4, D=5, Dv=6)
-    s.update(sizes)
-    shape = tuple(s[n] for n in ("B", "Hq", "Hkv", "Tq", "Tk", "D", "Dv"))
-    q, k, v, d_out = make(rng, shape)
-    out, cache = impl.attention_forward(q, k, v, causal=True)
-    g = impl.attention_backward(d_out, cache)
-    assert out.shape == (s["B"], s["Hq"], s["Tq"], s["Dv"])
-    assert g.dq.shape == q.shape and g.dk.shape == k.shape and g.dv.shape == v.shape
-    if impl is seqkern:
-        rout, rcache = ref.attention_forward(q, k, v, causal=True)
-        rg = ref.attention_backward(d_out, rcache)
-        assert_close(out, rout, np.float64, "out")
-        for a, b in zip(g, rg):
-            assert_close(a, b, np.float64)
-
-
-def test_return_cache_false(rng):
-    q, k, v, _ = make(rng, (1, 1, 1, 2, 3, 4, 4))
-    out, cache = seqkern.attention_forward(q, k, v, return_cache=False)
-    assert cache is None and out.shape == (1, 1, 2, 4)
-
-
 def bad_calls(rng):
     q, k, v, _ = make(rng, (2, 4, 2, 3, 5, 6, 7))
     q32 = q.astype(np.float32)
@@ -718,6 +544,3 @@ def test_float_exp_accuracy():
     assert out[0] == 0 and out[1] == 0 and out[2] == 0 and np.isnan(out[3])
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(12345)

@@ -1,17 +1,15 @@
-"""The packed-weight GEMM of the recurrent kernels (_packed_gemm.h) against NumPy,
-and the RNN / LSTM / GRU kernels with each choice of weight product."""
+"""The packed-weight GEMM of the recurrent kernels (_packed_gemm.h) against NumPy.
+The kernels with each choice of weight product: test_contract.py's
+test_each_step_product."""
 
 import numpy as np
 import pytest
 
-import seqkern
 from seqkern._dispatch import kernel_module
 
 pg = kernel_module("_packed_gemm")
-from seqkern import reference as ref
-from seqkern._step_gemm import step_gemm
 
-from helpers import DTYPES, assert_close, assert_grads_close, to64
+from helpers import DTYPES, assert_close
 
 # M: 1 (its own micro-kernel), multiples of 4 and remainders; N: below, at and
 # across the panel width (4 vectors: 64 floats / 32 doubles with AVX-512); K: 0, 1, odd.
@@ -263,116 +261,3 @@ def test_bad_arguments(rng):
         pg.gemm(A, P[:10], np.zeros((2, 5), np.float32))
     with pytest.raises(TypeError):
         pg.gemm(A, P, np.zeros((2, 5), np.float64))
-
-
-# --- the kernels with either per-step product --------------------------------
-
-@pytest.mark.parametrize("mode", ["blas", "packed"])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(9, 1, 5, 7), (6, 5, 7, 70), (30, 8, 16, 130)])
-def test_rnn_with_each_step_product(rng, mode, dtype, shape):
-    T, B, I, H = shape
-    s = 1.0 / np.sqrt(H)
-    args = [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)) * 0.5,
-            rng.standard_normal((H, I)) * s, rng.standard_normal((H, H)) * s * 0.9,
-            rng.standard_normal(H) * 0.1, None]
-    args = [None if a is None else a.astype(dtype) for a in args]
-    lengths = np.minimum(np.arange(B) + T - 2, T)
-    d_out = rng.standard_normal((T, B, H)).astype(dtype)
-    results = []
-    for n in (1, 2):
-        with step_gemm(mode), seqkern.threads(n):
-            out, h_n, cache = seqkern.rnn_forward(*args, lengths=lengths)
-            g = seqkern.rnn_backward(d_out, h_n, cache)
-        results.append((out, h_n) + tuple(g))
-    rout, rh_n, rcache = ref.rnn_forward(*to64(*args), lengths=lengths)
-    assert_close(results[0][0], rout, dtype, "out")
-    rg = ref.rnn_backward(d_out.astype(np.float64), results[0][1].astype(np.float64), rcache)
-    assert_grads_close(seqkern.RNNGrads(*results[0][2:]), rg, dtype)
-    for a, b in zip(*results):
-        if a is not None:
-            np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.parametrize("mode", ["blas", "packed"])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 130),
-                                   (600, 1, 3, 20), (5, 600, 4, 10), (5, 300, 4, 130),
-                                   (300, 4, 5, 130), (16, 1, 8, 64), (33, 1, 16, 33),
-                                   (40, 1, 70, 3)])
-def test_lstm_with_each_step_product(rng, mode, dtype, shape):
-    """(9, 1, ..), (600, 1, ..), (16, 1, ..), (33, 1, ..), (40, 1, ..): batch 1, whose
-    packed forward projects the next 16 steps inside each step's product: less than
-    one chunk, many, exactly one, two and one row, and more projection than
-    recurrent work per step (I > 4H). (20, 8, 16, 130): several unit blocks, split
-    over 2 threads; (600, 1, ..) also:
-    two backward chunks (512 rows, then 88); (5, 600, ..): two steps per chunk,
-    1200 rows in five K blocks; (5, 300, 4, 130): the same beside unit blocks
-    (whose steps read dz_{t+1} across all blocks while writing dz_t);
-    (300, 4, 5, 130): backward chunks of 128 steps beside unit blocks."""
-    T, B, I, H = shape
-    s = 1.0 / np.sqrt(H)
-    args = [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)) * 0.5,
-            rng.standard_normal((B, H)) * 0.5, rng.uniform(-s, s, (4 * H, I)),
-            rng.uniform(-s, s, (4 * H, H)), rng.uniform(-s, s, 4 * H), None]
-    args = [None if a is None else a.astype(dtype) for a in args]
-    lengths = np.minimum(np.arange(B) + T - 2, T)
-    d_out = rng.standard_normal((T, B, H)).astype(dtype)
-    results = []
-    for n in (1, 2):
-        with step_gemm(mode), seqkern.threads(n):
-            out, h_n, c_n, cache = seqkern.lstm_forward(*args, lengths=lengths)
-            out_nc, h_n_nc, c_n_nc, _ = seqkern.lstm_forward(*args, lengths=lengths,
-                                                             return_cache=False)
-            g = seqkern.lstm_backward(d_out, h_n, c_n, cache)
-        np.testing.assert_array_equal(out_nc, out)
-        np.testing.assert_array_equal(h_n_nc, h_n)
-        np.testing.assert_array_equal(c_n_nc, c_n)
-        results.append((out, h_n, c_n) + tuple(g))
-    rout, rh_n, rc_n, rcache = ref.lstm_forward(*to64(*args), lengths=lengths)
-    assert_close(results[0][0], rout, dtype, "out")
-    assert_close(results[0][2], rc_n, dtype, "c_n")
-    rg = ref.lstm_backward(d_out.astype(np.float64), results[0][1].astype(np.float64),
-                           results[0][2].astype(np.float64), rcache)
-    for name, a, b in zip(rg._fields, results[0][3:], rg):
-        assert_close(a, b, dtype, name)
-    for a, b in zip(*results):
-        if a is not None:
-            np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.parametrize("mode", ["blas", "packed"])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 130),
-                                   (1100, 1, 3, 20), (12, 17, 6, 40), (40, 32, 5, 20)])
-def test_gru_with_each_step_product(rng, mode, dtype, shape):
-    """(9, 1, ..): batch 1 (_vecmat vs the packed M = 1 kernel); (20, 8, 16, 130):
-    several unit blocks, split over 2 threads; (1100, 1, ..): several backward chunks;
-    (12, 17, ..), (40, 32, ..): blocks of batch rows, the second over two backward
-    chunks and (without a cache) three forward ones."""
-    T, B, I, H = shape
-    s = 1.0 / np.sqrt(H)
-    args = [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)) * 0.5,
-            rng.uniform(-s, s, (3 * H, I)), rng.uniform(-s, s, (3 * H, H)),
-            rng.uniform(-s, s, 3 * H), rng.uniform(-s, s, 3 * H)]
-    args = [a.astype(dtype) for a in args]
-    lengths = np.minimum(np.arange(B) + T - 2, T)
-    d_out = rng.standard_normal((T, B, H)).astype(dtype)
-    results = []
-    for n in (1, 2):
-        with step_gemm(mode), seqkern.threads(n):
-            out, h_n, cache = seqkern.gru_forward(*args, lengths=lengths)
-            out_nc, h_n_nc, _ = seqkern.gru_forward(*args, lengths=lengths, return_cache=False)
-            g = seqkern.gru_backward(d_out, h_n, cache)
-        np.testing.assert_array_equal(out_nc, out)
-        np.testing.assert_array_equal(h_n_nc, h_n)
-        results.append((out, h_n) + tuple(g))
-    rout, rh_n, rcache = ref.gru_forward(*to64(*args), lengths=lengths)
-    assert_close(results[0][0], rout, dtype, "out")
-    assert_close(results[0][1], rh_n, dtype, "h_n")
-    rg = ref.gru_backward(d_out.astype(np.float64), results[0][1].astype(np.float64), rcache)
-    for name, a, b in zip(rg._fields, results[0][2:], rg):
-        assert_close(a, b, dtype, name)
-    for a, b in zip(*results):
-        if a is not None:
-            np.testing.assert_array_equal(a, b)

@@ -9,14 +9,17 @@ from hypothesis import strategies as st
 import seqkern
 from seqkern import reference as ref
 
-from helpers import assert_close, to64
+from helpers import RECURRENT, assert_close, assert_grads_close, to64
 
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 dtypes = st.sampled_from([np.float32, np.float64])
 
 
-def _recurrent_case(data, gates):
+@pytest.mark.parametrize("kernel", RECURRENT, ids=str)
+@SETTINGS
+@given(data=st.data())
+def test_recurrent_kernels_match_reference(kernel, data):
     T = data.draw(st.integers(0, 6), label="T")
     B = data.draw(st.integers(0, 4), label="B")
     I = data.draw(st.integers(1, 7), label="I")
@@ -25,39 +28,15 @@ def _recurrent_case(data, gates):
     bias = data.draw(st.booleans(), label="bias")
     use_lengths = data.draw(st.booleans(), label="lengths")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
-    s = 1 / np.sqrt(H)
-    arrays = dict(
-        x=rng.standard_normal((T, B, I)), h0=rng.standard_normal((B, H)) * 0.5,
-        c0=rng.standard_normal((B, H)) * 0.5,
-        W_ih=rng.uniform(-s, s, (gates * H, I)), W_hh=rng.uniform(-s, s, (gates * H, H)),
-        b_ih=rng.uniform(-s, s, gates * H) if bias else None,
-        b_hh=rng.uniform(-s, s, gates * H) if bias else None,
-    )
-    arrays = {k: None if v is None else v.astype(dtype) for k, v in arrays.items()}
-    lengths = rng.integers(0, T + 1, B) if use_lengths else None
-    d_out = rng.standard_normal((T, B, H)).astype(dtype)
-    d_h = rng.standard_normal((B, H)).astype(dtype)
-    return arrays, lengths, d_out, d_h, dtype
-
-
-@pytest.mark.parametrize("kernel", ["rnn", "lstm", "gru"])
-@SETTINGS
-@given(data=st.data())
-def test_recurrent_kernels_match_reference(kernel, data):
-    gates = {"rnn": 1, "lstm": 4, "gru": 3}[kernel]
-    a, lengths, d_out, d_h, dtype = _recurrent_case(data, gates)
-    names = ["x", "h0", "c0"] if kernel == "lstm" else ["x", "h0"]
-    args = [a[n] for n in names] + [a["W_ih"], a["W_hh"], a["b_ih"], a["b_hh"]]
-    fwd, bwd = f"{kernel}_forward", f"{kernel}_backward"
-    res = getattr(seqkern, fwd)(*args, lengths=lengths)
-    rres = getattr(ref, fwd)(*to64(*args), lengths=lengths)
-    for name, got, want in zip(("out", "h_n", "c_n"), res[:-1], rres[:-1]):
+    args = kernel.args(rng, T, B, I, H, dtype, bias)
+    kw = dict(lengths=rng.integers(0, T + 1, B)) if use_lengths else {}
+    outs, cache = kernel.forward(seqkern, args, **kw)
+    routs, rcache = kernel.forward(ref, to64(*args), **kw)
+    for name, got, want in zip(kernel.out_names, outs, routs):
         assert_close(got, want, dtype, name)
-    grads_in = [d_out, d_h] + ([d_h] if kernel == "lstm" else [])
-    g = getattr(seqkern, bwd)(*grads_in, res[-1])
-    rg = getattr(ref, bwd)(*to64(*grads_in), rres[-1])
-    for field in rg._fields:
-        assert_close(getattr(g, field), getattr(rg, field), dtype, field)
+    d_outs = kernel.upstream(rng, outs)
+    assert_grads_close(kernel.backward(seqkern, d_outs, cache),
+                       kernel.backward(ref, to64(*d_outs), rcache), dtype)
 
 
 @SETTINGS
@@ -93,5 +72,4 @@ def test_attention_matches_reference(data):
     d_out = rng.standard_normal(out.shape).astype(dtype)
     g = seqkern.attention_backward(d_out, cache)
     rg = ref.attention_backward(d_out.astype(np.float64), rcache)
-    for field in rg._fields:
-        assert_close(getattr(g, field), getattr(rg, field), dtype, field)
+    assert_grads_close(g, rg, dtype)
