@@ -7,6 +7,7 @@ attention B = batch, Hq / Hkv = query / key-value heads, Tq / Tk = queries / key
 D = key width, Dv = value width.
 """
 
+import importlib
 import re
 from contextlib import contextmanager
 
@@ -164,8 +165,8 @@ class Recurrent:
 
     def two_core_blocks(self, monkeypatch):
         """Cut the work in the blocks of a 2-core machine, whatever this one has."""
-        if self.name == "rnn":
-            monkeypatch.setattr(seqkern.rnn, "block_count", lambda: 2)
+        monkeypatch.setattr(importlib.import_module("seqkern." + self.name), "block_count",
+                            lambda: 2)
 
     # --- inputs -----------------------------------------------------------
     def args(self, rng, T, B, I, H, dtype=np.float64, bias=True, scale=1.0):
