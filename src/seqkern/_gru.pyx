@@ -58,8 +58,8 @@ from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_gemm, pk_gemm_dir, pk_pack_nn, pk_pack_nt, pk_size
 from seqkern._workspace cimport scratch_alloc, scratch_free
 from seqkern._step cimport (PACK_MIN_ROWS, final_states, group_gates, loop_threads, n_blocks,
-                            packs, project_rows, row_blocks, row_start, ungroup_gates,
-                            unit_block)
+                            packs, project_rows, row_blocks, row_start, run_blocks,
+                            ungroup_gates, unit_block)
 
 cdef extern from "_gru_cell.h" nogil:
     void sk_gru_fwd_row_f(int w, float* gr, float* gz, float* gn, const float* qr,
@@ -298,6 +298,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef Py_ssize_t rb = _block(Tc * B)
     cdef int nt = n_threads
     cdef int nt_rows = loop_threads(nt, n_rb, <double>TB * G * H)
+    cdef int n_run = run_blocks(n_rb, nt_rows, packed)
     cdef int nt_proj
     cdef Py_ssize_t rows, t, t0, t1
     cdef int i, blk, r, n_rows
@@ -351,9 +352,9 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                 # 2. The recurrence: one GEMM and one fused pass per step, each block
                 # of rows through the chunk's steps, or each step over unit blocks.
                 if n_rb > 1:
-                    for r in prange(n_rb, num_threads=nt_rows, schedule='static',
+                    for r in prange(n_run, num_threads=nt_rows, schedule='static',
                                     use_threads_if=nt_rows > 1):
-                        _forward_rows(row_start(r, B, n_rb), row_start(r + 1, B, n_rb), B, H,
+                        _forward_rows(row_start(r, B, n_run), row_start(r + 1, B, n_run), B, H,
                                       t0, t1, h0p, Whh, Wpk, bhn, ghp, gp, hnp, hstep, outp,
                                       lens)
                 else:
@@ -568,6 +569,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef Py_ssize_t rb = _block(Tc * B)
     cdef int nt = n_threads
     cdef int nt_rows = loop_threads(nt, n_rb, <double>T * B * G * H)
+    cdef int n_run = run_blocks(n_rb, nt_rows, packed)
     # dW_ih, dW_hh and dx of a chunk: rows G (2 I + H) multiply-adds
     cdef int nt_grads
     cdef Py_ssize_t rows, t, t0, t1, t_end
@@ -617,9 +619,9 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                 # 1. Through the chunk's steps, t = t1-1 .. t0 (and t = -1 after
                 # step 0: dh0 = carry + dgh_0 @ W_hh), by blocks of rows or of units.
                 if n_rb > 1:
-                    for r in prange(n_rb, num_threads=nt_rows, schedule='static',
+                    for r in prange(n_run, num_threads=nt_rows, schedule='static',
                                     use_threads_if=nt_rows > 1):
-                        _backward_rows(row_start(r, B, n_rb), row_start(r + 1, B, n_rb), B, H,
+                        _backward_rows(row_start(r, B, n_run), row_start(r + 1, B, n_run), B, H,
                                        t0, t1, T, Tc, Whh, WhhT, Wpk, carry, dgip, dghp, dop,
                                        gp, hnp, h0p, outp, lens)
                 else:

@@ -51,7 +51,7 @@ from libc.string cimport memcpy, memset
 from seqkern._blas cimport gemm
 from seqkern._step cimport (ROW_BLOCK, final_states, group_gates, interleaves,
                             loop_threads, n_blocks, packs, project_rows, row_blocks, row_start,
-                            unit_block)
+                            run_blocks, unit_block)
 from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, SK_PK_VBYTES, pk_alloc_nt, pk_gemm,
                                    pk_gemm_dir, pk_gemv_side, pk_pack_nn, pk_pack_side,
                                    pk_size)
@@ -283,6 +283,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef int nt = n_threads
     cdef int nt_proj = loop_threads(nt, n_rows, <double>TB * I * G)
     cdef int nt_rows = loop_threads(nt, n_rb, <double>TB * G * H)
+    cdef int n_run
     cdef bint packed = packs(step_gemm, TB)
     cdef bint one_row = _one_row(T, B, H, U, step_gemm)
     # batch 1: the projection runs inside the steps, unless it can run first on
@@ -328,9 +329,10 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                 _forward_one_row(T, I, H, xp, Xpk, Wpk, S, bp, zp, nz, csp, outp, h0p, c0p,
                                  lens, first)
             elif n_rb > 1 or n_units == 1:
-                for rb in prange(n_rb, num_threads=nt_rows, schedule='static',
+                n_run = run_blocks(n_rb, nt_rows, packed)
+                for rb in prange(n_run, num_threads=nt_rows, schedule='static',
                                  use_threads_if=nt_rows > 1):
-                    _forward_rows(row_start(rb, B, n_rb), row_start(rb + 1, B, n_rb), B, H, T,
+                    _forward_rows(row_start(rb, B, n_run), row_start(rb + 1, B, n_run), B, H, T,
                                   h0p, c0p, Whh, Wpk, bp, zp, csp, outp, lens)
             else:
                 with parallel(num_threads=nt, use_threads_if=nt > 1):
@@ -690,7 +692,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef int blk, job, n_jobs, ch, R, rb
     cdef Py_ssize_t t, t0, t1
     cdef int nt = n_threads
-    cdef int nt_rows, nt_jobs
+    cdef int nt_rows, nt_jobs, n_run
     cdef bint packed = packs(step_gemm, TB)
     # B = 1: the step's dz @ W_hh in two halves of K = 4H (see _backward_units)
     cdef int kh = (G + 1) // 2 if B == 1 else 0
@@ -766,9 +768,10 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                                       carry_c, dzp, dop, zp, csp, c0p, dxp, lens)
                 elif n_rb > 1 or n_units == 1:
                     nt_rows = loop_threads(nt, n_rb, <double>R * G * H)
-                    for rb in prange(n_rb, num_threads=nt_rows, schedule='static',
+                    n_run = run_blocks(n_rb, nt_rows, packed)
+                    for rb in prange(n_run, num_threads=nt_rows, schedule='static',
                                      use_threads_if=nt_rows > 1):
-                        _backward_rows(row_start(rb, B, n_rb), row_start(rb + 1, B, n_rb), B,
+                        _backward_rows(row_start(rb, B, n_run), row_start(rb + 1, B, n_run), B,
                                        H, T, t0, t1, Tc, Whh, Wpk, kh, kslot, carry_h,
                                        carry_c, dzp, dop, zp, csp, c0p, lens)
                 else:

@@ -35,7 +35,8 @@ from seqkern._packed_gemm cimport pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_gemm_dir
 from seqkern._workspace cimport scratch_alloc, scratch_free
 from seqkern._activations cimport tanh_
 from seqkern._step cimport (ROW_BLOCK, W_BLOCK, final_states, loop_threads, n_blocks,
-                            packs, project_rows, row_blocks, row_start, unit_block)
+                            packs, project_rows, row_blocks, row_start, run_blocks,
+                            unit_block)
 
 # The products with the weights (see _step.pxd): packed on _packed_gemm.h are the
 # per-step h_{t-1} @ W_hh^T and dz_t @ W_hh, the input projection x @ W_ih^T and the
@@ -123,6 +124,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef int nt = n_threads
     cdef int nt_proj = loop_threads(nt, n_rows, <double>TB * I * H)
     cdef int nt_rows = loop_threads(nt, n_rb, <double>TB * H * H)
+    cdef int n_run
 
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
@@ -145,9 +147,10 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             # 2. The recurrence: one GEMM and one fused element-wise pass per step,
             # each block of rows through all steps, or each step over column blocks.
             if n_rb > 1:
-                for rb in prange(n_rb, num_threads=nt_rows, schedule='static',
+                n_run = run_blocks(n_rb, nt_rows, packed)
+                for rb in prange(n_run, num_threads=nt_rows, schedule='static',
                                  use_threads_if=nt_rows > 1):
-                    _forward_rows(row_start(rb, B, n_rb), row_start(rb + 1, B, n_rb), B, H, T, h0p,
+                    _forward_rows(row_start(rb, B, n_run), row_start(rb + 1, B, n_run), B, H, T, h0p,
                                   Whh, Wpk,
                                   outp, lens, relu)
             else:
@@ -326,6 +329,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef Py_ssize_t t
     cdef int nt = n_threads
     cdef int nt_rows = loop_threads(nt, n_rb, <double>T * B * H * H)
+    cdef int n_run
     # dW_ih, dW_hh and dx: T B H (2 I + H) multiply-adds
     cdef int nt_grads = loop_threads(nt, 2 * n_w + n_x, <double>T * B * H * (2 * I + H))
 
@@ -352,9 +356,10 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
         with nogil:
             # 1. Through time: t = T-1 .. 0, then t = -1 finishes dh0 = carry.
             if n_rb > 1:
-                for rb in prange(n_rb, num_threads=nt_rows, schedule='static',
+                n_run = run_blocks(n_rb, nt_rows, packed)
+                for rb in prange(n_run, num_threads=nt_rows, schedule='static',
                                  use_threads_if=nt_rows > 1):
-                    _backward_rows(row_start(rb, B, n_rb), row_start(rb + 1, B, n_rb), B, H, T,
+                    _backward_rows(row_start(rb, B, n_run), row_start(rb + 1, B, n_run), B, H, T,
                                    Whh, Wpk,
                                    carry, dzp, dop, outp, lens, relu)
             else:

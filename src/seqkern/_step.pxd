@@ -99,6 +99,17 @@ cdef inline int row_start(int rb, int B, int n_rb) noexcept nogil:
     return <int>(<int64_t>rb * B // n_rb)
 
 
+cdef inline int run_blocks(int n_rb, int nt_rows, bint packed) noexcept nogil:
+    """How many blocks of batch rows the time loop runs, of the n_rb that row_blocks
+    fixes, given nt_rows threads for it: n_rb where the step products run on BLAS,
+    whose rounding of a row may depend on the rows beside it in a call; on the
+    packed GEMM each element is one k-ordered chain whatever rows share the call
+    (at least MIN_ROWS > 1 rows: never its one-row kernel), so there the blocks
+    follow the threads, and one thread streams the weights once a step, not once
+    a block. Either way the results do not depend on the thread count."""
+    return nt_rows if packed else n_rb
+
+
 cdef inline int unit_block(int B, int G, int H, int n_parts) noexcept nogil:
     """Width in hidden units of the blocks a time step is split into (a function of
     the sizes and n_parts only): H (one block) where the loop splits by rows
