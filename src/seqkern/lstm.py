@@ -75,7 +75,7 @@ class LSTMStepCache:
 
 
 def _forward(a, return_cache):
-    T, B, I, H = a.T, a.B, a.I, a.H
+    T, B, H = a.T, a.B, a.H
     dt = a.dtype
     if not (T and B and H):               # (all empty)
         out = np.zeros((T, B, H), dt)
