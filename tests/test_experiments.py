@@ -312,7 +312,10 @@ def test_reach_and_alignment():
     assert bottleneck.alignment(np.eye(6)) == pytest.approx(2 / 6)   # only j = 2, 3 pass
     shifted = np.eye(6)[[5, 5, 4, 3, 2, 1]]          # output j looks at source L - j (or L - 1)
     assert bottleneck.alignment(shifted) == 1.0
-    assert bottleneck.alignment(np.eye(6)[[3, 2, 1, 0, 5, 4]]) == 0.0   # two positions off
+    assert bottleneck.alignment(np.eye(6)[[3, 2, 1, 0, 5, 4]]) == 0.0   # not a diagonal
+    lag2 = np.eye(6)[[5, 5, 5, 4, 3, 2]]             # the state two steps after the digit
+    assert bottleneck.alignment(lag2) == 1.0
+    assert bottleneck.alignment(np.eye(6)[[0, 5, 1, 4, 2, 3]]) < 0.8
 
 
 # ---------------------------------------------------------------- model backwards
