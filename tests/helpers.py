@@ -333,10 +333,11 @@ def _rnn(nonlinearity):
               # (B >= 16 on a machine of 2 or more cores: blocks of 9 and 10 rows)
               shapes=[(1, 1, 3, 5), (7, 3, 5, 17), (13, 4, 9, 70), (40, 8, 16, 128),
                       (9, 19, 6, 33)],
-              # the steps split by hidden units (B H H >= 2^18), the time loop split
-              # by batch rows and the gradients' blocks in parallel (T B H H and the
-              # gradients >= 2^25 multiply-adds), and a shape too small for any
-              thread_shapes=[(20, 4, 8, 256), (30, 1, 8, 512), (50, 32, 8, 160),
+              # the steps split by hidden units (B H H >= PAR_MIN_STEP = 2^21), the
+              # time loop split by batch rows and the gradients' blocks in parallel
+              # (T B H H and the gradients >= 2^25 multiply-adds), and a shape too
+              # small for any
+              thread_shapes=[(6, 4, 8, 768), (6, 1, 8, 1456), (50, 32, 8, 160),
                              (5, 64, 33, 70)],
               gemm_shapes=[(9, 1, 5, 7), (6, 5, 7, 70), (30, 8, 16, 130)])
 
@@ -349,7 +350,7 @@ LSTM = Recurrent("lstm", 4, ("h0", "c0"), _lstm_init,
                   (7, 1, 3, 9),
                   (5, 4, 6, 33),
                   (4, 2, 5, 130),    # several unit blocks at B=2? (size decides), odd H
-                  (1, 1, 5, 260),    # a single step: one block where two steps would split
+                  (1, 1, 5, 730),    # a single step: one block where two steps would split
                   (3, 16, 8, 70),    # blocks of 64 with a ragged last block
                   (6, 9, 20, 200),
                   (30, 10, 12, 70),  # T*B = 300: the packed weight gradients sum over 2 K blocks
@@ -373,13 +374,13 @@ LSTM = Recurrent("lstm", 4, ("h0", "c0"), _lstm_init,
               # whose packed forward projects the next 16 steps inside each step's
               # product: less than one chunk, many, exactly one, two and one row, and
               # more projection than recurrent work per step (I > 4H). (20, 8, 16, 130):
-              # several unit blocks, split over 2 threads; (600, 1, ..) also: two
+              # several unit blocks (B 4H H >= 2^21), split over 2 threads; (600, 1, ..) also: two
               # backward chunks (512 rows, then 88); (5, 600, ..): two steps per chunk,
               # 1200 rows in five K blocks; (5, 300, 4, 130): the same beside unit
               # blocks (whose steps read dz_{t+1} across all blocks while writing dz_t);
               # (300, 4, 5, 130): backward chunks of 128 steps beside unit blocks.
-              gemm_shapes=[(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 130), (600, 1, 3, 20),
-                           (5, 600, 4, 10), (5, 300, 4, 130), (300, 4, 5, 130),
+              gemm_shapes=[(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 260), (600, 1, 3, 20),
+                           (5, 600, 4, 10), (5, 300, 4, 130), (300, 4, 5, 368),
                            (16, 1, 8, 64), (33, 1, 16, 33), (40, 1, 70, 3)])
 # batch 1 with a projection large enough (T I 4H >= 2^25) to run first, in
 # parallel, on 2 threads, and inside the steps on 1
@@ -392,21 +393,21 @@ GRU = Recurrent("gru", 3, ("h0",), _gru_init,
                   (4, 16, 8, 70),     # large enough to split a step in unit blocks
                   (3, 9, 5, 131),     # odd H, ragged last block
                   (2, 3, 4, 7),       # few rows (T < 4, T*B < 16): no W_hh^T in the backward at B > 1
-                  (1, 1, 5, 300),     # a single step: one block where more steps would split
+                  (1, 1, 5, 840),     # a single step: one block where more steps would split
                   (6, 5, 4, 9), (5, 12, 6, 130),
               ],
               # the last two: few rows, one block, no W_hh^T; (20, 64, 256, 80): large
               # enough for the GEMMs outside the time loop to go parallel
-              thread_shapes=[(20, 16, 8, 70), (3, 40, 300, 130), (4, 1, 4, 300),
-                             (20, 64, 256, 80), (1, 1, 4, 300), (3, 5, 8, 70),
+              thread_shapes=[(20, 16, 8, 70), (3, 40, 300, 130), (4, 1, 4, 840),
+                             (20, 64, 256, 80), (1, 1, 4, 840), (3, 5, 8, 70),
                              # blocks of batch rows (B >= 16), uneven (17), and two
                              # backward chunks (40 x 32 rows)
                              (9, 17, 5, 40), (40, 32, 6, 33)],
               # (9, 1, ..): batch 1 (_vecmat vs the packed M = 1 kernel); (20, 8, 16,
-              # 130): several unit blocks, split over 2 threads; (1100, 1, ..): several
+              # 300): several unit blocks, split over 2 threads; (1100, 1, ..): several
               # backward chunks; (12, 17, ..), (40, 32, ..): blocks of batch rows, the
               # second over two backward chunks and (without a cache) three forward ones
-              gemm_shapes=[(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 130), (1100, 1, 3, 20),
+              gemm_shapes=[(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 300), (1100, 1, 3, 20),
                            (12, 17, 6, 40), (40, 32, 5, 20)])
 
 RECURRENT = [RNN_TANH, RNN_RELU, LSTM, GRU]

@@ -150,8 +150,8 @@ def test_threads_bitwise_batch_rows(mode, dtype, B):
 
 @pytest.mark.parametrize("mode", ["blas", "packed"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape,length", [((6, 1, 10, 256), 4), ((30, 1, 5, 320), None),
-                                          ((5, 2, 7, 200), 0), ((4, 9, 5, 130), 3)])
+@pytest.mark.parametrize("shape,length", [((6, 1, 10, 768), 4), ((12, 1, 5, 736), None),
+                                          ((5, 2, 7, 520), 0), ((4, 9, 5, 256), 3)])
 def test_threads_bitwise_unit_blocks(mode, dtype, shape, length):
     """With few rows and a big step (B 4H H >= PAR_MIN_STEP) each step splits by
     blocks of hidden units (the weights regrouped by block), the threads meeting

@@ -45,10 +45,11 @@ cdef enum:
     # Blocks of the time loop: at least MIN_ROWS batch rows a row block; unit blocks
     # at least MIN_COL units wide, and only for a step whose recurrent product
     # B*G*H*H (G gates) reaches PAR_MIN_STEP multiply-adds, because every step then
-    # ends at a barrier that waits for the slowest thread.
+    # ends at a barrier that waits for the slowest thread (and wakes a sleeping one):
+    # a step must be tens of microseconds of work to pay for it.
     MIN_ROWS = 8
     MIN_COL = 32
-    PAR_MIN_STEP = 1 << 18
+    PAR_MIN_STEP = 1 << 21
     # Blocks of the GEMMs outside the time loop: large, because each GEMM call packs
     # its shared operand again.
     ROW_BLOCK = 1024
