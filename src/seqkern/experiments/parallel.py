@@ -32,11 +32,11 @@ BATCHES = (1, 32)
 EFFICIENT = 0.75
 
 # T of the thread study: long enough that one attention call at batch 1 is not
-# over in a fraction of a millisecond, where waking a second thread is most of
-# what is measured (at T = 256 it took 0.24 ms).
+# over in a millisecond or less, where waking a second thread is most of what is
+# measured (2 threads gained nothing at T = 256, 0.24 ms, nor at T = 512).
 SIZES = {
     "tiny": {"width": 32, "heads": 2, "T": 16, "lengths": [8, 16], "budget_s": 0},
-    "quick": {"width": 256, "heads": 4, "T": 512, "lengths": [32, 128, 512], "budget_s": 0.25},
+    "quick": {"width": 256, "heads": 4, "T": 1024, "lengths": [32, 128, 512], "budget_s": 0.25},
     "full": {"width": 256, "heads": 4, "T": 1024, "lengths": [32, 64, 128, 256, 512, 1024],
              "budget_s": 0.6},
 }
