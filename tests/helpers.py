@@ -369,6 +369,9 @@ LSTM = Recurrent("lstm", 4, ("h0", "c0"), _lstm_init,
                   # batch 1 with a projection large enough (T I 4H >= 2^25) to run
                   # first, in parallel, on 2 threads, and inside the steps on 1
                   (300, 1, 512, 64), (2100, 1, 512, 64),
+                  # ... with a last block of one row in blocks of ROW_BLOCK (1024, 1024,
+                  # 1), whose one-row product rounds unlike the steps' side product
+                  (2049, 1, 512, 64),
               ],
               # (9, 1, ..), (600, 1, ..), (16, 1, ..), (33, 1, ..), (40, 1, ..): batch 1,
               # whose packed forward projects the next 16 steps inside each step's

@@ -277,7 +277,10 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef int U = _units(T, B, H, n_parts)
     cdef int n_units = n_blocks(H, U)
     cdef int n_rb = row_blocks(B, n_parts)
-    cdef int n_rows = n_blocks(TB, ROW_BLOCK)
+    # blocks of the projection: at least ROW_BLOCK rows (the last may be longer),
+    # never one row, which pk_gemm sums on its one-row kernel in another order than
+    # the steps' side product does at batch 1 (see _forward_one_row)
+    cdef int n_rows = <int>max(<Py_ssize_t>1, TB // ROW_BLOCK)
     cdef int i, blk, rb
     cdef Py_ssize_t t
     cdef int nt = n_threads
@@ -320,8 +323,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                 for i in prange(n_rows, num_threads=nt_proj, schedule='static',
                                 use_threads_if=nt_proj > 1):
                     project_rows(xp, Wih, Xpk, <const floating*>NULL, zp,
-                                 <Py_ssize_t>i * ROW_BLOCK,
-                                 min(<Py_ssize_t>(i + 1) * ROW_BLOCK, TB), I, G)
+                                 <Py_ssize_t>i * TB // n_rows, <Py_ssize_t>(i + 1) * TB // n_rows,
+                                 I, G)
 
             # 2. The recurrence: each block of rows through all steps, or each step
             # over its unit blocks.

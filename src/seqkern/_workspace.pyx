@@ -55,8 +55,8 @@ cdef extern from "_sync.h" nogil:
     void sk_unlock(int* l)
 
 cdef enum:
-    ALIGN = 64          # a cache line: two threads writing alternate runs of a
-                        # row never share one at the seams (see _lstm.splits_steps)
+    ALIGN = 64          # a cache line: blocks of rows that different threads write
+                        # (the kernels' unit blocks are whole lines) share none
     MAX_BLOCKS = 64     # per list: a step of a 3-layer LSTM frees ~45 arrays of >= MIN_BYTES
     HEADER = ALIGN      # before a scratch block: its size (and the alignment)
     KEPT_MIN = 1 << 16  # blocks of fewer bytes are not kept (arrays: NumPy's own)
