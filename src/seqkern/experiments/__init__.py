@@ -1,4 +1,4 @@
-"""The seed text's claims about sequence models, measured on this machine.
+"""The seed text's claims about sequence models, measured on the machine that runs them.
 
 ``python -m seqkern.experiments NAME [--quick]``; one module per claim, each
 with its table, JSON, figure and a verdict computed from its numbers
