@@ -35,9 +35,8 @@
 #
 # Threads (see _step.pxd): the steps split by blocks of batch rows (a thread runs
 # its rows through every step of a chunk), or for few rows by blocks of units
-# within each step (one parallel region over the chunk's steps, the barrier at the
-# end of each step's loop between steps) where a step is big, else run on one
-# thread. Blocks depend only on the problem size and n_parts, so the results are
+# within each step (one parallel region over the chunk's steps, a barrier after
+# each step) where a step is big, else run on one thread as one block of rows. Blocks depend only on the problem size and n_parts, so the results are
 # bitwise identical for every thread count.
 #
 # The products with the weights: OpenBLAS's GEMM (with _vecmat for the per-step
@@ -58,7 +57,7 @@ from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_gemm, pk_gemm_dir, pk_pack_nn, pk_pack_nt, pk_size
 from seqkern._workspace cimport scratch_alloc, scratch_free
 from seqkern._step cimport (PACK_MIN_ROWS, final_states, group_gates, loop_threads, n_blocks,
-                            packs, project_rows, row_blocks, row_start, run_blocks,
+                            packs, project_rows, row_blocks, row_start, run_blocks, step_barrier,
                             ungroup_gates, unit_block)
 
 cdef extern from "_gru_cell.h" nogil:
@@ -243,8 +242,9 @@ cdef void _forward_block(int B, int H, const floating* h_prev, const floating* W
 
 
 cdef void _forward_rows(int b0, int b1, int B, int H, Py_ssize_t t0, Py_ssize_t t1,
-                        const floating* h0, const floating* W_hh, const floating* W_pk,
-                        const floating* b_hn, floating* gh, floating* gates, floating* hn,
+                        const floating* h0, const floating* W_hh, const floating* W_hh_T,
+                        const floating* W_pk, const floating* b_hn, floating* gh,
+                        floating* gates, floating* hn,
                         Py_ssize_t hstep, floating* out, const int64_t* lengths) noexcept nogil:
     """Steps [t0, t1) for batch rows [b0, b1) (their own sequences): _forward_block
     on those rows and all H units. gates (t1 - t0, B, G) for the chunk's steps, hn
@@ -255,7 +255,7 @@ cdef void _forward_rows(int b0, int b1, int B, int H, Py_ssize_t t0, Py_ssize_t 
     cdef const floating* h_prev
     for t in range(t0, t1):
         h_prev = (h0 + r0) if t == 0 else out + (t - 1) * step + r0
-        _forward_block(b1 - b0, H, h_prev, W_hh, NULL, W_pk, b_hn, gh + g0,
+        _forward_block(b1 - b0, H, h_prev, W_hh, W_hh_T, W_pk, b_hn, gh + g0,
                        gates + (t - t0) * B * G + g0, hn + t * hstep + r0, out + t * step + r0,
                        NULL if lengths == NULL else lengths + b0, t, 0, H)
 
@@ -351,14 +351,14 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 
                 # 2. The recurrence: one GEMM and one fused pass per step, each block
                 # of rows through the chunk's steps, or each step over unit blocks.
-                if n_rb > 1:
+                if n_rb > 1 or n_cols == 1:
                     for r in prange(n_run, num_threads=nt_rows, schedule='static',
                                     use_threads_if=nt_rows > 1):
                         _forward_rows(row_start(r, B, n_run), row_start(r + 1, B, n_run), B, H,
-                                      t0, t1, h0p, Whh, Wpk, bhn, ghp, gp, hnp, hstep, outp,
-                                      lens)
+                                      t0, t1, h0p, Whh, WhhT, Wpk, bhn, ghp, gp, hnp, hstep,
+                                      outp, lens)
                 else:
-                    with parallel(num_threads=nt, use_threads_if=nt > 1 and n_cols > 1):
+                    with parallel(num_threads=nt, use_threads_if=nt > 1):
                         for t in range(t0, t1):
                             h_prev = h0p if t == 0 else outp + (t - 1) * step
                             for blk in prange(n_cols, schedule='static'):
@@ -366,6 +366,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                                                gp + (t - t0) * gstep, hnp + t * hstep,
                                                outp + t * step, lens, t,
                                                blk * U, min((blk + 1) * U, H))
+                            step_barrier()
                 t0 = t1
 
             # 3. The final state of each sequence.
@@ -618,7 +619,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                 t0 = (t1 - 1) // Tc * Tc
                 # 1. Through the chunk's steps, t = t1-1 .. t0 (and t = -1 after
                 # step 0: dh0 = carry + dgh_0 @ W_hh), by blocks of rows or of units.
-                if n_rb > 1:
+                if n_rb > 1 or n_cols == 1:
                     for r in prange(n_run, num_threads=nt_rows, schedule='static',
                                     use_threads_if=nt_rows > 1):
                         _backward_rows(row_start(r, B, n_run), row_start(r + 1, B, n_run), B, H,
@@ -626,7 +627,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                                        gp, hnp, h0p, outp, lens)
                 else:
                     t_end = -1 if t0 == 0 else t0
-                    with parallel(num_threads=nt, use_threads_if=nt > 1 and n_cols > 1):
+                    with parallel(num_threads=nt, use_threads_if=nt > 1):
                         for t in range(t1 - 1, t_end - 1, -1):
                             dgh_next = NULL if t == T - 1 else dghp + ((t + 1) % Tc) * gstep
                             do_t = NULL if (dop == NULL or t < 0) else dop + t * step
@@ -638,6 +639,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                                                 gp + (t if t >= 0 else 0) * gstep,
                                                 hnp + (t if t >= 0 else 0) * step, h_prev,
                                                 lens, t, blk * U, min((blk + 1) * U, H))
+                            step_barrier()
 
                 # 2. The chunk's weight, bias and input gradients: GEMMs over its rows.
                 # Previous states of the chunk's rows: out[t0-1 : t1-1], or for the

@@ -49,9 +49,9 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
-from seqkern._step cimport (ROW_BLOCK, final_states, group_gates, interleaves,
-                            loop_threads, n_blocks, packs, project_rows, row_blocks, row_start,
-                            run_blocks, unit_block)
+from seqkern._step cimport (ROW_BLOCK, final_states, group_gates, interleaves, loop_threads,
+                            n_blocks, packs, project_rows, row_blocks, row_start, run_blocks,
+                            step_barrier, unit_block)
 from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, SK_PK_VBYTES, pk_alloc_nt, pk_gemm,
                                    pk_gemm_dir, pk_gemv_side, pk_pack_nn, pk_pack_side,
                                    pk_size)
@@ -346,6 +346,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                             _forward_block(B, H, U, blk, t, h_prev, c_prev, Whh, Wpk, bp,
                                            zp + t * zstep, csp + t * step, outp + t * step,
                                            lens)
+                        step_barrier()
 
             # 3. The final state of each sequence.
             final_states(B, H, T, lens, h0p, outp, &h_n[0, 0])
@@ -787,6 +788,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                                 _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, kh, kslot,
                                                 carry_h, carry_c, dzp + (t % Tc) * zstep, do_t,
                                                 zp + t * zstep, csp + t * step, c_prev, lens)
+                            step_barrier()
 
                 # 2. The chunk's weight, bias and input gradients.
                 n_jobs = n_w + (1 if one_row else n_blocks(R, DX_BLOCK) * n_xc)

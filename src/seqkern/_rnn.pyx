@@ -34,8 +34,8 @@ from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_gemm_dir
 from seqkern._workspace cimport scratch_alloc, scratch_free
 from seqkern._activations cimport tanh_
-from seqkern._step cimport (ROW_BLOCK, W_BLOCK, final_states, loop_threads, n_blocks,
-                            packs, project_rows, row_blocks, row_start, run_blocks,
+from seqkern._step cimport (ROW_BLOCK, W_BLOCK, final_states, loop_threads, n_blocks, packs,
+                            project_rows, row_blocks, row_start, run_blocks, step_barrier,
                             unit_block)
 
 # The products with the weights (see _step.pxd): packed on _packed_gemm.h are the
@@ -146,7 +146,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 
             # 2. The recurrence: one GEMM and one fused element-wise pass per step,
             # each block of rows through all steps, or each step over column blocks.
-            if n_rb > 1:
+            if n_rb > 1 or n_cols == 1:
                 n_run = run_blocks(n_rb, nt_rows, packed)
                 for rb in prange(n_run, num_threads=nt_rows, schedule='static',
                                  use_threads_if=nt_rows > 1):
@@ -154,12 +154,13 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                                   Whh, Wpk,
                                   outp, lens, relu)
             else:
-                with parallel(num_threads=nt, use_threads_if=nt > 1 and n_cols > 1):
+                with parallel(num_threads=nt, use_threads_if=nt > 1):
                     for t in range(T):
                         h_prev = h0p if t == 0 else outp + (t - 1) * step
                         for blk in prange(n_cols, schedule='static'):
                             _forward_cols(B, H, h_prev, Whh, Wpk, outp + t * step, lens, t,
                                           relu, blk * width, min((blk + 1) * width, H))
+                        step_barrier()
 
             # 3. The final state of each sequence.
             final_states(B, H, T, lens, h0p, outp, &h_n[0, 0])
@@ -355,7 +356,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
         do_t = NULL
         with nogil:
             # 1. Through time: t = T-1 .. 0, then t = -1 finishes dh0 = carry.
-            if n_rb > 1:
+            if n_rb > 1 or n_cols == 1:
                 n_run = run_blocks(n_rb, nt_rows, packed)
                 for rb in prange(n_run, num_threads=nt_rows, schedule='static',
                                  use_threads_if=nt_rows > 1):
@@ -363,7 +364,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                                    Whh, Wpk,
                                    carry, dzp, dop, outp, lens, relu)
             else:
-                with parallel(num_threads=nt, use_threads_if=nt > 1 and n_cols > 1):
+                with parallel(num_threads=nt, use_threads_if=nt > 1):
                     for t in range(T - 1, -2, -1):
                         dz_next = NULL if t == T - 1 else dzp + (t + 1) * step
                         do_t = NULL if (dop == NULL or t < 0) else dop + t * step
@@ -371,6 +372,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                             _backward_cols(B, H, dz_next, Whh, Wpk, carry, dzp + t * step,
                                            do_t, outp + t * step, lens, t, relu,
                                            blk * width, min((blk + 1) * width, H))
+                        step_barrier()
 
             # 2. Weight, bias and input gradients: large GEMMs over all T*B rows.
             for blk in prange(2 * n_w + n_x, num_threads=nt_grads, schedule='dynamic',

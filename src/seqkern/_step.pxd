@@ -15,7 +15,9 @@
 # sequence, so a thread runs its rows through every step and the threads meet once),
 # or, with too few rows, by blocks of hidden units within each step (unit_block:
 # a barrier per step, so only for steps of PAR_MIN_STEP multiply-adds or more), or
-# runs on one thread. The big GEMMs outside the time loop are cut in ROW_BLOCK rows
+# runs on one thread. A time loop of one block of units runs as the row split's
+# code, one call through all its steps: an OpenMP region entered per step, even
+# of one thread, costs more than a batch-1 step of a small layer. The big GEMMs outside the time loop are cut in ROW_BLOCK rows
 # (of T*B) or W_BLOCK rows of a weight gradient, and run on loop_threads threads.
 
 from cython cimport floating
@@ -28,6 +30,11 @@ from seqkern._packed_gemm cimport pk_gemm
 cdef extern from "_simd.h" nogil:
     enum: SK_WIDE
     enum: SK_PACK_AUTO
+
+cdef extern from "_sync.h" nogil:
+    # after each step of a loop over unit blocks (a prange inside `with parallel`):
+    # see _sync.h
+    void step_barrier "sk_team_barrier"()
 
 cdef enum:
     STEP_AUTO = 0      # the kernel's measured rule (packs(): by the ISA and the rows served)

@@ -78,6 +78,18 @@ static inline void sk_flag_wait(sk_flag *f, long long v)
     sk_flag_wait_for(f, v, LLONG_MAX);
 }
 
+/* A barrier for the threads of the innermost enclosing OpenMP parallel region (a
+ * no-op without OpenMP, or on a team of one). The kernels' loops over the unit
+ * blocks of a step need it after each step: Cython writes a prange as `omp for
+ * nowait`, so nothing else keeps a thread from starting step t + 1, which reads
+ * all of step t, while another thread still writes its blocks of step t. */
+static inline void sk_team_barrier(void)
+{
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
 /* Take the lock *l (0: free, 1: taken), spinning until it is free. */
 static inline void sk_lock(int *l)
 {
