@@ -333,8 +333,10 @@ def test_layer_runners_agree(kernel, shape):
             got[impl] = [np.asarray(fn() if impl != "torch" else fn().detach().numpy())
                          for _ in range(calls)]
         want = got.pop("seqkern")
-        assert want[0].shape == ((shape[1], shape[0], 2 * shape[3]) if kernel in ("nn.LSTM", "nn.GRU")
-                                 and direction == "fwd" else want[0].shape)
+        B, T = shape[:2]
+        expected_shape = {"nn.LM-step": (), "nn.MHA": (T, B, shape[2])}.get(
+            kernel, (T, B, 2 * shape[3]) if direction == "fwd" else (T, B, shape[2]))
+        assert want[0].shape == expected_shape        # out, dx or the loss
         for impl, values in got.items():
             for g, w in zip(values, want):
                 np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11, err_msg=impl)
