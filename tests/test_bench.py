@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from seqkern.bench import __main__ as cli
-from seqkern.bench import runner
+from seqkern.bench import cases, runner
 from seqkern.bench.cases import (ATTENTION_STEP_SHAPES, STEP_SHAPES, Case, grid, make_runner,
                                  steps, torch_available)
 
@@ -251,3 +251,147 @@ def test_sweep_cases_and_plots(tmp_path):
     for p in paths:
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# --- suite "layers" (--layers): seqkern.nn against PyTorch's modules ---------------------
+
+def _gemm_flops(products):
+    """2 m k n for each (m, k, n) product."""
+    return sum(2.0 * m * k * n for m, k, n in products)
+
+
+def test_layer_flop_counts():
+    """Each layer case's FLOP count against its matrix products listed one by one."""
+    B, T, I, H = 2, 3, 5, 7
+    for kernel, G in (("nn.LSTM", 4), ("nn.GRU", 3)):
+        products = []
+        for layer_in in (I, 2 * H):             # layer 0 reads x, layer 1 both directions
+            for _direction in range(2):
+                products.append((B * T, layer_in, G * H))                # x_l W_ih^T
+                products += [(B, H, G * H)] * T                          # h_{t-1} W_hh^T
+        fwd = _gemm_flops(products)
+        assert Case(kernel, (B, T, I, H), "fwd", suite="layers").flops() == fwd
+        assert Case(kernel, (B, T, I, H), "fwd+bwd", suite="layers").flops() == 3 * fwd
+    B, T, E, heads = 2, 3, 8, 2
+    d = E // heads
+    proj = [(B * T, E, E)] * 4                                           # q, k, v, out
+    att = [(T, d, T), (T, T, d)] * (B * heads)                           # q k^T, p v per head
+    mha = Case("nn.MHA", (B, T, E, heads), "fwd", suite="layers")
+    assert mha.flops() == _gemm_flops(proj + att)
+    assert Case("nn.MHA", (B, T, E, heads), "fwd+bwd", suite="layers").flops() == \
+        3 * _gemm_flops(proj) + 3.5 * _gemm_flops(att)
+    B, T, V, H = 2, 3, 5, 7
+    lm = [(B * T, H, 4 * H), (B * T, H, 4 * H)] + [(B, H, 4 * H)] * (2 * T) + [(B * T, H, V)]
+    assert Case("nn.LM-step", (B, T, V, H), "fwd+bwd", suite="layers").flops() == \
+        3 * _gemm_flops(lm)
+    assert mha.tokens() == 6 and mha.seq_len() == 3 and mha.legend == "B,T,E,heads"
+
+
+def test_layer_cases():
+    from seqkern.bench.cases import (LAYER_KERNELS, LM_SHAPES, MHA_SHAPES, QUICK_LAYERS,
+                                     STACK_SHAPES, applies, layers)
+
+    cases = layers()
+    assert {c.kernel for c in cases} == set(LAYER_KERNELS)
+    assert all(c.suite == "layers" and c.dtype == "float32" for c in cases)
+    assert len(cases) == 2 * len(STACK_SHAPES) * 2 + len(MHA_SHAPES) * 2 + len(LM_SHAPES)
+    assert {(c.shape, c.direction) for c in cases if c.kernel == "nn.LM-step"} == \
+        {(s, "fwd+bwd") for s in LM_SHAPES}
+    quick = layers(quick=True)
+    assert len(quick) == sum(map(len, QUICK_LAYERS.values())) and set(quick) <= set(cases)
+    assert {c.kernel for c in layers(kernels=["lstm"])} == {"nn.LSTM", "nn.LM-step"}
+    assert {c.kernel for c in layers(kernels=["attention"])} == {"nn.MHA"}
+    assert layers(kernels=["rnn"]) == []
+    mha = [c for c in cases if c.kernel == "nn.MHA"][0]
+    lstm = [c for c in cases if c.kernel == "nn.LSTM"][0]
+    assert not applies(lstm, "reference") and not applies(mha, "reference")
+    assert applies(lstm, "seqkern-loop") and not applies(mha, "seqkern-loop")
+    assert applies(lstm, "seqkern-packed") and not applies(mha, "seqkern-blas")
+    assert not applies(Case("rnn", (1, 2, 3, 4)), "seqkern-loop")
+    with pytest.raises(ValueError, match="does not run"):
+        make_runner(mha, "seqkern-loop")
+
+
+@pytest.mark.parametrize("kernel,shape", [("nn.LSTM", (2, 9, 3, 4)), ("nn.GRU", (2, 9, 3, 4)),
+                                          ("nn.MHA", (2, 5, 8, 2)),
+                                          ("nn.LM-step", (3, 9, 6, 4))])
+def test_layer_runners_agree(kernel, shape):
+    """Every implementation of a layer case computes the same thing: seqkern, the
+    plain loop and (where installed) PyTorch's modules loaded with seqkern's
+    weights; for the LM step, the losses of two steps in a row (the second after
+    clipping and Adam)."""
+    impls = ["seqkern", "seqkern-loop", "seqkern-packed"] + (["torch"] if torch_available() else [])
+    directions = ("fwd+bwd",) if kernel == "nn.LM-step" else ("fwd", "fwd+bwd")
+    for direction in directions:
+        case = Case(kernel, shape, direction, "float64", suite="layers")
+        got = {}
+        for impl in impls:
+            if not cases.applies(case, impl):
+                continue
+            fn = make_runner(case, impl)
+            calls = 2 if kernel == "nn.LM-step" else 1
+            got[impl] = [np.asarray(fn() if impl != "torch" else fn().detach().numpy())
+                         for _ in range(calls)]
+        want = got.pop("seqkern")
+        B, T = shape[:2]
+        expected_shape = {"nn.LM-step": (), "nn.MHA": (T, B, shape[2])}.get(
+            kernel, (T, B, 2 * shape[3]) if direction == "fwd" else (T, B, shape[2]))
+        assert want[0].shape == expected_shape        # out, dx or the loss
+        for impl, values in got.items():
+            for g, w in zip(values, want):
+                np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11, err_msg=impl)
+
+
+def _tiny_layers(monkeypatch):
+    """Tiny layer cases, timed in short samples, against a stand-in GEMM peak."""
+    monkeypatch.setattr(cases, "STACK_SHAPES", [(2, 9, 3, 4)])
+    monkeypatch.setattr(cases, "MHA_SHAPES", [(2, 5, 8, 2)])
+    monkeypatch.setattr(cases, "LM_SHAPES", [(3, 9, 6, 4)])
+    monkeypatch.setattr(runner, "SAMPLE_S", 0.002)
+    monkeypatch.setattr(runner, "PAUSE_S", 0.005)
+    monkeypatch.setattr(runner, "gemm_peak", lambda n_threads, dtype: 100.0 * n_threads)
+
+
+@pytest.mark.parametrize("with_torch", [False, True])
+def test_layers_cli(tmp_path, monkeypatch, capsys, with_torch):
+    """--layers --no-grid: every layer case at 1 and 2 threads, with "-" and None
+    for the implementations that do not apply; without PyTorch, no torch rows."""
+    if with_torch and not torch_available():
+        pytest.skip("PyTorch is not installed")
+    _tiny_layers(monkeypatch)
+    if not with_torch:
+        monkeypatch.setattr(cases, "torch_available", lambda: False)
+        monkeypatch.setattr(runner, "torch_available", lambda: False)
+    path = tmp_path / "layers.json"
+    rc = cli.main(["--layers", "--no-grid", "--threads", "1,2", "--budget", "0",
+                   "--json", str(path)])
+    assert rc == 0
+    doc = json.loads(path.read_text())
+    results = doc["results"]
+    impls = ["seqkern", "seqkern-loop"] + (["torch"] if with_torch else [])
+    assert {r["case"] for r in results} == {c.name for c in cases.layers()}
+    assert len(results) == len(cases.layers()) * 2 * len(impls)
+    for r in results:
+        ran = cases.applies(cases.Case(r["kernel"], tuple(r["shape"]), r["direction"],
+                                       r["dtype"], suite="layers"), r["impl"])
+        assert ran == (r["impl"] != "seqkern-loop" or r["kernel"] != "nn.MHA")
+        if not ran:
+            assert r["median_s"] is None and r["gflops"] is None and r.get("skipped")
+            continue
+        assert r["median_s"] > 0 and r["gflops"] > 0 and r["parallel_efficiency"] > 0
+        assert (r["speedup_vs_torch"] is not None) == with_torch
+        assert r["speedup_vs_reference"] is None
+        assert (r["speedup_vs_loop"] is not None) == (r["kernel"] != "nn.MHA")
+    printed = capsys.readouterr().out
+    assert "Layers (seqkern.nn)" in printed
+    skipped = [line for line in printed.splitlines() if "seqkern-loop" in line and "nn.MHA" in line]
+    # (case: kernel, shape, direction, dtype; impl; threads; median ms)
+    assert len(skipped) == 2 * 2 and all(line.split()[6] == "-" for line in skipped)
+    assert all(ratio == pytest.approx(1) for _, ratio in runner.compare(str(path), results))
+
+    # an implementation without the layers (the reference): a row of "-" per case
+    rc = cli.main(["--layers", "--no-grid", "--kernels", "attention", "--threads", "1",
+                   "--budget", "0", "--impls", "seqkern,reference"])
+    assert rc == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if " reference " in line]
+    assert len(lines) == 2 and all(line.split()[6] == "-" for line in lines)

@@ -130,6 +130,7 @@ CONFIGS = [
     dict(num_layers=2, bidirectional=True, lengths=[5, 0, 3]),
     dict(num_layers=3, bidirectional=False, lengths=[2, 5, 1]),       # wavefront, 2 chunks
     dict(num_layers=2, bidirectional=False, lengths=[13, 0, 6], T=13),  # wavefront, 4 chunks
+    dict(num_layers=2, bidirectional=False, lengths=None, T=13, B=16),  # batch 16: layer by layer
 ]
 
 
@@ -142,7 +143,8 @@ def test_stack_matches_reference_composition(kind, dtype, config, rng):
     D = 2 if bi else 1
     extra = dict(nonlinearity="relu") if kind == "RNN" else {}
     m = make(kind, dtype, input_size=3, hidden_size=4, num_layers=L, bidirectional=bi, **extra)
-    x, hx, d_out, d_finals = random_case(kind, dtype, rng, T=config.get("T", 5), num_layers=L, D=D)
+    x, hx, d_out, d_finals = random_case(kind, dtype, rng, T=config.get("T", 5),
+                                         B=config.get("B", 3), num_layers=L, D=D)
     out, finals, dx, d_hx = run_layer(m, x, hx, lengths, d_out, d_finals)
     e_out, e_finals, e_dx, e_dhx, e_grads = reference_stack(
         kind, m.params, x, hx, lengths, L, D, [None] * (L + 1), d_out, d_finals,
@@ -158,6 +160,20 @@ def test_stack_matches_reference_composition(kind, dtype, config, rng):
     for k in m.params:
         check(m.grads[k], e_grads[k], k)
         assert m.grads[k].dtype == dtype
+
+
+def test_wavefront_below_a_batch_of_16(rng):
+    """A one-direction stack runs as a wavefront over chunks of steps for B < 16,
+    else layer after layer (whole sequences): by the batch, whatever the threads."""
+    from seqkern.nn import _rnn
+
+    m = nn.LSTM(3, 4, num_layers=2, dtype=np.float64, rng=rng)
+    for B, wavefront in ((_rnn.WAVEFRONT_BATCH - 1, True), (_rnn.WAVEFRONT_BATCH, False)):
+        x = rng.standard_normal((9, B, 3))
+        for n in (1, 2):
+            with seqkern.threads(n):
+                cache = m.forward(x)[2]
+            assert (cache.chunks is not None) == wavefront, (B, n)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -611,6 +627,45 @@ def test_embedding(rng):
         nn.Embedding(6, 3, padding_idx=6)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("padding_idx", [None, 3])
+def test_embedding_backward_sums_repeated_indices(dtype, padding_idx, rng):
+    """Repeated indices (every index several times, in any order), padding_idx and
+    a non-contiguous d_out against a dense one-hot product; two backwards add up."""
+    V, E = 7, 5
+    m = nn.Embedding(V, E, padding_idx=padding_idx, dtype=dtype, rng=rng)
+    idx = rng.integers(0, V, (4, 6, 3))
+    idx[0, 0, :] = 6                                       # one index many times
+    _, cache = m.forward(idx)
+    d = rng.standard_normal((4, 6, 3, 2 * E)).astype(dtype)[..., ::2]   # (4, 6, 3, E), strided
+    onehot = (idx.reshape(-1, 1) == np.arange(V)).astype(np.float64)    # (N, V)
+    if padding_idx is not None:
+        onehot[:, padding_idx] = 0
+    expected = onehot.T @ d.reshape(-1, E).astype(np.float64)          # (V, E)
+    m.backward(d, cache)
+    assert m.grads["weight"].dtype == dtype
+    assert_close(m.grads["weight"], expected, dtype, "weight")
+    m.backward(d, cache)
+    assert_close(m.grads["weight"], 2 * expected, dtype, "weight, twice")
+    if padding_idx is not None:
+        assert not m.grads["weight"][padding_idx].any()
+    # nothing to add: no indices, or padding only
+    m.zero_grad()
+    nothing = [np.zeros((0, 2), int)] + ([] if padding_idx is None else [np.full((2, 2), 3)])
+    for none in nothing:
+        assert m.backward(np.ones(none.shape + (E,), dtype), m.forward(none)[1]) is None
+    assert not m.grads["weight"].any()
+
+
+def test_embedding_backward_propagates_nan(rng):
+    m = nn.Embedding(4, 2, dtype=np.float64, rng=rng)
+    _, cache = m.forward(np.array([1, 2, 1]))
+    m.backward(np.array([[np.nan, 1.0], [2.0, 3.0], [1.0, np.inf]]), cache)
+    g = m.grads["weight"]
+    assert np.isnan(g[1, 0]) and g[1, 1] == np.inf and list(g[2]) == [2.0, 3.0]
+    assert not g[[0, 3]].any()
+
+
 def _log_softmax(z):
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -684,6 +739,19 @@ def test_clip_grad_norm(norm_type, rng):
     np.testing.assert_allclose(np.linalg.norm(np.concatenate(
         [g.ravel().astype(np.float64) for g in grads.values()]), norm_type), total / 4,
         rtol=1e-5)
+
+
+def test_clip_grad_norm_in_pieces(monkeypatch, rng):
+    """The 2-norm summed piece by piece (pieces of 7 elements: several per array, a
+    short last one) and over a non-contiguous array (one piece) is the norm of all
+    the elements."""
+    from seqkern.nn import _basic
+
+    monkeypatch.setattr(_basic, "PIECE", 7)
+    grads = [rng.standard_normal((5, 4)).astype(np.float32), rng.standard_normal((6, 3)).T,
+             rng.standard_normal(3)]
+    flat = np.concatenate([g.ravel().astype(np.float64) for g in grads])
+    assert nn.clip_grad_norm_(grads, 1e9) == pytest.approx(np.linalg.norm(flat), rel=1e-12)
 
 
 def test_clip_grad_norm_nonfinite_and_value():

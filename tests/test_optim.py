@@ -77,6 +77,29 @@ def test_adam_rule(cls, amsgrad, dtype, rng):
         np.testing.assert_allclose(p[k], expected[k], err_msg=k, **tol)
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(weight_decay=0.1, amsgrad=True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_in_pieces_equals_whole_arrays(kw, dtype, monkeypatch, rng):
+    """The update done piece by piece (pieces of 5 elements: several per array and
+    a short last one) gives the bits of one piece per array, and a non-contiguous
+    parameter (updated whole, in place) the same values."""
+    from seqkern.nn import _basic
+
+    p, grads = params_and_grads(rng, dtype)                # (3, 4) and (4,)
+    whole = {k: v.copy() for k, v in p.items()}
+    strided = {"w": np.asfortranarray(p["w"]), "b": p["b"][::-1].copy()[::-1]}
+    assert not any(v.flags.c_contiguous for v in strided.values())
+    seq = gradient_sequence(rng, p, 3)
+    run(optim.Adam(whole, grads, lr=0.01, **kw), grads, seq)   # one piece per array
+    monkeypatch.setattr(_basic, "PIECE", 5)
+    run(optim.Adam(p, grads, lr=0.01, **kw), grads, seq)
+    g_strided = {k: np.zeros_like(v) for k, v in strided.items()}
+    run(optim.Adam(strided, g_strided, lr=0.01, **kw), g_strided, seq)
+    for k in p:
+        np.testing.assert_array_equal(p[k], whole[k], err_msg=k)
+        np.testing.assert_array_equal(strided[k], whole[k], err_msg=k)
+
+
 def test_defaults_and_errors(rng):
     p, g = params_and_grads(rng)
     assert optim.AdamW(p, g).weight_decay == 0.01 and optim.Adam(p, g).weight_decay == 0

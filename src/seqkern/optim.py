@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from seqkern.nn._basic import arrays_of
+from seqkern.nn._basic import PIECE, arrays_of, pieces
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -109,6 +109,7 @@ class Adam(Optimizer):
         self.eps = _positive("eps", eps)
         self.weight_decay = _positive("weight_decay", weight_decay)
         self.amsgrad = bool(amsgrad)
+        self._pieces = {}                # dtype -> (2, PIECE) scratch of the updates
 
     def _update(self, p, g, s, f):
         b1, b2 = self.betas
@@ -120,22 +121,44 @@ class Adam(Optimizer):
                 s["max_exp_avg_sq"] = np.zeros_like(p)
         s["step"] += 1
         t = s["step"]
-        if self.weight_decay:
-            if self.decoupled:
-                p *= f(1 - self.lr * self.weight_decay)
-            else:
-                g = g + f(self.weight_decay) * p
-        m, v = s["exp_avg"], s["exp_avg_sq"]
-        m += f(1 - b1) * (g - m)                      # lerp, as PyTorch
-        v *= f(b2)
-        v += f(1 - b2) * g * g
-        if self.amsgrad:
-            np.maximum(s["max_exp_avg_sq"], v, out=s["max_exp_avg_sq"])
-            v = s["max_exp_avg_sq"]
-        step_size = self.lr / (1 - b1 ** t)
-        denom = np.sqrt(v) / f(math.sqrt(1 - b2 ** t))
-        denom += f(self.eps)
-        p -= f(step_size) * (m / denom)
+        if self.weight_decay and self.decoupled:
+            p *= f(1 - self.lr * self.weight_decay)
+        l2 = f(self.weight_decay) if self.weight_decay and not self.decoupled else None
+        step_size = f(self.lr / (1 - b1 ** t))
+        bias2 = f(math.sqrt(1 - b2 ** t))
+        state = [s["exp_avg"], s["exp_avg_sq"]] + ([s["max_exp_avg_sq"]] if self.amsgrad else [])
+        # Piece by piece (nn._basic.pieces), in place, through two scratch pieces:
+        # the temporaries of one piece stay in cache from one pass to the next.
+        for pp, gg, m, v, *vmax in pieces(p, g, *state):
+            tmp, tmp2 = self._scratch(pp)
+            if l2 is not None:                        # g + weight_decay p
+                np.multiply(pp, l2, out=tmp2)
+                gg = np.add(gg, tmp2, out=tmp2)
+            np.subtract(gg, m, out=tmp)               # m += (1 - b1) (g - m): lerp, as PyTorch
+            tmp *= f(1 - b1)
+            m += tmp
+            v *= f(b2)                                # v = b2 v + (1 - b2) g^2
+            np.multiply(gg, gg, out=tmp)
+            tmp *= f(1 - b2)
+            v += tmp
+            if vmax:
+                v = np.maximum(vmax[0], v, out=vmax[0])
+            np.sqrt(v, out=tmp)                       # denom = sqrt(v) / sqrt(1 - b2^t) + eps
+            tmp /= bias2
+            tmp += f(self.eps)
+            np.divide(m, tmp, out=tmp)                # p -= lr / (1 - b1^t) m / denom
+            tmp *= step_size
+            pp -= tmp
+
+    def _scratch(self, piece):
+        """Two arrays shaped like ``piece``: views of scratch kept by the optimiser
+        for pieces of PIECE elements or fewer, new arrays for a larger (whole) one."""
+        if piece.size > PIECE:
+            return np.empty_like(piece), np.empty_like(piece)
+        key = piece.dtype
+        if key not in self._pieces:
+            self._pieces[key] = np.empty((2, PIECE), piece.dtype)
+        return tuple(b[:piece.size].reshape(piece.shape) for b in self._pieces[key])
 
 
 class AdamW(Adam):

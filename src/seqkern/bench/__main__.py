@@ -4,7 +4,9 @@ Prints one row per case, thread count and implementation as it finishes:
 median time, tokens/s, GFLOP/s, the fraction of the GEMM peak measured in the
 same run at that thread count, the speed-up against the NumPy reference and
 PyTorch (when installed), and the parallel efficiency against the first thread
-count.
+count. With --layers, also seqkern.nn's layers against PyTorch's modules and
+against the same stacks run as a plain loop (seqkern-loop); "-" marks an
+implementation that does not apply to a case.
 """
 
 import argparse
@@ -14,7 +16,8 @@ import sys
 import time
 
 from seqkern.bench import runner
-from seqkern.bench.cases import IMPLS, PATH_IMPLS, RECURRENT, grid, steps, sweep
+from seqkern.bench.cases import (IMPLS, LAYER_IMPLS, LOOP_IMPL, PATH_IMPLS, RECURRENT, grid,
+                                 layers, steps, sweep)
 
 
 def _int_list(s):
@@ -51,10 +54,12 @@ def main(argv=None):
                    help="comma-separated subset of rnn,lstm,gru,attention")
     p.add_argument("--dtypes", type=_choices(("float32", "float64")), default=None,
                    help="float32 (default), float64, or both")
-    p.add_argument("--impls", type=_choices(IMPLS + PATH_IMPLS), default=list(IMPLS),
-                   help="implementations to time (torch only when installed); seqkern-blas "
-                        "and seqkern-packed force the recurrent kernels' products onto OpenBLAS "
-                        "or the packed GEMM, to compare with seqkern's own choice")
+    p.add_argument("--impls", type=_choices(IMPLS + PATH_IMPLS + (LOOP_IMPL,)), default=None,
+                   help="implementations to time (default: seqkern,reference,torch; for "
+                        "--layers seqkern,seqkern-loop,torch; torch only when installed); "
+                        "seqkern-blas and seqkern-packed force the recurrent kernels' products "
+                        "onto OpenBLAS or the packed GEMM, to compare with seqkern's own choice; "
+                        "seqkern-loop runs seqkern.nn's stacks as a plain loop (--layers only)")
     p.add_argument("--sweep", action="store_true",
                    help="also run the sequence-length study (LSTM vs attention, tokens/s and "
                         "latency against T, seqkern only)")
@@ -62,8 +67,13 @@ def main(argv=None):
                    help="also time single time steps of the recurrent kernels (rnn_step_forward "
                         "and the like against PyTorch's RNNCell, LSTMCell, GRUCell) and one "
                         "decoding step of attention (one query against a cache of keys)")
+    p.add_argument("--layers", action="store_true",
+                   help="also time seqkern.nn against PyTorch's modules: 2-layer bidirectional "
+                        "LSTM and GRU, MultiheadAttention, and a training step of an LSTM "
+                        "language model (embedding, LSTM, linear, cross-entropy, clipping, "
+                        "Adam); --kernels picks the layers built on those kernels")
     p.add_argument("--no-grid", action="store_true",
-                   help="skip the comparison grid (with --sweep or --steps)")
+                   help="skip the comparison grid (with --sweep, --steps or --layers)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of timed calls per implementation and case")
     p.add_argument("--json", metavar="PATH", help="write every measurement and the machine to PATH")
@@ -94,8 +104,11 @@ def main(argv=None):
     if args.steps:
         cases += steps(kernels=args.kernels, dtypes=dtypes)
     sweep_cases = sweep(quick=args.quick) if args.sweep else []
-    if not cases and not sweep_cases:
+    layer_cases = layers(quick=args.quick, kernels=args.kernels, dtypes=dtypes) \
+        if args.layers else []
+    if not cases and not sweep_cases and not layer_cases:
         p.error("no kernel selected is available in this build")
+    impls = args.impls or list(IMPLS)
     budget = args.budget if args.budget is not None else (0.05 if args.quick else 0.6)
 
     from seqkern._config import config
@@ -108,8 +121,16 @@ def main(argv=None):
     t0 = time.perf_counter()
     handoff = [runner.handoff()]
     with runner.busy_processes(args.busy):
-        results, peaks = (runner.run(cases, threads, impls=args.impls, budget_s=budget,
+        results, peaks = (runner.run(cases, threads, impls=impls, budget_s=budget,
                                      busy=args.busy) if cases else ([], {}))
+        if layer_cases:
+            print("\nLayers (seqkern.nn): against PyTorch's modules holding the same weights, "
+                  "and against the stacks run as a plain loop (seqkern-loop)")
+            more, more_peaks = runner.run(layer_cases, threads,
+                                          impls=args.impls or list(LAYER_IMPLS),
+                                          budget_s=budget, busy=args.busy)
+            results += more
+            peaks.update(more_peaks)
         if sweep_cases:
             print("\nSequence-length study (seqkern only): an RNN parallelises only across the "
                   "batch and hidden units, attention across positions too")

@@ -15,6 +15,13 @@ The step suite (:func:`steps`) times one time step of the recurrent kernels
 (``lstm_step_forward`` and the like against PyTorch's ``LSTMCell``, ``GRUCell``,
 ``RNNCell``) and one decoding step of attention (a query against a cache of keys):
 what a decoding loop written in Python calls once per token.
+
+The layer suite (:func:`layers`) times seqkern.nn against PyTorch's modules:
+stacked bidirectional LSTM and GRU, MultiheadAttention and one training step of
+an LSTM language model (runners in :mod:`seqkern.bench.layers`). An
+implementation that does not apply to a case (:func:`applies`: the NumPy
+reference to a layer, the plain-loop variant to a kernel or to attention) is
+skipped for that case.
 """
 
 import importlib.util
@@ -22,12 +29,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seqkern.bench import layers as _layers
+
 RECURRENT = ("rnn", "lstm", "gru")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 IMPLS = ("seqkern", "reference", "torch")
 # seqkern with the recurrent kernels' products forced onto one GEMM path
 # (seqkern._step_gemm): what AUTO is measured against, on demand only.
 PATH_IMPLS = ("seqkern-blas", "seqkern-packed")
+# seqkern.nn's stacks as a plain loop (suite "layers" only; seqkern.bench.layers).
+LOOP_IMPL = "seqkern-loop"
+LAYER_IMPLS = ("seqkern", LOOP_IMPL, "torch")
 
 # (B, T, I, H) for the recurrent kernels, from the issues.
 RECURRENT_SHAPES = [(1, 100, 128, 128), (1, 1000, 64, 64), (32, 100, 256, 256), (64, 200, 512, 512)]
@@ -39,17 +51,29 @@ ATTENTION_SHAPES = [(8, 8, 256, 64), (4, 8, 1024, 64), (1, 8, 4096, 64)]
 # against Tk cached keys and values, forward.
 ATTENTION_STEP_SHAPES = [(1, 8, 1024, 64), (1, 8, 4096, 64), (8, 8, 1024, 64)]
 
+# Suite "layers" (issue 18): seqkern.nn against PyTorch's modules.
+# nn.LSTM, nn.GRU: 2 layers, bidirectional, (B, T, I, H); nn.MHA: self-attention,
+# (B, T, E, heads); nn.LM-step: a training step of a 2-layer LSTM language model,
+# (B, T, V, H) (fwd+bwd only: forward, backward, clipping and Adam).
+STACK_LAYERS = ("nn.LSTM", "nn.GRU")
+LAYER_KERNELS = STACK_LAYERS + ("nn.MHA", "nn.LM-step")
+STACK_SHAPES = [(1, 150, 256, 256), (32, 100, 256, 256)]
+MHA_SHAPES = [(8, 256, 512, 8)]
+LM_SHAPES = [(32, 64, 96, 256)]
+# the grid's kernel names (--kernels) selecting each layer case
+LAYER_OF_KERNEL = {"lstm": ("nn.LSTM", "nn.LM-step"), "gru": ("nn.GRU",), "attention": ("nn.MHA",)}
+
 
 @dataclass(frozen=True)
 class Case:
-    kernel: str            # "rnn", "lstm", "gru" or "attention"
+    kernel: str            # "rnn", "lstm", "gru", "attention", or one of LAYER_KERNELS
     shape: tuple           # (B, T, I, H) recurrent; (B, H, T, D) attention (a step:
-                           # (B, H, Tk, D), one query)
+                           # (B, H, Tk, D), one query); layers: see LAYER_KERNELS
     direction: str = "fwd"  # "fwd" or "fwd+bwd"
     dtype: str = "float32"
     causal: bool = False   # attention only
-    suite: str = "grid"    # "grid" (comparisons), "sweep" (the sequence-length study)
-                           # or "step" (one time step: T = 1)
+    suite: str = "grid"    # "grid" (comparisons), "sweep" (the sequence-length study),
+                           # "step" (one time step: T = 1) or "layers" (seqkern.nn)
 
     @property
     def name(self):
@@ -60,16 +84,19 @@ class Case:
 
     @property
     def legend(self):
-        return "B,T,I,H" if self.kernel in RECURRENT else "B,H,T,D"
+        return {"nn.MHA": "B,T,E,heads", "nn.LM-step": "B,T,V,H"}.get(
+            self.kernel, "B,T,I,H" if self.kernel in RECURRENT + STACK_LAYERS else "B,H,T,D")
 
     def tokens(self):
         """Sequence positions processed per call (B * T)."""
-        if self.kernel in RECURRENT:
+        if self.kernel in RECURRENT + LAYER_KERNELS:
             return self.shape[0] * self.shape[1]
         return self.shape[0] * (1 if self.suite == "step" else self.shape[2])
 
     def flops(self):
         """Floating-point operations of the matrix products (2 per multiply-add)."""
+        if self.kernel in LAYER_KERNELS:
+            return self._layer_flops()
         if self.kernel in RECURRENT:
             B, T, I, H = self.shape
             fwd = 2.0 * B * T * GATES[self.kernel] * H * (I + H)
@@ -83,13 +110,36 @@ class Case:
         # backward: recompute S, then dV, dP, dQ, dK: 2.5x the forward's products
         return fwd * (3.5 if self.direction == "fwd+bwd" else 1)
 
+    def _layer_flops(self):
+        bwd = self.direction == "fwd+bwd"
+        if self.kernel in STACK_LAYERS:
+            # 2 layers x 2 directions, each a kernel of 2 B T G H (I_l + H) flops
+            # (x W_ih^T and h W_hh^T); layer 0 reads I, layer 1 both directions' 2H.
+            # Backward: 2x the forward's products (as the kernels').
+            B, T, I, H = self.shape
+            G = GATES[self.kernel[3:].lower()]
+            fwd = 2 * sum(2.0 * B * T * G * H * (I_l + H) for I_l in (I, 2 * H))
+            return fwd * (3 if bwd else 1)
+        if self.kernel == "nn.MHA":
+            # the four projections (q, k, v, out: 2 B T E^2 each) and the attention
+            # products (q k^T and p v, 2 B T^2 E each over the heads); backward: 2x
+            # the projections' products, 2.5x the attention's (as the kernel's).
+            B, T, E, _ = self.shape
+            proj, att = 8.0 * B * T * E * E, 4.0 * B * T * T * E
+            return proj * 3 + att * 3.5 if bwd else proj + att
+        # nn.LM-step, forward + backward: x3 of the forward's products, the LSTM's
+        # 2 layers of 2 B T 4H (H + H) and the output Linear's 2 B T H V (embedding,
+        # cross-entropy, clipping and Adam have no products).
+        B, T, V, H = self.shape
+        return 3 * (2 * 2.0 * B * T * 4 * H * (H + H) + 2.0 * B * T * H * V)
+
     def as_dict(self):
         return dict(kernel=self.kernel, shape=list(self.shape), legend=self.legend,
                     direction=self.direction, dtype=self.dtype, causal=self.causal,
                     suite=self.suite, batch=self.shape[0], seq_len=self.seq_len())
 
     def seq_len(self):
-        return self.shape[1] if self.kernel in RECURRENT else self.shape[2]
+        return self.shape[1] if self.kernel in RECURRENT + LAYER_KERNELS else self.shape[2]
 
 
 def torch_available():
@@ -101,6 +151,17 @@ def kernel_available(kernel):
 
     name = "attention_forward" if kernel == "attention" else f"{kernel}_forward"
     return hasattr(seqkern, name)
+
+
+def applies(case, impl):
+    """Whether ``impl`` runs ``case``: no NumPy reference for a layer, the plain
+    loop only for a layer with a recurrent stack, no forced GEMM path for nn.MHA
+    (it has no recurrent product)."""
+    if case.suite == "layers":
+        if impl == "reference":
+            return False
+        return case.kernel != "nn.MHA" or impl not in PATH_IMPLS + (LOOP_IMPL,)
+    return impl != LOOP_IMPL
 
 
 # --quick: every RNN case of issue 2; for the other kernels one batch-1 and one
@@ -175,6 +236,35 @@ def steps(kernels=None, dtypes=("float32",)):
         for shape, direction in pairs:
             for dtype in dtypes:
                 cases.append(Case(kernel, shape, direction, dtype, suite="step"))
+    return cases
+
+
+# --quick: the batch-1 stacks, attention's forward and the LM step.
+QUICK_LAYERS = {"nn.LSTM": [((1, 150, 256, 256), "fwd"), ((1, 150, 256, 256), "fwd+bwd")],
+                "nn.GRU": [((1, 150, 256, 256), "fwd"), ((1, 150, 256, 256), "fwd+bwd")],
+                "nn.MHA": [((8, 256, 512, 8), "fwd")],
+                "nn.LM-step": [((32, 64, 96, 256), "fwd+bwd")]}
+
+
+def layers(quick=False, kernels=None, dtypes=("float32",)):
+    """Suite "layers": seqkern.nn against PyTorch's modules (issue 18), forward and
+    forward+backward; ``kernels`` (the grid's names) picks the layers built on
+    them (LAYER_OF_KERNEL: lstm -> nn.LSTM and nn.LM-step, gru -> nn.GRU,
+    attention -> nn.MHA, rnn -> none); ``quick`` keeps QUICK_LAYERS."""
+    chosen = LAYER_KERNELS if kernels is None else \
+        [k for k in LAYER_KERNELS if any(k in LAYER_OF_KERNEL.get(g, ()) for g in kernels)]
+    cases = []
+    for kernel in chosen:
+        if quick:
+            pairs = QUICK_LAYERS[kernel]
+        elif kernel == "nn.LM-step":
+            pairs = [(s, "fwd+bwd") for s in LM_SHAPES]
+        else:
+            shapes = MHA_SHAPES if kernel == "nn.MHA" else STACK_SHAPES
+            pairs = [(s, d) for s in shapes for d in ("fwd", "fwd+bwd")]
+        for shape, direction in pairs:
+            for dtype in dtypes:
+                cases.append(Case(kernel, tuple(shape), direction, dtype, suite="layers"))
     return cases
 
 
@@ -327,6 +417,13 @@ def _make_runner(case, impl, seed):
     rng = np.random.default_rng(seed)
     if impl == "torch" and not torch_available():
         raise RuntimeError("PyTorch is not installed")
+    if not applies(case, impl):
+        raise ValueError(f"{impl} does not run {case.name}")
+    if case.suite == "layers":
+        if impl == "torch":
+            return _layers.torch_runner(case.kernel, case.shape, case.direction, case.dtype, seed)
+        return _layers.seqkern_runner(case.kernel, case.shape, case.direction, case.dtype, seed,
+                                      loop=impl == LOOP_IMPL)
     if case.kernel in RECURRENT and case.suite == "step":
         a = _recurrent_inputs(case, rng)
         if impl == "torch":
@@ -367,4 +464,4 @@ def _module(impl):
         return seqkern
     if impl == "reference":
         return seqkern.reference
-    raise ValueError(f"impl must be one of {IMPLS + PATH_IMPLS}, got {impl!r}")
+    raise ValueError(f"impl must be one of {IMPLS + PATH_IMPLS + (LOOP_IMPL,)}, got {impl!r}")

@@ -16,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 
 import numpy as np
 
-from seqkern.bench.cases import IMPLS, make_runner, torch_available
+from seqkern.bench.cases import IMPLS, LOOP_IMPL, applies, make_runner, torch_available
 
 # Between two implementations: long enough for the idle workers of one thread
 # pool (libgomp spins for a few ms before it sleeps) to stop competing with the next.
@@ -148,6 +148,8 @@ def busy_processes(n):
 def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True, busy=0):
     """Measure every case at every thread count; print rows as they finish.
     ``busy``: the number of busy processes running beside the run (recorded).
+    An implementation that does not apply to a case (cases.applies) gets a row
+    of "-" and a result whose timings and ratios are None.
 
     Returns the list of result dicts (one per case x threads x implementation).
     """
@@ -164,7 +166,7 @@ def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True, busy
         print(header, file=out)
         print("-" * len(header), file=out, flush=True)
     for case in cases:
-        fns = {impl: make_runner(case, impl) for impl in impls}
+        fns = {impl: make_runner(case, impl) for impl in impls if applies(case, impl)}
         base = {}
         for n in threads:
             key = (case.dtype, n)
@@ -177,6 +179,12 @@ def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True, busy
             if n == threads[0]:
                 base = {impl: (n, m) for impl, m in med.items()}
             for impl in impls:
+                if impl not in fns:
+                    r = _skipped(case, impl, n, LEVEL, busy, peaks[key])
+                    results.append(r)
+                    if progress:
+                        print(format_row(r), file=out, flush=True)
+                    continue
                 m = med[impl]
                 n0, m0 = base[impl]
                 r = dict(
@@ -189,6 +197,7 @@ def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True, busy
                     speedup_vs_torch=med["torch"] / m if "torch" in med else None,
                     speedup_vs_blas=(med["seqkern-blas"] / m if "seqkern-blas" in med
                                      else None),
+                    speedup_vs_loop=med[LOOP_IMPL] / m if LOOP_IMPL in med else None,
                     parallel_efficiency=(m0 / m) / (n / n0) if n != n0 else 1.0,
                 )
                 r["peak_fraction"] = r["gflops"] / r["gemm_peak_gflops"]
@@ -198,21 +207,37 @@ def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True, busy
     return results, peaks
 
 
+def _skipped(case, impl, n, level, busy, peak):
+    """The result of an implementation that does not apply to ``case``: None timings."""
+    r = dict(case=case.name, **case.as_dict(), impl=impl, threads=n, isa_level=level,
+             busy_processes=busy, skipped=True, gemm_peak_gflops=peak)
+    for k in ("median_s", "times_s", "repeats", "tokens_per_s", "gflops", "speedup_vs_reference",
+              "speedup_vs_torch", "speedup_vs_blas", "speedup_vs_loop", "parallel_efficiency",
+              "peak_fraction"):
+        r[k] = None
+    return r
+
+
 def _header():
-    return (f"{'case':<34} {'impl':<14} {'thr':>3} {'median ms':>10} {'tokens/s':>10} "
+    return (f"{'case':<40} {'impl':<14} {'thr':>3} {'median ms':>10} {'tokens/s':>10} "
             f"{'GFLOP/s':>8} {'%peak':>6} {'vs ref':>7} {'vs torch':>8} {'vs blas':>7} "
-            f"{'par.eff':>7}")
+            f"{'vs loop':>7} {'par.eff':>7}")
 
 
-def _fmt_ratio(x):
-    return f"{x:.2f}x" if x is not None else "-"
+def _fmt(x, spec, scale=1.0, suffix=""):
+    """x * scale formatted, or "-" for None (an implementation that did not run)."""
+    return "-" if x is None else f"{x * scale:{spec}}{suffix}"
 
 
 def format_row(r):
-    return (f"{r['case']:<34} {r['impl']:<14} {r['threads']:>3} {r['median_s'] * 1e3:>10.3f} "
-            f"{r['tokens_per_s']:>10.3g} {r['gflops']:>8.1f} {100 * r['peak_fraction']:>5.0f}% "
-            f"{_fmt_ratio(r['speedup_vs_reference']):>7} {_fmt_ratio(r['speedup_vs_torch']):>8} "
-            f"{_fmt_ratio(r.get('speedup_vs_blas')):>7} {r['parallel_efficiency']:>7.2f}")
+    return (f"{r['case']:<40} {r['impl']:<14} {r['threads']:>3} "
+            f"{_fmt(r['median_s'], '.3f', 1e3):>10} {_fmt(r['tokens_per_s'], '.3g'):>10} "
+            f"{_fmt(r['gflops'], '.1f'):>8} {_fmt(r['peak_fraction'], '.0f', 100, '%'):>6} "
+            f"{_fmt(r['speedup_vs_reference'], '.2f', suffix='x'):>7} "
+            f"{_fmt(r['speedup_vs_torch'], '.2f', suffix='x'):>8} "
+            f"{_fmt(r.get('speedup_vs_blas'), '.2f', suffix='x'):>7} "
+            f"{_fmt(r.get('speedup_vs_loop'), '.2f', suffix='x'):>7} "
+            f"{_fmt(r['parallel_efficiency'], '.2f'):>7}")
 
 
 def write_json(path, results, peaks, argv, handoff_ns=None):
@@ -256,17 +281,18 @@ def compare(old_path, results, out=None):
     out = out or sys.stdout
     with open(old_path) as f:
         old = json.load(f)
-    before = {(r["case"], r["impl"], r["threads"]): r["median_s"] for r in old["results"]}
+    before = {(r["case"], r["impl"], r["threads"]): r["median_s"] for r in old["results"]
+              if r["median_s"] is not None}
     print(f"\nCompared with {old_path} ({old.get('date', '?')}): old median / new median "
           "(> 1: faster now)", file=out)
-    print(f"{'case':<34} {'impl':<14} {'thr':>3} {'old ms':>10} {'new ms':>10} {'ratio':>7}", file=out)
+    print(f"{'case':<40} {'impl':<14} {'thr':>3} {'old ms':>10} {'new ms':>10} {'ratio':>7}", file=out)
     rows = []
     for r in results:
         key = (r["case"], r["impl"], r["threads"])
-        if key in before:
+        if key in before and r["median_s"] is not None:
             ratio = before[key] / r["median_s"]
             rows.append((key, ratio))
-            print(f"{r['case']:<34} {r['impl']:<14} {r['threads']:>3} {before[key] * 1e3:>10.3f} "
+            print(f"{r['case']:<40} {r['impl']:<14} {r['threads']:>3} {before[key] * 1e3:>10.3f} "
                   f"{r['median_s'] * 1e3:>10.3f} {ratio:>6.2f}x", file=out)
     if not rows:
         print("(no case in common)", file=out)

@@ -10,7 +10,12 @@ from seqkern.nn._module import Module, check_size, layer_input, make_rng, unifor
 from seqkern.nn._parallel import blas_one_thread, matmul
 
 __all__ = ["Linear", "Embedding", "cross_entropy", "clip_grad_norm_", "clip_grad_value_",
-           "arrays_of"]
+           "arrays_of", "pieces"]
+
+# Elements per piece of the element-wise passes over gradients and optimiser state
+# (pieces): small enough that a piece's temporaries stay in the core's cache
+# between the passes, large enough that NumPy's per-call cost does not show.
+PIECE = 1 << 16
 
 
 class _Cache:
@@ -107,17 +112,30 @@ class Embedding(Module):
     def backward(self, d_out, cache):
         """d_out (..., embedding_dim) -> None (indices have no gradient); adds the
         rows of d_out into grads["weight"][indices], except at padding_idx."""
+        from scipy.sparse import csr_array      # (here: importing it takes a while)
+
         (idx,) = check_layer_cache(self, cache)
         d_out = layer_input("d_out", d_out, self.dtype, self.embedding_dim)
         if d_out.shape[:-1] != idx.shape:
             raise ValueError(f"d_out must have shape {idx.shape + (self.embedding_dim,)}, "
                              f"got {d_out.shape}")
-        flat = idx.reshape(-1)
-        rows = d_out.reshape(-1, self.embedding_dim)
+        flat = idx.reshape(-1)                                        # (N,)
+        rows = np.ascontiguousarray(d_out.reshape(-1, self.embedding_dim))   # (N, E)
+        # The positions sorted by index (stable: each index's rows in their order),
+        # without padding_idx; then each distinct index's rows summed at once, as
+        # one sparse (U, N) @ (N, E) product of a 0/1 matrix (U distinct indices):
+        # row u sums the rows of index u in order, like np.add.at, at N E work.
+        order = np.argsort(flat, kind="stable")
+        s = flat[order]
         if self.padding_idx is not None:
-            keep = flat != self.padding_idx
-            flat, rows = flat[keep], rows[keep]
-        np.add.at(self.grads["weight"], flat, rows)
+            keep = s != self.padding_idx
+            order, s = order[keep], s[keep]
+        if not s.size:
+            return None
+        starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))   # (U,)
+        select = csr_array((np.ones(s.size, self.dtype), order, np.append(starts, s.size)),
+                           shape=(starts.size, flat.size))
+        self.grads["weight"][s[starts]] += select @ rows             # distinct rows: no clash
         return None
 
 
@@ -192,6 +210,31 @@ def arrays_of(grads, name="grads"):
     return out
 
 
+def pieces(*arrays):
+    """Matching views of ``arrays`` (all of one shape) in pieces: flat slices of at
+    most PIECE elements when every array is C-contiguous, else the whole arrays
+    (one piece). Element-wise work done piece by piece touches each element as
+    the whole-array ops would, with temporaries the size of a piece."""
+    if not all(a.flags.c_contiguous for a in arrays):
+        yield arrays
+        return
+    flat = [a.reshape(-1) for a in arrays]
+    for i in range(0, flat[0].size, PIECE):
+        yield tuple(a[i:i + PIECE] for a in flat)
+
+
+def _sum_of_squares(g, scratch):
+    """sum(g ** 2) of a float32/float64 array, accumulated in float64, piece by piece
+    through ``scratch`` (a float64 array of PIECE elements)."""
+    total = 0.0
+    for (piece,) in pieces(g):
+        g64 = scratch[:piece.size].reshape(piece.shape) if piece.size <= PIECE \
+            else np.empty(piece.shape, np.float64)
+        g64[...] = piece
+        total += float(np.vdot(g64, g64))
+    return total
+
+
 def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """Scale ``grads`` in place so that their total norm is at most ``max_norm``.
 
@@ -215,9 +258,9 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
         if any(np.isnan(g).any() for g in arrays):
             total = math.nan
     elif norm_type == 2:
+        scratch = np.empty(PIECE, np.float64)
         with blas_one_thread():
-            total = math.sqrt(sum(float(np.vdot(g64, g64)) for g64 in
-                                  (g.ravel().astype(np.float64, copy=False) for g in arrays)))
+            total = math.sqrt(sum(_sum_of_squares(g, scratch) for g in arrays))
     else:
         total = sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type))
                     for g in arrays) ** (1 / norm_type)

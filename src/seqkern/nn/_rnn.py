@@ -16,13 +16,16 @@ u ~ U[0, 1) of shape (T, B, D H) drawn from ``layer.rng``, layer by layer.
 Threads (_parallel.run_pair): the two directions of a layer are independent; with two or
 more threads they run at once, on two Python threads (the kernels release the
 GIL), each kernel on half of the calling thread's count (seqkern.threads). A
-one-direction stack of two or more layers runs as a wavefront over chunks of
-steps (_chunks: about T / 8 steps, fixed by T): layer l's chunk k beside layer
-l - 1's chunk k + 1, the input projection of each chunk one GEMM inside the
-kernel; the backward walks the same diagonals in reverse. Only whole kernel
-calls are overlapped (no lock per step), so a descheduled thread costs at most
-one chunk's wait. Results do not depend on the thread count: the kernels' do
-not, and the chunks do not depend on it.
+one-direction stack of two or more layers over a batch of fewer than
+WAVEFRONT_BATCH sequences runs as a wavefront over chunks of steps (_chunks:
+about T / 8 steps, fixed by T): layer l's chunk k beside layer l - 1's chunk
+k + 1, the input projection of each chunk one GEMM inside the kernel; the
+backward walks the same diagonals in reverse. Only whole kernel calls are
+overlapped (no lock per step), so a descheduled thread costs at most one
+chunk's wait. A larger batch runs layer after layer, one kernel call each over
+the whole sequence: there every call splits its own time loop by blocks of
+batch rows over the threads. Results do not depend on the thread count: the
+kernels' do not, and neither the chunks nor the choice depend on it.
 """
 
 import math
@@ -56,6 +59,14 @@ class _Flip:
         if self.index is None:
             return np.ascontiguousarray(a[::-1])
         return a[self.index]
+
+
+# From this batch on a one-direction stack runs layer after layer, not as a
+# wavefront: a kernel splits its time loop by blocks of at least MIN_ROWS = 8 batch
+# rows (_step.pxd's row_blocks), so from 2 * 8 rows on one call per layer keeps two
+# threads busy by itself, and the chunks' extra calls (each projecting and packing
+# the weights again) would only add work.
+WAVEFRONT_BATCH = 16
 
 
 def _chunk_steps(T):
@@ -225,7 +236,7 @@ class _Recurrent(Module):
         cache = _StackCache(T, B, _Flip(lengths, T, B), self.batch_first)
         cache.masks = self._dropout_masks((T, B, D * H))
         finals = tuple(np.empty((self.num_layers * D, B, H), self.dtype) for _ in hx)
-        if D == 1 and self.num_layers > 1 and T > _chunk_steps(T):
+        if D == 1 and self.num_layers > 1 and T > _chunk_steps(T) and B < WAVEFRONT_BATCH:
             out = self._forward_wavefront(x, hx, lengths, return_cache, cache, finals)
         else:
             out = self._forward_layers(x, hx, lengths, return_cache, cache, finals)
