@@ -143,6 +143,8 @@ def test_cli_per_isa_and_busy(tmp_path, capsys):
     assert doc["machine"]["isa_level"] == _dispatch.COMPILED[0]
     assert doc["aten_cpu_capability"] == cli.ATEN_CAPABILITY.get(
         _dispatch.COMPILED[0], os.environ.get("ATEN_CPU_CAPABILITY"))
+    # which BLAS kernels ran is recorded (seqkern's own BLAS, SciPy's OpenBLAS, is loaded)
+    assert any(b["internal_api"] == "openblas" and b["architecture"] for b in doc["blas"])
     assert not path.exists()
 
     # as a user types it (python -m, argv from the command line)
@@ -157,8 +159,9 @@ def test_cli_per_isa_and_busy(tmp_path, capsys):
 
 
 def test_per_isa_runs_pytorch_at_the_same_level(monkeypatch, tmp_path):
-    """--isa starts one process per level with SEQKERN_MAX_ISA and PyTorch's
-    ATEN_CPU_CAPABILITY of that level (sse2: PyTorch's "default"), whatever the
+    """--isa starts one process per level with SEQKERN_MAX_ISA, PyTorch's
+    ATEN_CPU_CAPABILITY of that level (sse2: PyTorch's "default") and its GEMMs'
+    caps, and below the CPU's level OpenBLAS's kernels of that level, whatever the
     caller's environment says."""
     from seqkern import _cpu, _dispatch
 
@@ -172,9 +175,16 @@ def test_per_isa_runs_pytorch_at_the_same_level(monkeypatch, tmp_path):
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(cli.subprocess, "run", run)
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Zen")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX512")
     assert cli.main(["--quick", "--isa", "all", "--json", str(tmp_path / "r.json")]) == 0
     assert [(env["SEQKERN_MAX_ISA"], env["ATEN_CPU_CAPABILITY"]) for _, env in started] == \
         [("sse2", "default"), ("avx2", "avx2"), ("avx512", "avx512")]
+    # PyTorch's GEMMs and OpenBLAS capped alike; at the CPU's own level OpenBLAS's
+    # choice is left as the caller's environment has it
+    assert [(env["MKL_ENABLE_INSTRUCTIONS"], env["ONEDNN_MAX_CPU_ISA"], env["OPENBLAS_CORETYPE"])
+            for _, env in started] == [("SSE4_2", "SSE41", "Prescott"), ("AVX2", "AVX2", "Haswell"),
+                                       ("AVX512", "AVX512_CORE", "Zen")]
     assert [cmd[cmd.index("--json") + 1] for cmd, _ in started] == \
         [str(tmp_path / f"r.{lv}.json") for lv in ("sse2", "avx2", "avx512")]
     assert all("--isa" not in cmd and "--quick" in cmd for cmd, _ in started)

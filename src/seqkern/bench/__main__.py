@@ -85,8 +85,10 @@ def main(argv=None):
     p.add_argument("--isa", metavar="LEVELS",
                    help="run the whole benchmark once per instruction-set level (comma-separated, "
                         "or 'all': every level this build has and this CPU supports), each in "
-                        "its own process under SEQKERN_MAX_ISA, and PyTorch at the same level "
-                        "(ATEN_CPU_CAPABILITY); --json PATH gets the level before its extension")
+                        "its own process under SEQKERN_MAX_ISA, with PyTorch (ATEN_CPU_CAPABILITY, "
+                        "MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA) and, below the CPU's own "
+                        "level, OpenBLAS (OPENBLAS_CORETYPE) capped to the same level; --json PATH "
+                        "gets the level before its extension")
     args = p.parse_args(argv)
     if args.busy < 0:
         p.error(f"--busy must be >= 0, got {args.busy}")
@@ -166,6 +168,36 @@ _CHILD = "SEQKERN_BENCH_ISA_CHILD"       # set in the processes --isa starts
 #: so that --isa compares the two at the same instruction set.
 ATEN_CAPABILITY = {"sse2": "default", "avx2": "avx2", "avx512": "avx512"}
 
+#: The rest of what a level caps, so that every implementation in a run of --isa
+#: computes at that level, as on a CPU that has no more: the GEMMs PyTorch calls (MKL,
+#: oneDNN) and OpenBLAS's kernels (seqkern-blas, the products seqkern leaves to BLAS,
+#: the NumPy reference). The coretype is set only below the CPU's own level (at its
+#: own level OpenBLAS detects the CPU, unless the caller's environment says otherwise):
+#: Haswell is OpenBLAS's AVX2 + FMA kernel set, Prescott its oldest x86-64 one.
+LEVEL_ENV = {
+    "sse2": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41",
+             "OPENBLAS_CORETYPE": "Prescott"},
+    "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "OPENBLAS_CORETYPE": "Haswell"},
+    "avx512": {"MKL_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+}
+
+
+def level_env(level, top, environ):
+    """The environment of --isa's process for ``level``, ``top`` being the highest
+    level this CPU and build have: environ with SEQKERN_MAX_ISA, PyTorch's capability
+    and LEVEL_ENV's caps of that level (OPENBLAS_CORETYPE only below ``top``)."""
+    env = dict(environ, **{_CHILD: "1"})
+    if level not in ATEN_CAPABILITY:        # a native build's one level needs no cap
+        return env
+    env["SEQKERN_MAX_ISA"] = level
+    env["ATEN_CPU_CAPABILITY"] = ATEN_CAPABILITY[level]
+    caps = dict(LEVEL_ENV[level])
+    if level == top:
+        caps.pop("OPENBLAS_CORETYPE", None)
+    env.update(caps)
+    return env
+
 
 def _per_isa(p, args, argv):
     """--isa: this command once per level, each in a process of its own (the level
@@ -193,11 +225,10 @@ def _per_isa(p, args, argv):
         if args.json:
             root, ext = os.path.splitext(args.json)
             cmd += ["--json", f"{root}.{lv}{ext}"]
-        env = dict(os.environ, **{_CHILD: "1"})
-        if lv in ATEN_CAPABILITY:           # a native build's one level needs no cap
-            env["SEQKERN_MAX_ISA"] = lv
-            env["ATEN_CPU_CAPABILITY"] = ATEN_CAPABILITY[lv]
-        print(f"\n=== level {lv} ===", flush=True)
+        env = level_env(lv, usable[-1], os.environ)
+        caps = " ".join(f"{k}={env[k]}" for k in ("ATEN_CPU_CAPABILITY", *LEVEL_ENV.get(lv, {}))
+                        if k in env)
+        print(f"\n=== level {lv} === {caps}", flush=True)
         rc |= subprocess.run([sys.executable, "-m", "seqkern.bench", *cmd], env=env).returncode
     return rc
 

@@ -252,12 +252,24 @@ def write_json(path, results, peaks, argv, handoff_ns=None):
         # the run's level) and what PyTorch reports it runs (None without torch)
         aten_cpu_capability=os.environ.get("ATEN_CPU_CAPABILITY"),
         torch_cpu_capability=_torch_capability(),
+        # the caps --isa sets (None: not set) and the BLAS libraries loaded, with the
+        # kernel set ("architecture") each chose
+        level_caps={k: os.environ.get(k) for k in ("MKL_ENABLE_INSTRUCTIONS",
+                                                   "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE")},
+        blas=_blas_info(),
         gemm_peaks=[dict(dtype=d, threads=n, gflops=g) for (d, n), g in sorted(peaks.items())],
         handoff_ns_before_after=handoff_ns,
         results=results,
     )
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
+
+
+def _blas_info():
+    from threadpoolctl import threadpool_info
+
+    return [{k: info.get(k) for k in ("internal_api", "version", "architecture", "filepath")}
+            for info in threadpool_info() if info.get("user_api") == "blas"]
 
 
 def _torch_version():
