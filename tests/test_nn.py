@@ -10,6 +10,17 @@ import pytest
 import seqkern
 from seqkern import nn, reference as ref
 from helpers import DTYPES, assert_close, numeric_grad
+from seqkern.nn import _rnn
+
+# The wavefront's sizes as shipped; the tests below run it on small problems, with
+# chunks of at least 6 rows and as few as two chunks.
+SHIPPED = (_rnn.WAVEFRONT_ROWS, _rnn.WAVEFRONT_CHUNKS)
+
+
+@pytest.fixture(autouse=True)
+def small_wavefront(monkeypatch):
+    monkeypatch.setattr(_rnn, "WAVEFRONT_ROWS", 6)
+    monkeypatch.setattr(_rnn, "WAVEFRONT_CHUNKS", 2)
 
 KINDS = {"RNN": 1, "LSTM": 4, "GRU": 3}
 F32_STACK = dict(rtol=1e-3, atol=1e-4)   # float32 stack vs float64 composition
@@ -128,8 +139,8 @@ CONFIGS = [
     dict(num_layers=1, bidirectional=False, lengths=None),
     dict(num_layers=2, bidirectional=True, lengths=None),
     dict(num_layers=2, bidirectional=True, lengths=[5, 0, 3]),
-    dict(num_layers=3, bidirectional=False, lengths=[2, 5, 1]),       # wavefront, 2 chunks
-    dict(num_layers=2, bidirectional=False, lengths=[13, 0, 6], T=13),  # wavefront, 4 chunks
+    dict(num_layers=3, bidirectional=False, lengths=[2, 5, 1]),       # wavefront, 3 chunks
+    dict(num_layers=2, bidirectional=False, lengths=[13, 0, 6], T=13),  # wavefront, 7 chunks
     dict(num_layers=2, bidirectional=False, lengths=None, T=13, B=16),  # batch 16: layer by layer
 ]
 
@@ -165,8 +176,6 @@ def test_stack_matches_reference_composition(kind, dtype, config, rng):
 def test_wavefront_below_a_batch_of_16(rng):
     """A one-direction stack runs as a wavefront over chunks of steps for B < 16,
     else layer after layer (whole sequences): by the batch, whatever the threads."""
-    from seqkern.nn import _rnn
-
     m = nn.LSTM(3, 4, num_layers=2, dtype=np.float64, rng=rng)
     for B, wavefront in ((_rnn.WAVEFRONT_BATCH - 1, True), (_rnn.WAVEFRONT_BATCH, False)):
         x = rng.standard_normal((9, B, 3))
@@ -174,6 +183,27 @@ def test_wavefront_below_a_batch_of_16(rng):
             with seqkern.threads(n):
                 cache = m.forward(x)[2]
             assert (cache.chunks is not None) == wavefront, (B, n)
+
+
+def test_wavefront_rule_as_shipped(rng, monkeypatch):
+    """With the shipped sizes (not the small ones of this file's other tests): chunks
+    of at least WAVEFRONT_ROWS rows, and a wavefront only over WAVEFRONT_CHUNKS or
+    more of them, at any thread count."""
+    monkeypatch.setattr(_rnn, "WAVEFRONT_ROWS", SHIPPED[0])
+    monkeypatch.setattr(_rnn, "WAVEFRONT_CHUNKS", SHIPPED[1])
+    rows, n_chunks = SHIPPED
+    m = nn.GRU(2, 3, num_layers=2, dtype=np.float64, rng=rng)
+    for B in (1, 5):
+        C = -(-rows // B)                                   # steps of a chunk of `rows` rows
+        for T, wavefront in ((n_chunks * C - 1, False), (n_chunks * C, True)):
+            x = rng.standard_normal((T, B, 2))
+            for n in (1, 2):
+                with seqkern.threads(n):
+                    cache = m.forward(x)[2]
+                assert (cache.chunks is not None) == wavefront, (B, T, n)
+                if wavefront:
+                    assert len(cache.chunks) == n_chunks
+                    assert min(t1 - t0 for t0, t1 in cache.chunks) * B >= rows
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

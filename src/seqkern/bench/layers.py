@@ -66,7 +66,7 @@ def _as_loop(fn):
 
     def looped():
         with mock.patch.object(_rnn, "run_pair", _sequential), \
-                mock.patch.object(_rnn, "_chunk_steps", lambda T: T):
+                mock.patch.object(_rnn, "_wavefront", lambda *sizes: False):
             return fn()
     return looped
 

@@ -17,8 +17,9 @@ Threads (_parallel.run_pair): the two directions of a layer are independent; wit
 more threads they run at once, on two Python threads (the kernels release the
 GIL), each kernel on half of the calling thread's count (seqkern.threads). A
 one-direction stack of two or more layers over a batch of fewer than
-WAVEFRONT_BATCH sequences runs as a wavefront over chunks of steps (_chunks:
-about T / 8 steps, fixed by T): layer l's chunk k beside layer l - 1's chunk
+WAVEFRONT_BATCH sequences, long enough for WAVEFRONT_CHUNKS chunks of at least
+WAVEFRONT_ROWS rows, runs as a wavefront over chunks of steps (_chunks: about
+T / 8 steps, fixed by T and B): layer l's chunk k beside layer l - 1's chunk
 k + 1, the input projection of each chunk one GEMM inside the kernel; the
 backward walks the same diagonals in reverse. Only whole kernel calls are
 overlapped (no lock per step), so a descheduled thread costs at most one
@@ -67,17 +68,29 @@ class _Flip:
 # threads busy by itself, and the chunks' extra calls (each projecting and packing
 # the weights again) would only add work.
 WAVEFRONT_BATCH = 16
+# A chunk is at least WAVEFRONT_ROWS rows (steps x batch): each chunk is a kernel
+# call that packs the weights again and starts its products afresh, which a short
+# chunk does not repay. And a stack runs as a wavefront only over at least
+# WAVEFRONT_CHUNKS chunks: with K chunks, L layers take K + L - 1 diagonals against
+# K L calls in turn, which for fewer chunks does not repay the chunks' calls.
+WAVEFRONT_ROWS = 128
+WAVEFRONT_CHUNKS = 3
 
 
-def _chunk_steps(T):
+def _chunk_steps(T, B):
     """Steps per chunk of the wavefront: about T / 8 (8 chunks: two layers on two
-    threads then overlap for 8 of 9 diagonals), at least 4. Fixed by T alone, so
-    the arithmetic does not depend on the thread count."""
-    return max(4, -(-T // 8))
+    threads then overlap for 8 of 9 diagonals), at least WAVEFRONT_ROWS / B. Fixed
+    by T and B alone, so the arithmetic does not depend on the thread count."""
+    return max(-(-WAVEFRONT_ROWS // B), -(-T // 8))
 
 
-def _chunks(T):
-    C = _chunk_steps(T)
+def _wavefront(D, L, T, B):
+    """Does a stack of L layers, D directions, over (T, B) run as a wavefront?"""
+    return D == 1 and L > 1 and B < WAVEFRONT_BATCH and T >= WAVEFRONT_CHUNKS * _chunk_steps(T, B)
+
+
+def _chunks(T, B):
+    C = _chunk_steps(T, B)
     return [(t0, min(T, t0 + C)) for t0 in range(0, T, C)]
 
 
@@ -236,7 +249,7 @@ class _Recurrent(Module):
         cache = _StackCache(T, B, _Flip(lengths, T, B), self.batch_first)
         cache.masks = self._dropout_masks((T, B, D * H))
         finals = tuple(np.empty((self.num_layers * D, B, H), self.dtype) for _ in hx)
-        if D == 1 and self.num_layers > 1 and T > _chunk_steps(T) and B < WAVEFRONT_BATCH:
+        if _wavefront(D, self.num_layers, T, B):
             out = self._forward_wavefront(x, hx, lengths, return_cache, cache, finals)
         else:
             out = self._forward_layers(x, hx, lengths, return_cache, cache, finals)
@@ -274,7 +287,7 @@ class _Recurrent(Module):
         chunks run at once (on two threads, split between them)."""
         T, B, _ = x.shape
         L, H = self.num_layers, self.hidden_size
-        bounds = _chunks(T)
+        bounds = _chunks(T, B)
         K = len(bounds)
         outs = [np.empty((T, B, H), self.dtype) for _ in range(L)]   # every layer's out_l
         states = [tuple(None if s is None else s[layer] for s in hx) for layer in range(L)]
