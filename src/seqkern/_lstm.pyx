@@ -89,11 +89,17 @@ cdef inline void cell_backward(const floating* z, const floating* c, const float
         sk_lstm_cell_bwd_d(z, c, c_prev, d_out, carry_h, carry_c, dz, n, gs)
 
 
+# Where one block of rows runs every row through the steps on the packed GEMM
+# (_in_chunks), the forward projects the inputs in chunks of ~FWD_CHUNK_ROWS rows
+# just before their steps, so that the chunk's gate rows are still in cache when
+# the steps add to them (projected all at once, T B 4H of them would go out to
+# memory and back).
 # The backward runs the time loop in chunks of ~BWD_CHUNK_ROWS rows (T*B) and adds
 # each chunk's gradients after its steps; the packed weight gradients sum in
 # blocks of K_BLOCK rows; the weight-gradient jobs are GRAD_UNITS rows of one gate,
 # dx jobs DX_BLOCK x DX_BLOCK tiles.
 cdef enum:
+    FWD_CHUNK_ROWS = 256
     BWD_CHUNK_ROWS = 512
     K_BLOCK = 256
     GRAD_UNITS = 64
@@ -117,6 +123,15 @@ cdef inline int _units(Py_ssize_t T, int B, int H, int n_parts) noexcept nogil:
 cdef inline bint _one_row(Py_ssize_t T, int B, int H, int U, int step_gemm) noexcept nogil:
     """Do the steps take the batch-1 path (_forward_one_row, _backward_one_row)?"""
     return B == 1 and U == H and packs(step_gemm, T) and interleaves(step_gemm, T)
+
+
+cdef inline bint _in_chunks(bint packed, bint one_row, int B, int n_run) noexcept nogil:
+    """Does the forward project its inputs in chunks inside the time loop
+    (_forward_rows)? Where the products are packed (each element one k-ordered sum
+    whatever rows share a call, so the same bits as projected all at once: the
+    choice may follow n_run, which follows the threads), from 2 rows (never
+    pk_gemm's one-row kernel), when one block of rows runs them all."""
+    return packed and not one_row and B >= 2 and n_run == 1
 
 
 cdef inline int _chunk_steps(int B) noexcept nogil:
@@ -196,18 +211,30 @@ cdef void _forward_block(int B, int H, int U, int k, Py_ssize_t t,
 
 cdef void _forward_rows(int b0, int b1, int B, int H, Py_ssize_t T, const floating* h0,
                         const floating* c0, const floating* Whh_g, const floating* W_pk,
-                        const floating* bias_g, floating* gates, floating* cells,
-                        floating* out, const int64_t* lengths) noexcept nogil:
+                        const floating* bias_g, const floating* x, int I,
+                        const floating* X_pk, Py_ssize_t Tc, floating* gates, Py_ssize_t nz,
+                        floating* cells, floating* out, const int64_t* lengths) noexcept nogil:
     """Every step for batch rows [b0, b1) (their own sequences), one unit block:
-    _forward_block on those rows; arrays as in forward()."""
-    cdef Py_ssize_t t, step = <Py_ssize_t>B * H, r0 = <Py_ssize_t>b0 * H
-    cdef Py_ssize_t zr0 = <Py_ssize_t>b0 * 4 * H
+    _forward_block on those rows; gates has nz slots, step t in slot t % nz (nz = T,
+    or a multiple of Tc); the rest as in forward(). X_pk: W_ih (block layout)
+    packed for x @ W_ih^T where the block holds every row (_in_chunks): the steps'
+    inputs x (T, B, I) are then projected here, Tc steps at a time, just before
+    those steps; NULL: gates holds every step's projection already."""
+    cdef int G = 4 * H
+    cdef Py_ssize_t t, t1 = 0, step = <Py_ssize_t>B * H, r0 = <Py_ssize_t>b0 * H
+    cdef Py_ssize_t zr0 = <Py_ssize_t>b0 * G
     for t in range(T):
+        if X_pk != NULL and t == t1:
+            t1 = min(t + Tc, T)
+            # slots t % nz .. (t1 - 1) % nz, consecutive: one product over their rows
+            pk_gemm(<int>((t1 - t) * B), I, x + t * B * I, I, X_pk, gates + (t % nz) * B * G,
+                    G, 0, G, False)
         _forward_block(b1 - b0, H, H, 0, t,
                        (h0 + r0) if t == 0 else out + (t - 1) * step + r0,
                        (c0 + r0) if t == 0 else cells + (t - 1) * step + r0,
-                       Whh_g, W_pk, bias_g, gates + t * 4 * step + zr0, cells + t * step + r0,
-                       out + t * step + r0, NULL if lengths == NULL else lengths + b0)
+                       Whh_g, W_pk, bias_g, gates + (t % nz) * B * G + zr0,
+                       cells + t * step + r0, out + t * step + r0,
+                       NULL if lengths == NULL else lengths + b0)
 
 
 cdef void _forward_one_row(Py_ssize_t T, int I, int H, const floating* x, const floating* Xpk,
@@ -286,13 +313,18 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef int nt = n_threads
     cdef int nt_proj = loop_threads(nt, n_rows, <double>TB * I * G)
     cdef int nt_rows = loop_threads(nt, n_rb, <double>TB * G * H)
-    cdef int n_run
     cdef bint packed = packs(step_gemm, TB)
     cdef bint one_row = _one_row(T, B, H, U, step_gemm)
+    cdef bint by_rows = not one_row and (n_rb > 1 or n_units == 1)
+    cdef int n_run = run_blocks(n_rb, nt_rows, packed)
+    # the projection inside the row loop, chunk by chunk (Tc steps)
+    cdef bint chunked = by_rows and _in_chunks(packed, one_row, B, n_run)
+    cdef Py_ssize_t Tc = min(<Py_ssize_t>T, max(1, FWD_CHUNK_ROWS // B))
     # batch 1: the projection runs inside the steps, unless it can run first on
     # several threads (then z needs every step's slot)
-    cdef bint first = not one_row or nt_proj > 1
-    cdef Py_ssize_t nz = T if first or gates is not None else min(T, 2 * SK_PK_SIDE_ROWS)
+    cdef bint first = not chunked and (not one_row or nt_proj > 1)
+    cdef Py_ssize_t nz = T if first or gates is not None else (
+        Tc if chunked else min(T, 2 * SK_PK_SIDE_ROWS))
     cdef bint ok = True
     cdef floating* Wih = _grouped(&W_ih[0, 0], H, I, U, &ok)
     cdef floating* Whh = _grouped(&W_hh[0, 0], H, H, U, &ok)
@@ -331,12 +363,12 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             if one_row:
                 _forward_one_row(T, I, H, xp, Xpk, Wpk, S, bp, zp, nz, csp, outp, h0p, c0p,
                                  lens, first)
-            elif n_rb > 1 or n_units == 1:
-                n_run = run_blocks(n_rb, nt_rows, packed)
+            elif by_rows:
                 for rb in prange(n_run, num_threads=nt_rows, schedule='static',
                                  use_threads_if=nt_rows > 1):
                     _forward_rows(row_start(rb, B, n_run), row_start(rb + 1, B, n_run), B, H, T,
-                                  h0p, c0p, Whh, Wpk, bp, zp, csp, outp, lens)
+                                  h0p, c0p, Whh, Wpk, bp, xp, I, Xpk if chunked else NULL,
+                                  Tc, zp, nz, csp, outp, lens)
             else:
                 with parallel(num_threads=nt, use_threads_if=nt > 1):
                     for t in range(T):
