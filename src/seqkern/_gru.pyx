@@ -36,8 +36,9 @@
 # Threads (see _step.pxd): the steps split by blocks of batch rows (a thread runs
 # its rows through every step of a chunk), or for few rows by blocks of units
 # within each step (one parallel region over the chunk's steps, a barrier after
-# each step) where a step is big, else run on one thread as one block of rows. Blocks depend only on the problem size and n_parts, so the results are
-# bitwise identical for every thread count.
+# each step) where a step is big, else run on one thread as one block of rows.
+# Blocks depend only on the problem size and n_parts, so the results are bitwise
+# identical for every thread count.
 #
 # The products with the weights: OpenBLAS's GEMM (with _vecmat for the per-step
 # products at B = 1), or _packed_gemm.h on W_hh and W_ih packed once per call

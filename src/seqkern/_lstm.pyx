@@ -27,8 +27,8 @@
 #
 # Only what is truly sequential runs step by step (one product per step plus one
 # fused element-wise pass); the input projection and the weight gradients are
-# GEMMs over many rows at once: the projection of every step before the time loop,
-# the gradients over chunks of ~BWD_CHUNK_ROWS rows right after the backward steps
+# GEMMs over many rows at once: the projection of every step before the time loop
+# (or chunk by chunk inside it: _in_chunks), the gradients over chunks of ~BWD_CHUNK_ROWS rows right after the backward steps
 # that produced them (so that what they read is still in cache, and the scratch is
 # one chunk, not T*B rows). At batch 1 with one unit block and the weights packed
 # (_one_row), each step's product is bound by reading W_hh and leaves the FMA units
@@ -125,13 +125,14 @@ cdef inline bint _one_row(Py_ssize_t T, int B, int H, int U, int step_gemm) noex
     return B == 1 and U == H and packs(step_gemm, T) and interleaves(step_gemm, T)
 
 
-cdef inline bint _in_chunks(bint packed, bint one_row, int B, int n_run) noexcept nogil:
-    """Does the forward project its inputs in chunks inside the time loop
-    (_forward_rows)? Where the products are packed (each element one k-ordered sum
-    whatever rows share a call, so the same bits as projected all at once: the
-    choice may follow n_run, which follows the threads), from 2 rows (never
-    pk_gemm's one-row kernel), when one block of rows runs them all."""
-    return packed and not one_row and B >= 2 and n_run == 1
+cdef inline bint _in_chunks(bint packed, int B, int n_run, int nt_proj) noexcept nogil:
+    """Does the forward (on the row path) project its inputs in chunks inside the
+    time loop (_forward_rows)? Where the products are packed (each element one
+    k-ordered sum whatever rows share a call, so the same bits as projected all at
+    once: the choice may follow the threads), from 2 rows (never pk_gemm's one-row
+    kernel), when one block of rows runs them all on one thread and the projection
+    ahead would not run on several either."""
+    return packed and B >= 2 and n_run == 1 and nt_proj <= 1
 
 
 cdef inline int _chunk_steps(int B) noexcept nogil:
@@ -318,7 +319,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef bint by_rows = not one_row and (n_rb > 1 or n_units == 1)
     cdef int n_run = run_blocks(n_rb, nt_rows, packed)
     # the projection inside the row loop, chunk by chunk (Tc steps)
-    cdef bint chunked = by_rows and _in_chunks(packed, one_row, B, n_run)
+    cdef bint chunked = by_rows and _in_chunks(packed, B, n_run, nt_proj)
     cdef Py_ssize_t Tc = min(<Py_ssize_t>T, max(1, FWD_CHUNK_ROWS // B))
     # batch 1: the projection runs inside the steps, unless it can run first on
     # several threads (then z needs every step's slot)
@@ -350,7 +351,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
         t = 0
         h_prev = c_prev = NULL
         with nogil:
-            # 1. The input projection of every step (at batch 1 where it runs first).
+            # 1. The input projection of every step, unless it runs inside the steps
+            # (chunked, or at batch 1 on _forward_one_row).
             if first:
                 for i in prange(n_rows, num_threads=nt_proj, schedule='static',
                                 use_threads_if=nt_proj > 1):

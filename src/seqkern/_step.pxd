@@ -16,9 +16,10 @@
 # or, with too few rows, by blocks of hidden units within each step (unit_block:
 # a barrier per step, so only for steps of PAR_MIN_STEP multiply-adds or more), or
 # runs on one thread. A time loop of one block of units runs as the row split's
-# code, one call through all its steps: an OpenMP region entered per step, even
-# of one thread, costs more than a batch-1 step of a small layer. The big GEMMs outside the time loop are cut in ROW_BLOCK rows
-# (of T*B) or W_BLOCK rows of a weight gradient, and run on loop_threads threads.
+# code, one call through all its steps: a prange per step (an OpenMP worksharing
+# loop), even on a team of one, costs more than a batch-1 step of a small layer.
+# The big GEMMs outside the time loop are cut in ROW_BLOCK rows (of T*B) or
+# W_BLOCK rows of a weight gradient, and run on loop_threads threads.
 
 from cython cimport floating
 from libc.stdint cimport int64_t
@@ -112,9 +113,10 @@ cdef inline int run_blocks(int n_rb, int nt_rows, bint packed) noexcept nogil:
     fixes, given nt_rows threads for it: n_rb where the step products run on BLAS,
     whose rounding of a row may depend on the rows beside it in a call; on the
     packed GEMM each element is one k-ordered chain whatever rows share the call
-    (at least MIN_ROWS > 1 rows: never its one-row kernel), so there the blocks
-    follow the threads, and one thread streams the weights once a step, not once
-    a block. Either way the results do not depend on the thread count."""
+    (a split block has at least MIN_ROWS > 1 rows: never the one-row kernel), so
+    there the blocks follow the threads, and one thread streams the weights once a
+    step, not once a block. Either way the results do not depend on the thread
+    count (n_rb = 1, e.g. at batch 1, runs one block whatever the threads)."""
     return nt_rows if packed else n_rb
 
 

@@ -169,8 +169,9 @@ _CHILD = "SEQKERN_BENCH_ISA_CHILD"       # set in the processes --isa starts
 ATEN_CAPABILITY = {"sse2": "default", "avx2": "avx2", "avx512": "avx512"}
 
 #: The rest of what a level caps, so that every implementation in a run of --isa
-#: computes at that level, as on a CPU that has no more: the GEMMs PyTorch calls (MKL,
-#: oneDNN) and OpenBLAS's kernels (seqkern-blas, the products seqkern leaves to BLAS,
+#: computes at that level, as on a CPU that has no more (at sse2 as near as they go:
+#: MKL's floor is SSE4.2, oneDNN's SSE4.1): the GEMMs PyTorch calls (MKL, oneDNN) and
+#: OpenBLAS's kernels (seqkern-blas, the products seqkern leaves to BLAS,
 #: the NumPy reference). The coretype is set only below the CPU's own level (at its
 #: own level OpenBLAS detects the CPU, unless the caller's environment says otherwise):
 #: Haswell is OpenBLAS's AVX2 + FMA kernel set, Prescott its oldest x86-64 one.
@@ -226,8 +227,9 @@ def _per_isa(p, args, argv):
             root, ext = os.path.splitext(args.json)
             cmd += ["--json", f"{root}.{lv}{ext}"]
         env = level_env(lv, usable[-1], os.environ)
-        caps = " ".join(f"{k}={env[k]}" for k in ("ATEN_CPU_CAPABILITY", *LEVEL_ENV.get(lv, {}))
-                        if k in env)
+        caps = " ".join(f"{k}={env.get(k, '(unset)')}" for k in
+                        ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA",
+                         "OPENBLAS_CORETYPE"))
         print(f"\n=== level {lv} === {caps}", flush=True)
         rc |= subprocess.run([sys.executable, "-m", "seqkern.bench", *cmd], env=env).returncode
     return rc

@@ -124,7 +124,8 @@ class Embedding(Module):
         # The positions sorted by index (stable: each index's rows in their order),
         # without padding_idx; then each distinct index's rows summed at once, as
         # one sparse (U, N) @ (N, E) product of a 0/1 matrix (U distinct indices):
-        # row u sums the rows of index u in order, like np.add.at, at N E work.
+        # row u sums the rows of index u in order (as np.add.at would into zeros),
+        # then adds to the gradient: N E work.
         order = np.argsort(flat, kind="stable")
         s = flat[order]
         if self.padding_idx is not None:

@@ -68,7 +68,8 @@ class _Flip:
 # threads busy by itself, and the chunks' extra calls (each projecting and packing
 # the weights again) would only add work.
 WAVEFRONT_BATCH = 16
-# A chunk is at least WAVEFRONT_ROWS rows (steps x batch): each chunk is a kernel
+# A chunk is at least WAVEFRONT_ROWS rows (steps x batch; the last may be shorter, the
+# rest of T): each chunk is a kernel
 # call that packs the weights again and starts its products afresh, which a short
 # chunk does not repay. And a stack runs as a wavefront only over at least
 # WAVEFRONT_CHUNKS chunks: with K chunks, L layers take K + L - 1 diagonals against
