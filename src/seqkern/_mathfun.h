@@ -100,7 +100,7 @@ static inline double sk_tanh(double x)
 {
     double ax = fabs(x);
     double scale;
-    ax = ax > 20.0 ? 20.0 : ax;                 /* tanh(20) rounds to 1 */
+    ax = sk__select(ax > 20.0, 20.0, ax);       /* tanh(20) rounds to 1 */
     double q = sk__exp_parts(2.0 * ax, &scale, 0);
     double e = scale * q + (scale - 1.0);       /* expm1(2|x|) */
     return copysign(e / (e + 2.0), x);
@@ -117,11 +117,11 @@ static inline double sk_sigmoid(double x)
 {
     double ax = fabs(x);
     double scale;
-    ax = ax > 746.0 ? 746.0 : ax;
+    ax = sk__select(ax > 746.0, 746.0, ax);
     double q = sk__exp_parts(-ax, &scale, 64);
     double e = (scale * q + scale) * 0x1p-64;   /* exp(-|x|) */
     double p = 1.0 / (1.0 + e);
-    return x >= 0 ? p : e * p;
+    return sk__select(x >= 0, p, e * p);
 }
 
 static inline float sk_tanhf(float x) { return (float)sk_tanh((double)x); }
