@@ -216,7 +216,7 @@ static inline float sk_tanhf_fl(float x)
 {
     float ax = fabsf(x);
     float scale;
-    ax = ax > 10.0f ? 10.0f : ax;               /* tanh(10) rounds to 1 in float */
+    ax = sk__selectf(ax > 10.0f, 10.0f, ax);    /* tanh(10) rounds to 1 in float */
     float q = sk__expf_parts(2.0f * ax, &scale, 0);
     float e = scale * q + (scale - 1.0f);       /* expm1(2|x|) */
     return copysignf(e / (e + 2.0f), x);
@@ -229,11 +229,11 @@ static inline float sk_sigmoidf_fl(float x)
      * exp(-104) rounds to 0, so sigmoid(x) = 0 exactly below -103.98 */
     float ax = fabsf(x);
     float scale;
-    ax = ax > 104.0f ? 104.0f : ax;
+    ax = sk__selectf(ax > 104.0f, 104.0f, ax);
     float q = sk__expf_parts(-ax, &scale, 32);
     float e = (scale * q + scale) * 0x1p-32f;   /* exp(-|x|) */
     float p = 1.0f / (1.0f + e);
-    return x >= 0 ? p : e * p;
+    return sk__selectf(x >= 0, p, e * p);
 }
 
 /* exp for double with the same flush: exactly 0 below -708 (so exp(-inf) = 0),
