@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 
-from seqkern.nn._basic import PIECE, arrays_of, pieces
+from seqkern.nn import _basic
+from seqkern.nn._basic import arrays_of, piece_buffer, pieces
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -153,12 +154,9 @@ class Adam(Optimizer):
     def _scratch(self, piece):
         """Two arrays shaped like ``piece``: views of scratch kept by the optimiser
         for pieces of PIECE elements or fewer, new arrays for a larger (whole) one."""
-        if piece.size > PIECE:
-            return np.empty_like(piece), np.empty_like(piece)
-        key = piece.dtype
-        if key not in self._pieces:
-            self._pieces[key] = np.empty((2, PIECE), piece.dtype)
-        return tuple(b[:piece.size].reshape(piece.shape) for b in self._pieces[key])
+        if piece.dtype not in self._pieces:
+            self._pieces[piece.dtype] = np.empty((2, _basic.PIECE), piece.dtype)
+        return tuple(piece_buffer(b, piece) for b in self._pieces[piece.dtype])
 
 
 class AdamW(Adam):

@@ -10,7 +10,7 @@ from seqkern.nn._module import Module, check_size, layer_input, make_rng, unifor
 from seqkern.nn._parallel import blas_one_thread, matmul
 
 __all__ = ["Linear", "Embedding", "cross_entropy", "clip_grad_norm_", "clip_grad_value_",
-           "arrays_of", "pieces"]
+           "arrays_of", "pieces", "piece_buffer"]
 
 # Elements per piece of the element-wise passes over gradients and optimiser state
 # (pieces): small enough that a piece's temporaries stay in the core's cache
@@ -224,15 +224,24 @@ def pieces(*arrays):
         yield tuple(a[i:i + PIECE] for a in flat)
 
 
+def piece_buffer(buf, piece):
+    """An array shaped like ``piece`` in buf's dtype: a view of ``buf`` (PIECE
+    elements) where the piece fits, else a new array (a whole, non-contiguous one)."""
+    if piece.size <= buf.size:
+        return buf[:piece.size].reshape(piece.shape)
+    return np.empty(piece.shape, buf.dtype)
+
+
 def _sum_of_squares(g, scratch):
     """sum(g ** 2) of a float32/float64 array, accumulated in float64, piece by piece
-    through ``scratch`` (a float64 array of PIECE elements)."""
+    (float32 pieces widened through ``scratch``, a float64 array of PIECE elements)."""
     total = 0.0
     for (piece,) in pieces(g):
-        g64 = scratch[:piece.size].reshape(piece.shape) if piece.size <= PIECE \
-            else np.empty(piece.shape, np.float64)
-        g64[...] = piece
-        total += float(np.vdot(g64, g64))
+        if piece.dtype != np.float64:
+            g64 = piece_buffer(scratch, piece)
+            g64[...] = piece
+            piece = g64
+        total += float(np.vdot(piece, piece))
     return total
 
 
