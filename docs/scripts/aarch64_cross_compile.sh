@@ -9,7 +9,7 @@ NPINC=$(python -c "import numpy;print(numpy.get_include())")
 out=$(mktemp -d)
 for c in build/cython/src/seqkern/*.c; do
   n=$(basename $c .c)
-  aarch64-linux-gnu-gcc -O3 -fno-math-errno -Wno-unused-function -fopenmp -fPIC -shared \
+  aarch64-linux-gnu-gcc -O3 -fno-math-errno -fno-trapping-math -Wno-unused-function -fopenmp -fPIC -shared \
      -I$PYINC -I$NPINC -Isrc/seqkern -Ibuild/generated -DSEQKERN_LEVEL="\"generic\"" -DSEQKERN_CFLAGS="\"-O3\"" -DSEQKERN_BUILT_WITH_OPENMP=1 -DNPY_NO_DEPRECATED_API=NPY_1_7_API_VERSION $c -o $out/$n.so 2> $out/$n.err && echo "ok   $n" || { echo "FAIL $n"; head -20 $out/$n.err; }
 done
 file $out/*.so | head -3

@@ -56,30 +56,16 @@ static inline double sk__exp_parts(double x, double *scale, unsigned k)
     return p * r;
 }
 
-/* c ? a : b, through bit masks: GCC 12 keeps a floating-point ?: in a loop as a
- * branch where the target has no masked vector instructions (below AVX-512:
- * "control flow in loop"), so a loop of the functions below that used it
- * stayed scalar with AVX2 and SSE2. The same values as the ?: (c is computed as
- * before, so NaN takes the same side). */
-static inline double sk__select(int c, double a, double b)
-{
-    uint64_t m = (uint64_t)0 - (uint64_t)(c != 0), ua, ub;
-    memcpy(&ua, &a, sizeof ua);
-    memcpy(&ub, &b, sizeof ub);
-    ua = (ua & m) | (ub & ~m);
-    memcpy(&a, &ua, sizeof a);
-    return a;
-}
-
-static inline float sk__selectf(int c, float a, float b)
-{
-    uint32_t m = (uint32_t)0 - (uint32_t)(c != 0), ua, ub;
-    memcpy(&ua, &a, sizeof ua);
-    memcpy(&ub, &b, sizeof ub);
-    ua = (ua & m) | (ub & ~m);
-    memcpy(&a, &ua, sizeof a);
-    return a;
-}
+/* c ? a : b with both arms computed: after inlining, the loops below hold a
+ * select between two values, which GCC vectorises at every level (a blend, or
+ * and/andnot/or at SSE2) only when it may assume that floating-point operations
+ * do not trap: setup.py compiles with -fno-trapping-math (Clang's default; it
+ * changes no value, NaN and Inf included). Without it GCC 12 keeps the ?: as a
+ * branch ("control flow in loop"); a select through integer bit masks
+ * vectorised at AVX2 but not at SSE2, which has no 64-bit compare-to-mask
+ * conversion. */
+static inline double sk__select(int c, double a, double b) { return c ? a : b; }
+static inline float sk__selectf(int c, float a, float b) { return c ? a : b; }
 
 static inline double sk_clamp_exp_arg(double x)
 {
