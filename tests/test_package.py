@@ -160,33 +160,37 @@ def test_handoff_between_two_threads():
         handoff_ns(0)
 
 
-def test_idle_openmp_threads_sleep_unless_the_user_chose():
-    """seqkern has libgomp start with OMP_WAIT_POLICY=PASSIVE unless the user set
+def test_idle_openmp_threads_spin_briefly_unless_the_user_chose():
+    """seqkern has libgomp start with GOMP_SPINCOUNT=SPIN_COUNT unless the user set
     OMP_WAIT_POLICY or GOMP_SPINCOUNT (libgomp's own report of its settings,
-    OMP_DISPLAY_ENV, tells), and leaves the environment as it found it: whether
-    the kernels load through the package's names or a wrapper module directly."""
+    OMP_DISPLAY_ENV=VERBOSE, tells), and leaves the environment as it found it:
+    whether the kernels load through the package's names or a wrapper module
+    directly."""
     import os
     import subprocess
     import sys
 
     from seqkern._openmp_helpers import openmp_enabled
+    from seqkern._threads import SPIN_COUNT
 
-    via_package = "import os, seqkern; seqkern.rnn_forward; print(os.environ.get('OMP_WAIT_POLICY'))"
-    via_module = "import os, seqkern.attention; print(os.environ.get('OMP_WAIT_POLICY'))"
-    for code, env, want_env, want_policy in [
-            (via_package, {}, None, "PASSIVE"),
-            (via_module, {}, None, "PASSIVE"),
-            (via_package, {"OMP_WAIT_POLICY": "active"}, "active", "ACTIVE"),
-            (via_package, {"GOMP_SPINCOUNT": "1000"}, None, None)]:
+    show = "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    via_package = "import os, seqkern; seqkern.rnn_forward; " + show
+    via_module = "import os, seqkern.attention; " + show
+    for code, env, want_env, want in [
+            (via_package, {}, "None None", ("GOMP_SPINCOUNT", f"'{SPIN_COUNT}'")),
+            (via_module, {}, "None None", ("GOMP_SPINCOUNT", f"'{SPIN_COUNT}'")),
+            (via_package, {"OMP_WAIT_POLICY": "active"}, "active None", ("OMP_WAIT_POLICY", "'ACTIVE'")),
+            (via_package, {"GOMP_SPINCOUNT": "1000"}, "None 1000", ("GOMP_SPINCOUNT", "'1000'"))]:
         e = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-        e.update(env, OMP_DISPLAY_ENV="TRUE")
+        e.update(env, OMP_DISPLAY_ENV="VERBOSE")
         r = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 0, r.stderr
-        assert r.stdout.strip() == str(want_env)
-        if openmp_enabled() and want_policy is not None:
-            lines = [ln for ln in r.stderr.splitlines() if "OMP_WAIT_POLICY" in ln]
-            assert lines and want_policy in lines[0], r.stderr
+        assert r.stdout.strip() == want_env
+        if openmp_enabled():
+            name, value = want
+            lines = [ln for ln in r.stderr.splitlines() if ln.strip().startswith(name + " ")]
+            assert lines and lines[0].strip().endswith(value), r.stderr
 
 
 # --- the package's names load on first use; the references stand alone ------

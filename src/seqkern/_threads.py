@@ -24,29 +24,37 @@ import ctypes
 import os
 
 
-def _prefer_passive_waits(environ=os.environ):
-    """Unless the user chose (OMP_WAIT_POLICY or GOMP_SPINCOUNT set), make idle
-    OpenMP threads sleep rather than spin: libgomp's default spins each idle
-    thread for up to milliseconds on its core, and with another program on the
-    machine that core is one the kernels' other threads or that program need: a
-    2-thread call can then take many times its 1-thread time, where a sleeping
-    thread frees its core and the OS moves the work that waited there. libgomp
-    reads this once, when the first kernel module loads it: so here, before; and
-    taken back out right after (_loaded), so that other OpenMP runtimes loaded
-    later and child processes see the environment as the user left it. Returns
-    whether it set the variable."""
+# Iterations an idle OpenMP thread spins before it sleeps (libgomp's
+# GOMP_SPINCOUNT; one iteration is a pause instruction, tens of nanoseconds).
+SPIN_COUNT = 3000
+
+
+def _prefer_short_spins(environ=os.environ):
+    """Unless the user chose (OMP_WAIT_POLICY or GOMP_SPINCOUNT set), have idle
+    OpenMP threads spin for tens of microseconds, then sleep. libgomp's default
+    spins for milliseconds on a core that another program, or the kernels' other
+    threads, may need: with a busy process on the machine a 2-thread call then
+    took many times its 1-thread time. Not sleeping at once (OMP_WAIT_POLICY=
+    PASSIVE): a thread that arrives at a step's barrier a little early would wait
+    for a wake-up, and libgomp is shared with whatever else in the process loads
+    it (PyTorch's wheels bring a libgomp of the same name, which then resolves to
+    the one loaded first), whose many small parallel regions would each wake
+    their threads. libgomp reads this once, when the first kernel module loads
+    it: so here, before; and taken back out right after (_loaded), so that
+    child processes see the environment as the user left it. Returns whether it
+    set the variable."""
     if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
-        environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
         return True
     return False
 
 
-_set_policy = _prefer_passive_waits()
+_set_policy = _prefer_short_spins()
 try:
     from seqkern import _openmp_helpers  # noqa: E402  (loads libgomp: after the policy)
 finally:
     if _set_policy:
-        os.environ.pop("OMP_WAIT_POLICY", None)
+        os.environ.pop("GOMP_SPINCOUNT", None)
 from seqkern._openmp_helpers import (  # noqa: F401, E402  (the public ones are re-exported)
     MAX_THREADS,
     blas_guard_depth,

@@ -25,6 +25,21 @@ PAUSE_S = 0.02
 # about a tenth of a second (measured: seqkern's 2-thread RNN forward ran 1.6x
 # slower right after the reference than 0.3 s later).
 PAUSE_AFTER_BLAS_S = 0.3
+
+
+def pause(seconds):
+    """Wait between two implementations' samples by spinning on this thread, not
+    sleeping. Asleep, every core of the machine may go idle, and a machine whose
+    cores all idled can take milliseconds to run two threads at full speed again
+    (on a VM, its virtual CPUs are woken and placed again): every multi-threaded
+    sample would then start with a wake-up that a program calling its kernels back
+    to back never pays. One busy core keeps the machine awake while the other
+    implementation's idle workers stop spinning on the rest."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 # One timed sample: back-to-back calls of one implementation filling about this
 # long, so that a sample measures steady state, not a wake-up after the pause.
 SAMPLE_S = 0.02
@@ -73,7 +88,7 @@ def time_interleaved(fns, budget_s=0.3, min_repeats=3, max_repeats=30, pauses=No
             t0 = time.perf_counter()
             fn()
             first[name] = min(first[name], time.perf_counter() - t0)
-        time.sleep(pauses.get(name, PAUSE_S))
+        pause(pauses.get(name, PAUSE_S))
     calls = {name: max(1, int(SAMPLE_S / max(t, 1e-9))) for name, t in first.items()}
     sample = max((first[n] * calls[n] for n in fns), default=0.0)
     repeats = int(min(max_repeats, max(min_repeats, budget_s / max(sample, 1e-9))))
@@ -85,7 +100,7 @@ def time_interleaved(fns, budget_s=0.3, min_repeats=3, max_repeats=30, pauses=No
             for _ in range(n):
                 fn()
             times[name].append((time.perf_counter() - t0) / n)
-            time.sleep(pauses.get(name, PAUSE_S))
+            pause(pauses.get(name, PAUSE_S))
     return times
 
 
