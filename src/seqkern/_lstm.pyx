@@ -89,11 +89,10 @@ cdef inline void cell_backward(const floating* z, const floating* c, const float
         sk_lstm_cell_bwd_d(z, c, c_prev, d_out, carry_h, carry_c, dz, n, gs)
 
 
-# Where one block of rows runs every row through the steps on the packed GEMM
-# (_in_chunks), the forward projects the inputs in chunks of ~FWD_CHUNK_ROWS rows
-# just before their steps, so that the chunk's gate rows are still in cache when
-# the steps add to them (projected all at once, T B 4H of them would go out to
-# memory and back).
+# Where blocks of rows run through the steps on the packed GEMM (_in_chunks), each
+# block projects its inputs in chunks of ~FWD_CHUNK_ROWS steps x B rows just before
+# their steps, so that the chunk's gate rows are still in cache when the steps add
+# to them (projected all at once, T B 4H of them would go out to memory and back).
 # The backward runs the time loop in chunks of ~BWD_CHUNK_ROWS rows (T*B) and adds
 # each chunk's gradients after its steps; the packed weight gradients sum in
 # blocks of K_BLOCK rows; the weight-gradient jobs are GRAD_UNITS rows of one gate,
@@ -129,10 +128,11 @@ cdef inline bint _in_chunks(bint packed, int B, int n_run, int nt_proj) noexcept
     """Does the forward (on the row path) project its inputs in chunks inside the
     time loop (_forward_rows)? Where the products are packed (each element one
     k-ordered sum whatever rows share a call, so the same bits as projected all at
-    once: the choice may follow the threads), from 2 rows (never pk_gemm's one-row
-    kernel), when one block of rows runs them all on one thread and the projection
-    ahead would not run on several either."""
-    return packed and B >= 2 and n_run == 1 and nt_proj <= 1
+    once: the choice may follow the threads), from 2 rows a block (never pk_gemm's
+    one-row kernel; a split block has at least MIN_ROWS): where the row blocks
+    run on several threads (each projects its own rows), or where one block runs
+    them all and the projection ahead would not run on several threads either."""
+    return packed and B >= 2 and (n_run > 1 or nt_proj <= 1)
 
 
 cdef inline int _chunk_steps(int B) noexcept nogil:
@@ -218,18 +218,24 @@ cdef void _forward_rows(int b0, int b1, int B, int H, Py_ssize_t T, const floati
     """Every step for batch rows [b0, b1) (their own sequences), one unit block:
     _forward_block on those rows; gates has nz slots, step t in slot t % nz (nz = T,
     or a multiple of Tc); the rest as in forward(). X_pk: W_ih (block layout)
-    packed for x @ W_ih^T where the block holds every row (_in_chunks): the steps'
-    inputs x (T, B, I) are then projected here, Tc steps at a time, just before
-    those steps; NULL: gates holds every step's projection already."""
+    packed for x @ W_ih^T (_in_chunks): the block's rows of the steps' inputs x
+    (T, B, I) are then projected here, Tc steps at a time, just before those steps;
+    NULL: gates holds every step's projection already."""
     cdef int G = 4 * H
-    cdef Py_ssize_t t, t1 = 0, step = <Py_ssize_t>B * H, r0 = <Py_ssize_t>b0 * H
+    cdef Py_ssize_t s, t, t1 = 0, step = <Py_ssize_t>B * H, r0 = <Py_ssize_t>b0 * H
     cdef Py_ssize_t zr0 = <Py_ssize_t>b0 * G
     for t in range(T):
         if X_pk != NULL and t == t1:
             t1 = min(t + Tc, T)
-            # slots t % nz .. (t1 - 1) % nz, consecutive: one product over their rows
-            pk_gemm(<int>((t1 - t) * B), I, x + t * B * I, I, X_pk, gates + (t % nz) * B * G,
-                    G, 0, G, False)
+            if b1 - b0 == B:
+                # slots t % nz .. (t1 - 1) % nz, consecutive: one product over their rows
+                pk_gemm(<int>((t1 - t) * B), I, x + t * B * I, I, X_pk,
+                        gates + (t % nz) * B * G, G, 0, G, False)
+            else:
+                # the block's rows of each step
+                for s in range(t, t1):
+                    pk_gemm(b1 - b0, I, x + (s * B + b0) * I, I, X_pk,
+                            gates + (s % nz) * B * G + zr0, G, 0, G, False)
         _forward_block(b1 - b0, H, H, 0, t,
                        (h0 + r0) if t == 0 else out + (t - 1) * step + r0,
                        (c0 + r0) if t == 0 else cells + (t - 1) * step + r0,
