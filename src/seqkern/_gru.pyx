@@ -261,6 +261,31 @@ cdef void _forward_rows(int b0, int b1, int B, int H, Py_ssize_t t0, Py_ssize_t 
                        NULL if lengths == NULL else lengths + b0, t, 0, H)
 
 
+cdef void _forward_rows_chunks(int b0, int b1, int B, int H, Py_ssize_t T, Py_ssize_t Tc,
+                               int I, const floating* x, const floating* W_ih,
+                               const floating* X_pk, const floating* bias, const floating* h0,
+                               const floating* W_hh, const floating* W_hh_T,
+                               const floating* W_pk, const floating* b_hn, floating* gh,
+                               floating* gates, floating* hn, floating* out,
+                               const int64_t* lengths) noexcept nogil:
+    """Every step for batch rows [b0, b1) of a split batch, chunk by chunk (Tc steps;
+    no cache: gates holds one chunk, hn one step), each step's input projection of
+    these rows at the start of its chunk: the blocks run in one parallel region,
+    with no barrier between chunks, which a busy machine would make each thread
+    wait at. Only where the products are packed: every element is one k-ordered
+    sum whatever rows share a call (a split block has at least MIN_ROWS rows, never
+    the one-row kernel), so the same bits as the chunk projected in row blocks."""
+    cdef int G = 3 * H
+    cdef Py_ssize_t s, t0 = 0, t1
+    while t0 < T:
+        t1 = min(t0 + Tc, T)
+        for s in range(t1 - t0):
+            project_rows(x + t0 * B * I, W_ih, X_pk, bias, gates, s * B + b0, s * B + b1, I, G)
+        _forward_rows(b0, b1, B, H, t0, t1, h0, W_hh, W_hh_T, W_pk, b_hn, gh, gates, hn, 0,
+                      out, lengths)
+        t0 = t1
+
+
 def forward(const floating[:, :, ::1] x,      # (T, B, I)
             const floating[:, ::1] h0,        # (B, H)
             const floating[:, ::1] W_ih,      # (G, I), rows r, z, n
@@ -338,37 +363,46 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             for i in range(H):
                 bhn[i] = 0 if bhh == NULL else bhh[2 * H + i]
 
-            t0 = 0
-            while t0 < T:
-                t1 = min(t0 + Tc, T)
-                # 1. The input projection of the chunk's steps, in row blocks.
-                rows = (t1 - t0) * B
-                n_rows = n_blocks(rows, rb)
-                nt_proj = loop_threads(nt, n_rows, <double>rows * G * I)
-                for i in prange(n_rows, num_threads=nt_proj, schedule='static',
-                                use_threads_if=nt_proj > 1):
-                    project_rows(xp + t0 * B * I, Wih, Xpk, bias, gp, i * rb,
-                                 min((i + 1) * rb, rows), I, G)
+            if packed and not cached and n_run > 1:
+                # the batch split by rows over threads, no cache, packed: each block
+                # of rows through every chunk in one region (_forward_rows_chunks)
+                for r in prange(n_run, num_threads=nt_rows, schedule='static',
+                                use_threads_if=nt_rows > 1):
+                    _forward_rows_chunks(row_start(r, B, n_run), row_start(r + 1, B, n_run), B,
+                                         H, T, Tc, I, xp, Wih, Xpk, bias, h0p, Whh, WhhT, Wpk,
+                                         bhn, ghp, gp, hnp, outp, lens)
+            else:
+                t0 = 0
+                while t0 < T:
+                    t1 = min(t0 + Tc, T)
+                    # 1. The input projection of the chunk's steps, in row blocks.
+                    rows = (t1 - t0) * B
+                    n_rows = n_blocks(rows, rb)
+                    nt_proj = loop_threads(nt, n_rows, <double>rows * G * I)
+                    for i in prange(n_rows, num_threads=nt_proj, schedule='static',
+                                    use_threads_if=nt_proj > 1):
+                        project_rows(xp + t0 * B * I, Wih, Xpk, bias, gp, i * rb,
+                                     min((i + 1) * rb, rows), I, G)
 
-                # 2. The recurrence: one GEMM and one fused pass per step, each block
-                # of rows through the chunk's steps, or each step over unit blocks.
-                if n_rb > 1 or n_cols == 1:
-                    for r in prange(n_run, num_threads=nt_rows, schedule='static',
-                                    use_threads_if=nt_rows > 1):
-                        _forward_rows(row_start(r, B, n_run), row_start(r + 1, B, n_run), B, H,
-                                      t0, t1, h0p, Whh, WhhT, Wpk, bhn, ghp, gp, hnp, hstep,
-                                      outp, lens)
-                else:
-                    with parallel(num_threads=nt, use_threads_if=nt > 1):
-                        for t in range(t0, t1):
-                            h_prev = h0p if t == 0 else outp + (t - 1) * step
-                            for blk in prange(n_cols, schedule='static'):
-                                _forward_block(B, H, h_prev, Whh, WhhT, Wpk, bhn, ghp,
-                                               gp + (t - t0) * gstep, hnp + t * hstep,
-                                               outp + t * step, lens, t,
-                                               blk * U, min((blk + 1) * U, H))
-                            step_barrier()
-                t0 = t1
+                    # 2. The recurrence: one GEMM and one fused pass per step, each block
+                    # of rows through the chunk's steps, or each step over unit blocks.
+                    if n_rb > 1 or n_cols == 1:
+                        for r in prange(n_run, num_threads=nt_rows, schedule='static',
+                                        use_threads_if=nt_rows > 1):
+                            _forward_rows(row_start(r, B, n_run), row_start(r + 1, B, n_run), B, H,
+                                          t0, t1, h0p, Whh, WhhT, Wpk, bhn, ghp, gp, hnp, hstep,
+                                          outp, lens)
+                    else:
+                        with parallel(num_threads=nt, use_threads_if=nt > 1):
+                            for t in range(t0, t1):
+                                h_prev = h0p if t == 0 else outp + (t - 1) * step
+                                for blk in prange(n_cols, schedule='static'):
+                                    _forward_block(B, H, h_prev, Whh, WhhT, Wpk, bhn, ghp,
+                                                   gp + (t - t0) * gstep, hnp + t * hstep,
+                                                   outp + t * step, lens, t,
+                                                   blk * U, min((blk + 1) * U, H))
+                                step_barrier()
+                    t0 = t1
 
             # 3. The final state of each sequence.
             final_states(B, H, T, lens, h0p, outp, &h_n[0, 0])
