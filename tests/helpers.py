@@ -404,14 +404,19 @@ GRU = Recurrent("gru", 3, ("h0",), _gru_init,
               thread_shapes=[(20, 16, 8, 70), (3, 40, 300, 130), (4, 1, 4, 840),
                              (20, 64, 256, 80), (1, 1, 4, 840), (3, 5, 8, 70),
                              # blocks of batch rows (B >= 16), uneven (17), and two
-                             # backward chunks (40 x 32 rows)
-                             (9, 17, 5, 40), (40, 32, 6, 33)],
+                             # backward chunks (40 x 32 rows); (25, 35, ..): rows split
+                             # over 2 threads (T B 3H H >= PAR_MIN_GEMM), uneven forward
+                             # chunks without a cache
+                             (9, 17, 5, 40), (40, 32, 6, 33), (25, 35, 4, 128)],
               # (9, 1, ..): batch 1 (_vecmat vs the packed M = 1 kernel); (20, 8, 16,
               # 300): several unit blocks, split over 2 threads; (1100, 1, ..): several
               # backward chunks; (12, 17, ..), (40, 32, ..): blocks of batch rows, the
               # second over two backward chunks and (without a cache) three forward ones
               gemm_shapes=[(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 300), (1100, 1, 3, 20),
                            (12, 17, 6, 40), (40, 32, 5, 20)])
+# rows split over 2 threads without a cache, against the same with one (25, 35: uneven
+# chunks) and against a cache, whose 17 rows project as one block (1, 17)
+GRU.no_cache_shapes = Recurrent.no_cache_shapes + [(25, 35, 4, 128), (1, 17, 4, 1024)]
 
 RECURRENT = [RNN_TANH, RNN_RELU, LSTM, GRU]
 ATTENTION = [Attention("own"), Attention("blas")]

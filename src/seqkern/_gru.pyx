@@ -34,7 +34,8 @@
 # forward without a cache does the same with the input projection (CHUNK_ROWS).
 #
 # Threads (see _step.pxd): the steps split by blocks of batch rows (a thread runs
-# its rows through every step of a chunk), or for few rows by blocks of units
+# its rows through every step of a chunk; without a cache, on the packed GEMM,
+# through every chunk in one parallel region), or for few rows by blocks of units
 # within each step (one parallel region over the chunk's steps, a barrier after
 # each step) where a step is big, else run on one thread as one block of rows.
 # Blocks depend only on the problem size and n_parts, so the results are bitwise
@@ -113,6 +114,16 @@ cdef inline Py_ssize_t _block(Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t b = (n + PARTS - 1) // PARTS
     b = (b + ALIGN - 1) // ALIGN * ALIGN
     return b if b > 0 else 1
+
+
+cdef inline Py_ssize_t _chunk_steps(Py_ssize_t T, int B) noexcept nogil:
+    """Steps of a forward chunk without a cache: about CHUNK_ROWS rows, the chunks
+    of one call as even as whole steps allow (so that none is one row where T B > 1:
+    a one-row projection would sum on the packed GEMM's one-row kernel, in another
+    order than the same row projected among others, as with a cache)."""
+    cdef Py_ssize_t c = max(1, CHUNK_ROWS // B)
+    cdef Py_ssize_t n = (T + c - 1) // c
+    return (T + n - 1) // n
 
 
 cdef inline bint _few(Py_ssize_t T, int B) noexcept nogil:
@@ -309,7 +320,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef Py_ssize_t step = <Py_ssize_t>B * H
     cdef Py_ssize_t gstep = <Py_ssize_t>B * G
     cdef bint cached = gates is not None
-    cdef Py_ssize_t Tc = T if cached else min(T, max(1, CHUNK_ROWS // B))
+    cdef Py_ssize_t Tc = T if cached else _chunk_steps(T, B)
     cdef Py_ssize_t hstep = step if cached else 0
     cdef const int64_t* lens = NULL if lengths is None else &lengths[0]
     cdef const floating* bih = NULL if b_ih is None else &b_ih[0]
@@ -375,14 +386,17 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                 t0 = 0
                 while t0 < T:
                     t1 = min(t0 + Tc, T)
-                    # 1. The input projection of the chunk's steps, in row blocks.
+                    # 1. The input projection of the chunk's steps, in blocks of rb to
+                    # 2 rb rows (one block where fewer: never a one-row block, see
+                    # _chunk_steps)
                     rows = (t1 - t0) * B
-                    n_rows = n_blocks(rows, rb)
+                    n_rows = <int>max(<Py_ssize_t>1, rows // rb)
                     nt_proj = loop_threads(nt, n_rows, <double>rows * G * I)
                     for i in prange(n_rows, num_threads=nt_proj, schedule='static',
                                     use_threads_if=nt_proj > 1):
-                        project_rows(xp + t0 * B * I, Wih, Xpk, bias, gp, i * rb,
-                                     min((i + 1) * rb, rows), I, G)
+                        project_rows(xp + t0 * B * I, Wih, Xpk, bias, gp,
+                                     <Py_ssize_t>i * rows // n_rows,
+                                     <Py_ssize_t>(i + 1) * rows // n_rows, I, G)
 
                     # 2. The recurrence: one GEMM and one fused pass per step, each block
                     # of rows through the chunk's steps, or each step over unit blocks.

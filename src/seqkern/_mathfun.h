@@ -58,12 +58,11 @@ static inline double sk__exp_parts(double x, double *scale, unsigned k)
 
 /* c ? a : b with both arms computed: after inlining, the loops below hold a
  * select between two values, which GCC vectorises at every level (a blend, or
- * and/andnot/or at SSE2) only when it may assume that floating-point operations
- * do not trap: setup.py compiles with -fno-trapping-math (Clang's default; it
- * changes no value, NaN and Inf included). Without it GCC 12 keeps the ?: as a
- * branch ("control flow in loop"); a select through integer bit masks
- * vectorised at AVX2 but not at SSE2, which has no 64-bit compare-to-mask
- * conversion. */
+ * and/andnot/or at SSE2) where it may assume that floating-point operations do
+ * not trap: setup.py compiles with -fno-trapping-math (Clang's default; it
+ * changes no value, NaN and Inf included). A select through 64-bit integer
+ * masks would not vectorise at SSE2, which cannot turn a compare of doubles
+ * into such a mask in a vector. */
 static inline double sk__select(int c, double a, double b) { return c ? a : b; }
 static inline float sk__selectf(int c, float a, float b) { return c ? a : b; }
 

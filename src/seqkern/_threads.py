@@ -33,16 +33,17 @@ def _prefer_short_spins(environ=os.environ):
     """Unless the user chose (OMP_WAIT_POLICY or GOMP_SPINCOUNT set), have idle
     OpenMP threads spin for tens of microseconds, then sleep. libgomp's default
     spins for milliseconds on a core that another program, or the kernels' other
-    threads, may need: with a busy process on the machine a 2-thread call then
-    took many times its 1-thread time. Not sleeping at once (OMP_WAIT_POLICY=
+    threads, may need: with a busy process on the machine a 2-thread call can
+    then take many times its 1-thread time. Not sleeping at once (OMP_WAIT_POLICY=
     PASSIVE): a thread that arrives at a step's barrier a little early would wait
     for a wake-up, and libgomp is shared with whatever else in the process loads
     it (PyTorch's wheels bring a libgomp of the same name, which then resolves to
     the one loaded first), whose many small parallel regions would each wake
-    their threads. libgomp reads this once, when the first kernel module loads
-    it: so here, before; and taken back out right after (_loaded), so that
-    child processes see the environment as the user left it. Returns whether it
-    set the variable."""
+    their threads. libgomp reads this once, when it loads: so here, before the
+    first kernel module loads it, and taken back out right after (the finally:
+    below), so that child processes see the environment as the user left it.
+    Where a library loaded libgomp before seqkern (PyTorch imported first), its
+    settings stand and this has no effect. Returns whether it set the variable."""
     if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
         environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
         return True

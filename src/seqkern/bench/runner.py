@@ -19,7 +19,7 @@ import numpy as np
 from seqkern.bench.cases import IMPLS, LOOP_IMPL, applies, make_runner, torch_available
 
 # Between two implementations: long enough for the idle workers of one thread
-# pool (libgomp spins for a few ms before it sleeps) to stop competing with the next.
+# pool (libgomp's default spin lasts milliseconds) to stop competing with the next.
 PAUSE_S = 0.02
 # After NumPy's BLAS ran on several threads: OpenBLAS's idle workers spin for
 # about a tenth of a second (measured: seqkern's 2-thread RNN forward ran 1.6x
@@ -31,7 +31,7 @@ def pause(seconds):
     """Wait between two implementations' samples by spinning on this thread, not
     sleeping. Asleep, every core of the machine may go idle, and a machine whose
     cores all idled can take milliseconds to run two threads at full speed again
-    (on a VM, its virtual CPUs are woken and placed again): every multi-threaded
+    (seen on a VM; docs/benchmarks.md): every multi-threaded
     sample would then start with a wake-up that a program calling its kernels back
     to back never pays. One busy core keeps the machine awake while the other
     implementation's idle workers stop spinning on the rest."""
