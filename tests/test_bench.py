@@ -406,3 +406,21 @@ def test_layers_cli(tmp_path, monkeypatch, capsys, with_torch):
     assert rc == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if " reference " in line]
     assert len(lines) == 2 and all(line.split()[6] == "-" for line in lines)
+
+
+def test_forced_paths_reach_attention_too():
+    """seqkern-blas and seqkern-packed force attention's tile products as well as
+    the recurrent kernels' (else an attention row would compare seqkern with
+    itself), and leave both choices as they found them."""
+    import seqkern.attention as attention
+    from seqkern import _step_gemm
+    from seqkern.bench.cases import _forcing_path
+
+    seen = []
+    probe = lambda: seen.append((attention._products_on_blas(), _step_gemm.step_gemm_mode()))
+    before = (attention._blas_products, _step_gemm.step_gemm_mode())
+    _forcing_path(probe, "seqkern-blas")()
+    _forcing_path(probe, "seqkern-packed")()
+    assert seen == [(True, _step_gemm.BLAS), (False, _step_gemm.PACKED)]
+    assert (attention._blas_products, _step_gemm.step_gemm_mode()) == before
+    assert _forcing_path(probe, "seqkern") is probe

@@ -58,7 +58,8 @@ def main(argv=None):
                    help="implementations to time (default: seqkern,reference,torch; for "
                         "--layers seqkern,seqkern-loop,torch; torch only when installed); "
                         "seqkern-blas and seqkern-packed force the recurrent kernels' products "
-                        "onto OpenBLAS or the packed GEMM, to compare with seqkern's own choice; "
+                        "onto OpenBLAS or the packed GEMM, and attention's tile products onto "
+                        "OpenBLAS or its own micro-kernel, to compare with seqkern's own choice; "
                         "seqkern-loop runs seqkern.nn's stacks as a plain loop (--layers only)")
     p.add_argument("--sweep", action="store_true",
                    help="also run the sequence-length study (LSTM vs attention, tokens/s and "

@@ -34,8 +34,10 @@ from seqkern.bench import layers as _layers
 RECURRENT = ("rnn", "lstm", "gru")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 IMPLS = ("seqkern", "reference", "torch")
-# seqkern with the recurrent kernels' products forced onto one GEMM path
-# (seqkern._step_gemm): what AUTO is measured against, on demand only.
+# seqkern with its products forced onto one GEMM path: the recurrent kernels'
+# products with the weights (seqkern._step_gemm) and attention's tile products
+# (OpenBLAS, or its own micro-kernel for "packed"): what the automatic choice is
+# measured against, on demand only.
 PATH_IMPLS = ("seqkern-blas", "seqkern-packed")
 # seqkern.nn's stacks as a plain loop (suite "layers" only; seqkern.bench.layers).
 LOOP_IMPL = "seqkern-loop"
@@ -443,16 +445,22 @@ def _make_runner(case, impl, seed):
 
 def _forcing_path(fn, impl):
     """fn, run with the products on the GEMM path ``impl`` names (seqkern-blas,
-    seqkern-packed), or fn itself."""
+    seqkern-packed: see PATH_IMPLS), or fn itself."""
     if impl not in PATH_IMPLS:
         return fn
+    import seqkern.attention as attention
     from seqkern._step_gemm import step_gemm
 
     mode = impl.split("-", 1)[1]
 
     def forced():
-        with step_gemm(mode):
-            return fn()
+        old = attention._blas_products
+        attention._blas_products = mode == "blas"
+        try:
+            with step_gemm(mode):
+                return fn()
+        finally:
+            attention._blas_products = old
     return forced
 
 
