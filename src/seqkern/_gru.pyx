@@ -59,7 +59,7 @@ from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_gemm, pk_gemm_dir, pk_pack_nn, pk_pack_nt, pk_size
 from seqkern._workspace cimport scratch_alloc, scratch_free
 from seqkern._step cimport (PACK_MIN_ROWS, final_states, group_gates, loop_threads, n_blocks,
-                            packs, project_rows, row_blocks, row_start, run_blocks, step_barrier,
+                            packs, project_block, project_rows, row_blocks, row_start, run_blocks, step_barrier,
                             ungroup_gates, unit_block)
 
 cdef extern from "_gru_cell.h" nogil:
@@ -287,11 +287,10 @@ cdef void _forward_rows_chunks(int b0, int b1, int B, int H, Py_ssize_t T, Py_ss
     sum whatever rows share a call (a split block has at least MIN_ROWS rows, never
     the one-row kernel), so the same bits as the chunk projected in row blocks."""
     cdef int G = 3 * H
-    cdef Py_ssize_t s, t0 = 0, t1
+    cdef Py_ssize_t t0 = 0, t1
     while t0 < T:
         t1 = min(t0 + Tc, T)
-        for s in range(t1 - t0):
-            project_rows(x + t0 * B * I, W_ih, X_pk, bias, gates, s * B + b0, s * B + b1, I, G)
+        project_block(x + t0 * B * I, W_ih, X_pk, bias, gates, t1 - t0, B, b0, b1, I, G)
         _forward_rows(b0, b1, B, H, t0, t1, h0, W_hh, W_hh_T, W_pk, b_hn, gh, gates, hn, 0,
                       out, lengths)
         t0 = t1

@@ -50,8 +50,8 @@ from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
 from seqkern._step cimport (ROW_BLOCK, final_states, group_gates, interleaves, loop_threads,
-                            n_blocks, packs, project_rows, row_blocks, row_start, run_blocks,
-                            step_barrier, unit_block)
+                            n_blocks, packs, project_block, project_rows, row_blocks, row_start,
+                            run_blocks, step_barrier, unit_block)
 from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, SK_PK_VBYTES, pk_alloc_nt, pk_gemm,
                                    pk_gemm_dir, pk_gemv_side, pk_pack_nn, pk_pack_side,
                                    pk_size)
@@ -224,20 +224,14 @@ cdef void _forward_rows(int b0, int b1, int B, int H, Py_ssize_t T, const floati
     (T, B, I) are then projected here, Tc steps at a time, just before those steps;
     NULL: gates holds every step's projection already."""
     cdef int G = 4 * H
-    cdef Py_ssize_t s, t, t1 = 0, step = <Py_ssize_t>B * H, r0 = <Py_ssize_t>b0 * H
+    cdef Py_ssize_t t, t1 = 0, step = <Py_ssize_t>B * H, r0 = <Py_ssize_t>b0 * H
     cdef Py_ssize_t zr0 = <Py_ssize_t>b0 * G
     for t in range(T):
         if X_pk != NULL and t == t1:
             t1 = min(t + Tc, T)
-            if b1 - b0 == B:
-                # slots t % nz .. (t1 - 1) % nz, consecutive: one product over their rows
-                pk_gemm(<int>((t1 - t) * B), I, x + t * B * I, I, X_pk,
-                        gates + (t % nz) * B * G, G, 0, G, False)
-            else:
-                # the block's rows of each step
-                for s in range(t, t1):
-                    pk_gemm(b1 - b0, I, x + (s * B + b0) * I, I, X_pk,
-                            gates + (s % nz) * B * G + zr0, G, 0, G, False)
+            # into slots t % nz .. (t1 - 1) % nz, consecutive (packed: W_ih unused)
+            project_block(x + t * B * I, <const floating*>NULL, X_pk, <const floating*>NULL,
+                          gates + (t % nz) * B * G, t1 - t, B, b0, b1, I, G)
         _forward_block(b1 - b0, H, H, 0, t,
                        (h0 + r0) if t == 0 else out + (t - 1) * step + r0,
                        (c0 + r0) if t == 0 else cells + (t - 1) * step + r0,

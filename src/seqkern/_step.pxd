@@ -160,6 +160,22 @@ cdef inline void project_rows(const floating* x, const floating* W, const floati
     rows_times_wt(x, W, W_pk, out, r0, r1, I, G, True)
 
 
+cdef inline void project_block(const floating* x, const floating* W, const floating* W_pk,
+                               const floating* bias, floating* out, Py_ssize_t n_steps, int B,
+                               int b0, int b1, int I, int G) noexcept nogil:
+    """Batch rows [b0, b1) of n_steps steps: out[s, b0:b1] := x[s, b0:b1] @ W^T +
+    bias (project_rows); x (n_steps, B, I), out (n_steps, B, G). One product over
+    every row where the block holds the whole batch, else one per step. On the
+    packed GEMM each element is the same sum either way (a block of a split batch
+    has at least MIN_ROWS rows: never the one-row kernel)."""
+    cdef Py_ssize_t s
+    if b1 - b0 == B:
+        project_rows(x, W, W_pk, bias, out, 0, n_steps * B, I, G)
+        return
+    for s in range(n_steps):
+        project_rows(x, W, W_pk, bias, out, s * B + b0, s * B + b1, I, G)
+
+
 cdef inline void _gate_rows(const floating* src, floating* dst, int G, int H, int K, int U,
                             bint grouping) noexcept nogil:
     """group_gates (grouping) or ungroup_gates (not grouping) from src to dst."""
