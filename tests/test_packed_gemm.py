@@ -120,15 +120,16 @@ def test_nan_and_inf_propagate(rng, dtype, M):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("K,N,K2,N2,m2", [
-    (64, 256, 64, 256, 16),    # the batch-1 LSTM step at H = I = 64
+    (64, 256, 64, 256, None),  # the batch-1 LSTM step at H = I = 64 (None: SIDE_ROWS)
     (7, 13, 5, 37, 3),         # ragged panels and vector columns, few side rows
-    (3, 200, 90, 70, 11),      # more side steps than row-product steps
-    (40, 70, 1, 16, 16),       # K2 = 1: a column ends at every side step
+    (3, 200, 90, 70, 7),       # more side steps than row-product steps
+    (40, 70, 1, 16, None),     # K2 = 1: a column ends at every side step
     (5, 70, 0, 20, 4),         # K2 = 0: the side columns are empty sums, 0
 ])
 def test_gemv_side_matches_numpy(rng, dtype, K, N, K2, N2, m2):
     """The row product c (+)= a @ W in either panel order, and the interleaved side
     product written to exactly its vector columns [v0, v1) of C2."""
+    m2 = m2 or pg.SIDE_ROWS
     vl = pg.VBYTES // np.dtype(dtype).itemsize
     n_vec = -(-N2 // vl)
     W = rng.standard_normal((K, N)).astype(dtype)
@@ -196,12 +197,13 @@ def test_gemv_side_halves(rng, dtype, hg, n_panels):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("K2,N2,m2,hg", [(37, 70, 5, 0), (256, 64, 16, 0), (9, 300, 16, 1)])
+@pytest.mark.parametrize("K2,N2,m2,hg", [(37, 70, 5, 0), (256, 64, None, 0), (9, 300, None, 1)])
 def test_gemv_side_cut_columns(rng, dtype, K2, N2, m2, hg):
     """The side product's k-steps cut anywhere over several calls (a column cut
     keeps its partial sums in C2, ragged last column included) give bitwise the
     side product of one call: how the batch-1 LSTM backward spreads dx over the
     steps."""
+    m2 = m2 or pg.SIDE_ROWS
     vl = pg.VBYTES // np.dtype(dtype).itemsize
     K, N = 8, 2 * 4 * vl
     W = rng.standard_normal((K, N)).astype(dtype)
@@ -236,19 +238,19 @@ def test_gemv_side_pair_sums_as_gemm(rng, dtype, K, N, hg):
     W = rng.standard_normal((K, N)).astype(dtype)
     P = pg.pack(W, False)
     a = rng.standard_normal(K).astype(dtype)
-    A2 = rng.standard_normal((16, 40)).astype(dtype)
+    A2 = rng.standard_normal((pg.SIDE_ROWS, 40)).astype(dtype)
     W2 = rng.standard_normal((40, 100)).astype(dtype)
     P2 = pg.pack(W2, False)
     c0 = rng.standard_normal(N).astype(dtype)
     want = pg.gemm(a[None], P, c0[None].copy())[0]
-    c, C2 = pg.gemv_side(a, P, c0.copy(), A2, P2, np.zeros((16, 100), dtype), 0, 1,
+    c, C2 = pg.gemv_side(a, P, c0.copy(), A2, P2, np.zeros((pg.SIDE_ROWS, 100), dtype), 0, 1,
                          pair=True, hg=hg)
     vl = pg.VBYTES // np.dtype(dtype).itemsize
     mine = (np.arange(N) // (4 * vl) // hg) % 2 == 0 if hg else np.ones(N, bool)
     np.testing.assert_array_equal(c[mine], want[mine])
     assert_close(C2[:, :vl], A2.astype(np.float64) @ W2[:, :vl].astype(np.float64), dtype,
                  "C2")
-    single = pg.gemv_side(a, P, c0.copy(), A2, P2, np.zeros((16, 100), dtype), 0, 1)[0]
+    single = pg.gemv_side(a, P, c0.copy(), A2, P2, np.zeros((pg.SIDE_ROWS, 100), dtype), 0, 1)[0]
     assert_close(single, want, dtype, "c")
 
 

@@ -21,9 +21,9 @@
  * result does not depend on the split (1 thread == N threads, bitwise).
  *
  * sk_pk_gemv_side_{f,d} runs a one-row product (M = 1, bound by reading W from L2
- * where W is larger than L1) interleaved with an independent 16-row product
- * (bound by the FMAs), so that each uses the units the other leaves idle: the
- * batch-1 LSTM step and the input projection of later steps.
+ * where W is larger than L1) interleaved with an independent product of
+ * SK_PK_SIDE_ROWS rows (bound by the FMAs), so that each uses the units the other
+ * leaves idle: a batch-1 recurrent step and the input projection of later steps.
  *
  * Plain C arithmetic (no -ffast-math): NaN and Inf propagate. Padding columns
  * may compute 0 * Inf = NaN, but they are never stored. Loads and stores are
@@ -72,8 +72,14 @@ typedef long long sk_pk_id __attribute__((vector_size(SK_PK_VBYTES)));
 #define SK_PK_IN_REGS(a, b, c, d) ((void)0)
 #endif
 
-/* Rows of the side product of sk_pk_gemv_side_{f,d}: one accumulator each. */
+/* Rows of the side product of sk_pk_gemv_side_{f,d}: one accumulator each, beside
+ * the row product's 4 and three more (a panel vector, two broadcasts): 16 where
+ * there are 32 vector registers (AVX-512, NEON), 8 where there are 16. */
+#if SK_VBYTES >= 64 || defined(__aarch64__)
 #define SK_PK_SIDE_ROWS 16
+#else
+#define SK_PK_SIDE_ROWS 8
+#endif
 
 #define SK_T float
 #define SK_V sk_pk_vf

@@ -75,9 +75,12 @@ cdef inline bint packs(int step_gemm, Py_ssize_t rows) noexcept nogil:
 
 
 cdef inline bint interleaves(int step_gemm, Py_ssize_t rows) noexcept nogil:
-    """Run a batch-1 step's product interleaved with an independent 16-row product
-    (_packed_gemm.h's gemv_side, the LSTM's batch-1 path) for a call over ``rows``
-    rows? Its accumulators need 32 vector registers: AUTO only where SK_WIDE."""
+    """Run a batch-1 step's product interleaved with an independent product of
+    SK_PK_SIDE_ROWS rows (_packed_gemm.h's gemv_side, the LSTM's batch-1 path) for a
+    call over ``rows`` rows? AUTO only where SK_WIDE: the side product pays where one
+    FMA covers 64 bytes of the weights the step streams; with 32-byte vectors the
+    step's own FMAs take half the units, the two products together need all of them,
+    and the projection ahead of the steps was faster (docs/benchmarks.md)."""
     if step_gemm == STEP_AUTO:
         return SK_WIDE and rows >= PACK_MIN_ROWS
     return step_gemm == STEP_PACKED
