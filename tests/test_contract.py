@@ -15,7 +15,7 @@ import seqkern
 from seqkern import reference as ref
 from seqkern._step_gemm import step_gemm
 
-from helpers import (ATTENTION, DTYPES, GRU, IMPLS, KERNELS, RECURRENT, RNN_TANH,
+from helpers import (ATTENTION, DTYPES, GRU, IMPLS, KERNELS, LSTM, RECURRENT, RNN_TANH,
                      assert_all_equal, assert_close, assert_grads_close, escape,
                      lengths_with_ends, numeric_grad, to64)
 
@@ -241,6 +241,23 @@ def test_one_thread_equals_two_threads_bitwise(rng, monkeypatch, kernel, shape, 
         d_outs = kernel.upstream(rng, outs)
         one, two = (_run_threads(kernel, args, d_outs, n, **kw) for n in (1, 2))
         assert_all_equal(two, one, _names(kernel))
+
+
+@pytest.mark.parametrize("kernel,shape", [(LSTM, (256, 16, 32, 128)), (GRU, (64, 16, 256, 128))],
+                         ids=["lstm", "gru"])
+@dtypes
+def test_more_threads_than_row_blocks_bitwise(rng, monkeypatch, kernel, shape, dtype):
+    """4 threads on the blocks of a 2-core machine: the batch splits into 2 blocks of
+    rows, while the input projection (T B I G >= PAR_MIN_GEMM, in 4 or more blocks)
+    can use all 4 threads, so the forward projects ahead of the steps rather than
+    inside the 2 row blocks: the same bits as on 1 thread."""
+    kernel.two_core_blocks(monkeypatch)
+    args, _ = kernel.inputs(rng, shape, dtype)
+    for kw in _thread_lengths(kernel, rng, shape):
+        outs, _ = kernel.forward(seqkern, args, return_cache=False, **kw)
+        d_outs = kernel.upstream(rng, outs)
+        one, four = (_run_threads(kernel, args, d_outs, n, **kw) for n in (1, 4))
+        assert_all_equal(four, one, _names(kernel))
 
 
 @over(RECURRENT, ("shape", lambda k: k.gemm_shapes))

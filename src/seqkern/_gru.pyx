@@ -336,6 +336,9 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef int nt_rows = loop_threads(nt, n_rb, <double>TB * G * H)
     cdef int n_run = run_blocks(n_rb, nt_rows, packed)
     cdef int nt_proj
+    # the threads of a whole chunk's projection (below: blocks of rb to 2 rb rows)
+    cdef int nt_chunk = loop_threads(nt, <int>max(<Py_ssize_t>1, Tc * B // rb),
+                                     <double>Tc * B * G * I)
     cdef Py_ssize_t rows, t, t0, t1
     cdef int i, blk, r, n_rows
     cdef const floating* Wih
@@ -373,9 +376,11 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             for i in range(H):
                 bhn[i] = 0 if bhh == NULL else bhh[2 * H + i]
 
-            if packed and not cached and n_run > 1:
+            if packed and not cached and n_run > 1 and n_run >= nt_chunk:
                 # the batch split by rows over threads, no cache, packed: each block
-                # of rows through every chunk in one region (_forward_rows_chunks)
+                # of rows through every chunk in one region (_forward_rows_chunks),
+                # unless a chunk's projection would run on more threads than there
+                # are blocks of rows
                 for r in prange(n_run, num_threads=nt_rows, schedule='static',
                                 use_threads_if=nt_rows > 1):
                     _forward_rows_chunks(row_start(r, B, n_run), row_start(r + 1, B, n_run), B,

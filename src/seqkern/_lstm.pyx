@@ -131,10 +131,10 @@ cdef inline bint _in_chunks(bint packed, int B, int n_run, int nt_proj) noexcept
     time loop (_forward_rows)? Where the products are packed (each element one
     k-ordered sum whatever rows share a call, so the same bits as projected all at
     once: the choice may follow the threads), from 2 rows a block (never pk_gemm's
-    one-row kernel; a split block has at least MIN_ROWS): where the row blocks
-    run on several threads (each projects its own rows), or where one block runs
-    them all and the projection ahead would not run on several threads either."""
-    return packed and B >= 2 and (n_run > 1 or nt_proj <= 1)
+    one-row kernel; a split block has at least MIN_ROWS), where the n_run blocks of
+    rows (each projecting its own rows) run on at least as many threads as the
+    projection ahead would (nt_proj)."""
+    return packed and B >= 2 and n_run >= nt_proj
 
 
 cdef inline int _chunk_steps(int B) noexcept nogil:
