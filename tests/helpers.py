@@ -373,16 +373,18 @@ LSTM = Recurrent("lstm", 4, ("h0", "c0"), _lstm_init,
                   # 1), whose one-row product rounds unlike the steps' side product
                   (2049, 1, 512, 64),
               ],
-              # (9, 1, ..), (600, 1, ..), (16, 1, ..), (33, 1, ..), (40, 1, ..): batch 1,
-              # whose packed forward projects the next 16 steps inside each step's
-              # product: less than one chunk, many, exactly one, two and one row, and
-              # more projection than recurrent work per step (I > 4H). (20, 8, 16, 130):
+              # (5, 1, ..), (9, 1, ..), (600, 1, ..), (16, 1, ..), (33, 1, ..), (40, 1, ..):
+              # batch 1, whose packed forward projects the next SIDE_ROWS steps (16 or
+              # 8 by the ISA) inside each step's product: less than one chunk at
+              # either (5) or at 16 (9), many, exactly one (16 at 16, two at 8), two
+              # and one row, and more projection than recurrent work per step (I > 4H). (20, 8, 16, 130):
               # several unit blocks (B 4H H >= 2^21), split over 2 threads; (600, 1, ..) also: two
               # backward chunks (512 rows, then 88); (5, 600, ..): two steps per chunk,
               # 1200 rows in five K blocks; (5, 300, 4, 130): the same beside unit
               # blocks (whose steps read dz_{t+1} across all blocks while writing dz_t);
               # (300, 4, 5, 130): backward chunks of 128 steps beside unit blocks.
-              gemm_shapes=[(9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 260), (600, 1, 3, 20),
+              gemm_shapes=[(5, 1, 5, 7), (9, 1, 5, 7), (6, 5, 7, 70), (20, 8, 16, 260),
+                           (600, 1, 3, 20),
                            (5, 600, 4, 10), (5, 300, 4, 130), (300, 4, 5, 368),
                            (16, 1, 8, 64), (33, 1, 16, 33), (40, 1, 70, 3)])
 # batch 1 with a projection large enough (T I 4H >= 2^25) to run first, in

@@ -82,9 +82,10 @@ def test_reference_sigmoid_is_stable():
 @pytest.mark.parametrize("T", [15, 16, 17, 32, 47, 529])
 @pytest.mark.parametrize("I", [1, 20, 130])
 def test_batch_1_backward_dx_inside_the_steps(T, I):
-    """At batch 1 the steps compute dx as they go, 16 rows at a time, the rows of
-    the last whole group and a partial one after the steps: every row right
-    (float64 against the reference), for lengths around the groups of 16 and the
+    """At batch 1 the steps compute dx as they go, SIDE_ROWS rows at a time (16 where
+    AUTO takes this path, AVX-512), the rows of the last whole group and a partial
+    one after the steps: every row right (float64 against the reference), for
+    lengths around the groups of 16 and the
     512-step chunks, and input sizes with a ragged last vector column; the same
     bits on 2 threads."""
     _backward_1_and_2_threads_vs_reference(T, I, 24)

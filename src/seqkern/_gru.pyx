@@ -34,8 +34,9 @@
 # forward without a cache does the same with the input projection (CHUNK_ROWS).
 #
 # Threads (see _step.pxd): the steps split by blocks of batch rows (a thread runs
-# its rows through every step of a chunk; without a cache, on the packed GEMM,
-# through every chunk in one parallel region), or for few rows by blocks of units
+# its rows through every step of a chunk; without a cache, on the packed GEMM, and
+# where the row blocks use as many threads as a chunk's projection would, through
+# every chunk in one parallel region), or for few rows by blocks of units
 # within each step (one parallel region over the chunk's steps, a barrier after
 # each step) where a step is big, else run on one thread as one block of rows.
 # Blocks depend only on the problem size and n_parts, so the results are bitwise

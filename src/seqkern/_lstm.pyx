@@ -92,9 +92,8 @@ cdef inline void cell_backward(const floating* z, const floating* c, const float
 # Where blocks of rows run through the steps on the packed GEMM (_in_chunks), each
 # block projects its own rows of a chunk of ~FWD_CHUNK_ROWS rows (T*B) just before
 # the chunk's steps, so that their gate rows are still in cache when the steps add
-# to them (projected all at once, T B 4H of them would go out to memory and back);
-# one block of every row does so only where the projection ahead would run on one
-# thread anyway.
+# to them (projected all at once, T B 4H of them would go out to memory and back),
+# where the blocks run on at least as many threads as the projection ahead would.
 # The backward runs the time loop in chunks of ~BWD_CHUNK_ROWS rows (T*B) and adds
 # each chunk's gradients after its steps; the packed weight gradients sum in
 # blocks of K_BLOCK rows; the weight-gradient jobs are GRAD_UNITS rows of one gate,

@@ -73,8 +73,9 @@ typedef long long sk_pk_id __attribute__((vector_size(SK_PK_VBYTES)));
 #endif
 
 /* Rows of the side product of sk_pk_gemv_side_{f,d}: one accumulator each, beside
- * the row product's 4 and three more (a panel vector, two broadcasts): 16 where
- * there are 32 vector registers (AVX-512, NEON), 8 where there are 16. */
+ * the row product's 4 (8 with pair) and a panel vector and broadcasts: 16 where
+ * there are 32 vector registers (AVX-512, NEON), 8 where there are 16 (with pair,
+ * forced only there, some spill). */
 #if SK_VBYTES >= 64 || defined(__aarch64__)
 #define SK_PK_SIDE_ROWS 16
 #else
