@@ -217,6 +217,52 @@ def test_time_interleaved_alternates(monkeypatch):
     assert all(0.0015 < x < 0.01 for x in t["sleep"])
 
 
+def test_time_interleaved_runs_each_sample_in_its_context(monkeypatch):
+    """contexts: every warm-up call and sample of a name runs inside its own context
+    manager, and the names still take turns."""
+    from contextlib import contextmanager
+
+    monkeypatch.setattr(runner, "SAMPLE_S", 0.0)
+    monkeypatch.setattr(runner, "PAUSE_S", 0.0)
+    inside, seen = [None], []
+
+    @contextmanager
+    def within(tag):
+        inside[0] = tag
+        try:
+            yield
+        finally:
+            inside[0] = None
+
+    fns = {name: (lambda name=name: seen.append((name, inside[0]))) for name in ("a", "b")}
+    runner.time_interleaved(fns, budget_s=0, min_repeats=2,
+                            contexts={"a": lambda: within("A"), "b": lambda: within("B")})
+    assert seen == [("a", "A"), ("b", "B")] * 3
+    assert inside[0] is None
+
+
+def test_busy_run_takes_thread_counts_in_turn(monkeypatch):
+    """With busy processes beside it, run() times a case's thread counts in turn,
+    sample by sample (each call on the count of its sample), not one after the other."""
+    monkeypatch.setattr(runner, "SAMPLE_S", 0.0)
+    monkeypatch.setattr(runner, "PAUSE_S", 0.0)
+    monkeypatch.setattr(runner, "gemm_peak", lambda n, dtype: 1.0)
+    counts = []
+    import seqkern
+
+    monkeypatch.setattr(runner, "make_runner",
+                        lambda case, impl: lambda: counts.append(seqkern.get_num_threads()))
+    case = Case("rnn", (2, 5, 3, 4), "fwd")
+    # one warm-up call per name and thread count, then 3 samples of one call each
+    for busy, want in ((1, [1, 2] * 4), (0, [1] * 4 + [2] * 4)):
+        counts.clear()
+        results, _ = runner.run([case], [1, 2], impls=["seqkern"], budget_s=0, progress=False,
+                                busy=busy)
+        assert counts == want
+        assert [r["threads"] for r in results] == [1, 2]
+        assert all(len(r["times_s"]) == 3 for r in results)
+
+
 def test_time_interleaved_sizes_samples_on_the_steady_state(monkeypatch):
     """A slow first call (a core waking up) must not shrink every sample to one
     call: the samples are sized on the faster of two warm-up calls. The runner's

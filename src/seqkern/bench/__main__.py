@@ -82,7 +82,8 @@ def main(argv=None):
     p.add_argument("--plot", metavar="DIR", help="write PNG charts to DIR (needs matplotlib: seqkern[plot])")
     p.add_argument("--busy", type=int, default=0, metavar="N",
                    help="run N busy processes (one core each) beside the timed calls, as "
-                        "another program on the machine would")
+                        "another program on the machine would; the thread counts of a case "
+                        "then take turns sample by sample, so that their ratio is side by side")
     p.add_argument("--isa", metavar="LEVELS",
                    help="run the whole benchmark once per instruction-set level (comma-separated, "
                         "or 'all': every level this build has and this CPU supports), each in "

@@ -12,7 +12,8 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
+from functools import partial
 
 import numpy as np
 
@@ -65,29 +66,34 @@ def thread_count(n):
                 torch.set_num_threads(old_torch)
 
 
-def time_interleaved(fns, budget_s=0.3, min_repeats=3, max_repeats=30, pauses=None):
+def time_interleaved(fns, budget_s=0.3, min_repeats=3, max_repeats=30, pauses=None,
+                     contexts=None):
     """{name: [seconds per call, ...]} for each callable in ``fns``.
 
     After one warm-up call each (two where one is shorter than 10 SAMPLE_S, the
     faster sizing the samples), the implementations take turns: each turn is
     one sample of back-to-back calls (enough to fill SAMPLE_S), then a pause
     (``pauses[name]``, default PAUSE_S). The number of samples fits ``budget_s``
-    per implementation.
+    per implementation. ``contexts[name]``, if given, makes the context manager
+    that each of that name's warm-ups and samples runs in, outside the timed
+    calls (e.g. thread_count(n): one case on several thread counts in turn).
     """
     pauses = pauses or {}
+    contexts = contexts or {}
     first = {}
     for name, fn in fns.items():
-        t0 = time.perf_counter()
-        fn()
-        first[name] = time.perf_counter() - t0
-        if first[name] < 10 * SAMPLE_S:
-            # The samples are sized on the faster of two calls: a first call that
-            # waits for a sleeping core (measured here: up to ~7 ms to start a
-            # 2-thread region after a pause) would otherwise size every sample to
-            # one call, and then every sample would measure such a wake-up.
+        with contexts.get(name, nullcontext)():
             t0 = time.perf_counter()
             fn()
-            first[name] = min(first[name], time.perf_counter() - t0)
+            first[name] = time.perf_counter() - t0
+            if first[name] < 10 * SAMPLE_S:
+                # The samples are sized on the faster of two calls: a first call that
+                # waits for a sleeping core (measured here: up to ~7 ms to start a
+                # 2-thread region after a pause) would otherwise size every sample to
+                # one call, and then every sample would measure such a wake-up.
+                t0 = time.perf_counter()
+                fn()
+                first[name] = min(first[name], time.perf_counter() - t0)
         pause(pauses.get(name, PAUSE_S))
     calls = {name: max(1, int(SAMPLE_S / max(t, 1e-9))) for name, t in first.items()}
     sample = max((first[n] * calls[n] for n in fns), default=0.0)
@@ -96,10 +102,11 @@ def time_interleaved(fns, budget_s=0.3, min_repeats=3, max_repeats=30, pauses=No
     for _ in range(repeats):
         for name, fn in fns.items():
             n = calls[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times[name].append((time.perf_counter() - t0) / n)
+            with contexts.get(name, nullcontext)():
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                times[name].append((time.perf_counter() - t0) / n)
             pause(pauses.get(name, PAUSE_S))
     return times
 
@@ -162,8 +169,9 @@ def busy_processes(n):
 
 def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True, busy=0):
     """Measure every case at every thread count; print rows as they finish.
-    ``busy``: the number of busy processes running beside the run (recorded).
-    An implementation that does not apply to a case (cases.applies) gets a row
+    ``busy``: the number of busy processes running beside the run (recorded);
+    with busy processes, the thread counts of a case take turns sample by sample
+    too (_time_threads_in_turn), so that their ratio is side by side. An implementation that does not apply to a case (cases.applies) gets a row
     of "-" and a result whose timings and ratios are None.
 
     Returns the list of result dicts (one per case x threads x implementation).
@@ -184,12 +192,18 @@ def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True, busy
         fns = {impl: make_runner(case, impl) for impl in impls if applies(case, impl)}
         base = {}
         for n in threads:
+            if (case.dtype, n) not in peaks:
+                peaks[case.dtype, n] = gemm_peak(n, case.dtype)
+        by_threads = (_time_threads_in_turn(fns, threads, budget_s)
+                      if busy and len(threads) > 1 else {})
+        for n in threads:
             key = (case.dtype, n)
-            if key not in peaks:
-                peaks[key] = gemm_peak(n, case.dtype)
-            pauses = {"reference": PAUSE_AFTER_BLAS_S} if n > 1 else {}
-            with thread_count(n):
-                times = time_interleaved(fns, budget_s=budget_s, pauses=pauses)
+            if n in by_threads:
+                times = by_threads[n]
+            else:
+                pauses = {"reference": PAUSE_AFTER_BLAS_S} if n > 1 else {}
+                with thread_count(n):
+                    times = time_interleaved(fns, budget_s=budget_s, pauses=pauses)
             med = {impl: statistics.median(ts) for impl, ts in times.items()}
             if n == threads[0]:
                 base = {impl: (n, m) for impl, m in med.items()}
@@ -220,6 +234,19 @@ def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True, busy
                 if progress:
                     print(format_row(r), file=out, flush=True)
     return results, peaks
+
+
+def _time_threads_in_turn(fns, threads, budget_s):
+    """{n: {impl: [seconds per call, ...]}}: every implementation at every thread
+    count in one time_interleaved, each sample on its own count. Beside busy
+    processes the scheduler's slices come in modes lasting longer than a sample;
+    timed one count after the other, a case's 1-thread and 2-thread samples can
+    fall on different modes, and their ratio then measures the scheduler."""
+    keyed = {(impl, n): fn for n in threads for impl, fn in fns.items()}
+    pauses = {(impl, n): PAUSE_AFTER_BLAS_S for impl, n in keyed if impl == "reference" and n > 1}
+    contexts = {(impl, n): partial(thread_count, n) for impl, n in keyed}
+    times = time_interleaved(keyed, budget_s=budget_s, pauses=pauses, contexts=contexts)
+    return {n: {impl: times[impl, n] for impl in fns} for n in threads}
 
 
 def _skipped(case, impl, n, level, busy, peak):
