@@ -281,9 +281,9 @@ def test_each_step_product(rng, kernel, shape, mode, dtype):
     for res in (one, two):
         assert_all_equal(res[n:2 * n], res[:n], kernel.out_names)
     for name, a, b in zip(kernel.out_names, one[:n], routs):
-        assert_close(a, b, dtype, name)
+        assert_close(a, b, dtype, name, steps=T)
     rg = kernel.backward(ref, to64(*d_outs), rcache)
-    assert_grads_close(kernel.grads_type(*one[2 * n:]), rg, dtype)
+    assert_grads_close(kernel.grads_type(*one[2 * n:]), rg, dtype, steps=T)
 
 
 # --- return_cache=False, None gradients, initial states, the cache -----------------------
