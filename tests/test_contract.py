@@ -234,13 +234,18 @@ def _names(kernel):
 @over(KERNELS, ("shape", lambda k: k.thread_shapes))
 @dtypes
 def test_one_thread_equals_two_threads_bitwise(rng, monkeypatch, kernel, shape, dtype):
+    _same_bits_on(2, rng, monkeypatch, kernel, shape, dtype)
+
+
+def _same_bits_on(n, rng, monkeypatch, kernel, shape, dtype):
+    """On the blocks of a 2-core machine, n threads give bitwise what 1 gives."""
     kernel.two_core_blocks(monkeypatch)
     args, _ = kernel.inputs(rng, shape, dtype)
     for kw in _thread_lengths(kernel, rng, shape):
         outs, _ = kernel.forward(seqkern, args, return_cache=False, **kw)
         d_outs = kernel.upstream(rng, outs)
-        one, two = (_run_threads(kernel, args, d_outs, n, **kw) for n in (1, 2))
-        assert_all_equal(two, one, _names(kernel))
+        one, many = (_run_threads(kernel, args, d_outs, m, **kw) for m in (1, n))
+        assert_all_equal(many, one, _names(kernel))
 
 
 @pytest.mark.parametrize("kernel,shape", [(LSTM, (256, 16, 32, 128)), (GRU, (64, 16, 256, 128))],
@@ -251,13 +256,7 @@ def test_more_threads_than_row_blocks_bitwise(rng, monkeypatch, kernel, shape, d
     rows, while the input projection (T B I G >= PAR_MIN_GEMM, in 4 or more blocks)
     can use all 4 threads, so the forward projects ahead of the steps rather than
     inside the 2 row blocks: the same bits as on 1 thread."""
-    kernel.two_core_blocks(monkeypatch)
-    args, _ = kernel.inputs(rng, shape, dtype)
-    for kw in _thread_lengths(kernel, rng, shape):
-        outs, _ = kernel.forward(seqkern, args, return_cache=False, **kw)
-        d_outs = kernel.upstream(rng, outs)
-        one, four = (_run_threads(kernel, args, d_outs, n, **kw) for n in (1, 4))
-        assert_all_equal(four, one, _names(kernel))
+    _same_bits_on(4, rng, monkeypatch, kernel, shape, dtype)
 
 
 @over(RECURRENT, ("shape", lambda k: k.gemm_shapes))
