@@ -593,12 +593,21 @@ BIG = 2**31 + 8
 f32 = np.float32
 
 
+# The machine would not map an input that large (seen under QEMU's user-mode
+# emulation, whose own bookkeeping of a guest's maps counts against RLIMIT_DATA).
+class Unmappable(Exception):
+    pass
+
+
 def zeros(*shape):
     # A read-only map of a sparse file: all zeros, no memory, no disk.
     path = os.path.join(folder, f"{len(os.listdir(folder))}.bin")
     with open(path, "wb") as f:
         f.truncate(max(int(np.prod(shape, dtype=object)) * 4, 1))
-    return np.memmap(path, f32, "r", shape=shape)
+    try:
+        return np.memmap(path, f32, "r", shape=shape)
+    except OSError as e:
+        raise Unmappable(f"{shape}: {e}") from e
 
 
 def small(*shape):
@@ -656,6 +665,8 @@ for name, call in cases.items():
     try:
         call()
         results[name] = "returned"
+    except Unmappable as e:
+        results[name] = f"unmappable: {e}"
     except BaseException as e:
         results[name] = f"{type(e).__name__}: {e}"
 print(json.dumps(results))
@@ -688,12 +699,16 @@ def test_sizes_past_the_int_limit_are_refused(tmp_path):
     p = run_python(HUGE_PROBE, timeout=120, args=[str(tmp_path)])
     assert p.returncode == 0, p.stdout + p.stderr
     results = json.loads(p.stdout.strip().splitlines()[-1])
-    bad = {}
+    bad, unmappable = {}, sorted(c for c, msg in results.items() if msg.startswith("unmappable"))
     for case, name in HUGE_NAMES.items():
         msg = results[case]
-        if not (msg.startswith(f"ValueError: {name} = ") and "the kernels' limit" in msg):
+        if case not in unmappable and not (msg.startswith(f"ValueError: {name} = ")
+                                           and "the kernels' limit" in msg):
             bad[case] = msg
     assert not bad, bad
+    if unmappable:
+        pytest.skip(f"the other {len(HUGE_NAMES) - len(unmappable)} cases were refused as they "
+                    f"should; these could not map their inputs here: {unmappable}")
 
 
 # ---------------------------------------------------------------------------
