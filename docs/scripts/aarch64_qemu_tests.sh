@@ -10,7 +10,8 @@
 # (deb.debian.org, PyPI) and a long time, everything emulated: on a 2-core machine about
 # 6 min for the chroot, 1 min for the wheels, 15-40 min for the build (one compiler at a
 # time) and roughly 30-60 min for the whole suite (tests/test_contract.py alone: 12 min).
-# Known outcomes under QEMU 7.2 (Debian 12), first run 2026-12-07: see the commit message.
+# What it gave under QEMU 7.2 (Debian 12), and the tests it made change: docs/benchmarks.md,
+# "2026-12-07 (fifth session)".
 #
 # Usage: sudo docs/scripts/aarch64_qemu_tests.sh [WORKDIR [PYTEST ARGS...]]
 #   run from the repository root; WORKDIR (default /var/tmp/seqkern-aarch64) holds the
