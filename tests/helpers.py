@@ -15,6 +15,7 @@ import numpy as np
 
 import seqkern
 from seqkern import reference as ref
+from seqkern._step_gemm import step_gemm
 
 DTYPES = [np.float32, np.float64]
 
@@ -276,14 +277,8 @@ class Attention:
     def __repr__(self):
         return self.id
 
-    @contextmanager
     def path(self):
-        old = seqkern.attention._blas_products
-        seqkern.attention._blas_products = self.products == "blas"
-        try:
-            yield
-        finally:
-            seqkern.attention._blas_products = old
+        return step_gemm("blas" if self.products == "blas" else "packed")
 
     def two_core_blocks(self, monkeypatch):
         pass

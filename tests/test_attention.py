@@ -11,6 +11,7 @@ import seqkern
 from seqkern.attention import _attention
 from seqkern import reference as ref
 from seqkern._attention_args import AttentionArgs
+from seqkern._step_gemm import step_gemm
 
 from helpers import ATTENTION, DTYPES, assert_close, attention_kwargs as variant_kwargs
 
@@ -147,10 +148,10 @@ def test_blas_held_only_where_blas_runs(rng, monkeypatch, blas):
         entered.append(1)
         yield
 
-    monkeypatch.setattr(seqkern.attention, "_blas_products", blas)
     monkeypatch.setattr(seqkern.attention, "blas_single_thread", counting)
     args = make(rng, (1, 2, 2, 20, 30, 8, 8))
-    (out, grads), (rout, rgrads) = run_both(args, np.float64, causal=True)
+    with step_gemm({None: "auto", True: "blas", False: "packed"}[blas]):
+        (out, grads), (rout, rgrads) = run_both(args, np.float64, causal=True)
     holds = _attention.BLAS_PRODUCTS if blas is None else blas
     assert len(entered) == (2 if holds else 0)
     assert_close(out, rout, np.float64, "out")
@@ -158,7 +159,7 @@ def test_blas_held_only_where_blas_runs(rng, monkeypatch, blas):
 
 
 @pytest.mark.parametrize("Tq", [300, 3])
-def test_backward_follows_the_forwards_products(rng, monkeypatch, Tq):
+def test_backward_follows_the_forwards_products(rng, Tq):
     """The backward recomputes the scores with the forward's products (on BLAS:
     the very calls the forward made), whatever is chosen when it runs."""
     shape = (1, 2, 1, Tq, 300, 16, 8)
@@ -166,10 +167,10 @@ def test_backward_follows_the_forwards_products(rng, monkeypatch, Tq):
     res = {}
     for fwd in (False, True):
         for bwd in (False, True):
-            monkeypatch.setattr(seqkern.attention, "_blas_products", fwd)
-            out, cache = seqkern.attention_forward(q * 1e18, k, v, causal=True)
-            monkeypatch.setattr(seqkern.attention, "_blas_products", bwd)
-            res[fwd, bwd] = seqkern.attention_backward(d_out, cache)
+            with step_gemm("blas" if fwd else "packed"):
+                out, cache = seqkern.attention_forward(q * 1e18, k, v, causal=True)
+            with step_gemm("blas" if bwd else "packed"):
+                res[fwd, bwd] = seqkern.attention_backward(d_out, cache)
     for fwd in (False, True):
         for a, b in zip(res[fwd, fwd], res[fwd, not fwd]):
             assert np.array_equal(a, b)

@@ -464,9 +464,9 @@ def test_forced_paths_reach_attention_too():
 
     seen = []
     probe = lambda: seen.append((attention._products_on_blas(), _step_gemm.step_gemm_mode()))
-    before = (attention._blas_products, _step_gemm.step_gemm_mode())
+    before = _step_gemm.step_gemm_mode()
     _forcing_path(probe, "seqkern-blas")()
     _forcing_path(probe, "seqkern-packed")()
     assert seen == [(True, _step_gemm.BLAS), (False, _step_gemm.PACKED)]
-    assert (attention._blas_products, _step_gemm.step_gemm_mode()) == before
+    assert _step_gemm.step_gemm_mode() == before
     assert _forcing_path(probe, "seqkern") is probe

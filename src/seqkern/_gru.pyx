@@ -60,8 +60,8 @@ from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_gemm, pk_gemm_dir, pk_pack_nn, pk_pack_nt, pk_size
 from seqkern._workspace cimport scratch_alloc, scratch_free
 from seqkern._step cimport (PACK_MIN_ROWS, final_states, group_gates, loop_threads, n_blocks,
-                            packs, project_block, project_rows, row_blocks, row_start, run_blocks, step_barrier,
-                            ungroup_gates, unit_block)
+                            packs, project_block, project_rows, row_blocks, row_start, run_blocks,
+                            step_barrier, ungroup_gates, unit_block)
 
 cdef extern from "_gru_cell.h" nogil:
     void sk_gru_fwd_row_f(int w, float* gr, float* gz, float* gn, const float* qr,
@@ -125,6 +125,12 @@ cdef inline Py_ssize_t _chunk_steps(Py_ssize_t T, int B) noexcept nogil:
     cdef Py_ssize_t c = max(1, CHUNK_ROWS // B)
     cdef Py_ssize_t n = (T + c - 1) // c
     return (T + n - 1) // n
+
+
+cdef inline int _proj_blocks(Py_ssize_t rows, Py_ssize_t rb) noexcept nogil:
+    """Blocks of a chunk's projection of ``rows`` rows: rb to 2 rb rows each, one
+    block where fewer (never a one-row block: see _chunk_steps)."""
+    return <int>max(<Py_ssize_t>1, rows // rb)
 
 
 cdef inline bint _few(Py_ssize_t T, int B) noexcept nogil:
@@ -337,9 +343,8 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef int nt_rows = loop_threads(nt, n_rb, <double>TB * G * H)
     cdef int n_run = run_blocks(n_rb, nt_rows, packed)
     cdef int nt_proj
-    # the threads of a whole chunk's projection (below: blocks of rb to 2 rb rows)
-    cdef int nt_chunk = loop_threads(nt, <int>max(<Py_ssize_t>1, Tc * B // rb),
-                                     <double>Tc * B * G * I)
+    # the threads of a whole chunk's projection
+    cdef int nt_chunk = loop_threads(nt, _proj_blocks(Tc * B, rb), <double>Tc * B * G * I)
     cdef Py_ssize_t rows, t, t0, t1
     cdef int i, blk, r, n_rows
     cdef const floating* Wih
@@ -391,11 +396,9 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                 t0 = 0
                 while t0 < T:
                     t1 = min(t0 + Tc, T)
-                    # 1. The input projection of the chunk's steps, in blocks of rb to
-                    # 2 rb rows (one block where fewer: never a one-row block, see
-                    # _chunk_steps)
+                    # 1. The input projection of the chunk's steps (_proj_blocks)
                     rows = (t1 - t0) * B
-                    n_rows = <int>max(<Py_ssize_t>1, rows // rb)
+                    n_rows = _proj_blocks(rows, rb)
                     nt_proj = loop_threads(nt, n_rows, <double>rows * G * I)
                     for i in prange(n_rows, num_threads=nt_proj, schedule='static',
                                     use_threads_if=nt_proj > 1):

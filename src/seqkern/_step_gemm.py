@@ -1,10 +1,13 @@
-"""Which GEMM the recurrent kernels use for their products with the weights: the
-per-step h_{t-1} @ W_hh^T and dz_t @ W_hh, the input projection x @ W_ih^T and the
-input gradient dz @ W_ih (private: for tests and benchmarks).
+"""Which GEMM the kernels use (private: for tests and benchmarks): for the
+recurrent kernels' products with the weights (the per-step h_{t-1} @ W_hh^T and
+dz_t @ W_hh, the input projection x @ W_ih^T and the input gradient dz @ W_ih),
+and for attention's tile products.
 
-AUTO lets each kernel choose by its measured rule (see _rnn.pyx, _lstm.pyx, _gru.pyx);
-BLAS forces OpenBLAS's GEMM; PACKED forces _packed_gemm.h on the weights packed
-once per call. The results of each choice do not depend on the thread count.
+AUTO lets each kernel choose by its measured rule (see _rnn.pyx, _lstm.pyx, _gru.pyx,
+and _attention.BLAS_PRODUCTS); BLAS forces OpenBLAS's GEMM; PACKED forces the
+kernels' own: _packed_gemm.h on the weights packed once per call, and attention's
+micro-kernel (_attention.h's sk_gemm). The results of each choice do not depend on
+the thread count.
 """
 
 from contextlib import contextmanager

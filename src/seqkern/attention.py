@@ -42,6 +42,7 @@ from numpy.typing import ArrayLike, NDArray
 from seqkern import _workspace
 from seqkern._attention_args import AttentionArgs
 from seqkern._dispatch import kernel_module
+from seqkern._step_gemm import AUTO, BLAS, step_gemm_mode
 from seqkern._threads import blas_single_thread, effective_num_threads
 from seqkern._types import AttentionGrads
 from seqkern._validation import check_bool, check_cache, check_shape, float_array
@@ -77,14 +78,11 @@ class AttentionCache:
 _tiles = None
 
 
-#: Where the kernels' tile products run (private, for tests and benchmarks):
-#: None follows the instruction-set level's choice (_attention.BLAS_PRODUCTS),
-#: True forces BLAS, False the kernel's own product (_attention.h's sk_gemm).
-_blas_products = None
-
-
 def _products_on_blas():
-    return bool(_attention.BLAS_PRODUCTS if _blas_products is None else _blas_products)
+    """Do the kernels' tile products run on BLAS? The instruction-set level's choice
+    (_attention.BLAS_PRODUCTS) unless seqkern._step_gemm forces one."""
+    mode = step_gemm_mode()
+    return bool(_attention.BLAS_PRODUCTS) if mode == AUTO else mode == BLAS
 
 
 def _blas_guard(blas):

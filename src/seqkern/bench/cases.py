@@ -448,19 +448,13 @@ def _forcing_path(fn, impl):
     seqkern-packed: see PATH_IMPLS), or fn itself."""
     if impl not in PATH_IMPLS:
         return fn
-    import seqkern.attention as attention
     from seqkern._step_gemm import step_gemm
 
     mode = impl.split("-", 1)[1]
 
     def forced():
-        old = attention._blas_products
-        attention._blas_products = mode == "blas"
-        try:
-            with step_gemm(mode):
-                return fn()
-        finally:
-            attention._blas_products = old
+        with step_gemm(mode):
+            return fn()
     return forced
 
 

@@ -171,8 +171,9 @@ def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True, busy
     """Measure every case at every thread count; print rows as they finish.
     ``busy``: the number of busy processes running beside the run (recorded);
     with busy processes, the thread counts of a case take turns sample by sample
-    too (_time_threads_in_turn), so that their ratio is side by side. An implementation that does not apply to a case (cases.applies) gets a row
-    of "-" and a result whose timings and ratios are None.
+    too (_time_in_turn), so that their ratio is side by side. An implementation
+    that does not apply to a case (cases.applies) gets a row of "-" and a result
+    whose timings and ratios are None.
 
     Returns the list of result dicts (one per case x threads x implementation).
     """
@@ -191,19 +192,15 @@ def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True, busy
     for case in cases:
         fns = {impl: make_runner(case, impl) for impl in impls if applies(case, impl)}
         base = {}
-        for n in threads:
-            if (case.dtype, n) not in peaks:
-                peaks[case.dtype, n] = gemm_peak(n, case.dtype)
-        by_threads = (_time_threads_in_turn(fns, threads, budget_s)
-                      if busy and len(threads) > 1 else {})
+        by_threads = {}
+        for group in ([threads] if busy else [[n] for n in threads]):
+            for n in group:
+                if (case.dtype, n) not in peaks:
+                    peaks[case.dtype, n] = gemm_peak(n, case.dtype)
+            by_threads.update(_time_in_turn(fns, group, budget_s))
         for n in threads:
             key = (case.dtype, n)
-            if n in by_threads:
-                times = by_threads[n]
-            else:
-                pauses = {"reference": PAUSE_AFTER_BLAS_S} if n > 1 else {}
-                with thread_count(n):
-                    times = time_interleaved(fns, budget_s=budget_s, pauses=pauses)
+            times = by_threads[n]
             med = {impl: statistics.median(ts) for impl, ts in times.items()}
             if n == threads[0]:
                 base = {impl: (n, m) for impl, m in med.items()}
@@ -236,12 +233,15 @@ def run(cases, threads, impls=IMPLS, budget_s=0.3, out=None, progress=True, busy
     return results, peaks
 
 
-def _time_threads_in_turn(fns, threads, budget_s):
+def _time_in_turn(fns, threads, budget_s):
     """{n: {impl: [seconds per call, ...]}}: every implementation at every thread
-    count in one time_interleaved, each sample on its own count. Beside busy
-    processes the scheduler's slices come in modes lasting longer than a sample;
-    timed one count after the other, a case's 1-thread and 2-thread samples can
-    fall on different modes, and their ratio then measures the scheduler."""
+    count of ``threads`` in one time_interleaved, each sample on its own count
+    (thread_count(n) around it), NumPy's BLAS given PAUSE_AFTER_BLAS_S after it ran
+    on several threads. run() passes one count at a time, or, beside busy
+    processes, all of them: there the scheduler's slices come in modes lasting
+    longer than a sample, and timed one count after the other, a case's 1-thread
+    and 2-thread samples can fall on different modes, and their ratio then
+    measures the scheduler."""
     keyed = {(impl, n): fn for n in threads for impl, fn in fns.items()}
     pauses = {(impl, n): PAUSE_AFTER_BLAS_S for impl, n in keyed if impl == "reference" and n > 1}
     contexts = {(impl, n): partial(thread_count, n) for impl, n in keyed}
