@@ -30,10 +30,10 @@
 # GEMMs over many rows at once: the projection of every step before the time loop
 # (or chunk by chunk inside it: _in_chunks), the gradients over chunks of ~BWD_CHUNK_ROWS rows right after the backward steps
 # that produced them (so that what they read is still in cache, and the scratch is
-# one chunk, not T*B rows). At batch 1 with one unit block and the weights packed
-# (_one_row), each step's product is bound by reading W_hh and leaves the FMA units
-# idle: the projection of the next steps (forward) and dx of the previous ones
-# (backward) run inside it (_packed_gemm.h's gemv_side).
+# one chunk, not T*B rows). At batch 1 with one unit block, where a caller forces
+# the packed GEMM (_one_row), the projection of the next steps (forward) and dx of
+# the previous ones (backward) run inside each step's product, which is bound by
+# reading W_hh and leaves FMA units idle (_packed_gemm.h's gemv_side).
 #
 # Threads (_step.pxd): the time loop splits by blocks of batch rows (a thread runs
 # its rows through every step), or for few rows by unit blocks within each step
@@ -122,7 +122,7 @@ cdef inline int _units(Py_ssize_t T, int B, int H, int n_parts) noexcept nogil:
 
 cdef inline bint _one_row(Py_ssize_t T, int B, int H, int U, int step_gemm) noexcept nogil:
     """Do the steps take the batch-1 path (_forward_one_row, _backward_one_row)?"""
-    return B == 1 and U == H and packs(step_gemm, T) and interleaves(step_gemm, T)
+    return B == 1 and U == H and interleaves(step_gemm)
 
 
 cdef inline bint _in_chunks(bint packed, int B, int n_run, int nt_proj) noexcept nogil:

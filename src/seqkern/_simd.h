@@ -3,9 +3,6 @@
  * target macros give it (setup.py compiles the kernel modules once per level):
  *   SK_ISA     its name: "avx512", "avx2", "avx", "sse2", "neon" or "generic";
  *   SK_VBYTES  the bytes of one vector register (64, 32 or 16);
- *   SK_WIDE    1 where there are 32 vector registers of 64 bytes (AVX-512): the
- *              batch-1 LSTM's interleaved step product (sk_pk_gemv_side_, with
- *              16 side rows) runs only there unless a caller forces it;
  *   SK_PACK_AUTO  1 where the recurrent kernels' products run on the packed GEMM
  *              (_packed_gemm.h) rather than BLAS by default: with AVX-512 or AVX2 +
  *              FMA, where it was measured faster than OpenBLAS's own kernels; not
@@ -33,8 +30,6 @@
 #define SK_ISA "generic"
 #define SK_VBYTES 16
 #endif
-
-#define SK_WIDE (SK_VBYTES >= 64)
 
 #if SK_VBYTES >= 32 && (defined(__FMA__) || defined(__AVX512F__))
 #define SK_PACK_AUTO 1

@@ -29,7 +29,6 @@ from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_gemm
 
 cdef extern from "_simd.h" nogil:
-    enum: SK_WIDE
     enum: SK_PACK_AUTO
 
 cdef extern from "_sync.h" nogil:
@@ -74,15 +73,14 @@ cdef inline bint packs(int step_gemm, Py_ssize_t rows) noexcept nogil:
     return step_gemm == STEP_PACKED
 
 
-cdef inline bint interleaves(int step_gemm, Py_ssize_t rows) noexcept nogil:
+cdef inline bint interleaves(int step_gemm) noexcept nogil:
     """Run a batch-1 step's product interleaved with an independent product of
-    SK_PK_SIDE_ROWS rows (_packed_gemm.h's gemv_side, the LSTM's batch-1 path) for a
-    call over ``rows`` rows? AUTO only where SK_WIDE: the side product pays where one
-    FMA covers 64 bytes of the weights the step streams; with 32-byte vectors the
-    step's own FMAs take half the units, the two products together need all of them,
-    and the projection ahead of the steps was faster (docs/benchmarks.md)."""
-    if step_gemm == STEP_AUTO:
-        return SK_WIDE and rows >= PACK_MIN_ROWS
+    SK_PK_SIDE_ROWS rows (_packed_gemm.h's gemv_side, the LSTM's batch-1 path)? Only
+    where a caller forces the packed GEMM: AUTO keeps the projection ahead of the
+    steps at every level. Whether the side product hides in the step's idle FMA
+    units depends on the core (how many loads it keeps in flight, what its L2
+    holds): measured faster on one AVX-512 machine, slower on another and at AVX2
+    (docs/benchmarks.md)."""
     return step_gemm == STEP_PACKED
 
 
