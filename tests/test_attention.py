@@ -470,6 +470,26 @@ def test_nan_propagates(rng, dtype):
     assert np.isnan(out[..., 0]).all()
 
 
+@pytest.mark.parametrize("mode", ["auto", "blas", "packed"])
+@pytest.mark.parametrize("scale", [0.0, -0.0])
+def test_nan_propagates_at_scale_zero(mode, scale):
+    """0 * (q . k) is NaN where q . k is Inf or NaN, on every path: BLAS, given
+    alpha = 0, would not compute the product at all (the tiles are 64 x 64 here,
+    not the row path)."""
+    rng = np.random.default_rng(5)
+    q, k, v, d_out = make(rng, (1, 1, 1, 64, 64, 16, 8))
+    k = k.copy()
+    k[0, 0, 5, 0] = np.inf
+    with step_gemm(mode):
+        out, cache = seqkern.attention_forward(q, k, v, scale=scale)
+        g = seqkern.attention_backward(d_out, cache)
+    rout, rcache = ref.attention_forward(q, k, v, scale=scale)
+    rg = ref.attention_backward(d_out, rcache)
+    assert np.isnan(rout).all()                   # every row sees the Inf key
+    for a, r in ((out, rout), (g.dq, rg.dq), (g.dk, rg.dk), (g.dv, rg.dv)):
+        assert np.array_equal(np.isnan(a), np.isnan(r))
+
+
 def bad_calls(rng):
     q, k, v, _ = make(rng, (2, 4, 2, 3, 5, 6, 7))
     q32 = q.astype(np.float32)
