@@ -421,6 +421,33 @@ def test_nan_propagates(rng, kernel, impl, dtype):
         np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
 
 
+@over(RECURRENT)
+@impls
+@dtypes
+def test_padding_is_never_read(rng, kernel, impl, dtype):
+    """Whatever x holds past each sequence's length (padding: NaN, Inf) changes no
+    output and no gradient, as with PyTorch's packed sequences: the same results,
+    bit for bit, as zeros there (dW_ih sums dz_t^T x_t over every step, dz_t = 0 past
+    the length: not 0 * NaN)."""
+    mod = IMPLS[impl]
+    T, B, I, H = 6, 3, 2, 5
+    lengths = np.array([6, 2, 0])
+    args = kernel.args(rng, T, B, I, H, dtype)
+    d_outs, res = None, []
+    for fill in (0, np.nan, np.inf):
+        x = args[0].copy()
+        x[2:, 1] = fill
+        x[:, 2] = -fill
+        with np.errstate(invalid="ignore", over="ignore"):   # the reference's padding steps
+            outs, cache = kernel.forward(mod, [x] + args[1:], lengths=lengths)
+            if d_outs is None:
+                d_outs = kernel.upstream(rng, outs)
+            res.append(list(outs) + list(kernel.backward(mod, d_outs, cache)))
+    assert all(np.isfinite(a).all() for a in res[0])
+    for r in res[1:]:
+        assert_all_equal(r, res[0], kernel.out_names + kernel.grad_names)
+
+
 # --- layouts: non-contiguous, read-only, inputs not modified ---------------------------
 
 def _strided_read_only(a):

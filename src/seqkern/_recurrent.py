@@ -99,6 +99,21 @@ class RecurrentArgs:
         b = self.b_ih if self.b_hh is None else self.b_hh
         return np.zeros(self.G, self.dtype) if b is None else b.copy()
 
+    def x_for_grads(self):
+        """x as the backward reads it for dW_ih = sum_t dz_t^T x_t: the steps past each
+        sequence's length have dz_t = 0 and their x (padding) must add nothing, not even
+        0 * NaN, as with PyTorch's packed sequences; where such a step holds a NaN or
+        an Inf, a copy of x with those steps zeroed, else x itself."""
+        L = self.lengths
+        if L is None or not self.x.size or L.min() >= self.T:
+            return self.x
+        pad = np.arange(self.T)[:, None] >= L                     # (T, B)
+        if np.isfinite(self.x[pad]).all():
+            return self.x
+        x = self.x.copy()
+        x[pad] = 0
+        return x
+
     def seq_grad(self, name, g):
         """A gradient shaped like ``out`` ((T, B, H), or (B, T, H) with batch_first)
         as a time-major C-contiguous array, or None."""

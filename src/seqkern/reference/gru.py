@@ -87,6 +87,7 @@ def _backward(c, d_out, d_h_n):
     T, B, H = a.T, a.B, a.H
     dx = np.zeros_like(a.x)
     dW_ih = np.zeros_like(a.W_ih)
+    xg = a.x_for_grads()                # padding steps zeroed if not finite
     dW_hh = np.zeros_like(a.W_hh)
     db_ih = np.zeros(3 * H, a.dtype)
     db_hh = np.zeros(3 * H, a.dtype)
@@ -108,7 +109,7 @@ def _backward(c, d_out, d_h_n):
             dgi = np.where(live, dgi, 0)                               # finished: no step taken
             dgh = np.where(live, dgh, 0)
         dx[t] = dgi @ a.W_ih                                           # x W_ih^T
-        dW_ih += dgi.T @ a.x[t]
+        dW_ih += dgi.T @ xg[t]
         db_ih += dgi.sum(axis=0)                                       # + b_ih
         dW_hh += dgh.T @ h                                             # h W_hh^T
         db_hh += dgh.sum(axis=0)                                       # + b_hh

@@ -83,6 +83,7 @@ def _backward(cache, d_out, d_h_n, d_c_n):
     T, B, H = a.T, a.B, a.H
     dx = np.zeros_like(a.x)
     dW_ih = np.zeros_like(a.W_ih)
+    xg = a.x_for_grads()                # padding steps zeroed if not finite
     dW_hh = np.zeros_like(a.W_hh)
     db = np.zeros(4 * H, a.dtype)
     dh = np.zeros((B, H), a.dtype) if d_h_n is None else d_h_n.copy()   # gradient reaching h_t
@@ -106,7 +107,7 @@ def _backward(cache, d_out, d_h_n, d_c_n):
             live = (t < a.lengths)[:, None]
             dz = np.where(live, dz, 0)                                # finished: no step taken
         dx[t] = dz @ a.W_ih                                           # x_t W_ih^T
-        dW_ih += dz.T @ a.x[t]
+        dW_ih += dz.T @ xg[t]
         dW_hh += dz.T @ hs[t]                                         # h_{t-1} W_hh^T
         db += dz.sum(axis=0)                                          # + b_ih + b_hh
         dh_prev = dz @ a.W_hh
