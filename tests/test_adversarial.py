@@ -630,6 +630,12 @@ cases = {
     "rnn step I": lambda: seqkern.rnn_step_forward(zeros(1, BIG), None, zeros(1, BIG), small(1, 1)),
     "rnn stride-0 I": lambda: seqkern.rnn_forward(stride0(1, 1, BIG), None, stride0(1, BIG),
                                                   small(1, 1)),
+    # a stride-0 view is copied (made contiguous) only after T * B is checked: the
+    # copy (16 GiB) would fail with MemoryError under the limit above
+    "rnn stride-0 T * B": lambda: seqkern.rnn_forward(stride0(2**17, 2**15 + 8, 1), None,
+                                                      small(1, 1), small(1, 1)),
+    "gru stride-0 T * B batch_first": lambda: seqkern.gru_forward(
+        stride0(2**15 + 8, 2**17, 1), None, small(3, 1), small(3, 1), batch_first=True),
     "reference rnn I": lambda: ref.rnn_forward(zeros(1, 1, BIG), None, zeros(1, BIG), small(1, 1)),
     "lstm I": lambda: seqkern.lstm_forward(zeros(1, 1, BIG), None, None, zeros(4, BIG),
                                            small(4, 1)),
@@ -678,6 +684,8 @@ HUGE_NAMES = {
     "rnn B": "B (batch of x)", "rnn T * B": "T * B (rows of x)",
     "rnn B batch_first": "B (batch of x)", "rnn step I": "I (features of x)",
     "rnn stride-0 I": "x.shape[2]", "reference rnn I": "I (features of x)",
+    "rnn stride-0 T * B": "T * B (rows of x)",
+    "gru stride-0 T * B batch_first": "T * B (rows of x)",
     "lstm I": "I (features of x)", "lstm B": "B (batch of x)", "lstm step I": "I (features of x)",
     "lstm T * B": "T * B (rows of x)", "gru I": "I (features of x)", "gru B": "B (batch of x)",
     "gru T * B": "T * B (rows of x)", "gru step I": "I (features of x)",

@@ -38,22 +38,12 @@ class RecurrentArgs:
 
     def __init__(self, x, states, W_ih, W_hh, b_ih, b_hh, lengths, batch_first, x_ndim=3):
         self.batch_first = check_bool("batch_first", batch_first)
-        x = float_array("x", x, x_ndim)
+        x = float_array("x", x, x_ndim, check=lambda shape: self._check_sizes(shape, x_ndim))
         self.dtype = dt = x.dtype
         self.W_hh = float_array("W_hh", W_hh, 2, dt)
         H = self.H = self.W_hh.shape[1]
         G = self.G = self.GATES * H
-        if x_ndim == 2:           # one step: x (B, I)
-            (B, I), T = x.shape, 1
-        elif self.batch_first:
-            B, T, I = x.shape
-        else:
-            T, B, I = x.shape
-        # before any copy or output: sizes the kernels' C int cannot hold
-        if T * B > MAX_SIZE or T > MAX_SIZE or B > MAX_SIZE or I > MAX_SIZE or G > MAX_SIZE:
-            check_sizes(("T (time steps of x)", T), ("B (batch of x)", B),
-                        ("T * B (rows of x)", T * B), ("I (features of x)", I),
-                        (f"{self._legend('H', stacked=False)[1:-1]} (rows of W_hh)", G))
+        T, B, I = self._check_sizes(x.shape, x_ndim, G)
         if x_ndim == 2:
             x = x[None]
         elif self.batch_first:    # (B, T, I) -> (T, B, I)
@@ -76,6 +66,21 @@ class RecurrentArgs:
         for name, s in zip(self.STATES, states):
             setattr(self, name + "0", self._state(name + suffix, s, B, H, dt))
         self.lengths = lengths_array(lengths, B, T)
+
+    def _check_sizes(self, shape, x_ndim, G=0):
+        """(T, B, I) of x's shape; before any copy or output, a ValueError for sizes
+        the kernels' C int cannot hold (G: the rows of W_hh, once known)."""
+        if x_ndim == 2:           # one step: x (B, I)
+            (B, I), T = shape, 1
+        elif self.batch_first:
+            B, T, I = shape
+        else:
+            T, B, I = shape
+        if T * B > MAX_SIZE or T > MAX_SIZE or B > MAX_SIZE or I > MAX_SIZE or G > MAX_SIZE:
+            check_sizes(("T (time steps of x)", T), ("B (batch of x)", B),
+                        ("T * B (rows of x)", T * B), ("I (features of x)", I),
+                        (f"{self._legend('H', stacked=False)[1:-1]} (rows of W_hh)", G))
+        return T, B, I
 
     @classmethod
     def _legend(cls, dims, stacked=True):

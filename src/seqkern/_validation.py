@@ -24,11 +24,12 @@ def check_sizes(*sizes):
             raise ValueError(f"{name} = {n} exceeds the kernels' limit of 2**30 = {MAX_SIZE}")
 
 
-def float_array(name, a, ndim, dtype=None):
+def float_array(name, a, ndim, dtype=None, check=None):
     """``a`` as a C-contiguous float32/float64 array of ``ndim`` dimensions.
 
     With ``dtype`` given, ``a`` must have it (all floating arrays of one call
-    share one dtype). Never modifies ``a``; copies only if it is not contiguous.
+    share one dtype). Never modifies ``a``; copies only if it is not contiguous,
+    and then only after ``check(shape)`` (if given) has passed the shape.
     """
     if a is None:
         raise TypeError(f"{name} must be a float32 or float64 array, got None")
@@ -55,6 +56,8 @@ def float_array(name, a, ndim, dtype=None):
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
     # no copy of an array the kernels would refuse (a stride-0 view, say)
     check_sizes(*((f"{name}.shape[{i}]", n) for i, n in enumerate(arr.shape)))
+    if check is not None:
+        check(arr.shape)
     return np.ascontiguousarray(arr)
 
 
