@@ -359,6 +359,11 @@ def test_state_dict_round_trip_and_errors(rng):
                            "weight_hh_l0": np.zeros((4, 4))})
     for k in before:                        # nothing changed
         np.testing.assert_array_equal(before[k], b.params[k])
+    # a value that cannot be cast, after keys that could: named, and nothing changed
+    with pytest.raises(TypeError, match=r"state_dict\['bias_hh_l1_reverse'\] must hold real"):
+        b.load_state_dict({**sd, "bias_hh_l1_reverse": np.full((12,), "x")})
+    for k in before:
+        np.testing.assert_array_equal(before[k], b.params[k])
 
 
 def test_errors_name_the_argument(rng):
@@ -381,6 +386,9 @@ def test_errors_name_the_argument(rng):
         m.backward(out[:, :1], None, cache)
     with pytest.raises(TypeError, match="cache must be the cache returned by"):
         m.backward(out, None, None)
+    twin = make("LSTM", input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    with pytest.raises(TypeError, match="cache must be the cache returned by this LSTM"):
+        twin.backward(out, None, cache)     # another stack's cache, even of the same shape
     with pytest.raises(ValueError, match="nonlinearity"):
         nn.RNN(3, 4, nonlinearity="sigmoid")
     with pytest.raises(ValueError, match="dropout"):
@@ -584,6 +592,21 @@ def test_mha_batch_first_and_errors(rng):
         "out_proj.weight", "out_proj.bias"]
 
 
+@pytest.mark.parametrize("L,S,B", [(3, 0, 2), (0, 4, 2), (3, 4, 0)])
+def test_mha_empty_sequences(L, S, B, rng):
+    """No keys, no queries or no batch: forward and backward run, shapes hold, and
+    with no key a query attends to nothing (zeros) and gets a zero gradient."""
+    m = mha(E=8, h=2, kdim=5, vdim=3)
+    q, k, v, d_out = mha_case(rng, np.float64, L, S, B, 8, 5, 3)
+    out, cache = m.forward(q, k, v)
+    assert out.shape == (L, B, 8)
+    dq, dk, dv = m.backward(d_out, cache)
+    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape
+    if S == 0:
+        assert not dq.any()
+    assert all(np.isfinite(g).all() for g in m.grads.values())
+
+
 @pytest.mark.parametrize("kdim", [None, 5])
 def test_mha_against_torch(kdim, rng):
     torch = pytest.importorskip("torch")
@@ -634,6 +657,8 @@ def test_linear(dtype, rng):
     assert_close(m.grads["bias"], 2 * d_y.astype(np.float64).sum((0, 1)), dtype, "bias")
     with pytest.raises(ValueError, match="x must have a last axis of size 3"):
         m.forward(x[..., :2])
+    with pytest.raises(ValueError, match=r"d_y must have the shape of y, \(2, 5, 4\)"):
+        m.backward(d_y.transpose(1, 0, 2), cache)     # as many rows, another layout
 
 
 def test_embedding(rng):
@@ -732,7 +757,10 @@ def test_cross_entropy_gradient_nan_and_errors(rng):
     bad[1, 2] = np.nan
     loss, _ = nn.cross_entropy(bad, targets, reduction="none")
     assert np.isnan(loss[1]) and np.isfinite(loss[[0, 2, 3]]).all()
-    assert np.isnan(nn.cross_entropy(logits, np.full(4, -100))[0])   # no row counted
+    loss, d = nn.cross_entropy(logits, np.full(4, -100))   # no row counted: as PyTorch,
+    assert np.isnan(loss) and not d.any()                   # a NaN loss, a zero gradient
+    with pytest.raises(TypeError, match="ignore_index must be an integer"):
+        nn.cross_entropy(logits, targets, ignore_index=1.5)
     with pytest.raises(ValueError, match=r"targets must be in \[0, 3\)"):
         nn.cross_entropy(logits, [0, 3, 1, 1])
     with pytest.raises(ValueError, match=r"targets must have shape \(N,\)"):

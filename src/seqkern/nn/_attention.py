@@ -206,7 +206,7 @@ class MultiheadAttention(Module):
         d_inputs = []
         for i, (x, dy) in enumerate(zip(xs, g)):
             dy = self._from_heads(dy)                               # (T B, E)
-            x2 = x.reshape(dy.shape[0], -1)                         # (T B, n)
+            x2 = x.reshape(-1, x.shape[2])                          # (T B, n)
             w, _ = self._projection(i, self.params)
             gw, gb = self._projection(i, self.grads)
             gw += matmul(dy.T, x2)

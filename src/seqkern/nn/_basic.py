@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 
-from seqkern._validation import check_bool, check_choice
+from seqkern._validation import check_bool, check_choice, check_index
 from seqkern.nn._module import Module, check_size, layer_input, make_rng, uniform
 from seqkern.nn._parallel import blas_one_thread, matmul
 
@@ -59,16 +59,16 @@ class Linear(Module):
         y = matmul(x2, self.params["weight"].T)
         if "bias" in self.params:
             y += self.params["bias"]
-        return y.reshape(x.shape[:-1] + (self.out_features,)), _Cache(self, x2)
+        return y.reshape(x.shape[:-1] + (self.out_features,)), _Cache(self, x2, x.shape[:-1])
 
     def backward(self, d_y, cache):
         """d_y (..., out_features) -> dx (..., in_features); adds into grads."""
-        (x2,) = check_layer_cache(self, cache)
+        x2, lead = check_layer_cache(self, cache)
         d_y = layer_input("d_y", d_y, self.dtype, self.out_features)
+        if d_y.shape[:-1] != lead:
+            raise ValueError(f"d_y must have the shape of y, {lead + (self.out_features,)}, "
+                             f"got {d_y.shape}")
         d2 = d_y.reshape(-1, self.out_features)                       # (N, out)
-        if d2.shape[0] != x2.shape[0]:
-            raise ValueError(f"d_y must have the shape of y, (..., {self.out_features}) with "
-                             f"{x2.shape[0]} rows, got {d_y.shape}")
         self.grads["weight"] += matmul(d2.T, x2)                      # (out, in)
         if "bias" in self.grads:
             self.grads["bias"] += d2.sum(axis=0)
@@ -144,8 +144,9 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     """Softmax and negative log-likelihood in one pass, with the gradient.
 
     logits (N, C) floating; targets (N,) integers in [0, C) or ``ignore_index``
-    (such rows add nothing). reduction: "mean" (over the rows not ignored, NaN
-    if there are none, as PyTorch), "sum", or "none".
+    (such rows add nothing; an integer). reduction: "mean" (over the rows not
+    ignored; with none, a NaN loss and a zero gradient, as PyTorch), "sum", or
+    "none".
 
     Returns (loss, d_logits): loss a NumPy scalar ("mean", "sum") or (N,) ("none";
     ignored rows 0), and d_logits (N, C) the gradient of the loss (of its sum,
@@ -165,6 +166,7 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     if t.shape != (N,):
         raise ValueError(f"targets must have shape (N,) = {(N,)}, got {t.shape}")
     reduction = check_choice("reduction", reduction, ("mean", "sum", "none"))
+    ignore_index = check_index("ignore_index", ignore_index)
     valid = t != ignore_index
     if np.any(valid & ((t < 0) | (t >= C))):
         bad = t[valid & ((t < 0) | (t >= C))][0]
@@ -185,9 +187,10 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     if reduction == "sum":
         return loss.sum(dtype=logits.dtype), p
     n = logits.dtype.type(valid.sum())
-    with np.errstate(invalid="ignore", divide="ignore"):   # no row counted: NaN
+    if n:
         p /= n
-        return (loss.sum(dtype=logits.dtype) / n).astype(logits.dtype), p
+    with np.errstate(invalid="ignore", divide="ignore"):   # no row counted: a NaN loss
+        return (loss.sum(dtype=logits.dtype) / n).astype(logits.dtype), p   # and 0 gradient
 
 
 def arrays_of(grads, name="grads"):

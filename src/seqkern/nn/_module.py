@@ -115,7 +115,10 @@ class Module:
             if v.shape != self.params[k].shape:
                 raise ValueError(f"state_dict[{k!r}] must have shape {self.params[k].shape}, "
                                  f"got {v.shape}")
-            values[k] = v
+            if not (np.issubdtype(v.dtype, np.number) or v.dtype == np.bool_) \
+                    or np.issubdtype(v.dtype, np.complexfloating):
+                raise TypeError(f"state_dict[{k!r}] must hold real numbers, got dtype {v.dtype}")
+            values[k] = v.astype(self.dtype)        # cast all before changing any
         for k, v in values.items():
             self.params[k][...] = v
         return missing, unexpected

@@ -114,9 +114,10 @@ class _StackCache:
     """What backward needs from forward: per layer, per direction, the kernel's
     cache; per layer, the dropout mask applied to its input (or None)."""
 
-    __slots__ = ("T", "B", "flip", "kernel", "masks", "chunks", "batch_first")
+    __slots__ = ("layer", "T", "B", "flip", "kernel", "masks", "chunks", "batch_first")
 
-    def __init__(self, T, B, flip, batch_first):
+    def __init__(self, layer, T, B, flip, batch_first):
+        self.layer = layer   # the stack whose forward made it (only its backward takes it)
         self.T, self.B, self.flip, self.batch_first = T, B, flip, batch_first
         self.kernel = []     # [layer][direction] kernel cache, or [layer][chunk]
         self.masks = []      # [layer] (T, B, I_l) mask applied to x_l, or None
@@ -247,7 +248,7 @@ class _Recurrent(Module):
         H, D = self.hidden_size, 2 if self.bidirectional else 1
         hx = tuple(self._states(n, s, B) for n, s in zip(("h0", "c0"), hx))
         lengths = lengths_array(lengths, B, T)
-        cache = _StackCache(T, B, _Flip(lengths, T, B), self.batch_first)
+        cache = _StackCache(self, T, B, _Flip(lengths, T, B), self.batch_first)
         cache.masks = self._dropout_masks((T, B, D * H))
         finals = tuple(np.empty((self.num_layers * D, B, H), self.dtype) for _ in hx)
         if _wavefront(D, self.num_layers, T, B):
@@ -317,7 +318,7 @@ class _Recurrent(Module):
         """d_out like out or None; d_finals: tuple of N_STATES (L D, B, H) or Nones
         -> (dx like x, tuple of N_STATES (L D, B, H) gradients of hx). Adds the
         parameters' gradients into self.grads."""
-        if not isinstance(cache, _StackCache) or len(cache.kernel) != self.num_layers:
+        if not isinstance(cache, _StackCache) or cache.layer is not self:
             raise TypeError(f"cache must be the cache returned by this {type(self).__name__}'s "
                             f"forward (with return_cache=True), got {type(cache).__name__}")
         T, B = cache.T, cache.B
