@@ -118,6 +118,25 @@ def test_defaults_and_errors(rng):
         optim.Adam([p["w"]], [g["b"]])
     with pytest.raises(ValueError, match="nesterov"):
         optim.SGD(p, g, nesterov=True)
+    with pytest.raises(ValueError, match=r"betas must be a pair"):
+        optim.Adam(p, g, betas=(0.9, 0.99, 0.9))
+    with pytest.raises(ValueError, match="dampening must be finite"):
+        optim.SGD(p, g, dampening=np.nan)
+
+
+@pytest.mark.parametrize("cls", ["SGD", "Adam"])
+def test_read_only_parameter_refused_before_any_update(cls, rng):
+    p, g = params_and_grads(rng)
+    g["w"][...] = 1
+    g["b"][...] = 1
+    p["b"].flags.writeable = False
+    before = {k: v.copy() for k, v in p.items()}
+    opt = getattr(optim, cls)(p, g, lr=0.1, **({"momentum": 0.9} if cls == "SGD" else {}))
+    with pytest.raises(ValueError, match=r"params\[1\] is read-only"):
+        opt.step()
+    for k in p:                                 # nothing updated, no state advanced
+        np.testing.assert_array_equal(p[k], before[k])
+    assert all(not s for s in opt.state)
 
 
 @pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.01,

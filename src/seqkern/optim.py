@@ -60,6 +60,9 @@ class Optimizer:
 
     def step(self):
         """Update every parameter in place from its gradient."""
+        for i, p in enumerate(self.params):     # before any update: all or nothing
+            if not p.flags.writeable:
+                raise ValueError(f"params[{i}] is read-only: the optimiser updates it in place")
         for p, g, s in zip(self.params, self.grads, self.state):
             self._update(p, g, s, p.dtype.type)
 
@@ -74,6 +77,8 @@ class SGD(Optimizer):
         super().__init__(params, grads, lr)
         self.momentum = _positive("momentum", momentum)
         self.dampening = float(dampening)
+        if not math.isfinite(self.dampening):
+            raise ValueError(f"dampening must be finite, got {self.dampening}")
         self.weight_decay = _positive("weight_decay", weight_decay)
         self.nesterov = bool(nesterov)
         if nesterov and (self.momentum <= 0 or self.dampening != 0):
@@ -103,6 +108,9 @@ class Adam(Optimizer):
     def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False):
         super().__init__(params, grads, lr)
+        betas = tuple(betas)
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas}")
         b1, b2 = (float(b) for b in betas)
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
