@@ -153,52 +153,8 @@ def test_gemv_side_matches_numpy(rng, dtype, K, N, K2, N2, m2):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hg,n_panels", [(1, 8), (2, 8), (1, 5), (2, 7)])
-def test_gemv_side_halves(rng, dtype, hg, n_panels):
-    """hg > 0: the two halves (groups of hg panels, alternating) each write exactly
-    their panels' columns of c and, numbered within those panels, their side
-    columns of C2, bitwise as the whole call does (how two threads split a batch-1
-    LSTM step); with whole and ragged last groups."""
-    vl = pg.VBYTES // np.dtype(dtype).itemsize
-    nr = 4 * vl
-    K, K2, m2 = 9, 6, 5
-    N = n_panels * nr - (3 if n_panels % 2 else 0)     # a ragged last panel too
-    W = rng.standard_normal((K, N)).astype(dtype)
-    W2 = rng.standard_normal((K2, N)).astype(dtype)
-    P, P2 = pg.pack(W, False), pg.pack(W2, False)
-    a = rng.standard_normal(K).astype(dtype)
-    A2 = rng.standard_normal((m2, K2)).astype(dtype)
-    n_vec = -(-N // vl)
-    whole_c, whole_C2 = pg.gemv_side(a, P, np.zeros(N, dtype), A2, P2, np.zeros((m2, N), dtype),
-                                     0, n_vec, False)
-    panel = np.arange(N) // nr
-    mine = [(panel // hg) % 2 == h for h in (0, 1)]
-    for h in (0, 1):
-        n_mine = -(-int(mine[h].sum()) // vl)             # its vector columns
-        for reverse in (False, True):
-            c = np.full(N, 7.0, dtype)
-            C2 = np.full((m2, N), 7.0, dtype)
-            pg.gemv_side(a, P, c, A2, P2, C2, 0, n_mine, False, reverse, hg=hg, half=h)
-            np.testing.assert_array_equal(c[mine[h]], whole_c[mine[h]])
-            assert np.all(c[~mine[h]] == 7.0)
-            np.testing.assert_array_equal(C2[:, mine[h]], whole_C2[:, mine[h]])
-            assert np.all(C2[:, ~mine[h]] == 7.0)
-    # a range of the half's side columns lands in the mapped columns only
-    c = np.zeros(N, dtype)
-    C2 = np.full((m2, N), 7.0, dtype)
-    pg.gemv_side(a, P, c, A2, P2, C2, 1, 2, False, hg=hg, half=1)
-    cols = np.flatnonzero(mine[1])[vl:2 * vl]
-    np.testing.assert_array_equal(C2[:, cols], whole_C2[:, cols])
-    changed = C2 != 7.0
-    assert changed[:, cols].all() and changed.sum() == changed[:, cols].sum()
-    with pytest.raises(ValueError, match="half's panels"):     # past the half's columns
-        pg.gemv_side(a, P, c, A2, P2, C2, 0, -(-int(mine[1].sum()) // vl) + 1, False,
-                     hg=hg, half=1)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("K2,N2,m2,hg", [(37, 70, 5, 0), (256, 64, None, 0), (9, 300, None, 1)])
-def test_gemv_side_cut_columns(rng, dtype, K2, N2, m2, hg):
+@pytest.mark.parametrize("K2,N2,m2", [(37, 70, 5), (256, 64, None), (9, 300, None)])
+def test_gemv_side_cut_columns(rng, dtype, K2, N2, m2):
     """The side product's k-steps cut anywhere over several calls (a column cut
     keeps its partial sums in C2, ragged last column included) give bitwise the
     side product of one call: how the batch-1 LSTM backward spreads dx over the
@@ -211,27 +167,24 @@ def test_gemv_side_cut_columns(rng, dtype, K2, N2, m2, hg):
     P, P2 = pg.pack(W, False), pg.pack(W2, False)
     a = rng.standard_normal(K).astype(dtype)
     A2 = rng.standard_normal((m2, K2)).astype(dtype)
-    if hg:
-        n_vec = -(-int(np.count_nonzero((np.arange(N2) // (4 * vl) // hg) % 2 == 1)) // vl)
-    else:
-        n_vec = -(-N2 // vl)
+    n_vec = -(-N2 // vl)
     whole = pg.gemv_side(a, P, np.zeros(N, dtype), A2, P2, np.full((m2, N2), 7.0, dtype),
-                         0, n_vec, False, hg=hg, half=1)[1]
+                         0, n_vec, False)[1]
     total = n_vec * K2
     for n_calls in (2, 5, 16, total):
         cuts = sorted({0, total} | set(rng.integers(0, total, n_calls - 1).tolist()))
         C2 = np.full((m2, N2), 7.0, dtype)
         for s0, s1 in zip(cuts[:-1], cuts[1:]):
             pg.gemv_side(a, P, np.zeros(N, dtype), A2, P2, C2, s0 // K2, s1 // K2, False,
-                         hg=hg, half=1, k0=s0 % K2, k1=s1 % K2)
+                         k0=s0 % K2, k1=s1 % K2)
         np.testing.assert_array_equal(C2, whole)
     with pytest.raises(ValueError, match="k0, k1"):
         pg.gemv_side(a, P, np.zeros(N, dtype), A2, P2, C2, 0, 1, k0=K2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("K,N,hg", [(256, 64, 0), (7, 200, 0), (129, 256, 1)])
-def test_gemv_side_pair_sums_as_gemm(rng, dtype, K, N, hg):
+@pytest.mark.parametrize("K,N", [(256, 64), (7, 200), (129, 256)])
+def test_gemv_side_pair_sums_as_gemm(rng, dtype, K, N):
     """pair: the row product sums even and odd k apart, as gemm() does at M = 1
     (bitwise, odd K too), with the side product interleaved as ever; without
     pair, one chain per element."""
@@ -244,10 +197,9 @@ def test_gemv_side_pair_sums_as_gemm(rng, dtype, K, N, hg):
     c0 = rng.standard_normal(N).astype(dtype)
     want = pg.gemm(a[None], P, c0[None].copy())[0]
     c, C2 = pg.gemv_side(a, P, c0.copy(), A2, P2, np.zeros((pg.SIDE_ROWS, 100), dtype), 0, 1,
-                         pair=True, hg=hg)
+                         pair=True)
     vl = pg.VBYTES // np.dtype(dtype).itemsize
-    mine = (np.arange(N) // (4 * vl) // hg) % 2 == 0 if hg else np.ones(N, bool)
-    np.testing.assert_array_equal(c[mine], want[mine])
+    np.testing.assert_array_equal(c, want)
     assert_close(C2[:, :vl], A2.astype(np.float64) @ W2[:, :vl].astype(np.float64), dtype,
                  "C2")
     single = pg.gemv_side(a, P, c0.copy(), A2, P2, np.zeros((pg.SIDE_ROWS, 100), dtype), 0, 1)[0]

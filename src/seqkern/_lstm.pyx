@@ -268,7 +268,7 @@ cdef void _forward_one_row(Py_ssize_t T, int I, int H, const floating* x, const 
         if j == 0 and m2 > 0:
             pk_pack_side(m2, I, x + r0 * I, I, S)
         pk_gemv_side(H, h0 if t == 0 else out + (t - 1) * H, Wpk, G, z + (t % nz) * G, True,
-                     t & 1, False, 0, 0, I, S, Xpk, G, z + (r0 % nz) * G, G, m2,
+                     t & 1, False, I, S, Xpk, G, z + (r0 % nz) * G, G, m2,
                      <long long>(j * nv // R) * max(I, 1),
                      <long long>((j + 1) * nv // R) * max(I, 1))
         _forward_cells(1, H, 0, H, 0, H, t, c0 if t == 0 else cells + (t - 1) * H, bias,
@@ -535,7 +535,7 @@ cdef void _backward_one_row(Py_ssize_t T, int I, int H, Py_ssize_t t0, Py_ssize_
                 pk_gemv_side(0 if dz_next == NULL else (G - kh if kb else kh),
                              dz_next + kb * kh if dz_next != NULL else NULL,
                              Wpk + kb * kslot, 0 if dz_next == NULL else H, carry_h,
-                             True, False, True, 0, 0, G, S, Wx, I, dx + tq * I, I, R,
+                             True, False, True, G, S, Wx, I, dx + tq * I, I, R,
                              s0 if i == 0 else mid, mid if i == 0 else s1)
         _backward_units(1, H, 0, H, 0, H, t, <const floating*>NULL, <const floating*>NULL,
                         Wpk, kh, kslot, carry_h, carry_c, dz + (t % Tc) * G,
@@ -656,7 +656,7 @@ cdef void _grad_job(int job, int n_w, int n_c64, int n_xc, int U, int R, int B,
             m2 = <int>min(<Py_ssize_t>RS, m - r0)
             pk_pack_side(m2, G, dzc + r0 * G, G, at)
             pk_gemv_side(0, <const floating*>NULL, <const floating*>NULL, 0, <floating*>NULL,
-                         True, False, False, 0, 0, G, at, Wx, I, dxc + r0 * I, I, m2, 0,
+                         True, False, False, G, at, Wx, I, dxc + r0 * I, I, m2, 0,
                          <long long>_side_vcols(I, sizeof(floating)) * G)
             r0 += RS
         return

@@ -24,12 +24,12 @@ cdef extern from "_packed_gemm.h" nogil:
     void sk_pk_pack_side_f(int m, int K, const float* A, Py_ssize_t lda, float* S)
     void sk_pk_pack_side_d(int m, int K, const double* A, Py_ssize_t lda, double* S)
     void sk_pk_gemv_side_f(int K, const float* a, const float* P, int N, float* c,
-                           int accumulate, int reverse, int pair, int hg, int half, int K2,
+                           int accumulate, int reverse, int pair, int K2,
                            const float* S, const float* P2, int N2, float* C2,
                            Py_ssize_t ldc2, int m2,
                            long long s0, long long s1)
     void sk_pk_gemv_side_d(int K, const double* a, const double* P, int N, double* c,
-                           int accumulate, int reverse, int pair, int hg, int half, int K2,
+                           int accumulate, int reverse, int pair, int K2,
                            const double* S, const double* P2, int N2, double* C2,
                            Py_ssize_t ldc2, int m2,
                            long long s0, long long s1)
@@ -107,22 +107,20 @@ cdef inline void pk_pack_side(int m, int K, const floating* A, Py_ssize_t lda,
 
 
 cdef inline void pk_gemv_side(int K, const floating* a, const floating* P, int N,
-                              floating* c, bint accumulate, bint reverse, bint pair, int hg,
-                              int half,
+                              floating* c, bint accumulate, bint reverse, bint pair,
                               int K2, const floating* S, const floating* P2, int N2,
                               floating* C2, Py_ssize_t ldc2, int m2, long long s0,
                               long long s1) noexcept nogil:
     """c (N,) (+)= a (K,) @ W (P packed; panels last to first if ``reverse``; summed
-    as pk_gemm at M = 1 if ``pair``, else in one chain per element; with
-    hg > 0 only the groups of hg panels numbered ``half`` mod 2) and, interleaved,
+    as pk_gemm at M = 1 if ``pair``, else in one chain per element) and, interleaved,
     the k-steps [s0, s1) of the side product C2[:m2, v VL:(v+1) VL] := A2 @ W2[:,
     v VL:(v+1) VL], step v K2 + k adding A2[:, k] W2[k, ...] (VL = SK_PK_VBYTES bytes of
     elements; whole vector columns v0 <= v < v1: s0 = v0 K2, s1 = v1 K2; A2 packed
     in S by pk_pack_side, W2 (K2, N2) packed in P2, C2 row stride ldc2). See
     _packed_gemm_impl.h."""
     if floating is float:
-        sk_pk_gemv_side_f(K, a, P, N, c, accumulate, reverse, pair, hg, half, K2, S, P2, N2,
+        sk_pk_gemv_side_f(K, a, P, N, c, accumulate, reverse, pair, K2, S, P2, N2,
                           C2, ldc2, m2, s0, s1)
     else:
-        sk_pk_gemv_side_d(K, a, P, N, c, accumulate, reverse, pair, hg, half, K2, S, P2, N2,
+        sk_pk_gemv_side_d(K, a, P, N, c, accumulate, reverse, pair, K2, S, P2, N2,
                           C2, ldc2, m2, s0, s1)

@@ -117,7 +117,7 @@ VBYTES = SK_PK_VBYTES
 
 
 cdef void _gemv_side(const floating[::1] a, const floating[::1] P, floating[::1] c,
-                     bint accumulate, bint reverse, bint pair, int hg, int half,
+                     bint accumulate, bint reverse, bint pair,
                      const floating[:, ::1] A2, const floating[::1] P2, floating[:, ::1] C2,
                      floating[::1] S, int K2, long long s0, long long s1,
                      int repeat) noexcept nogil:
@@ -126,12 +126,12 @@ cdef void _gemv_side(const floating[::1] a, const floating[::1] P, floating[::1]
     pk_pack_side(m2, K2, &A2[0, 0], A2.shape[1], &S[0])
     for r in range(repeat):
         pk_gemv_side(<int>a.shape[0], &a[0], &P[0], <int>c.shape[0], &c[0], accumulate,
-                     reverse, pair, hg, half, K2, &S[0], &P2[0], <int>C2.shape[1], &C2[0, 0],
+                     reverse, pair, K2, &S[0], &P2[0], <int>C2.shape[1], &C2[0, 0],
                      C2.shape[1], m2, s0, s1)
 
 
 def gemv_side(a, P, c, A2, P2, C2, int v0, int v1, bint accumulate=True,
-              bint reverse=False, int repeat=1, int hg=0, int half=0, int k0=0, int k1=0,
+              bint reverse=False, int repeat=1, int k0=0, int k1=0,
               bint pair=False):
     """c (N,) (+)= a (K,) @ W and, interleaved, C2[:, v VL:(v+1) VL] := A2 @ W2[:, v VL:(v+1) VL]
     for v0 <= v < v1 (VL: elements per VBYTES bytes; columns past N2 untouched); or
@@ -140,8 +140,7 @@ def gemv_side(a, P, c, A2, P2, C2, int v0, int v1, bint accumulate=True,
     from pack() of W (K, N) and W2 (K2, N2); A2 (m2 <= SIDE_ROWS, K2), C2 (m2, N2),
     K, N >= 1 (K2 = 0: those columns are 0). ``pair``: the row product summed as
     gemm() sums a single row (else one chain). ``repeat`` runs it that many times
-    (for timing). hg > 0: the row product only on the groups of hg panels (of
-    4 VL columns) numbered ``half`` (0 or 1) mod 2, c's other columns untouched."""
+    (for timing)."""
     _check("A2", A2, 2)
     dt = A2.dtype
     _check("C2", C2, 2, dt)
@@ -164,16 +163,10 @@ def gemv_side(a, P, c, A2, P2, C2, int v0, int v1, bint accumulate=True,
         raise ValueError("need 0 <= k0, k1 < K2 and (v0, k0) <= (v1, k1)")
     if v1 == (N2 + vl - 1) // vl and k1 > 0:
         raise ValueError("k1 > 0 needs v1 < the vector columns of C2")
-    if hg < 0 or half not in (0, 1):
-        raise ValueError("need hg >= 0 and half 0 or 1")
-    if hg > 0:      # the side columns are numbered within the half's panels
-        mine = int(np.count_nonzero((np.arange(N2) // (4 * vl) // hg) % 2 == half))
-        if v1 > (mine + vl - 1) // vl or k1 > 0 and v1 == (mine + vl - 1) // vl:
-            raise ValueError("need v1 <= the vector columns of C2 in the half's panels")
     if K2 == 0:
         A2 = np.zeros((m2, 1), dt)          # a valid pointer; nothing is read
     S = np.empty(max(K2, 1) * SIDE_ROWS, dt)
-    cdef int k2 = K2, reps = repeat, hg_ = hg, half_ = half
+    cdef int k2 = K2, reps = repeat
     cdef long long s0 = v0 * max(K2, 1) + k0, s1 = v1 * max(K2, 1) + k1
     cdef const float[::1] af, Pf, P2f
     cdef float[::1] cf, Sf
@@ -186,11 +179,11 @@ def gemv_side(a, P, c, A2, P2, C2, int v0, int v1, bint accumulate=True,
     if dt == np.float32:
         af, Pf, cf, A2f, P2f, C2f, Sf = a, P, c, A2, P2, C2, S
         with nogil:
-            _gemv_side(af, Pf, cf, accumulate, reverse, pair, hg_, half_, A2f, P2f, C2f, Sf, k2,
+            _gemv_side(af, Pf, cf, accumulate, reverse, pair, A2f, P2f, C2f, Sf, k2,
                        s0, s1, reps)
     else:
         ad, Pd, cd, A2d, P2d, C2d, Sd = a, P, c, A2, P2, C2, S
         with nogil:
-            _gemv_side(ad, Pd, cd, accumulate, reverse, pair, hg_, half_, A2d, P2d, C2d, Sd, k2,
+            _gemv_side(ad, Pd, cd, accumulate, reverse, pair, A2d, P2d, C2d, Sd, k2,
                        s0, s1, reps)
     return c, C2

@@ -312,16 +312,6 @@ static void SK_FN(sk_pk_pack_side_)(int m, int K, const SK_T *restrict A, ptrdif
  * the even/odd split of sk_pk_gemm_dir_ at M = 1, so the two differ in rounding;
  * pair: that split, the same sums as sk_pk_gemm_dir_'s, and two chains of FMAs
  * where one would wait on the FMA latency: a step's product over one panel).
- * hg > 0 restricts it to half of the panels, taken in groups of hg: the groups
- * 0, 2, 4, ... (half = 0) or 1, 3, 5, ... (half = 1); the other panels' columns
- * of c are not touched. The side product's vector columns v are then numbered
- * within those panels too, in ascending panel order whatever `reverse` (v = 0 is
- * the first vector column of the half's first panel), so that the thread that
- * runs a half also writes the columns of C2 that it reads later (no cache line
- * crosses between the cores); s1 must not pass the half's columns. With W_hh^T
- * in the LSTM's gate order and hg the panels of half a gate, each half holds all
- * four gates of half of the units: two threads split a batch-1 step so. hg = 0:
- * every panel.
  * Side product: for each vector column v (columns v VL .. v VL + VL - 1),
  * C2[r][v VL + l] := sum_k A2[r][k] W2[k][v VL + l] for r < m2 <= SK_PK_SIDE_ROWS,
  * over k in order; A2 given as S (sk_pk_pack_side_), W2 the (K2, N2) operand packed
@@ -337,27 +327,22 @@ static void SK_FN(sk_pk_pack_side_)(int m, int K, const SK_T *restrict A, ptrdif
  * mostly idle, while the side product (SK_PK_SIDE_ROWS FMAs per 64 bytes of W2) is
  * bound by the FMAs. A batch-1 recurrence spends every step on the first; the
  * input projection of later steps is the second. Interleaved step by step (the
- * side product advancing in proportion), each runs in the other's idle units. */
+ * side product advancing in proportion), each can run in the other's idle units:
+ * how much it hides depends on the core (its loads in flight, what its L2 holds),
+ * so the recurrent kernels take it only where a caller forces the packed GEMM. */
 static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *restrict P,
                                     int N, SK_T *restrict c, int accumulate, int reverse,
-                                    int pair, int hg, int half,
+                                    int pair,
                                     int K2, const SK_T *restrict S, const SK_T *restrict P2,
                                     int N2, SK_T *restrict C2, ptrdiff_t ldc2, int m2,
                                     long long s0, long long s1)
 {
     int np = N > 0 ? (N + SK_NR - 1) / SK_NR : 0;      /* panels visited */
-    if (hg > 0) {                                       /* half of the groups of hg */
-        int rest = np % (2 * hg) - half * hg;           /* in the last, partial pair */
-        np = np / (2 * hg) * hg + (rest < 0 ? 0 : rest < hg ? rest : hg);
-    }
     if (K < 0)
         K = 0;
-/* vector column v of the visited panels -> of W2 and C2 (the same with hg = 0) */
-#define SK_SIDE_MAP(v)                                                             \
-    (hg > 0 ? (((v) / 4 / hg) * 2 * hg + half * hg + ((v) / 4) % hg) * 4 + (v) % 4 : (v))
     if (K2 <= 0 && m2 > 0) {                /* empty sums: the columns are 0 */
         for (int u = (int)s0; u < s1; u++) {
-            int j0 = SK_SIDE_MAP(u) * SK_VL, j1 = j0 + SK_VL < N2 ? j0 + SK_VL : N2;
+            int j0 = u * SK_VL, j1 = j0 + SK_VL < N2 ? j0 + SK_VL : N2;
             for (int r = 0; r < m2; r++)
                 for (int j = j0; j < j1; j++)
                     C2[r * ldc2 + j] = 0;
@@ -367,16 +352,15 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
     long long ts = (s1 > s0 && K2 > 0 && m2 > 0) ? s1 - s0 : 0;
     long long g = 0, s = 0;
     int v = ts ? (int)(s0 / K2) : 0, k2 = ts ? (int)(s0 % K2) : 0;
-    int vm = SK_SIDE_MAP(v);                    /* vm: v mapped */
     SK_V z = {0};
     SK_V acc[SK_PK_SIDE_ROWS];
-    /* the width of column vm in C2 (< SK_VL: the last, partial one) */
-#define SK_SIDE_WIDTH() (N2 - vm * SK_VL < SK_VL ? N2 - vm * SK_VL : SK_VL)
+    /* the width of column v in C2 (< SK_VL: the last, partial one) */
+#define SK_SIDE_WIDTH() (N2 - v * SK_VL < SK_VL ? N2 - v * SK_VL : SK_VL)
     _Pragma("GCC unroll 16")
     for (int r = 0; r < SK_PK_SIDE_ROWS; r++) {     /* a cut column: its partial sums */
         acc[r] = z;
         if (k2 > 0 && r < m2) {
-            const SK_T *src = C2 + r * ldc2 + (ptrdiff_t)vm * SK_VL;
+            const SK_T *src = C2 + r * ldc2 + (ptrdiff_t)v * SK_VL;
             int l = SK_SIDE_WIDTH();
             acc[r] = l == SK_VL ? SK_FN(sk_pk_ld_)(src) : SK_FN(sk_pk_load_part_)(src, l);
         }
@@ -384,17 +368,17 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
 
     /* column v of W2: panel v / 4, vector v % 4 of its rows */
 #define SK_SIDE_COL(v) (P2 + (ptrdiff_t)((v) / 4) * K2 * SK_NR + ((v) % 4) * SK_VL)
-    const SK_T *restrict w2 = SK_SIDE_COL(vm) + (ptrdiff_t)k2 * SK_NR;
+    const SK_T *restrict w2 = SK_SIDE_COL(v) + (ptrdiff_t)k2 * SK_NR;
     const SK_T *restrict sk = S + (ptrdiff_t)k2 * SK_PK_SIDE_ROWS;
 
-/* C2's rows of column vm := acc (rows < m2) */
+/* C2's rows of column v := acc (rows < m2) */
 #define SK_SIDE_STORE()                                                            \
     do {                                                                           \
         int l = SK_SIDE_WIDTH();                                                   \
         _Pragma("GCC unroll 16")                                                   \
         for (int r = 0; r < SK_PK_SIDE_ROWS; r++) {                                \
             if (r < m2) {                                                          \
-                SK_T *dst = C2 + r * ldc2 + (ptrdiff_t)vm * SK_VL;                 \
+                SK_T *dst = C2 + r * ldc2 + (ptrdiff_t)v * SK_VL;              \
                 if (l == SK_VL)                                                    \
                     *(SK_V *)dst = acc[r];                                         \
                 else                                                               \
@@ -419,8 +403,7 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
                 acc[r] = z;                                                        \
             k2 = 0;                                                                \
             v++;                                                                   \
-            vm = SK_SIDE_MAP(v);                                                   \
-            w2 = SK_SIDE_COL(vm);                                                  \
+            w2 = SK_SIDE_COL(v);                                               \
             sk = S;                                                                \
         }                                                                          \
         s++;                                                                       \
@@ -428,8 +411,6 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
 
     for (int q = 0; q < np; q++) {
         int p = reverse ? np - 1 - q : q;
-        if (hg > 0)
-            p = (p / hg) * 2 * hg + half * hg + p % hg;
         const SK_T *restrict w = P + (ptrdiff_t)p * K * SK_NR;
         SK_V c0 = z, c1 = z, c2 = z, c3 = z;
         SK_V d0 = z, d1 = z, d2 = z, d3 = z;        /* pair: odd k (tile1's sums) */
@@ -463,7 +444,6 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
 #undef SK_SIDE_STORE
 #undef SK_SIDE_WIDTH
 #undef SK_SIDE_COL
-#undef SK_SIDE_MAP
 }
 
 #undef SK_PK_ROW_FMA
