@@ -201,6 +201,65 @@ def test_bad_arguments(argv):
     assert e.value.code == 2
 
 
+def _bad_runs(tmp_path):
+    """(argv, what the message must say) of commands refused before anything is timed."""
+    import seqkern
+
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"results": [1, 2]}')
+    quick = ["--steps", "--no-grid", "--kernels", "rnn", "--budget", "0"]
+    return [
+        (["--threads", f"1,{seqkern.MAX_THREADS + 1}"], "MAX_THREADS"),
+        (quick + ["--json", str(tmp_path / "no" / "such" / "run.json")], "--json"),
+        (quick + ["--json", str(tmp_path)], "--json"),
+        (quick + ["--compare", str(tmp_path / "missing.json")], "--compare"),
+        (quick + ["--compare", str(bad_json)], "not the JSON of a python -m seqkern.bench"),
+        (["--impls", "seqkern-loop", "--quick"], "needs --layers"),
+        (["--no-grid"], "--no-grid leaves nothing to run"),
+        (["--layers", "--no-grid", "--kernels", "rnn"], "not for rnn"),
+    ]
+
+
+def test_refused_before_any_timing(tmp_path, capsys, monkeypatch):
+    """Thread counts past seqkern.MAX_THREADS, a --json that cannot be written, a
+    --compare that is not a run's JSON, options that select nothing: a usage error
+    naming the option before the first case runs (it used to come after the whole
+    run, as a traceback, losing every measurement)."""
+    def no_timing(*a, **k):
+        raise AssertionError("timed before checking the arguments")
+
+    monkeypatch.setattr(runner, "run", no_timing)
+    for argv, said in _bad_runs(tmp_path):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2, argv
+        assert said in capsys.readouterr().err, argv
+
+
+def test_thread_counts_once_each(tmp_path, monkeypatch):
+    seen = []
+
+    def run(cases, threads, **kw):
+        seen.append(threads)
+        return [], {}
+    monkeypatch.setattr(runner, "run", run)
+    cli.main(["--steps", "--no-grid", "--kernels", "rnn", "--threads", "1,2,1", "--budget", "0"])
+    assert seen == [[1, 2]]
+
+
+def test_per_isa_plots_in_a_folder_per_level(monkeypatch, tmp_path):
+    from seqkern import _cpu, _dispatch
+
+    monkeypatch.setattr(_dispatch, "COMPILED", ["sse2", "avx2"])
+    monkeypatch.setattr(_cpu, "x86_level", lambda: 3)
+    started = []
+    monkeypatch.setattr(cli.subprocess, "run",
+                        lambda cmd, env: started.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    assert cli.main(["--quick", "--isa", "all", "--plot", str(tmp_path)]) == 0
+    assert [cmd[cmd.index("--plot") + 1] for cmd in started] == \
+        [str(tmp_path / lv) for lv in ("sse2", "avx2")]
+
+
 def test_time_interleaved_alternates(monkeypatch):
     import time
 
@@ -308,6 +367,11 @@ def test_sweep_cases_and_plots(tmp_path):
     for p in paths:
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # no chart without its data: speed-ups need the reference or PyTorch, the
+    # efficiency a second thread count
+    results, _ = runner.run(small, [1], impls=["seqkern"], budget_s=0, progress=False)
+    names = sorted(os.path.basename(p) for p in plots.write_all(results, str(tmp_path / "one")))
+    assert names == ["latency_vs_length.png", "peak_fraction.png", "tokens_vs_length.png"]
 
 
 # --- suite "layers" (--layers): seqkern.nn against PyTorch's modules ---------------------

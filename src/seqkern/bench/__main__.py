@@ -21,13 +21,32 @@ from seqkern.bench.cases import (IMPLS, LAYER_IMPLS, LOOP_IMPL, PATH_IMPLS, RECU
 
 
 def _int_list(s):
+    """Thread counts: positive, at most seqkern.MAX_THREADS, each once, in order."""
+    from seqkern import MAX_THREADS
+
     try:
         vals = [int(v) for v in s.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {s!r}")
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"thread counts must be positive, got {s!r}")
-    return vals
+    if not vals or min(vals) < 1 or max(vals) > MAX_THREADS:
+        raise argparse.ArgumentTypeError(
+            f"thread counts must be in [1, seqkern.MAX_THREADS = {MAX_THREADS}], got {s!r}")
+    return list(dict.fromkeys(vals))
+
+
+def _check_paths(p, args):
+    """Before anything is timed: --json must be writable, --compare a run's JSON."""
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if os.path.isdir(args.json) or not os.path.isdir(folder) \
+                or not os.access(folder, os.W_OK):
+            p.error(f"--json {args.json}: not a file that can be written "
+                    "(its folder must exist and be writable)")
+    if args.compare:
+        try:
+            runner.load_run(args.compare)
+        except (OSError, ValueError) as e:
+            p.error(f"--compare {args.compare}: {e}")
 
 
 def _choices(allowed):
@@ -48,7 +67,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="a small grid that ends in under a minute on 2 cores")
     p.add_argument("--threads", type=_int_list, default=None,
-                   help="thread counts, e.g. 1,2,16 (default: 1, 2, 4, ... and the core count; "
+                   help="thread counts, e.g. 1,2,4 (at most seqkern.MAX_THREADS; default: 1, 2, "
+                        "4, ... and the core count; "
                         "--quick: 1 and the core count)")
     p.add_argument("--kernels", type=_choices(RECURRENT + ("attention",)), default=None,
                    help="comma-separated subset of rnn,lstm,gru,attention")
@@ -63,7 +83,7 @@ def main(argv=None):
                         "seqkern-loop runs seqkern.nn's stacks as a plain loop (--layers only)")
     p.add_argument("--sweep", action="store_true",
                    help="also run the sequence-length study (LSTM vs attention, tokens/s and "
-                        "latency against T, seqkern only)")
+                        "latency against T, seqkern only; --kernels does not apply)")
     p.add_argument("--steps", action="store_true",
                    help="also time single time steps of the recurrent kernels (rnn_step_forward "
                         "and the like against PyTorch's RNNCell, LSTMCell, GRUCell) and one "
@@ -90,10 +110,13 @@ def main(argv=None):
                         "its own process under SEQKERN_MAX_ISA, with PyTorch (ATEN_CPU_CAPABILITY, "
                         "MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA) and, below the CPU's own "
                         "level, OpenBLAS (OPENBLAS_CORETYPE) capped to the same level; --json PATH "
-                        "gets the level before its extension")
+                        "gets the level before its extension, --plot DIR a folder DIR/LEVEL")
     args = p.parse_args(argv)
     if args.busy < 0:
         p.error(f"--busy must be >= 0, got {args.busy}")
+    if args.impls and LOOP_IMPL in args.impls and not args.layers:
+        p.error(f"--impls {LOOP_IMPL} needs --layers (it runs seqkern.nn's stacks as a loop)")
+    _check_paths(p, args)
     if args.isa:
         if os.environ.get(_CHILD):
             p.error("--isa inside a run of --isa")
@@ -111,7 +134,12 @@ def main(argv=None):
     layer_cases = layers(quick=args.quick, kernels=args.kernels, dtypes=dtypes) \
         if args.layers else []
     if not cases and not sweep_cases and not layer_cases:
-        p.error("no kernel selected is available in this build")
+        if args.no_grid and not (args.sweep or args.steps or args.layers):
+            p.error("--no-grid leaves nothing to run: add --sweep, --steps or --layers")
+        if args.layers and args.no_grid and not args.steps:
+            p.error(f"--layers has cases for lstm, gru and attention, not for "
+                    f"{', '.join(args.kernels)}")
+        p.error("no case is selected")
     impls = args.impls or list(IMPLS)
     budget = args.budget if args.budget is not None else (0.05 if args.quick else 0.6)
 
@@ -215,12 +243,12 @@ def _per_isa(p, args, argv):
     if bad or not levels:
         p.error(f"--isa: this build and CPU have {', '.join(usable)}; got {args.isa!r}")
     rest, skip = [], False
-    for a in argv:                      # argv without --isa, --json and their values
+    for a in argv:                      # argv without --isa, --json, --plot and their values
         if skip:
             skip = False
-        elif a in ("--isa", "--json"):
+        elif a in ("--isa", "--json", "--plot"):
             skip = True
-        elif not a.startswith(("--isa=", "--json=")):
+        elif not a.startswith(("--isa=", "--json=", "--plot=")):
             rest.append(a)
     rc = 0
     for lv in levels:
@@ -228,6 +256,8 @@ def _per_isa(p, args, argv):
         if args.json:
             root, ext = os.path.splitext(args.json)
             cmd += ["--json", f"{root}.{lv}{ext}"]
+        if args.plot:                   # each level's charts in a folder of its own
+            cmd += ["--plot", os.path.join(args.plot, lv)]
         env = level_env(lv, usable[-1], os.environ)
         caps = " ".join(f"{k}={env.get(k, '(unset)')}" for k in
                         ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA",

@@ -20,18 +20,24 @@ def _plt():
 
 
 def write_all(results, out_dir):
-    """Write every chart the results allow; return the paths written."""
+    """Write every chart the results allow (none without its data: speed-ups
+    without the reference or PyTorch, efficiency with one thread count); return the
+    paths written."""
     os.makedirs(out_dir, exist_ok=True)
     grid = [r for r in results if r.get("suite", "grid") == "grid"]
     sweep = [r for r in results if r.get("suite") == "sweep"]
     paths = []
-    if grid:
+    mine = [r for r in grid if r["impl"] == "seqkern"]
+    if mine:
         paths.append(peak_fraction(grid, os.path.join(out_dir, "peak_fraction.png")))
+    if any(r.get(f"speedup_vs_{o}") is not None for r in mine for o in ("reference", "torch")):
         paths.append(speedups(grid, os.path.join(out_dir, "speedups.png")))
     if sweep:
         paths.append(sweep_tokens(sweep, os.path.join(out_dir, "tokens_vs_length.png")))
         paths.append(sweep_latency(sweep, os.path.join(out_dir, "latency_vs_length.png")))
-        paths.append(sweep_efficiency(sweep, os.path.join(out_dir, "parallel_efficiency.png")))
+        if any(r["threads"] != 1 for r in sweep):     # efficiency needs a second count
+            paths.append(sweep_efficiency(sweep, os.path.join(out_dir,
+                                                              "parallel_efficiency.png")))
     return paths
 
 

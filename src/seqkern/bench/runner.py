@@ -330,11 +330,25 @@ def _torch_capability():
     return torch.backends.cpu.get_cpu_capability()
 
 
+def load_run(path):
+    """The document an earlier --json run wrote; OSError if it cannot be read,
+    ValueError if it is not such a document."""
+    with open(path) as f:
+        try:
+            doc = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not JSON: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list) or not all(
+            isinstance(r, dict) and {"case", "impl", "threads", "median_s"} <= r.keys()
+            for r in doc["results"]):
+        raise ValueError("not the JSON of a python -m seqkern.bench --json run")
+    return doc
+
+
 def compare(old_path, results, out=None):
     """Print old median / new median for every (case, impl, threads) in both runs."""
     out = out or sys.stdout
-    with open(old_path) as f:
-        old = json.load(f)
+    old = load_run(old_path)
     before = {(r["case"], r["impl"], r["threads"]): r["median_s"] for r in old["results"]
               if r["median_s"] is not None}
     print(f"\nCompared with {old_path} ({old.get('date', '?')}): old median / new median "
