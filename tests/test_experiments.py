@@ -131,9 +131,16 @@ def test_cli(tmp_path, capsys):
                  "--seed", "2"]) == 0
     assert json.loads((tmp_path / "clipping.json").read_text())["seed"] == 2
     assert "clipping:" in capsys.readouterr().out
-    for bad in (["nope"], ["order", "--threads", "0"], ["order", "--seed", "x"]):
-        with pytest.raises(SystemExit):
+    import seqkern
+
+    (tmp_path / "file").write_text("")
+    for bad in (["nope"], ["order", "--threads", "0"], ["order", "--seed", "x"],
+                ["order", "--threads", str(seqkern.MAX_THREADS + 1)], ["order", "--seed", "-1"],
+                ["order", "--size", "tiny", "--out", str(tmp_path / "file" / "sub")]):
+        with pytest.raises(SystemExit) as e:      # a usage error, before any experiment runs
             main(bad)
+        assert e.value.code == 2, bad
+    assert not (tmp_path / "order.json").exists()
 
 
 # ---------------------------------------------------------------- verdicts
@@ -225,6 +232,7 @@ SLOW_RNN = {**FAST, **{(k, 1): 0.5 for k in ("rnn", "lstm", "gru")}}
     (memory, memory_numbers(dict(GOOD_MEM, attention={10: 0.0, 50: 0.5})),
      common.NOT_SUPPORTED),
     (memory, memory_numbers(dict(GOOD_MEM, lstm={10: 0.01, 50: 0.9})), common.NOT_SUPPORTED),
+    (memory, memory_numbers(dict(GOOD_MEM, rnn={10: 0.9, 50: 0.9})), common.UNDETERMINED),
     (bottleneck, bottleneck_numbers((0.9, 0.1), (1.0, 0.95), ANTI), common.SUPPORTED),
     (bottleneck, bottleneck_numbers((0.9, 0.85), (1.0, 0.95), ANTI), common.NOT_SUPPORTED),
     (bottleneck, bottleneck_numbers((0.9, 0.1), (1.0, 0.2), ANTI), common.NOT_SUPPORTED),

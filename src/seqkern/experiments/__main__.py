@@ -8,6 +8,7 @@ this run supports it. Results are reproducible for a seed and thread count
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -15,13 +16,26 @@ from seqkern.experiments import NAMES, load
 from seqkern.experiments.common import run
 
 
-def _positive(s):
+def _threads(s):
+    from seqkern import MAX_THREADS
+
     try:
         n = int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    if not 1 <= n <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer in [1, seqkern.MAX_THREADS = {MAX_THREADS}], got {s!r}")
+    return n
+
+
+def _seed(s):
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
     return n
 
 
@@ -34,13 +48,19 @@ def main(argv=None):
                    help="smaller sizes: each experiment in under 2 minutes on 2 cores")
     p.add_argument("--out", default="experiments-out", metavar="DIR",
                    help="where the JSON and PNG files go (default: experiments-out)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every generator (default 0)")
-    p.add_argument("--threads", type=_positive, default=None, metavar="N",
+    p.add_argument("--seed", type=_seed, default=0, help="seed of every generator (default 0)")
+    p.add_argument("--threads", type=_threads, default=None, metavar="N",
                    help="seqkern's thread count (default: seqkern's; NumPy's BLAS runs on "
                         "one); for parallel, the largest count of its sweep")
     p.add_argument("--size", choices=("tiny", "quick", "full"), default=None,
                    help=argparse.SUPPRESS)  # tiny: the test suite's sizes
     args = p.parse_args(argv)
+    try:                                # before any experiment runs
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        p.error(f"--out {args.out}: {e.strerror}")
+    if not os.access(args.out, os.W_OK):
+        p.error(f"--out {args.out}: not writable")
     size = args.size or ("quick" if args.quick else "full")
     names = NAMES if args.name == "all" else (args.name,)
     t0 = time.perf_counter()
