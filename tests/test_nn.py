@@ -387,8 +387,10 @@ def test_errors_name_the_argument(rng):
     with pytest.raises(TypeError, match="cache must be the cache returned by"):
         m.backward(out, None, None)
     twin = make("LSTM", input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
-    with pytest.raises(TypeError, match="cache must be the cache returned by this LSTM"):
+    with pytest.raises(TypeError, match="this LSTM's forward, got one returned by another LSTM"):
         twin.backward(out, None, cache)     # another stack's cache, even of the same shape
+    with pytest.raises(TypeError, match="another LSTM"):
+        copy.deepcopy(m).backward(out, None, cache)     # a copy's, too
     with pytest.raises(ValueError, match="nonlinearity"):
         nn.RNN(3, 4, nonlinearity="sigmoid")
     with pytest.raises(ValueError, match="dropout"):

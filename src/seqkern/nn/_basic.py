@@ -6,7 +6,7 @@ import numbers
 import numpy as np
 
 from seqkern._validation import check_bool, check_choice, check_index
-from seqkern.nn._module import Module, check_size, layer_input, make_rng, uniform
+from seqkern.nn._module import Module, cache_error, check_size, layer_input, make_rng, uniform
 from seqkern.nn._parallel import blas_one_thread, matmul
 
 __all__ = ["Linear", "Embedding", "cross_entropy", "clip_grad_norm_", "clip_grad_value_",
@@ -29,8 +29,7 @@ class _Cache:
 
 def check_layer_cache(layer, cache):
     if not isinstance(cache, _Cache) or cache.layer is not layer:
-        raise TypeError(f"cache must be the cache returned by this {type(layer).__name__}'s "
-                        f"forward, got {type(cache).__name__}")
+        raise TypeError(cache_error(layer, cache))
     return cache.values
 
 

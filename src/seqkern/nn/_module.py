@@ -55,6 +55,19 @@ def layer_input(name, x, dtype, last):
     return x
 
 
+def cache_error(layer, cache, note=""):
+    """The message for a backward given a cache its layer's forward did not return:
+    another layer's (a copy's included: a cache belongs to the layer object whose
+    forward made it) or not a cache at all."""
+    name = type(layer).__name__
+    if getattr(cache, "layer", None) is not None:
+        return (f"cache must be the cache returned by this {name}'s forward, got one returned "
+                f"by another {type(cache.layer).__name__} (a cache belongs to the layer object "
+                "that made it: a copied layer needs its own forward)")
+    return (f"cache must be the cache returned by this {name}'s forward"
+            + (f" {note}" if note else "") + f", got {type(cache).__name__}")
+
+
 class Module:
     """Parameters, gradients and the train/eval flag of one layer."""
 

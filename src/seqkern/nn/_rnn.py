@@ -36,7 +36,7 @@ import numpy as np
 from seqkern._validation import check_bool, check_choice, lengths_array
 from seqkern.gru import gru_backward, gru_forward
 from seqkern.lstm import lstm_backward, lstm_forward
-from seqkern.nn._module import Module, check_size, make_rng, uniform
+from seqkern.nn._module import Module, cache_error, check_size, make_rng, uniform
 from seqkern.nn._parallel import run_pair
 from seqkern.rnn import rnn_backward, rnn_forward
 
@@ -319,8 +319,7 @@ class _Recurrent(Module):
         -> (dx like x, tuple of N_STATES (L D, B, H) gradients of hx). Adds the
         parameters' gradients into self.grads."""
         if not isinstance(cache, _StackCache) or cache.layer is not self:
-            raise TypeError(f"cache must be the cache returned by this {type(self).__name__}'s "
-                            f"forward (with return_cache=True), got {type(cache).__name__}")
+            raise TypeError(cache_error(self, cache, "(with return_cache=True)"))
         T, B = cache.T, cache.B
         H, D = self.hidden_size, 2 if self.bidirectional else 1
         d_in = self._seq_grad(d_out, T, B)
