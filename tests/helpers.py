@@ -364,8 +364,8 @@ LSTM = Recurrent("lstm", 4, ("h0", "c0"), _lstm_init,
                   (3, 16, 8, 70),    # blocks of 64 with a ragged last block
                   (6, 9, 20, 200),
                   (30, 10, 12, 70),  # T*B = 300: the packed weight gradients sum over 2 K blocks
-                  (33, 1, 16, 33),   # batch 1, packed: the projection runs inside the steps ...
-                  (40, 1, 70, 3),    # ... also where it is more work than the step's product
+                  (33, 1, 16, 33),   # batch 1 (forced packed, gemm_shapes: the projection
+                  (40, 1, 70, 3),    # inside the steps, also where it outweighs the step)
               ],
               thread_shapes=[
                   (7, 1, 8, 200), (5, 8, 16, 130), (3, 33, 9, 70),
@@ -376,11 +376,11 @@ LSTM = Recurrent("lstm", 4, ("h0", "c0"), _lstm_init,
                   (10, 64, 64, 256),
                   # ... and the projection of a one-block step
                   (2048, 1, 64, 64),
-                  # batch 1 with a projection large enough (T I 4H >= 2^25) to run
-                  # first, in parallel, on 2 threads, and inside the steps on 1
+                  # batch 1 with a projection large enough (T I 4H >= 2^25) for
+                  # parallel row blocks (the interleaved path forced on these:
+                  # test_lstm.py's test_batch_1_interleaved_threads_bitwise)
                   (300, 1, 512, 64), (2100, 1, 512, 64),
-                  # ... with a last block of one row in blocks of ROW_BLOCK (1024, 1024,
-                  # 1), whose one-row product rounds unlike the steps' side product
+                  # ... with a last block of one row in blocks of ROW_BLOCK (1024, 1024, 1)
                   (2049, 1, 512, 64),
               ],
               # (5, 1, ..), (9, 1, ..), (600, 1, ..), (16, 1, ..), (33, 1, ..), (40, 1, ..):
@@ -397,8 +397,7 @@ LSTM = Recurrent("lstm", 4, ("h0", "c0"), _lstm_init,
                            (600, 1, 3, 20),
                            (5, 600, 4, 10), (5, 300, 4, 130), (300, 4, 5, 368),
                            (16, 1, 8, 64), (33, 1, 16, 33), (40, 1, 70, 3)])
-# batch 1 with a projection large enough (T I 4H >= 2^25) to run first, in
-# parallel, on 2 threads, and inside the steps on 1
+# batch 1 with a projection large enough (T I 4H >= 2^25) for parallel row blocks
 LSTM.no_cache_shapes = Recurrent.no_cache_shapes + [(300, 1, 512, 64), (2100, 1, 512, 64)]
 GRU = Recurrent("gru", 3, ("h0",), _gru_init,
               shapes=[

@@ -512,7 +512,7 @@ def test_layouts_and_inputs_not_modified(rng, kernel, shape, layout, dtype):
 # --- empty and degenerate shapes ------------------------------------------------------
 
 EMPTY_RECURRENT = [(0, 3, 3, 5), (4, 0, 3, 5), (0, 0, 3, 5), (4, 3, 3, 0), (3, 2, 0, 4),
-                   (40, 1, 0, 5),      # batch 1, packed: past the first 16 steps
+                   (40, 1, 0, 5),      # batch 1: past the first 16 steps
                    (3, 2, 4, 1), (3, 2, 1, 1)]
 EMPTY_ATTENTION = [dict(B=0), dict(Hq=0, Hkv=0), dict(Tq=0), dict(Tk=0), dict(D=0),
                    dict(Dv=0)]

@@ -82,25 +82,44 @@ def test_reference_sigmoid_is_stable():
 @pytest.mark.parametrize("T", [15, 16, 17, 32, 47, 529])
 @pytest.mark.parametrize("I", [1, 20, 130])
 def test_batch_1_backward_dx_inside_the_steps(T, I):
-    """At batch 1 the steps compute dx as they go, SIDE_ROWS rows at a time (16 where
-    AUTO takes this path, AVX-512), the rows of the last whole group and a partial
-    one after the steps: every row right (float64 against the reference), for
-    lengths around the groups of 16 and the
-    512-step chunks, and input sizes with a ragged last vector column; the same
-    bits on 2 threads."""
+    """At batch 1 on the interleaved path (forced: step_gemm("packed")) the steps
+    compute dx as they go, SIDE_ROWS rows at a time (16 with 32 vector registers, 8
+    with 16), the rows of the last whole group and a partial one after the steps:
+    every row right (float64 against the reference), for lengths around the groups
+    of 16 and the 512-step chunks, and input sizes with a ragged last vector column;
+    the same bits on 2 threads."""
     _backward_1_and_2_threads_vs_reference(T, I, 24)
 
 
+@pytest.mark.parametrize("shape", [(300, 1, 512, 64), (2100, 1, 512, 64), (2049, 1, 512, 64),
+                                   (40, 1, 0, 5)])
+def test_batch_1_interleaved_threads_bitwise(shape):
+    """The interleaved batch-1 path (forced) with a projection large enough (T I 4H
+    >= 2^25) to run first, in parallel, on 2 threads, and inside the steps on 1: the
+    same bits either way (each element one k-ordered chain), with a last block of
+    one row in blocks of ROW_BLOCK at T = 2049 (the one-row kernel would round
+    unlike the side product); and I = 0, the recurrence alone past the first 16
+    steps. Against the reference too."""
+    T, B, I, H = shape
+    args = make(T, B, I, H, np.float32, seed=T)
+    got = _threads_1_and_2(args, None, "packed")
+    want = ref.lstm_forward(*map(f64, args))
+    for name, a, b in zip(("out", "h_n", "c_n"), got, want):
+        assert_close(name, a, b, np.float32)
+
+
 def _backward_1_and_2_threads_vs_reference(T, I, H, lengths=None):
-    """A batch-1 backward (float64) on 1 and on 2 threads: against the reference,
-    and bitwise the one against the other."""
+    """A batch-1 backward (float64) on 1 and on 2 threads, on the interleaved path
+    (forced): against the reference, and bitwise the one against the other."""
+    from seqkern._step_gemm import step_gemm
+
     args = make(T, 1, I, H, np.float64, seed=T + I)
     d_out = np.random.default_rng(T).standard_normal((T, 1, H))
     _, _, _, r_cache = ref.lstm_forward(*args, lengths=lengths)
     want = ref.lstm_backward(d_out, None, None, r_cache)
     got = []
     for n in (1, 2):
-        with seqkern.threads(n):
+        with seqkern.threads(n), step_gemm("packed"):
             cache = seqkern.lstm_forward(*args, lengths=lengths)[3]
             got.append(seqkern.lstm_backward(d_out, None, None, cache))
     for g in got:

@@ -120,7 +120,7 @@ cdef inline int _units(Py_ssize_t T, int B, int H, int n_parts) noexcept nogil:
     return unit_block(B, 4, H, n_parts)
 
 
-cdef inline bint _one_row(Py_ssize_t T, int B, int H, int U, int step_gemm) noexcept nogil:
+cdef inline bint _one_row(int B, int H, int U, int step_gemm) noexcept nogil:
     """Do the steps take the batch-1 path (_forward_one_row, _backward_one_row)?"""
     return B == 1 and U == H and interleaves(step_gemm)
 
@@ -316,7 +316,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef int nt_proj = loop_threads(nt, n_rows, <double>TB * I * G)
     cdef int nt_rows = loop_threads(nt, n_rb, <double>TB * G * H)
     cdef bint packed = packs(step_gemm, TB)
-    cdef bint one_row = _one_row(T, B, H, U, step_gemm)
+    cdef bint one_row = _one_row(B, H, U, step_gemm)
     cdef bint by_rows = not one_row and (n_rb > 1 or n_units == 1)
     cdef int n_run = run_blocks(n_rb, nt_rows, packed)
     # the projection inside the row loop, chunk by chunk (Tc steps)
@@ -743,7 +743,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     # batch 1, one block, packed: the steps compute dx as they go (_backward_one_row)
     # with Wih_g packed whole (Wx, in place of WihK), their side operand in the
     # first thread's `at` scratch
-    cdef bint one_row = _one_row(T, B, H, U, step_gemm)
+    cdef bint one_row = _one_row(B, H, U, step_gemm)
     cdef Py_ssize_t at_size = max(<Py_ssize_t>GRAD_UNITS * R_max,
                                   <Py_ssize_t>SK_PK_SIDE_ROWS * G if one_row else 0)
     cdef bint ok = True

@@ -378,7 +378,7 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
         _Pragma("GCC unroll 16")                                                   \
         for (int r = 0; r < SK_PK_SIDE_ROWS; r++) {                                \
             if (r < m2) {                                                          \
-                SK_T *dst = C2 + r * ldc2 + (ptrdiff_t)v * SK_VL;              \
+                SK_T *dst = C2 + r * ldc2 + (ptrdiff_t)v * SK_VL;                  \
                 if (l == SK_VL)                                                    \
                     *(SK_V *)dst = acc[r];                                         \
                 else                                                               \
@@ -403,7 +403,7 @@ static void SK_FN(sk_pk_gemv_side_)(int K, const SK_T *restrict a, const SK_T *r
                 acc[r] = z;                                                        \
             k2 = 0;                                                                \
             v++;                                                                   \
-            w2 = SK_SIDE_COL(v);                                               \
+            w2 = SK_SIDE_COL(v);                                                   \
             sk = S;                                                                \
         }                                                                          \
         s++;                                                                       \

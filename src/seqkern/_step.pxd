@@ -77,10 +77,8 @@ cdef inline bint interleaves(int step_gemm) noexcept nogil:
     """Run a batch-1 step's product interleaved with an independent product of
     SK_PK_SIDE_ROWS rows (_packed_gemm.h's gemv_side, the LSTM's batch-1 path)? Only
     where a caller forces the packed GEMM: AUTO keeps the projection ahead of the
-    steps at every level. Whether the side product hides in the step's idle FMA
-    units depends on the core (how many loads it keeps in flight, what its L2
-    holds): measured faster on one AVX-512 machine, slower on another and at AVX2
-    (docs/benchmarks.md)."""
+    steps at every level, since whether the side product hides in the step's idle
+    FMA units depends on the core, not on the instruction set (docs/benchmarks.md)."""
     return step_gemm == STEP_PACKED
 
 

@@ -4,9 +4,11 @@ dz_t @ W_hh, the input projection x @ W_ih^T and the input gradient dz @ W_ih),
 and for attention's tile products.
 
 AUTO lets each kernel choose by its measured rule (see _rnn.pyx, _lstm.pyx, _gru.pyx,
-and _attention.BLAS_PRODUCTS); BLAS forces OpenBLAS's GEMM; PACKED forces the
-kernels' own: _packed_gemm.h on the weights packed once per call, and attention's
-micro-kernel (_attention.h's sk_gemm). The results of each choice do not depend on
+and _attention.BLAS_PRODUCTS); BLAS forces OpenBLAS's GEMM (but attention at a scale
+that is 0 in its dtype, which BLAS would not multiply at all: attention.py); PACKED
+forces the kernels' own: _packed_gemm.h on the weights packed once per call (at batch
+1 the LSTM's step product then interleaved with the next steps' projection), and
+attention's micro-kernel (_attention.h's sk_gemm). The results of each choice do not depend on
 the thread count.
 """
 
