@@ -471,13 +471,14 @@ def test_nan_propagates(rng, dtype):
 
 
 @pytest.mark.parametrize("mode", ["auto", "blas", "packed"])
-@pytest.mark.parametrize("scale", [0.0, -0.0])
-def test_nan_propagates_at_scale_zero(mode, scale):
+@pytest.mark.parametrize("scale,dtype", [(0.0, np.float64), (-0.0, np.float64),
+                                         (1e-50, np.float32)])
+def test_nan_propagates_at_scale_zero(mode, scale, dtype):
     """0 * (q . k) is NaN where q . k is Inf or NaN, on every path: BLAS, given
     alpha = 0, would not compute the product at all (the tiles are 64 x 64 here,
-    not the row path)."""
+    not the row path). 1e-50 is 0 in float32."""
     rng = np.random.default_rng(5)
-    q, k, v, d_out = make(rng, (1, 1, 1, 64, 64, 16, 8))
+    q, k, v, d_out = make(rng, (1, 1, 1, 64, 64, 16, 8), dtype)
     k = k.copy()
     k[0, 0, 5, 0] = np.inf
     with step_gemm(mode):

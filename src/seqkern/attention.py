@@ -145,9 +145,10 @@ def attention_forward(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool 
     Dp, Dvp = _padded_width(a.D, a.dtype), _padded_width(Dv, a.dtype)
     qk, kk, vk = _pad(a.q, Dp), _pad(a.k, Dp), _pad(a.v, Dvp)
     # BLAS skips a product whose alpha is 0 (C := beta C, as the reference BLAS
-    # specifies), which would hide a NaN or Inf of q or k from 0 * (q . k): at
-    # scale 0 the products run on the kernel's own micro-kernel.
-    blas = _products_on_blas() and a.scale != 0
+    # specifies), which would hide a NaN or Inf of q or k from 0 * (q . k): where
+    # the scale is 0 in the call's dtype (a tiny one rounds to 0 in float32), the
+    # products run on the kernel's own micro-kernel.
+    blas = _products_on_blas() and a.dtype.type(a.scale) != 0
     if B and Hq and Tq and Tk and Dv:
         outk = _workspace.empty((B, Hq, Tq, Dvp), a.dtype)     # the kernel writes them all
         stats = np.empty((2, B, Hq, Tq), a.dtype)
