@@ -761,8 +761,9 @@ def test_cross_entropy_gradient_nan_and_errors(rng):
     assert np.isnan(loss[1]) and np.isfinite(loss[[0, 2, 3]]).all()
     loss, d = nn.cross_entropy(logits, np.full(4, -100))   # no row counted: as PyTorch,
     assert np.isnan(loss) and not d.any()                   # a NaN loss, a zero gradient
-    with pytest.raises(TypeError, match="ignore_index must be an integer"):
-        nn.cross_entropy(logits, targets, ignore_index=1.5)
+    for bad in (1.5, None, True):
+        with pytest.raises(TypeError, match="ignore_index must be an integer"):
+            nn.cross_entropy(logits, targets, ignore_index=bad)
     with pytest.raises(ValueError, match=r"targets must be in \[0, 3\)"):
         nn.cross_entropy(logits, [0, 3, 1, 1])
     with pytest.raises(ValueError, match=r"targets must have shape \(N,\)"):

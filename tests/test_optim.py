@@ -118,8 +118,9 @@ def test_defaults_and_errors(rng):
         optim.Adam([p["w"]], [g["b"]])
     with pytest.raises(ValueError, match="nesterov"):
         optim.SGD(p, g, nesterov=True)
-    with pytest.raises(ValueError, match=r"betas must be a pair"):
-        optim.Adam(p, g, betas=(0.9, 0.99, 0.9))
+    for bad in ((0.9, 0.99, 0.9), 0.9, "ab"):
+        with pytest.raises(TypeError, match=r"betas must be a pair of numbers"):
+            optim.Adam(p, g, betas=bad)
     with pytest.raises(ValueError, match="dampening must be finite"):
         optim.SGD(p, g, dampening=np.nan)
 

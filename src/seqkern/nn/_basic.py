@@ -165,6 +165,8 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     if t.shape != (N,):
         raise ValueError(f"targets must have shape (N,) = {(N,)}, got {t.shape}")
     reduction = check_choice("reduction", reduction, ("mean", "sum", "none"))
+    if isinstance(ignore_index, (bool, np.bool_)):
+        raise TypeError("ignore_index must be an integer, got bool")
     ignore_index = check_index("ignore_index", ignore_index)
     valid = t != ignore_index
     if np.any(valid & ((t < 0) | (t >= C))):

@@ -124,12 +124,15 @@ class Module:
         for k, v in state_dict.items():
             if k not in self.params:
                 continue
-            v = np.asarray(v)
+            try:
+                v = np.asarray(v)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise TypeError(f"state_dict[{k!r}] must be an array of real numbers: {e}") \
+                    from None
             if v.shape != self.params[k].shape:
                 raise ValueError(f"state_dict[{k!r}] must have shape {self.params[k].shape}, "
                                  f"got {v.shape}")
-            if not (np.issubdtype(v.dtype, np.number) or v.dtype == np.bool_) \
-                    or np.issubdtype(v.dtype, np.complexfloating):
+            if v.dtype.kind not in "biuf":         # bool, integers, floats
                 raise TypeError(f"state_dict[{k!r}] must hold real numbers, got dtype {v.dtype}")
             values[k] = v.astype(self.dtype)        # cast all before changing any
         for k, v in values.items():
