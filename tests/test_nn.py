@@ -3,6 +3,9 @@
 central finite differences, and against torch.nn when it is installed."""
 
 import copy
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -852,6 +855,88 @@ def test_matmul_split_and_blas_counts_restored(rng):
     np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(one, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+
+
+def test_blas_held_at_one_thread_in_every_thread():
+    """The layers' guard holds every BLAS library at one thread whichever Python
+    thread enters it: threadpoolctl's setter, which it used, changes OpenBLAS only
+    from the first thread that ever called it, and silently does nothing from the
+    others. Counts set to 2 first (through the libraries' own C functions), so that
+    the check means something on a one-core machine too; restored after."""
+    import threading
+    from seqkern.nn import _parallel
+
+    with _parallel.blas_one_thread():             # finds the libraries
+        pass
+    libs = _parallel._blas_libs
+    before = [get() for get, _ in libs]
+    for _, put in libs:
+        put(2)
+    try:
+        nn.Linear(4, 4, rng=0).forward(np.ones((2, 4), np.float32))    # the main thread first
+        seen = []
+
+        def other():
+            with _parallel.blas_one_thread():
+                seen.append([get() for get, _ in libs])
+            seen.append([get() for get, _ in libs])
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        assert seen == [[1] * len(libs), [2] * len(libs)]
+    finally:
+        for (_, put), n in zip(libs, before):
+            put(n)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_child_forked_while_a_thread_runs_layers():
+    """A child forked while another thread is inside the layers' BLAS guard (or
+    holds its lock) runs the layers: the guard's lock and depth start afresh in the
+    child (it used to wait for ever on the lock)."""
+    code = """
+import os, sys, threading, time
+import numpy as np
+from seqkern import nn
+lin = nn.Linear(4, 4, rng=0, dtype=np.float64)
+x = np.ones((2, 4))
+want = lin.forward(x)[0]
+stop = threading.Event()
+def loop():
+    while not stop.is_set():
+        lin.forward(x)
+t = threading.Thread(target=loop)
+t.start()
+bad = 0
+for i in range(20):
+    if bad:
+        break
+    pid = os.fork()
+    if pid == 0:
+        ok = np.array_equal(lin.forward(x)[0], want)
+        os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 10
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            bad += os.waitstatus_to_exitcode(status) != 0
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            bad += 1
+            break
+        time.sleep(0.01)
+stop.set()
+t.join()
+print("bad children", bad)
+"""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.dirname(seqkern.__path__[0]),
+                                                     env.get("PYTHONPATH")) if p)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert "bad children 0" in p.stdout, p.stdout + p.stderr
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

@@ -11,13 +11,18 @@ holds (NumPy and SciPy wheels each bring their own), so the layers hold every
 BLAS library threadpoolctl finds.
 """
 
+import ctypes
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
-from seqkern._threads import effective_num_threads, threads
+# (imported here, not on first use: a process forked while another thread was
+# importing them would wait for ever on that import's lock in the child)
+from seqkern._threads import _c_calls, effective_num_threads, threads
 
 _pool = None
 _pool_lock = threading.Lock()
@@ -55,6 +60,22 @@ _blas_saved = []
 _blas_lock = threading.Lock()
 
 
+def _libraries():
+    """[(get, set)] of every BLAS library loaded: its C functions that read and set
+    its thread count, called directly (threadpoolctl's setter lets only the first
+    Python thread that calls it change OpenBLAS: from any other it did nothing); a
+    library with no such functions seqkern knows, through threadpoolctl."""
+    libs = []
+    for lc in ThreadpoolController().select(user_api="blas").lib_controllers:
+        get, put, wide = _c_calls(lc)
+        if get is None:
+            libs.append((lambda lc=lc: lc.num_threads, lc.set_num_threads))
+            continue
+        n = ctypes.c_int64 if wide else ctypes.c_int
+        libs.append((ctypes.CFUNCTYPE(n)(get), ctypes.CFUNCTYPE(None, n)(put)))
+    return libs
+
+
 @contextmanager
 def blas_one_thread():
     """Hold every BLAS library loaded at one thread inside the block, then restore
@@ -63,13 +84,12 @@ def blas_one_thread():
     global _blas_libs, _blas_depth, _blas_saved
     with _blas_lock:
         if _blas_libs is None:
-            from threadpoolctl import ThreadpoolController
-            _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
+            _blas_libs = _libraries()
         if _blas_depth == 0:
-            _blas_saved = [(lib, lib.num_threads) for lib in _blas_libs]
-            for lib, n in _blas_saved:
+            _blas_saved = [(put, get()) for get, put in _blas_libs]
+            for put, n in _blas_saved:
                 if n != 1:
-                    lib.set_num_threads(1)
+                    put(1)
         _blas_depth += 1
     try:
         yield
@@ -77,9 +97,31 @@ def blas_one_thread():
         with _blas_lock:
             _blas_depth -= 1
             if _blas_depth == 0:
-                for lib, n in _blas_saved:
-                    if n != 1:
-                        lib.set_num_threads(n)
+                _restore()
+
+
+def _restore():
+    for put, n in _blas_saved:
+        if n != 1:
+            put(n)
+
+
+def _after_fork_in_child():
+    """A child forked while another thread was inside blas_one_thread (or held its
+    lock, which the child would wait on for ever): the lock is new, the blocks of
+    the parent's threads do not exist here, so BLAS gets its counts back; and the
+    pool's worker thread did not come along."""
+    global _blas_lock, _blas_depth, _pool, _pool_lock
+    _blas_lock = threading.Lock()
+    _pool_lock = threading.Lock()
+    _pool = None
+    if _blas_depth > 0:
+        _blas_depth = 0
+        _restore()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 PAR_MIN_PRODUCT = 1 << 25   # multiply-adds below which a product stays on one thread
