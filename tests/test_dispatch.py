@@ -130,6 +130,20 @@ BASE = SimpleNamespace(BUILD_ID="b1", ISA="sse2", __file__="/site/_rnn.so")
 PORTABLE = ["sse2", "avx2", "avx512"]
 
 
+def test_cap_below_the_lowest_level_says_what_runs():
+    """A cap below the build's lowest level (SEQKERN_MAX_ISA=generic on x86) runs
+    that level with a warning: a native build's says a portable one has every level,
+    a portable build's (already that) says its lowest level runs."""
+    load, _ = _fake_modules({})
+    native = SimpleNamespace(BUILD_ID="b1", ISA="avx512", __file__="/site/_rnn.so")
+    with pytest.warns(RuntimeWarning, match="build with SEQKERN_PORTABLE=1"):
+        assert _dispatch._choose(["native"], native, 4, RANK["avx2"], load) == \
+            (["native"], "native")
+    with pytest.warns(RuntimeWarning, match="it has none lower: that level runs") as w:
+        assert _dispatch._choose(PORTABLE, BASE, 4, 0, load) == (PORTABLE, "sse2")
+    assert "SEQKERN_PORTABLE" not in str(w[0].message)
+
+
 def test_levels_of_another_build_are_ignored():
     """A chosen level with a module of another build (or none, or one that fails
     to import) is dropped with a warning naming that file, and the next level

@@ -100,9 +100,12 @@ def _choose(compiled, base, cpu_level, cap, load=importlib.import_module):
                       + ". Delete them or rebuild with SEQKERN_PORTABLE=1.", RuntimeWarning)
         compiled.remove(chosen)
     if cap is not None and chosen == compiled[0] and _ISA_RANK.get(base.ISA, 0) > cap:
+        if compiled[0] == "native":
+            how = "build with SEQKERN_PORTABLE=1 for kernels of each level"
+        else:                           # a portable build: its lowest level is the floor
+            how = "it has none lower: that level runs"
         warnings.warn(f"SEQKERN_MAX_ISA caps the instruction set below what this build's "
-                      f"kernels use ({base.ISA}, level {compiled[0]}); build with "
-                      f"SEQKERN_PORTABLE=1 for kernels of each level", RuntimeWarning)
+                      f"kernels use ({base.ISA}, level {compiled[0]}); {how}", RuntimeWarning)
     return compiled, chosen
 
 

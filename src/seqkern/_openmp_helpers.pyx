@@ -310,7 +310,9 @@ def blas_guard_depth():
 def after_fork_in_child():
     """In a child just forked: libgomp's thread pool did not come along (its
     threads exist only in the parent; a parallel region waiting for them never
-    ends), so the kernels run on one thread from now on, and the count reads 1;
+    ends), so the kernels run on one thread from now on, and the count reads 1
+    (inside a threads() block the child was forked in, get_num_threads() reads
+    that block's count, but the kernels still run on one thread);
     the parent's calls inside the BLAS guard do not exist here: its depth goes
     back to 0 and BLAS gets its count back."""
     global _forked, _default_threads, _blas_depth
