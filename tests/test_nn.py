@@ -857,20 +857,35 @@ def test_matmul_split_and_blas_counts_restored(rng):
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
 
 
+def _blas_count_calls():
+    """[(get, set)] ctypes calls of every BLAS library loaded that has known C
+    thread-count functions (threadpoolctl's setter acts from one Python thread only)."""
+    import ctypes
+    from threadpoolctl import ThreadpoolController
+    from seqkern._threads import _c_calls
+
+    calls = []
+    for lc in ThreadpoolController().select(user_api="blas").lib_controllers:
+        get, put, wide = _c_calls(lc)
+        if get is not None:
+            n = ctypes.c_int64 if wide else ctypes.c_int
+            calls.append((ctypes.CFUNCTYPE(n)(get), ctypes.CFUNCTYPE(None, n)(put)))
+    return calls
+
+
 def test_blas_held_at_one_thread_in_every_thread():
     """The layers' guard holds every BLAS library at one thread whichever Python
     thread enters it: threadpoolctl's setter, which it used, changes OpenBLAS only
     from the first thread that ever called it, and silently does nothing from the
-    others. Counts set to 2 first (through the libraries' own C functions), so that
-    the check means something on a one-core machine too; restored after."""
+    others. Counts set to 2 first, so that the check means something on a one-core
+    machine too; restored after."""
     import threading
     from seqkern.nn import _parallel
 
-    with _parallel.blas_one_thread():             # finds the libraries
-        pass
-    libs = _parallel._blas_libs
-    before = [get() for get, _ in libs]
-    for _, put in libs:
+    calls = _blas_count_calls()
+    assert calls
+    before = [get() for get, _ in calls]
+    for _, put in calls:
         put(2)
     try:
         nn.Linear(4, 4, rng=0).forward(np.ones((2, 4), np.float32))    # the main thread first
@@ -878,14 +893,49 @@ def test_blas_held_at_one_thread_in_every_thread():
 
         def other():
             with _parallel.blas_one_thread():
-                seen.append([get() for get, _ in libs])
-            seen.append([get() for get, _ in libs])
+                seen.append([get() for get, _ in calls])
+            seen.append([get() for get, _ in calls])
         t = threading.Thread(target=other)
         t.start()
         t.join()
-        assert seen == [[1] * len(libs), [2] * len(libs)]
+        assert seen == [[1] * len(calls), [2] * len(calls)]
     finally:
-        for (_, put), n in zip(libs, before):
+        for (_, put), n in zip(calls, before):
+            put(n)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_child_forked_inside_the_guard_gets_the_counts_back():
+    """A child forked inside the guard (by the thread that entered it, or while
+    another thread is inside it) starts with BLAS's counts as they were outside any
+    block, and the guard still holds them at one thread in its own blocks; the
+    parent's block ends as usual."""
+    from seqkern.nn import _parallel
+
+    calls = _blas_count_calls()
+    before = [get() for get, _ in calls]
+    for _, put in calls:
+        put(2)
+    try:
+        with _parallel.blas_one_thread():
+            pid = os.fork()
+            if pid == 0:
+                status = 1
+                try:
+                    outside = [get() for get, _ in calls]
+                    with _parallel.blas_one_thread():
+                        inside = [get() for get, _ in calls]
+                    after = [get() for get, _ in calls]
+                    ok = outside == after == [2] * len(calls) and inside == [1] * len(calls)
+                    status = 0 if ok else 1
+                finally:
+                    os._exit(status)
+            assert [get() for get, _ in calls] == [1] * len(calls)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert [get() for get, _ in calls] == [2] * len(calls)
+    finally:
+        for (_, put), n in zip(calls, before):
             put(n)
 
 

@@ -22,7 +22,8 @@ from threadpoolctl import ThreadpoolController
 
 # (imported here, not on first use: a process forked while another thread was
 # importing them would wait for ever on that import's lock in the child)
-from seqkern._threads import _c_calls, effective_num_threads, threads
+from seqkern._threads import (_blas_libraries, _c_calls, blas_single_thread,
+                              effective_num_threads, threads)
 
 _pool = None
 _pool_lock = threading.Lock()
@@ -61,13 +62,17 @@ _blas_lock = threading.Lock()
 
 
 def _libraries():
-    """[(get, set)] of every BLAS library loaded: its C functions that read and set
-    its thread count, called directly (threadpoolctl's setter lets only the first
-    Python thread that calls it change OpenBLAS: from any other it did nothing); a
-    library with no such functions seqkern knows, through threadpoolctl."""
+    """[(get, set)] of every BLAS library loaded but the kernels' (which the kernels'
+    guard holds): its C functions that read and set its thread count, called
+    directly (threadpoolctl's setter lets only the first Python thread that calls
+    it change OpenBLAS: from any other it did nothing); a library with no such
+    functions seqkern knows, through threadpoolctl."""
+    kernels = {get for _, get, _ in _blas_libraries() if get is not None}
     libs = []
     for lc in ThreadpoolController().select(user_api="blas").lib_controllers:
         get, put, wide = _c_calls(lc)
+        if get is not None and get in kernels:
+            continue
         if get is None:
             libs.append((lambda lc=lc: lc.num_threads, lc.set_num_threads))
             continue
@@ -79,25 +84,29 @@ def _libraries():
 @contextmanager
 def blas_one_thread():
     """Hold every BLAS library loaded at one thread inside the block, then restore
-    their counts. Re-entrant and shared by all Python threads (a depth count: the
-    first in sets, the last out restores)."""
+    their counts: the kernels' library through the kernels' own guard (one owner per
+    library, so that neither guard restores a count while the other's block still
+    runs), the others here. Re-entrant and shared by all Python threads (a depth
+    count: the first in sets, the last out restores)."""
     global _blas_libs, _blas_depth, _blas_saved
-    with _blas_lock:
-        if _blas_libs is None:
-            _blas_libs = _libraries()
-        if _blas_depth == 0:
-            _blas_saved = [(put, get()) for get, put in _blas_libs]
-            for put, n in _blas_saved:
-                if n != 1:
-                    put(1)
-        _blas_depth += 1
-    try:
-        yield
-    finally:
+    with blas_single_thread():
         with _blas_lock:
-            _blas_depth -= 1
+            if _blas_libs is None:
+                _blas_libs = _libraries()
             if _blas_depth == 0:
-                _restore()
+                _blas_saved = [(put, get()) for get, put in _blas_libs]
+                for put, n in _blas_saved:
+                    if n != 1:
+                        put(1)
+            _blas_depth += 1
+        try:
+            yield
+        finally:
+            with _blas_lock:
+                if _blas_depth > 0:         # 0: a child forked inside this block
+                    _blas_depth -= 1
+                    if _blas_depth == 0:
+                        _restore()
 
 
 def _restore():
@@ -121,7 +130,11 @@ def _after_fork_in_child():
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    # the lock held across fork, so that the child never starts between a count's
+    # change and the depth's
+    os.register_at_fork(before=lambda: _blas_lock.acquire(),
+                        after_in_parent=lambda: _blas_lock.release(),
+                        after_in_child=_after_fork_in_child)
 
 
 PAR_MIN_PRODUCT = 1 << 25   # multiply-adds below which a product stays on one thread
