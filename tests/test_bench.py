@@ -210,9 +210,9 @@ def _bad_runs(tmp_path):
     quick = ["--steps", "--no-grid", "--kernels", "rnn", "--budget", "0"]
     return [
         (["--threads", f"1,{seqkern.MAX_THREADS + 1}"], "MAX_THREADS"),
-        (quick + ["--json", str(tmp_path / "no" / "such" / "run.json")], "--json"),
-        (quick + ["--json", str(tmp_path)], "--json"),
-        (quick + ["--compare", str(tmp_path / "missing.json")], "--compare"),
+        (quick + ["--json", str(tmp_path / "no" / "such" / "run.json")], "error: --json"),
+        (quick + ["--json", str(tmp_path)], "error: --json"),
+        (quick + ["--compare", str(tmp_path / "missing.json")], "error: --compare"),
         (quick + ["--compare", str(bad_json)], "not the JSON of a python -m seqkern.bench"),
         (["--impls", "seqkern-loop", "--quick"], "needs --layers"),
         (["--no-grid"], "--no-grid leaves nothing to run"),
@@ -234,6 +234,18 @@ def test_refused_before_any_timing(tmp_path, capsys, monkeypatch):
             cli.main(argv)
         assert e.value.code == 2, argv
         assert said in capsys.readouterr().err, argv
+
+
+def test_compare_reads_the_old_run_before_json_writes(tmp_path, monkeypatch, capsys):
+    """--json and --compare naming one file: the comparison is with the file as it
+    was, not with the run just written over it."""
+    path = tmp_path / "run.json"
+    row = {"case": "rnn 1x2x3x4 fwd float32", "impl": "seqkern", "threads": 1}
+    path.write_text(json.dumps({"results": [dict(row, median_s=2.0)]}))
+    monkeypatch.setattr(runner, "run", lambda *a, **k: ([dict(row, median_s=1.0)], {}))
+    cli.main(["--steps", "--no-grid", "--kernels", "rnn", "--threads", "1", "--budget", "0",
+              "--json", str(path), "--compare", str(path)])
+    assert "2.00x" in capsys.readouterr().out
 
 
 def test_thread_counts_once_each(tmp_path, monkeypatch):

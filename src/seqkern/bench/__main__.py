@@ -35,7 +35,8 @@ def _int_list(s):
 
 
 def _check_paths(p, args):
-    """Before anything is timed: --json must be writable, --compare a run's JSON."""
+    """Before anything is timed: --json must be writable, --compare a run's JSON
+    (returned: read now, before --json may write over the same file)."""
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         if os.path.isdir(args.json) or not os.path.isdir(folder) \
@@ -44,9 +45,10 @@ def _check_paths(p, args):
                     "(its folder must exist and be writable)")
     if args.compare:
         try:
-            runner.load_run(args.compare)
+            return runner.load_run(args.compare)
         except (OSError, ValueError) as e:
             p.error(f"--compare {args.compare}: {e}")
+    return None
 
 
 def _choices(allowed):
@@ -116,7 +118,7 @@ def main(argv=None):
         p.error(f"--busy must be >= 0, got {args.busy}")
     if args.impls and LOOP_IMPL in args.impls and not args.layers:
         p.error(f"--impls {LOOP_IMPL} needs --layers (it runs seqkern.nn's stacks as a loop)")
-    _check_paths(p, args)
+    old_run = _check_paths(p, args)
     if args.isa:
         if os.environ.get(_CHILD):
             p.error("--isa inside a run of --isa")
@@ -183,7 +185,7 @@ def main(argv=None):
         runner.write_json(args.json, results, peaks, argv, handoff)
         print(f"wrote {args.json}")
     if args.compare:
-        runner.compare(args.compare, results)
+        runner.compare(args.compare, results, old=old_run)
     if args.plot:
         from seqkern.bench import plots
 

@@ -35,7 +35,7 @@ def write_all(results, out_dir):
     if sweep:
         paths.append(sweep_tokens(sweep, os.path.join(out_dir, "tokens_vs_length.png")))
         paths.append(sweep_latency(sweep, os.path.join(out_dir, "latency_vs_length.png")))
-        if any(r["threads"] != 1 for r in sweep):     # efficiency needs a second count
+        if len({r["threads"] for r in sweep}) > 1:    # efficiency needs a second count
             paths.append(sweep_efficiency(sweep, os.path.join(out_dir,
                                                               "parallel_efficiency.png")))
     return paths

@@ -345,10 +345,11 @@ def load_run(path):
     return doc
 
 
-def compare(old_path, results, out=None):
-    """Print old median / new median for every (case, impl, threads) in both runs."""
+def compare(old_path, results, out=None, old=None):
+    """Print old median / new median for every (case, impl, threads) in both runs
+    (``old``: the document of old_path, if already read)."""
     out = out or sys.stdout
-    old = load_run(old_path)
+    old = load_run(old_path) if old is None else old
     before = {(r["case"], r["impl"], r["threads"]): r["median_s"] for r in old["results"]
               if r["median_s"] is not None}
     print(f"\nCompared with {old_path} ({old.get('date', '?')}): old median / new median "
