@@ -134,13 +134,16 @@ def test_cli(tmp_path, capsys):
     import seqkern
 
     (tmp_path / "file").write_text("")
+    out = ["--size", "tiny", "--out", str(tmp_path / "bad")]
     for bad in (["nope"], ["order", "--threads", "0"], ["order", "--seed", "x"],
-                ["order", "--threads", str(seqkern.MAX_THREADS + 1)], ["order", "--seed", "-1"],
-                ["order", "--size", "tiny", "--out", str(tmp_path / "file" / "sub")]):
+                ["order", "--threads", str(seqkern.MAX_THREADS + 1)], ["order", "--seed", "-1"]):
         with pytest.raises(SystemExit) as e:      # a usage error, before any experiment runs
-            main(bad)
+            main(bad + out)
         assert e.value.code == 2, bad
-    assert not (tmp_path / "order.json").exists()
+        assert not (tmp_path / "bad" / "order.json").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["order", "--size", "tiny", "--out", str(tmp_path / "file" / "sub")])
+    assert e.value.code == 2
 
 
 # ---------------------------------------------------------------- verdicts
