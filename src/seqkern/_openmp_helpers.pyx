@@ -208,10 +208,15 @@ def set_default_threads(int n):
     _default_threads = n
 
 
-# The BLAS guard: holds each BLAS library the kernels call at one thread while
-# any kernel call is inside it (a depth count over all Python threads), through
-# the libraries' own C functions (get: int (void), set: void (int); BLIS takes
-# and returns 64-bit counts). Restores their counts when the last call leaves.
+# A BLAS guard: holds a set of BLAS libraries at one thread while any call is
+# inside it (a depth count over all Python threads), through the libraries' own C
+# functions (get: int (void), set: void (int); BLIS takes and returns 64-bit
+# counts), and restores their counts when the last call leaves. Entering and
+# leaving hold the GIL from start to end (no Python call in between), so no other
+# Python thread, and no fork, can come between a count's change and the depth's.
+# blas_guard holds the libraries the kernels call; a guard made with ``inner``
+# enters that one first and leaves it last (the layers' guard of the other
+# libraries: one owner per library).
 
 ctypedef int (*get_int_fn)() noexcept nogil
 ctypedef void (*set_int_fn)(int) noexcept nogil
@@ -221,90 +226,131 @@ ctypedef void (*set_wide_fn)(int64_t) noexcept nogil
 cdef enum:
     MAX_BLAS = 8
 
-cdef int _n_blas = -1                   # libraries held; -1 until set_blas_calls
-cdef void* _blas_get[MAX_BLAS]
-cdef void* _blas_set[MAX_BLAS]
-cdef bint _blas_wide[MAX_BLAS]
-cdef int64_t _blas_saved[MAX_BLAS]      # count to restore on leaving
-cdef bint _blas_changed[MAX_BLAS]       # set to 1 on entering: restore _blas_saved
-cdef Py_ssize_t _blas_depth = 0
-
-
-cdef int64_t _get_count(int i) noexcept:
-    if _blas_wide[i]:
-        return (<get_wide_fn>_blas_get[i])()
-    return (<get_int_fn>_blas_get[i])()
-
-
-cdef void _set_count(int i, int64_t n) noexcept:
-    if _blas_wide[i]:
-        (<set_wide_fn>_blas_set[i])(n)
-    else:
-        (<set_int_fn>_blas_set[i])(<int>n)
-
-
-def blas_calls_set():
-    """Whether set_blas_calls has run."""
-    return _n_blas >= 0
-
-
-def set_blas_calls(calls):
-    """The libraries the guard holds, once: [(get address, set address, wide)]
-    (wide: the counts are 64-bit). Later calls change nothing."""
-    global _n_blas
-    cdef int i, n
-    if _n_blas >= 0:
-        return
-    n = min(len(calls), MAX_BLAS)
-    for i in range(n):
-        _blas_get[i] = <void*><size_t>calls[i][0]
-        _blas_set[i] = <void*><size_t>calls[i][1]
-        _blas_wide[i] = bool(calls[i][2])
-        _blas_changed[i] = False
-    _n_blas = n
-
 
 cdef class BlasGuard:
-    """See seqkern._threads.blas_single_thread."""
+    """See seqkern._threads.blas_single_thread and seqkern.nn._parallel.blas_one_thread."""
 
-    def __enter__(self):
-        global _blas_depth
+    cdef int n                          # libraries held; -1 until set_calls
+    cdef void* get[MAX_BLAS]
+    cdef void* put[MAX_BLAS]
+    cdef bint wide[MAX_BLAS]
+    cdef int64_t saved[MAX_BLAS]        # count to restore on leaving
+    cdef bint changed[MAX_BLAS]         # set to 1 on entering: restore saved
+    cdef Py_ssize_t depth
+    cdef BlasGuard inner
+
+    def __cinit__(self, BlasGuard inner=None):
+        self.n = -1
+        self.depth = 0
+        self.inner = inner
+
+    def set_calls(self, calls):
+        """The libraries the guard holds, once: [(get address, set address, wide)]
+        (wide: the counts are 64-bit). Later calls change nothing."""
+        cdef int i, n
+        if self.n >= 0:
+            return
+        n = min(len(calls), MAX_BLAS)
+        for i in range(n):
+            self.get[i] = <void*><size_t>calls[i][0]
+            self.put[i] = <void*><size_t>calls[i][1]
+            self.wide[i] = bool(calls[i][2])
+            self.changed[i] = False
+        self.n = n
+
+    @property
+    def calls_set(self):
+        return self.n >= 0
+
+    @property
+    def current_depth(self):
+        """How many calls are inside the guard now (tests)."""
+        return self.depth
+
+    cdef int64_t _get(self, int i) noexcept:
+        if self.wide[i]:
+            return (<get_wide_fn>self.get[i])()
+        return (<get_int_fn>self.get[i])()
+
+    cdef void _set(self, int i, int64_t n) noexcept:
+        if self.wide[i]:
+            (<set_wide_fn>self.put[i])(n)
+        else:
+            (<set_int_fn>self.put[i])(<int>n)
+
+    cdef void enter(self) noexcept:
         cdef int i
         cdef int64_t n
-        if _blas_depth == 0:
-            for i in range(_n_blas):
-                n = _get_count(i)
-                _blas_saved[i] = n
-                _blas_changed[i] = n != 1
+        if self.inner is not None:
+            self.inner.enter()
+        if self.depth == 0:
+            for i in range(self.n):
+                n = self._get(i)
+                self.saved[i] = n
+                self.changed[i] = n != 1
                 if n != 1:
-                    _set_count(i, 1)
-        _blas_depth += 1
+                    self._set(i, 1)
+        self.depth += 1
+
+    cdef void leave(self) noexcept:
+        self.leave_own()
+        if self.inner is not None:
+            self.inner.leave()
+
+    cdef void leave_own(self) noexcept:
+        cdef int i
+        if self.depth == 0:             # a child forked inside the block
+            return
+        self.depth -= 1
+        if self.depth == 0:
+            for i in range(self.n):
+                if self.changed[i]:
+                    self._set(i, self.saved[i])
+                    self.changed[i] = False
+
+    cdef void after_fork(self) noexcept:
+        """The parent's calls inside the guard do not exist in the child: its depth
+        goes back to 0 and the libraries get their counts back (an inner guard
+        resets itself: every guard is in _guards)."""
+        if self.depth > 0:
+            self.depth = 1
+            self.leave_own()
+
+    def __enter__(self):
+        self.enter()
         return self
 
     def __exit__(self, *exc):
-        _leave()
+        self.leave()
         return False
 
 
-cdef void _leave() noexcept:
-    global _blas_depth
-    cdef int i
-    if _blas_depth == 0:
-        return
-    _blas_depth -= 1
-    if _blas_depth == 0:
-        for i in range(_n_blas):
-            if _blas_changed[i]:
-                _set_count(i, _blas_saved[i])
-                _blas_changed[i] = False
-
-
 blas_guard = BlasGuard()
+_guards = [blas_guard]              # every guard, for after_fork_in_child
+
+
+def new_guard(calls, BlasGuard inner=None):
+    """A guard of its own over ``calls`` (see BlasGuard.set_calls), entering
+    ``inner`` first; reset in a forked child like blas_guard."""
+    g = BlasGuard(inner)
+    g.set_calls(calls)
+    _guards.append(g)
+    return g
+
+
+def blas_calls_set():
+    """Whether the kernels' guard has its libraries."""
+    return (<BlasGuard>blas_guard).n >= 0
+
+
+def set_blas_calls(calls):
+    """The libraries the kernels' guard holds, once (BlasGuard.set_calls)."""
+    blas_guard.set_calls(calls)
 
 
 def blas_guard_depth():
-    """How many kernel calls are inside the BLAS guard now (tests)."""
-    return _blas_depth
+    """How many kernel calls are inside the kernels' BLAS guard now (tests)."""
+    return (<BlasGuard>blas_guard).depth
 
 
 def after_fork_in_child():
@@ -313,11 +359,11 @@ def after_fork_in_child():
     ends), so the kernels run on one thread from now on, and the count reads 1
     (inside a threads() block the child was forked in, get_num_threads() reads
     that block's count, but the kernels still run on one thread);
-    the parent's calls inside the BLAS guard do not exist here: its depth goes
-    back to 0 and BLAS gets its count back."""
-    global _forked, _default_threads, _blas_depth
+    the parent's calls inside the BLAS guards do not exist here: their depths go
+    back to 0 and BLAS gets its counts back."""
+    global _forked, _default_threads
+    cdef BlasGuard g
     _forked = True
     _default_threads = 1
-    if _blas_depth > 0:
-        _blas_depth = 1
-        _leave()
+    for g in _guards:
+        g.after_fork()

@@ -16,27 +16,26 @@ from seqkern.experiments import NAMES, load
 from seqkern.experiments.common import run
 
 
-def _threads(s):
+def _int_in(low, high=None):
+    """An argparse type: an integer in [low, high()] (high: a function, called on
+    use; None: no upper bound)."""
+    def parse(s):
+        top = None if high is None else high()
+        span = f"an integer >= {low}" if top is None else f"an integer in [{low}, {top}]"
+        try:
+            n = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {span}, got {s!r}") from None
+        if n < low or top is not None and n > top:
+            raise argparse.ArgumentTypeError(f"expected {span}, got {s!r}")
+        return n
+    return parse
+
+
+def _max_threads():
     from seqkern import MAX_THREADS
 
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if not 1 <= n <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer in [1, seqkern.MAX_THREADS = {MAX_THREADS}], got {s!r}")
-    return n
-
-
-def _seed(s):
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
-    return n
+    return MAX_THREADS
 
 
 def main(argv=None):
@@ -48,8 +47,8 @@ def main(argv=None):
                    help="smaller sizes: each experiment in under 2 minutes on 2 cores")
     p.add_argument("--out", default="experiments-out", metavar="DIR",
                    help="where the JSON and PNG files go (default: experiments-out)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of every generator (default 0)")
-    p.add_argument("--threads", type=_threads, default=None, metavar="N",
+    p.add_argument("--seed", type=_int_in(0), default=0, help="seed of every generator (default 0)")
+    p.add_argument("--threads", type=_int_in(1, _max_threads), default=None, metavar="N",
                    help="seqkern's thread count (default: seqkern's; NumPy's BLAS runs on "
                         "one); for parallel, the largest count of its sweep")
     p.add_argument("--size", choices=("tiny", "quick", "full"), default=None,

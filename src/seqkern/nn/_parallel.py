@@ -11,17 +11,16 @@ holds (NumPy and SciPy wheels each bring their own), so the layers hold every
 BLAS library threadpoolctl finds.
 """
 
-import ctypes
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 # (imported here, not on first use: a process forked while another thread was
 # importing them would wait for ever on that import's lock in the child)
+from seqkern import _openmp_helpers
 from seqkern._threads import (_blas_libraries, _c_calls, blas_single_thread,
                               effective_num_threads, threads)
 
@@ -55,86 +54,38 @@ def run_pair(f0, f1):
     return r0, r1
 
 
-_blas_libs = None
-_blas_depth = 0
-_blas_saved = []
-_blas_lock = threading.Lock()
+_guard = None
 
 
-def _libraries():
-    """[(get, set)] of every BLAS library loaded but the kernels' (which the kernels'
-    guard holds): its C functions that read and set its thread count, called
-    directly (threadpoolctl's setter lets only the first Python thread that calls
-    it change OpenBLAS: from any other it did nothing); a library with no such
-    functions seqkern knows, through threadpoolctl."""
-    kernels = {get for _, get, _ in _blas_libraries() if get is not None}
-    libs = []
-    for lc in ThreadpoolController().select(user_api="blas").lib_controllers:
-        get, put, wide = _c_calls(lc)
-        if get is not None and get in kernels:
-            continue
-        if get is None:
-            libs.append((lambda lc=lc: lc.num_threads, lc.set_num_threads))
-            continue
-        n = ctypes.c_int64 if wide else ctypes.c_int
-        libs.append((ctypes.CFUNCTYPE(n)(get), ctypes.CFUNCTYPE(None, n)(put)))
-    return libs
-
-
-@contextmanager
 def blas_one_thread():
-    """Hold every BLAS library loaded at one thread inside the block, then restore
-    their counts: the kernels' library through the kernels' own guard (one owner per
-    library, so that neither guard restores a count while the other's block still
-    runs), the others here. Re-entrant and shared by all Python threads (a depth
-    count: the first in sets, the last out restores)."""
-    global _blas_libs, _blas_depth, _blas_saved
-    with blas_single_thread():
-        with _blas_lock:
-            if _blas_libs is None:
-                _blas_libs = _libraries()
-            if _blas_depth == 0:
-                _blas_saved = [(put, get()) for get, put in _blas_libs]
-                for put, n in _blas_saved:
-                    if n != 1:
-                        put(1)
-            _blas_depth += 1
-        try:
-            yield
-        finally:
-            with _blas_lock:
-                if _blas_depth > 0:         # 0: a child forked inside this block
-                    _blas_depth -= 1
-                    if _blas_depth == 0:
-                        _restore()
-
-
-def _restore():
-    for put, n in _blas_saved:
-        if n != 1:
-            put(n)
+    """Context manager: every BLAS library loaded held at one thread inside the
+    block, then their counts restored: the kernels' library by the kernels' guard,
+    the others by a guard of the same kind (_openmp_helpers.BlasGuard: re-entrant,
+    shared by all Python threads, reset in a forked child) that enters the kernels'
+    first, so that each library has one owner. Through the libraries' own C
+    functions: threadpoolctl's setter changes OpenBLAS only from the first Python
+    thread that ever called it."""
+    global _guard
+    if _guard is None:
+        with _pool_lock:                            # (new in a forked child)
+            if _guard is None:
+                kernels = blas_single_thread()      # (finds the kernels' libraries)
+                held = {get for _, get, _ in _blas_libraries() if get is not None}
+                others = [c for c in map(_c_calls, ThreadpoolController().select(
+                    user_api="blas").lib_controllers) if c[0] is not None and c[0] not in held]
+                _guard = _openmp_helpers.new_guard(others, kernels)
+    return _guard
 
 
 def _after_fork_in_child():
-    """A child forked while another thread was inside blas_one_thread (or held its
-    lock, which the child would wait on for ever): the lock is new, the blocks of
-    the parent's threads do not exist here, so BLAS gets its counts back; and the
-    pool's worker thread did not come along."""
-    global _blas_lock, _blas_depth, _pool, _pool_lock
-    _blas_lock = threading.Lock()
+    """The pool's worker thread did not come along to a forked child."""
+    global _pool, _pool_lock
     _pool_lock = threading.Lock()
     _pool = None
-    if _blas_depth > 0:
-        _blas_depth = 0
-        _restore()
 
 
 if hasattr(os, "register_at_fork"):
-    # the lock held across fork, so that the child never starts between a count's
-    # change and the depth's
-    os.register_at_fork(before=lambda: _blas_lock.acquire(),
-                        after_in_parent=lambda: _blas_lock.release(),
-                        after_in_child=_after_fork_in_child)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 PAR_MIN_PRODUCT = 1 << 25   # multiply-adds below which a product stays on one thread
