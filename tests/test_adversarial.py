@@ -719,6 +719,70 @@ def test_sizes_past_the_int_limit_are_refused(tmp_path):
                     f"should; these could not map their inputs here: {unmappable}")
 
 
+SCRATCH_PROBE = """
+import json, os, resource, sys
+import numpy as np
+
+# The weights are read-only maps of sparse files (no memory); the kernels' packed
+# copies of them (1.5 GiB) are real allocations, past this limit.
+resource.setrlimit(resource.RLIMIT_DATA, (1 << 30, 1 << 30))
+
+import seqkern
+from seqkern import _workspace, reference as ref
+from seqkern._step_gemm import step_gemm
+
+folder = sys.argv[1]
+f32 = np.float32
+
+
+def zeros(*shape):
+    path = os.path.join(folder, f"{len(os.listdir(folder))}.bin")
+    with open(path, "wb") as f:
+        f.truncate(int(np.prod(shape)) * 4)
+    return np.memmap(path, f32, "r", shape=shape)
+
+
+results = {}
+rng = np.random.default_rng(0)
+for kind, G, H in (("rnn", 1, 14000), ("lstm", 4, 7000), ("gru", 3, 8000)):
+    fwd = getattr(seqkern, f"{kind}_forward")
+    states = (None,) * (2 if kind == "lstm" else 1)
+    x = np.ones((16, 1, H), f32)
+    try:
+        with step_gemm("packed"):
+            fwd(x, *states, zeros(G * H, H), zeros(G * H, H))
+        results[kind] = "returned"
+    except BaseException as e:
+        results[kind] = f"{type(e).__name__}: {e}"
+    _workspace.clear()
+    # then a small call in the same process: right, and on two threads
+    h, k = 5, 0.4
+    small = [rng.uniform(-k, k, s).astype(f32) for s in ((7, 2, 3), (G * h, 3), (G * h, h))]
+    s0 = [np.zeros((2, h), f32)] * len(states)
+    with step_gemm("packed"), seqkern.threads(2):
+        got = fwd(small[0], *s0, *small[1:])[0]
+    want = getattr(ref, f"{kind}_forward")(small[0], *s0, *small[1:])[0]
+    results[kind + " after"] = float(np.abs(got - want).max())
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sparse files and RLIMIT_DATA")
+def test_kernels_out_of_scratch_raise_memory_error(tmp_path):
+    """A recurrent kernel that cannot allocate its scratch (the packed weights, made
+    without the GIL) raises MemoryError, and the process goes on: the next calls
+    are right."""
+    import json
+
+    p = run_python(SCRATCH_PROBE, timeout=120, args=[str(tmp_path)])
+    assert p.returncode == 0, p.stdout + p.stderr
+    results = json.loads(p.stdout.strip().splitlines()[-1])
+    for kind in ("rnn", "lstm", "gru"):
+        want = f"MemoryError: {kind}_forward: no memory for the kernel's scratch"
+        assert results[kind] == want, results
+        assert results[kind + " after"] < 1e-5, results
+
+
 # ---------------------------------------------------------------------------
 # 7. Threads, interrupts, fork and thread counts
 # ---------------------------------------------------------------------------

@@ -362,7 +362,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
                        &W_ih[0, 0], &W_hh[0, 0], 2 * n_bias + n_bhn + n_gh + n_gates + (0 if cached else step),
                        &Wih, &Whh, &WhhT, &Xpk, &Wpk)
     if buf == NULL:
-        raise MemoryError()
+        raise MemoryError("gru_forward: no memory for the kernel's scratch")
     cdef floating* bias = buf
     cdef floating* stage = buf + n_bias
     cdef floating* bhn = stage + n_bias
@@ -649,7 +649,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                        &W_ih[0, 0], &W_hh[0, 0], 2 * n_dg + n_wih + n_whh + 2 * n_b,
                        &Wih, &Whh, &WhhT, &Xpk, &Wpk)
     if buf == NULL:
-        raise MemoryError()
+        raise MemoryError("gru_backward: no memory for the kernel's scratch")
     cdef floating* dgip = buf
     cdef floating* dghp = buf + n_dg
     cdef floating* dWih = dghp + n_dg if grouped else &dW_ih[0, 0]

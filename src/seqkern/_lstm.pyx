@@ -328,30 +328,39 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef Py_ssize_t nz = T if first or gates is not None else (
         Tc if chunked else min(T, 2 * SK_PK_SIDE_ROWS))
     cdef bint ok = True
-    cdef floating* Wih = _grouped(&W_ih[0, 0], H, I, U, &ok)
-    cdef floating* Whh = _grouped(&W_hh[0, 0], H, H, U, &ok)
-    cdef floating* bp = _grouped(&bias[0], H, 1, U, &ok)
+    cdef floating* Wih = NULL
+    cdef floating* Whh = NULL
+    cdef floating* bp = NULL
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
     cdef floating* S = NULL
     cdef floating* zp = NULL if gates is None else &gates[0, 0, 0]
     cdef floating* csp = NULL if cells is None else &cells[0, 0, 0]
-    if zp == NULL:
-        zp = <floating*>scratch_alloc(nz * zstep * sizeof(floating))
-        csp = <floating*>scratch_alloc(TB * H * sizeof(floating))
+    cdef bint own_z = gates is None
     try:
-        if packed and ok:
-            Wpk = pk_alloc_nt(G, H, Whh)       # for h_prev @ Whh_g^T
-            Xpk = pk_alloc_nt(G, I, Wih)       # for x @ Wih_g^T
-            ok = Wpk != NULL and Xpk != NULL
-        if one_row and ok:
-            S = <floating*>scratch_alloc(<size_t>I * SK_PK_SIDE_ROWS * sizeof(floating))
-            ok = S != NULL
-        if not ok or zp == NULL or csp == NULL:
-            raise MemoryError()
         t = 0
         h_prev = c_prev = NULL
         with nogil:
+            # 0. The weights in the layout the steps read, and the scratch: copying
+            # megabytes of weights takes as long as many steps, so not under the GIL
+            # (another Python thread, such as a layer's other direction, runs then).
+            Wih = _grouped(&W_ih[0, 0], H, I, U, &ok)
+            Whh = _grouped(&W_hh[0, 0], H, H, U, &ok)
+            bp = _grouped(&bias[0], H, 1, U, &ok)
+            if own_z:
+                zp = <floating*>scratch_alloc(nz * zstep * sizeof(floating))
+                csp = <floating*>scratch_alloc(TB * H * sizeof(floating))
+            if packed and ok:
+                Wpk = pk_alloc_nt(G, H, Whh)       # for h_prev @ Whh_g^T
+                Xpk = pk_alloc_nt(G, I, Wih)       # for x @ Wih_g^T
+                ok = Wpk != NULL and Xpk != NULL
+            if one_row and ok:
+                S = <floating*>scratch_alloc(<size_t>I * SK_PK_SIDE_ROWS * sizeof(floating))
+                ok = S != NULL
+            if not ok or zp == NULL or csp == NULL:
+                with gil:
+                    raise MemoryError("lstm_forward: no memory for the kernel's scratch")
+
             # 1. The input projection of every step, unless it runs inside the steps
             # (chunked, or at batch 1 on _forward_one_row).
             if first:
@@ -393,7 +402,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
         scratch_free(Wpk)
         scratch_free(Xpk)
         scratch_free(S)
-        if gates is None:
+        if own_z:
             scratch_free(zp)
             scratch_free(csp)
 
@@ -714,6 +723,8 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef floating* dbp = &db[0]
     cdef floating* carry_h = &dh0[0, 0]
     cdef floating* carry_c = &dc0[0, 0]
+    cdef const floating* dhn = NULL if d_h_n is None else &d_h_n[0, 0]
+    cdef const floating* dcn = NULL if d_c_n is None else &d_c_n[0, 0]
     cdef const floating* dz_next
     cdef const floating* do_t
     cdef const floating* c_prev
@@ -747,46 +758,53 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef Py_ssize_t at_size = max(<Py_ssize_t>GRAD_UNITS * R_max,
                                   <Py_ssize_t>SK_PK_SIDE_ROWS * G if one_row else 0)
     cdef bint ok = True
-    cdef floating* Wih = _grouped(&W_ih[0, 0], H, I, U, &ok)
-    cdef floating* Whh = _grouped(&W_hh[0, 0], H, H, U, &ok)
+    cdef floating* Wih = NULL
+    cdef floating* Whh = NULL
     cdef floating* Wpk = NULL
     cdef floating* WihK = NULL
     cdef floating* Wx = NULL
     cdef floating* Xc = NULL
     cdef floating* Hc = NULL
     cdef floating* at = NULL
-    cdef floating* dzp = <floating*>scratch_alloc(<size_t>min(T, Tc) * zstep * sizeof(floating))
-    # the h_{t-1} rows of the first chunk: h0, then out[0 : Tc-1]
-    cdef floating* hs = <floating*>scratch_alloc(<size_t>R_max * H * sizeof(floating))
-    ok = ok and dzp != NULL and hs != NULL
-    if ok and packed:
-        if kh > 0:                                 # for dz @ Whh_g, in two halves
-            Wpk = <floating*>scratch_alloc(2 * kslot * sizeof(floating))
-        else:
-            Wpk = <floating*>scratch_alloc(pk_size(Wpk, H, G) * sizeof(floating))
-        if one_row:                                # for the steps' dz @ Wih_g
-            Wx = <floating*>scratch_alloc(pk_size(Wx, I, G) * sizeof(floating))
-        else:
-            WihK = <floating*>scratch_alloc(n_blocks(G, K_BLOCK) * xslot * sizeof(floating))
-        Xc = <floating*>scratch_alloc(n_kb * xslot * sizeof(floating))
-        Hc = <floating*>scratch_alloc(n_kb * hslot * sizeof(floating))
-        at = <floating*>scratch_alloc(max(nt, 1) * at_size * sizeof(floating))
-        ok = (Wpk != NULL and (Wx != NULL or WihK != NULL) and Xc != NULL and Hc != NULL
-              and at != NULL)
+    cdef floating* dzp = NULL
+    cdef floating* hs = NULL
     try:
-        if not ok:
-            raise MemoryError()
-        if d_h_n is None:
-            dh0[:, :] = 0
-        else:
-            dh0[:, :] = d_h_n
-        if d_c_n is None:
-            dc0[:, :] = 0
-        else:
-            dc0[:, :] = d_c_n
         t = 0
         dz_next = do_t = c_prev = NULL
         with nogil:
+            # 0. The weights in the layout the steps read, and the scratch, without
+            # the GIL (see forward).
+            Wih = _grouped(&W_ih[0, 0], H, I, U, &ok)
+            Whh = _grouped(&W_hh[0, 0], H, H, U, &ok)
+            dzp = <floating*>scratch_alloc(<size_t>min(T, Tc) * zstep * sizeof(floating))
+            # the h_{t-1} rows of the first chunk: h0, then out[0 : Tc-1]
+            hs = <floating*>scratch_alloc(<size_t>R_max * H * sizeof(floating))
+            ok = ok and dzp != NULL and hs != NULL
+            if ok and packed:
+                if kh > 0:                                 # for dz @ Whh_g, in two halves
+                    Wpk = <floating*>scratch_alloc(2 * kslot * sizeof(floating))
+                else:
+                    Wpk = <floating*>scratch_alloc(pk_size(Wpk, H, G) * sizeof(floating))
+                if one_row:                                # for the steps' dz @ Wih_g
+                    Wx = <floating*>scratch_alloc(pk_size(Wx, I, G) * sizeof(floating))
+                else:
+                    WihK = <floating*>scratch_alloc(n_blocks(G, K_BLOCK) * xslot * sizeof(floating))
+                Xc = <floating*>scratch_alloc(n_kb * xslot * sizeof(floating))
+                Hc = <floating*>scratch_alloc(n_kb * hslot * sizeof(floating))
+                at = <floating*>scratch_alloc(max(nt, 1) * at_size * sizeof(floating))
+                ok = (Wpk != NULL and (Wx != NULL or WihK != NULL) and Xc != NULL and Hc != NULL
+                      and at != NULL)
+            if not ok:
+                with gil:
+                    raise MemoryError("lstm_backward: no memory for the kernel's scratch")
+            if dhn == NULL:
+                memset(carry_h, 0, step * sizeof(floating))
+            else:
+                memcpy(carry_h, dhn, step * sizeof(floating))
+            if dcn == NULL:
+                memset(carry_c, 0, step * sizeof(floating))
+            else:
+                memcpy(carry_c, dcn, step * sizeof(floating))
             memset(dbp, 0, G * sizeof(floating))
             if Wpk != NULL and kh > 0:
                 pk_pack_nn(kh, H, Whh, H, Wpk)

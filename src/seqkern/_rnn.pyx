@@ -29,6 +29,7 @@ from cython cimport floating
 include "_build_info.pxi"
 from cython.parallel cimport prange, parallel
 from libc.stdint cimport int64_t
+from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_gemm_dir
@@ -129,15 +130,19 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
     cdef bint packed = packs(step_gemm, TB)
-    if packed:
-        Wpk = pk_alloc_nt(H, H, Whh)       # for h_prev @ W_hh^T
-        Xpk = pk_alloc_nt(H, I, Wih)       # for x @ W_ih^T
     try:
-        if packed and (Wpk == NULL or Xpk == NULL):
-            raise MemoryError()
         t = 0
         h_prev = NULL
         with nogil:
+            # 0. The weights packed, without the GIL (a copy of the weights takes as
+            # long as many steps, and another Python thread runs meanwhile).
+            if packed:
+                Wpk = pk_alloc_nt(H, H, Whh)       # for h_prev @ W_hh^T
+                Xpk = pk_alloc_nt(H, I, Wih)       # for x @ W_ih^T
+                if Wpk == NULL or Xpk == NULL:
+                    with gil:
+                        raise MemoryError("rnn_forward: no memory for the kernel's scratch")
+
             # 1. The input projection of every step, in one pass of row blocks.
             for i in prange(n_rows, num_threads=nt_proj, schedule='static',
                             use_threads_if=nt_proj > 1):
@@ -319,6 +324,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef const floating* Whh = &W_hh[0, 0]
     cdef floating* dzp = NULL       # (T, B, H) scratch: the pre-activation gradients
     cdef floating* carry = &dh0[0, 0]
+    cdef const floating* dhn = NULL if d_h_n is None else &d_h_n[0, 0]
     cdef const floating* dz_next
     cdef const floating* do_t
     cdef int width = unit_block(B, 1, H, n_parts)
@@ -334,27 +340,29 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     # dW_ih, dW_hh and dx: T B H (2 I + H) multiply-adds
     cdef int nt_grads = loop_threads(nt, 2 * n_w + n_x, <double>T * B * H * (2 * I + H))
 
-    if d_h_n is None:
-        dh0[:, :] = 0
-    else:
-        dh0[:, :] = d_h_n
-    dW_ih[:, :] = 0
-    dW_hh[:, :] = 0
-
     cdef floating* Wpk = NULL
     cdef floating* Xpk = NULL
     cdef bint packed = packs(step_gemm, <Py_ssize_t>T * B)
-    if packed:
-        Wpk = pk_alloc_nn(H, H, Whh)               # for dz @ W_hh
-        Xpk = pk_alloc_nn(H, I, &W_ih[0, 0])       # for dz @ W_ih
-    dzp = <floating*>scratch_alloc(<size_t>T * B * H * sizeof(floating))
     try:
-        if dzp == NULL or (packed and (Wpk == NULL or Xpk == NULL)):
-            raise MemoryError()
         t = 0
         dz_next = NULL
         do_t = NULL
         with nogil:
+            # 0. Scratch and the weights packed, without the GIL (see forward).
+            if packed:
+                Wpk = pk_alloc_nn(H, H, Whh)               # for dz @ W_hh
+                Xpk = pk_alloc_nn(H, I, &W_ih[0, 0])       # for dz @ W_ih
+            dzp = <floating*>scratch_alloc(<size_t>T * B * H * sizeof(floating))
+            if dzp == NULL or (packed and (Wpk == NULL or Xpk == NULL)):
+                with gil:
+                    raise MemoryError("rnn_backward: no memory for the kernel's scratch")
+            if dhn == NULL:
+                memset(carry, 0, <size_t>B * H * sizeof(floating))
+            else:
+                memcpy(carry, dhn, <size_t>B * H * sizeof(floating))
+            memset(&dW_ih[0, 0], 0, <size_t>H * I * sizeof(floating))
+            memset(&dW_hh[0, 0], 0, <size_t>H * H * sizeof(floating))
+
             # 1. Through time: t = T-1 .. 0, then t = -1 finishes dh0 = carry.
             if n_rb > 1 or n_cols == 1:
                 n_run = run_blocks(n_rb, nt_rows, packed)
