@@ -8,6 +8,39 @@
 from cython cimport floating
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
+# A product over this many rows k or fewer (a weight gradient of one time step at
+# batch 1: dW = dz^T x, k = T * B) is k rank-1 updates of C, bound by reading and
+# writing C; some BLAS builds send such shapes to a "small matrix" kernel that is
+# several times slower than that (OpenBLAS's SkylakeX dgemm for one of the
+# transposes). Those run as the loop of _rank_k_update instead.
+cdef enum:
+    RANK_K_MAX = 4
+
+
+cdef inline void _rank_k_update(bint trans_a, int m, int n, int k, floating alpha,
+                                const floating* a, int lda, const floating* b, int ldb,
+                                floating beta, floating* c, int ldc) noexcept nogil:
+    """gemm's C := alpha * op(A) @ B + beta * C for B (k, n) row-major (not
+    transposed), row by row of C: c_i := beta c_i (0 where beta == 0, not 0 * c_i),
+    then c_i += (alpha op(A)[i, p]) b_p for p = 0 .. k-1, in order."""
+    cdef int i, j, p
+    cdef floating s
+    cdef floating* ci
+    cdef const floating* bp
+    for i in range(m):
+        ci = c + <Py_ssize_t>i * ldc
+        if beta == 0:
+            for j in range(n):
+                ci[j] = 0
+        elif beta != 1:
+            for j in range(n):
+                ci[j] *= beta
+        for p in range(k):
+            s = alpha * (a[<Py_ssize_t>p * lda + i] if trans_a else a[<Py_ssize_t>i * lda + p])
+            bp = b + <Py_ssize_t>p * ldb
+            for j in range(n):
+                ci[j] += s * bp[j]
+
 
 cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
                       floating alpha, const floating* a, int lda,
@@ -17,7 +50,8 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
 
     C is (m, n) with row stride ldc; op(A) is (m, k): A is (m, k), or (k, m) when
     trans_a, with row stride lda; op(B) is (k, n): B is (k, n), or (n, k) when
-    trans_b, with row stride ldb. A single row (m == 1) goes to GEMV.
+    trans_b, with row stride ldb. A single row (m == 1) goes to GEMV, a product over
+    RANK_K_MAX rows k or fewer (B not transposed) to _rank_k_update.
     """
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
@@ -57,6 +91,9 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
         else:
             dgemv(&tg, &rows, &cols, &alpha, <double*>b, &ldb, <double*>a, &incx,
                   &beta, c, &one)
+        return
+    if 0 < k <= RANK_K_MAX and not trans_b:
+        _rank_k_update(trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         return
     # Row-major C is column-major C^T = op(B)^T @ op(A)^T.
     if floating is float:
