@@ -12,7 +12,8 @@ from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 # batch 1: dW = dz^T x, k = T * B) is k rank-1 updates of C, bound by reading and
 # writing C; some BLAS builds send such shapes to a "small matrix" kernel that is
 # several times slower than that (OpenBLAS's SkylakeX dgemm for one of the
-# transposes). Those run as the loop of _rank_k_update instead.
+# transposes), and even pass over C for k = 0. Those run as the loop of
+# _rank_k_update instead.
 cdef enum:
     RANK_K_MAX = 4
 
@@ -50,8 +51,9 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
 
     C is (m, n) with row stride ldc; op(A) is (m, k): A is (m, k), or (k, m) when
     trans_a, with row stride lda; op(B) is (k, n): B is (k, n), or (n, k) when
-    trans_b, with row stride ldb. A single row (m == 1) goes to GEMV, a product over
-    RANK_K_MAX rows k or fewer (B not transposed) to _rank_k_update.
+    trans_b, with row stride ldb. A single row (m == 1, k > 0) goes to GEMV, a
+    product over RANK_K_MAX rows k or fewer (B not transposed) to _rank_k_update
+    (k = 0: C := beta C, nothing to do for beta = 1).
     """
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
@@ -92,7 +94,7 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
             dgemv(&tg, &rows, &cols, &alpha, <double*>b, &ldb, <double*>a, &incx,
                   &beta, c, &one)
         return
-    if 0 < k <= RANK_K_MAX and not trans_b:
+    if k <= RANK_K_MAX and not trans_b:
         _rank_k_update(trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         return
     # Row-major C is column-major C^T = op(B)^T @ op(A)^T.
