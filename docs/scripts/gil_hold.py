@@ -1,11 +1,12 @@
 """How long each kernel call holds the GIL: another Python thread, spinning on the
-clock, records the longest gap between two of its loop turns while the main thread
-calls the kernel over and over. A gap as long as the call means the kernel held the
-GIL throughout; a kernel that releases it for its work leaves gaps of microseconds
-(its argument checks and allocations in Python). One thread each (seqkern.threads(1)),
-so that the two Python threads have a core each on a 2-core machine. The sizes make
-the weights large (H = 512 float32: W_hh 1-4 MiB) and the sequence short, so that
-copying the weights is a large part of a call."""
+clock, adds up the gaps longer than GAP_US between two of its loop turns while the
+main thread calls the kernel over and over; divided by the number of calls, that is
+the time a call held the GIL. A kernel that releases it for its work holds it only
+for its argument checks and allocations in Python. One thread each
+(seqkern.threads(1)), so that the two Python threads have a core each on a 2-core
+machine. The sizes make the weights large (H = 512 float32: W_hh 1-4 MiB) and the
+sequence short (but T * B = 32 rows, enough for the kernels to pack their weights),
+so that copying the weights is a large part of a call."""
 import os
 import sys
 import threading
@@ -55,7 +56,7 @@ def gil_hold(f, seconds=1.0):
     def spin():
         total, last = 0, time.perf_counter_ns()
         while not stop:
-            os.sched_yield()    # lets the GIL go (and waits not): the main thread never waits on it
+            os.sched_yield()    # drops the GIL (sleep(0) would also wait a timer slack)
             now = time.perf_counter_ns()
             if now - last > GAP_US * 1000:
                 total += now - last

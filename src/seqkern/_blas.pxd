@@ -10,10 +10,9 @@ from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 # A product over this many rows k or fewer (a weight gradient of one time step at
 # batch 1: dW = dz^T x, k = T * B) is k rank-1 updates of C, bound by reading and
-# writing C; some BLAS builds send such shapes to a "small matrix" kernel that is
-# several times slower than that (OpenBLAS's SkylakeX dgemm for one of the
-# transposes), and even pass over C for k = 0. Those run as the loop of
-# _rank_k_update instead.
+# writing C; some BLAS builds send such shapes to "small matrix" kernels several
+# times slower than that, which even pass over C for k = 0. Those run as the loop
+# of _rank_k_update instead.
 cdef enum:
     RANK_K_MAX = 4
 
@@ -23,11 +22,14 @@ cdef inline void _rank_k_update(bint trans_a, int m, int n, int k, floating alph
                                 floating beta, floating* c, int ldc) noexcept nogil:
     """gemm's C := alpha * op(A) @ B + beta * C for B (k, n) row-major (not
     transposed), row by row of C: c_i := beta c_i (0 where beta == 0, not 0 * c_i),
-    then c_i += (alpha op(A)[i, p]) b_p for p = 0 .. k-1, in order."""
+    then c_i += (alpha op(A)[i, p]) b_p for p = 0 .. k-1, in order. alpha == 0 reads
+    neither A nor B, as BLAS."""
     cdef int i, j, p
     cdef floating s
     cdef floating* ci
     cdef const floating* bp
+    if alpha == 0:
+        k = 0
     for i in range(m):
         ci = c + <Py_ssize_t>i * ldc
         if beta == 0:
@@ -51,9 +53,9 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
 
     C is (m, n) with row stride ldc; op(A) is (m, k): A is (m, k), or (k, m) when
     trans_a, with row stride lda; op(B) is (k, n): B is (k, n), or (n, k) when
-    trans_b, with row stride ldb. A single row (m == 1, k > 0) goes to GEMV, a
-    product over RANK_K_MAX rows k or fewer (B not transposed) to _rank_k_update
-    (k = 0: C := beta C, nothing to do for beta = 1).
+    trans_b, with row stride ldb. A single row (m == 1, k > 0) goes to GEMV; a
+    product over RANK_K_MAX rows k or fewer (B not transposed), or over none, to
+    _rank_k_update (k = 0: C := beta C, nothing to do for beta = 1).
     """
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
@@ -94,7 +96,7 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
             dgemv(&tg, &rows, &cols, &alpha, <double*>b, &ldb, <double*>a, &incx,
                   &beta, c, &one)
         return
-    if k <= RANK_K_MAX and not trans_b:
+    if k == 0 or (k <= RANK_K_MAX and not trans_b):
         _rank_k_update(trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         return
     # Row-major C is column-major C^T = op(B)^T @ op(A)^T.

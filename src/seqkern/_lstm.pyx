@@ -345,9 +345,11 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
             # megabytes of weights takes as long as many steps, so not under the GIL
             # (another Python thread, such as a layer's other direction, runs then).
             Wih = _grouped(&W_ih[0, 0], H, I, U, &ok)
-            Whh = _grouped(&W_hh[0, 0], H, H, U, &ok)
-            bp = _grouped(&bias[0], H, 1, U, &ok)
-            if own_z:
+            if ok:
+                Whh = _grouped(&W_hh[0, 0], H, H, U, &ok)
+            if ok:
+                bp = _grouped(&bias[0], H, 1, U, &ok)
+            if own_z and ok:
                 zp = <floating*>scratch_alloc(nz * zstep * sizeof(floating))
                 csp = <floating*>scratch_alloc(TB * H * sizeof(floating))
             if packed and ok:
@@ -775,11 +777,13 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
             # 0. The weights in the layout the steps read, and the scratch, without
             # the GIL (see forward).
             Wih = _grouped(&W_ih[0, 0], H, I, U, &ok)
-            Whh = _grouped(&W_hh[0, 0], H, H, U, &ok)
-            dzp = <floating*>scratch_alloc(<size_t>min(T, Tc) * zstep * sizeof(floating))
-            # the h_{t-1} rows of the first chunk: h0, then out[0 : Tc-1]
-            hs = <floating*>scratch_alloc(<size_t>R_max * H * sizeof(floating))
-            ok = ok and dzp != NULL and hs != NULL
+            if ok:
+                Whh = _grouped(&W_hh[0, 0], H, H, U, &ok)
+            if ok:
+                dzp = <floating*>scratch_alloc(<size_t>min(T, Tc) * zstep * sizeof(floating))
+                # the h_{t-1} rows of the first chunk: h0, then out[0 : Tc-1]
+                hs = <floating*>scratch_alloc(<size_t>R_max * H * sizeof(floating))
+                ok = dzp != NULL and hs != NULL
             if ok and packed:
                 if kh > 0:                                 # for dz @ Whh_g, in two halves
                     Wpk = <floating*>scratch_alloc(2 * kslot * sizeof(floating))
