@@ -1057,6 +1057,44 @@ print("parent ok")
     assert "child exit code 0" in p.stdout and "parent ok" in p.stdout, p.stdout + p.stderr
 
 
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_kill"), reason="needs pthread_kill")
+def test_interrupted_pair_waits_for_its_other_half():
+    """A KeyboardInterrupt while run_pair waits for its second task (a bidirectional
+    layer's reverse direction, which adds into the layer's gradients) reaches the
+    caller only once that task has finished, so the gradients change no more after
+    the caller has the exception (the reverse direction went on writing them)."""
+    import signal
+    import time
+
+    from seqkern.nn._parallel import run_pair
+
+    if seqkern.MAX_THREADS < 2:
+        pytest.skip("run_pair runs its tasks one after the other on one core")
+    started, release, done = threading.Event(), threading.Event(), []
+    main = threading.main_thread().ident
+
+    def second():
+        started.set()
+        release.wait(timeout=30)
+        done.append(True)
+
+    def interrupter():
+        started.wait(timeout=30)
+        time.sleep(0.05)                 # run_pair is waiting for `second` by now
+        signal.pthread_kill(main, signal.SIGINT)
+        time.sleep(0.2)
+        release.set()
+
+    assert threading.current_thread() is threading.main_thread()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    th = threading.Thread(target=interrupter)
+    th.start()
+    with seqkern.threads(2), pytest.raises(KeyboardInterrupt):
+        run_pair(lambda: None, second)
+    assert done == [True]
+    th.join()
+
+
 @pytest.mark.parametrize("env_value", ["100000", str(2**31), str(2**64)])
 def test_huge_omp_num_threads_is_clamped(env_value):
     """OMP_NUM_THREADS far past the machine is clamped to seqkern's maximum

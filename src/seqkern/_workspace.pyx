@@ -37,6 +37,8 @@ from cpython.buffer cimport PyBuffer_FillInfo
 from libc.stdlib cimport free
 from libc.string cimport memset
 
+import os
+
 import numpy as np
 
 cimport numpy as cnp
@@ -258,6 +260,22 @@ cdef void _trim(size_t limit) noexcept nogil:
         if p == NULL:
             return
         free(p)
+
+
+def _hold_for_fork():
+    """Before fork: the lists' lock taken, so that a child never starts with the
+    lists half changed, or the lock held by a thread it does not have."""
+    with nogil:
+        sk_lock(&_lock)
+
+
+def _release_after_fork():
+    sk_unlock(&_lock)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_hold_for_fork, after_in_parent=_release_after_fork,
+                        after_in_child=_release_after_fork)
 
 
 def clear():

@@ -13,7 +13,7 @@ BLAS library threadpoolctl finds.
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -50,8 +50,22 @@ def run_pair(f0, f1):
         with threads(half):
             r0 = f0()
     finally:
-        r1 = fut.result()    # waited for (and its error raised) even when f0 raised
-    return r0, r1
+        _wait_through_interrupts(fut)
+    return r0, fut.result()      # f1's error raised here, f0's first
+
+
+def _wait_through_interrupts(fut):
+    """Wait until ``fut`` is done, even through a KeyboardInterrupt (raised after
+    the wait): f1 writes into the layer's gradients, which must not change once
+    run_pair's caller has its exception."""
+    interrupted = None
+    while not fut.done():
+        try:
+            wait([fut])
+        except KeyboardInterrupt as e:
+            interrupted = e
+    if interrupted is not None:
+        raise interrupted
 
 
 _guard = None
