@@ -509,6 +509,45 @@ def test_nonfinite_placement(kind, value, dtype):
             close([g[fin]], [w[fin].astype(g.dtype)], dtype)
 
 
+@pytest.mark.parametrize("mode", ["auto", "blas", "packed"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", list(GATES))
+def test_nonfinite_weights_reach_no_gradient_through_padding(kind, dtype, mode):
+    """With lengths, an Inf in W_hh or W_ih: the steps past a sequence's length take
+    no product with them (0 * Inf would be NaN), so the gradients are NaN, Inf or
+    finite where the reference's are (which keeps such a row's carry, as PyTorch's
+    packed sequences do), and dx is 0 there. The kernels made every gradient NaN
+    (the carry of ended rows took 0 * Inf) and dx NaN at the padding."""
+    from seqkern._step_gemm import step_gemm
+
+    # one step taken (or none): the Inf saturates that step's gates, so the
+    # gradients there are finite, and the other steps are padding
+    lengths = np.array([1, 0, 1])
+    T, B = 4, 3
+    for name in ("W_ih", "W_hh"):
+        args = recurrent_args(kind, dtype, T=T, B=B, I=3, H=4, seed=1)
+        i = arg_names(kind).index(name)
+        args[i][0, 1] = np.inf
+        with step_gemm(mode):
+            got = run_recurrent(seqkern, kind, args, lengths=lengths)
+        with np.errstate(all="ignore"):
+            want = run_recurrent(ref, kind, [a.astype(np.float64) for a in args],
+                                 lengths=lengths)
+        n_out = 3 if kind == "lstm" else 2
+        dx, want_dx = got[n_out], want[n_out]
+        pad = np.arange(T)[:, None] >= lengths
+        assert (dx[pad] == 0).all() and (want_dx[pad] == 0).all(), name
+        n_states = 2 if kind == "lstm" else 1
+        weights = np.concatenate([w.ravel() for w in want[n_out + 1 + n_states:]])
+        assert np.isfinite(weights).any(), name      # (the kernels' were all NaN)
+        for j, (g, w) in enumerate(zip(got, want)):
+            where = f"{name}=inf: result {j}"
+            np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=where + " NaN")
+            np.testing.assert_array_equal(np.isinf(g), np.isinf(w), err_msg=where + " Inf")
+            fin = np.isfinite(w)
+            close([g[fin]], [w[fin].astype(g.dtype)], dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gru_infinite_state_gives_nan_as_the_reference(dtype):
     """h0[0, 0] = inf: the reset gate's sigmoid(-inf) must be exactly 0, so that

@@ -59,9 +59,9 @@ from libc.string cimport memcpy, memset
 from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_gemm, pk_gemm_dir, pk_pack_nn, pk_pack_nt, pk_size
 from seqkern._workspace cimport scratch_alloc, scratch_free
-from seqkern._step cimport (PACK_MIN_ROWS, final_states, group_gates, loop_threads, n_blocks,
-                            packs, project_block, project_rows, row_blocks, row_start, run_blocks,
-                            step_barrier, ungroup_gates, unit_block)
+from seqkern._step cimport (PACK_MIN_ROWS, final_states, group_gates, keep_ended, loop_threads,
+                            n_blocks, packs, project_block, project_rows, row_blocks, row_start,
+                            run_blocks, step_barrier, ungroup_gates, unit_block)
 
 cdef extern from "_gru_cell.h" nogil:
     void sk_gru_fwd_row_f(int w, float* gr, float* gz, float* gn, const float* qr,
@@ -438,15 +438,17 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 
 cdef void _backward_block(int B, int H, const floating* dgh_next, const floating* W_hh,
                           const floating* W_hh_T, const floating* W_pk,
-                          floating* carry, floating* dgi_t, floating* dgh_t,
+                          floating* carry, const floating* d_h_n,
+                          floating* dgi_t, floating* dgh_t,
                           const floating* d_out_t, const floating* gates_t,
                           const floating* hn_t, const floating* h_prev,
                           const int64_t* lengths, Py_ssize_t t, int c0, int c1) noexcept nogil:
     """One step back on hidden units [c0, c1).
 
-    carry (B, H) is the gradient reaching h_t from later steps and from d_h_n. Step
-    t+1 left g*z in the rows it consumed (the direct path h' = ... + z h), so adding
-    dgh_{t+1} @ W_hh (zero in rows that ended before t+1) completes it:
+    carry (B, H) is the gradient reaching h_t from later steps and from d_h_n ((B, H)
+    or NULL). Step t+1 left g*z in the rows it consumed (the direct path h' = ... +
+    z h), so adding dgh_{t+1} @ W_hh (zero in rows that ended before t+1, whose carry
+    stays d_h_n's: keep_ended) completes it:
     carry[:, c0:c1] += dgh_next @ W_hh[:, c0:c1], on W_pk (W_hh packed for dgh @ W_hh)
     if given, else by _vecmat when B = 1, else OpenBLAS on W_hh_T = W_hh^T (on W_hh
     itself where W_hh_T is NULL: one block).
@@ -477,6 +479,7 @@ cdef void _backward_block(int B, int H, const floating* dgh_next, const floating
         else:       # a call of few steps: one block, all of W_hh's (contiguous) columns
             gemm(False, False, B, w, G, <floating>1, dgh_next, G, W_hh + c0, H,
                  <floating>1, carry + c0, H)
+        keep_ended(B, H, lengths, t, d_h_n, carry, c0, c1)
     if t < 0:
         return
     for b in range(B):
@@ -502,6 +505,7 @@ cdef void _backward_block(int B, int H, const floating* dgh_next, const floating
 cdef void _backward_rows(int b0, int b1, int B, int H, Py_ssize_t t0, Py_ssize_t t1,
                          Py_ssize_t T, Py_ssize_t Tc, const floating* W_hh,
                          const floating* W_hh_T, const floating* W_pk, floating* carry,
+                         const floating* d_h_n,
                          floating* dgi, floating* dgh, const floating* d_out,
                          const floating* gates, const floating* hn, const floating* h0,
                          const floating* out, const int64_t* lengths) noexcept nogil:
@@ -515,7 +519,7 @@ cdef void _backward_rows(int b0, int b1, int B, int H, Py_ssize_t t0, Py_ssize_t
     cdef Py_ssize_t t_end = -1 if t0 == 0 else t0
     for t in range(t1 - 1, t_end - 1, -1):
         _backward_block(b1 - b0, H, NULL if t == T - 1 else dgh + ((t + 1) % Tc) * gstep + g0,
-                        W_hh, W_hh_T, W_pk, carry + r0,
+                        W_hh, W_hh_T, W_pk, carry + r0, NULL if d_h_n == NULL else d_h_n + r0,
                         NULL if t < 0 else dgi + (t % Tc) * gstep + g0,
                         NULL if t < 0 else dgh + (t % Tc) * gstep + g0,
                         NULL if (d_out == NULL or t < 0) else d_out + t * step + r0,
@@ -617,6 +621,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     cdef const floating* hnp = &hn[0, 0, 0]
     cdef floating* dxp = &dx[0, 0, 0]
     cdef floating* carry = &dh0[0, 0]
+    cdef const floating* dhn = NULL if d_h_n is None else &d_h_n[0, 0]
     cdef int U = _unit_width(T, B, H, n_parts)
     cdef bint grouped = U < H
     cdef int n_cols = n_blocks(H, U)
@@ -662,10 +667,10 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     t = 0
     try:
         with nogil:
-            if d_h_n is None:
+            if dhn == NULL:
                 memset(carry, 0, step * sizeof(floating))
             else:
-                memcpy(carry, &d_h_n[0, 0], step * sizeof(floating))
+                memcpy(carry, dhn, step * sizeof(floating))
             memset(dWih, 0, <size_t>G * I * sizeof(floating))
             memset(dWhh, 0, <size_t>G * H * sizeof(floating))
             memset(dbi, 0, G * sizeof(floating))
@@ -680,8 +685,8 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                     for r in prange(n_run, num_threads=nt_rows, schedule='static',
                                     use_threads_if=nt_rows > 1):
                         _backward_rows(row_start(r, B, n_run), row_start(r + 1, B, n_run), B, H,
-                                       t0, t1, T, Tc, Whh, WhhT, Wpk, carry, dgip, dghp, dop,
-                                       gp, hnp, h0p, outp, lens)
+                                       t0, t1, T, Tc, Whh, WhhT, Wpk, carry, dhn, dgip, dghp,
+                                       dop, gp, hnp, h0p, outp, lens)
                 else:
                     t_end = -1 if t0 == 0 else t0
                     with parallel(num_threads=nt, use_threads_if=nt > 1):
@@ -690,7 +695,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                             do_t = NULL if (dop == NULL or t < 0) else dop + t * step
                             h_prev = h0p if t <= 0 else outp + (t - 1) * step
                             for blk in prange(n_cols, schedule='static'):
-                                _backward_block(B, H, dgh_next, Whh, WhhT, Wpk, carry,
+                                _backward_block(B, H, dgh_next, Whh, WhhT, Wpk, carry, dhn,
                                                 dgip + (t - t0 if t >= 0 else 0) * gstep,
                                                 dghp + (t - t0 if t >= 0 else 0) * gstep, do_t,
                                                 gp + (t if t >= 0 else 0) * gstep,

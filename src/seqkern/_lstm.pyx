@@ -49,9 +49,9 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
-from seqkern._step cimport (ROW_BLOCK, final_states, group_gates, interleaves, loop_threads,
-                            n_blocks, packs, project_block, project_rows, row_blocks, row_start,
-                            run_blocks, step_barrier, unit_block)
+from seqkern._step cimport (ROW_BLOCK, final_states, group_gates, interleaves, keep_ended,
+                            loop_threads, n_blocks, packs, project_block, project_rows,
+                            row_blocks, row_start, run_blocks, step_barrier, unit_block)
 from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, SK_PK_VBYTES, pk_alloc_nt, pk_gemm,
                                    pk_gemm_dir, pk_gemv_side, pk_pack_nn, pk_pack_side,
                                    pk_size)
@@ -416,7 +416,7 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 cdef void _backward_units(int B, int H, int u0, int uk, int zo, int gs, Py_ssize_t t,
                           const floating* dz_next, const floating* Whh_g,
                           const floating* W_pk, int kh, Py_ssize_t w_slot,
-                          floating* carry_h, floating* carry_c,
+                          floating* carry_h, floating* carry_c, const floating* d_h_n,
                           floating* dz_t,
                           const floating* d_out_t, const floating* z_t,
                           const floating* c_t, const floating* c_prev,
@@ -425,9 +425,10 @@ cdef void _backward_units(int B, int H, int u0, int uk, int zo, int gs, Py_ssize
     at + zo as runs i, f, g, o, gs apart (the block of u0 in the block layout: zo =
     4 u0, gs = uk; a single block: zo = u0, gs = H).
 
-    carry_h (B, H) is the gradient reaching h_t from later steps and from d_h_n;
-    the rows that step t+1 consumed were zeroed, so adding dz_{t+1} @ W_hh (zero
-    in rows that ended before t+1) completes it. carry_c (B, H) is the gradient
+    carry_h (B, H) is the gradient reaching h_t from later steps and from d_h_n
+    ((B, H) or NULL); the rows that step t+1 consumed were zeroed, so adding
+    dz_{t+1} @ W_hh (zero in rows that ended before t+1, whose carry_h stays
+    d_h_n's: keep_ended) completes it. carry_c (B, H) is the gradient
     reaching c_t. Then, if t >= 0, for rows still running at t: dz_t (B, 4H, block
     layout) is computed from the gate activations z_t, c_t and c_prev; carry_h of
     those rows is consumed (set to 0) and carry_c becomes the gradient of c_{t-1}.
@@ -451,6 +452,8 @@ cdef void _backward_units(int B, int H, int u0, int uk, int zo, int gs, Py_ssize
     elif dz_next != NULL:
         gemm(False, False, B, uk, G, <floating>1, dz_next, G, Whh_g + u0, H,
              <floating>1, carry_h + u0, H)
+    if dz_next != NULL:
+        keep_ended(B, H, lengths, t, d_h_n, carry_h, u0, u0 + uk)
     if t < 0:
         return
     for b in range(B):
@@ -468,7 +471,8 @@ cdef void _backward_units(int B, int H, int u0, int uk, int zo, int gs, Py_ssize
 cdef inline void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
                                  const floating* dz_next, const floating* Whh_g,
                                  const floating* W_pk, int kh, Py_ssize_t w_slot,
-                                 floating* carry_h, floating* carry_c, floating* dz_t,
+                                 floating* carry_h, floating* carry_c,
+                                 const floating* d_h_n, floating* dz_t,
                                  const floating* d_out_t, const floating* z_t,
                                  const floating* c_t, const floating* c_prev,
                                  const int64_t* lengths) noexcept nogil:
@@ -476,14 +480,14 @@ cdef inline void _backward_block(int B, int H, int U, int k, Py_ssize_t t,
     cdef int u0 = k * U
     cdef int uk = min(U, H - u0)
     _backward_units(B, H, u0, uk, 4 * u0, uk, t, dz_next, Whh_g, W_pk, kh, w_slot, carry_h,
-                    carry_c, dz_t, d_out_t, z_t, c_t, c_prev, lengths)
+                    carry_c, d_h_n, dz_t, d_out_t, z_t, c_t, c_prev, lengths)
 
 
 cdef void _backward_rows(int b0, int b1, int B, int H, Py_ssize_t T, Py_ssize_t t0,
                          Py_ssize_t t1, int Tc, const floating* Whh_g, const floating* W_pk,
                          int kh, Py_ssize_t w_slot, floating* carry_h, floating* carry_c,
-                         floating* dz, const floating* d_out, const floating* gates,
-                         const floating* cells, const floating* c0,
+                         const floating* d_h_n, floating* dz, const floating* d_out,
+                         const floating* gates, const floating* cells, const floating* c0,
                          const int64_t* lengths) noexcept nogil:
     """Steps t1-1 .. t0 back for batch rows [b0, b1) (their own sequences), one unit
     block; dz (Tc, B, 4H) slots (step t in t % Tc), the rest as in backward()."""
@@ -492,7 +496,8 @@ cdef void _backward_rows(int b0, int b1, int B, int H, Py_ssize_t T, Py_ssize_t 
     for t in range(t1 - 1, t0 - 1, -1):
         _backward_units(b1 - b0, H, 0, H, 0, H, t,
                         NULL if t == T - 1 else dz + ((t + 1) % Tc) * zstep + zr0, Whh_g, W_pk,
-                        kh, w_slot, carry_h + r0, carry_c + r0, dz + (t % Tc) * zstep + zr0,
+                        kh, w_slot, carry_h + r0, carry_c + r0,
+                        NULL if d_h_n == NULL else d_h_n + r0, dz + (t % Tc) * zstep + zr0,
                         NULL if d_out == NULL else d_out + t * step + r0,
                         gates + t * zstep + zr0, cells + t * step + r0,
                         (c0 + r0) if t == 0 else cells + (t - 1) * step + r0,
@@ -508,7 +513,8 @@ cdef inline int _side_vcols(int N2, size_t elsize) noexcept nogil:
 cdef void _backward_one_row(Py_ssize_t T, int I, int H, Py_ssize_t t0, Py_ssize_t t1, int Tc,
                             int kh, Py_ssize_t kslot, const floating* Wpk,
                             const floating* Wx, floating* S, floating* carry_h,
-                            floating* carry_c, floating* dz, const floating* d_out,
+                            floating* carry_c, const floating* d_h_n, floating* dz,
+                            const floating* d_out,
                             const floating* gates, const floating* cells, const floating* c0,
                             floating* dx, const int64_t* lengths) noexcept nogil:
     """Steps t1-1 .. t0 back at batch 1 (one block, packed: _one_row). The steps go
@@ -548,8 +554,10 @@ cdef void _backward_one_row(Py_ssize_t T, int I, int H, Py_ssize_t t0, Py_ssize_
                              Wpk + kb * kslot, 0 if dz_next == NULL else H, carry_h,
                              True, False, True, G, S, Wx, I, dx + tq * I, I, R,
                              s0 if i == 0 else mid, mid if i == 0 else s1)
+        if dz_next != NULL:
+            keep_ended(1, H, lengths, t, d_h_n, carry_h, 0, H)
         _backward_units(1, H, 0, H, 0, H, t, <const floating*>NULL, <const floating*>NULL,
-                        Wpk, kh, kslot, carry_h, carry_c, dz + (t % Tc) * G,
+                        Wpk, kh, kslot, carry_h, carry_c, d_h_n, dz + (t % Tc) * G,
                         NULL if d_out == NULL else d_out + t * H, gates + t * G,
                         cells + t * H, c0 if t == 0 else cells + (t - 1) * H, lengths)
 
@@ -826,7 +834,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                 # 1. Through the chunk's steps, latest first (dz_t in slot t % Tc).
                 if one_row:
                     _backward_one_row(T, I, H, t0, t1, Tc, kh, kslot, Wpk, Wx, at, carry_h,
-                                      carry_c, dzp, dop, zp, csp, c0p, dxp, lens)
+                                      carry_c, dhn, dzp, dop, zp, csp, c0p, dxp, lens)
                 elif n_rb > 1 or n_units == 1:
                     nt_rows = loop_threads(nt, n_rb, <double>R * G * H)
                     n_run = run_blocks(n_rb, nt_rows, packed)
@@ -834,7 +842,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                                      use_threads_if=nt_rows > 1):
                         _backward_rows(row_start(rb, B, n_run), row_start(rb + 1, B, n_run), B,
                                        H, T, t0, t1, Tc, Whh, Wpk, kh, kslot, carry_h,
-                                       carry_c, dzp, dop, zp, csp, c0p, lens)
+                                       carry_c, dhn, dzp, dop, zp, csp, c0p, lens)
                 else:
                     with parallel(num_threads=nt, use_threads_if=nt > 1):
                         for t in range(t1 - 1, t0 - 1, -1):
@@ -843,7 +851,8 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                             c_prev = c0p if t == 0 else csp + (t - 1) * step
                             for blk in prange(n_units, schedule='static'):
                                 _backward_block(B, H, U, blk, t, dz_next, Whh, Wpk, kh, kslot,
-                                                carry_h, carry_c, dzp + (t % Tc) * zstep, do_t,
+                                                carry_h, carry_c, dhn, dzp + (t % Tc) * zstep,
+                                                do_t,
                                                 zp + t * zstep, csp + t * step, c_prev, lens)
                             step_barrier()
 
@@ -863,7 +872,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
             for blk in prange(n_units, num_threads=nt, schedule='static',
                               use_threads_if=nt > 1 and n_units > 1):
                 _backward_block(B, H, U, blk, -1, dzp, Whh, Wpk, kh, kslot, carry_h,
-                                carry_c, NULL, NULL, NULL, NULL, NULL, lens)
+                                carry_c, dhn, NULL, NULL, NULL, NULL, NULL, lens)
     finally:
         _free_grouped(Wih, &W_ih[0, 0])
         _free_grouped(Whh, &W_hh[0, 0])

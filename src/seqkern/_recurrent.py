@@ -119,6 +119,16 @@ class RecurrentArgs:
         x[pad] = 0
         return x
 
+    def zero_padding(self, dx):
+        """dx (T, B, I), the gradient of x, with the steps past each sequence's length
+        set to 0 in place, and returned: no step read x there (PyTorch's packed
+        sequences give 0), though dz_t @ W_ih with dz_t = 0 is NaN where W_ih holds
+        an Inf or a NaN."""
+        L = self.lengths
+        if L is not None and dx.size and L.min() < self.T:
+            dx[np.arange(self.T)[:, None] >= L] = 0
+        return dx
+
     def seq_grad(self, name, g):
         """A gradient shaped like ``out`` ((T, B, H), or (B, T, H) with batch_first)
         as a time-major C-contiguous array, or None."""

@@ -35,9 +35,9 @@ from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_gemm_dir
 from seqkern._workspace cimport scratch_alloc, scratch_free
 from seqkern._activations cimport tanh_
-from seqkern._step cimport (ROW_BLOCK, W_BLOCK, final_states, loop_threads, n_blocks, packs,
-                            project_rows, row_blocks, row_start, run_blocks, step_barrier,
-                            unit_block)
+from seqkern._step cimport (ROW_BLOCK, W_BLOCK, final_states, keep_ended, loop_threads,
+                            n_blocks, packs, project_rows, row_blocks, row_start, run_blocks,
+                            step_barrier, unit_block)
 
 # The products with the weights (see _step.pxd): packed on _packed_gemm.h are the
 # per-step h_{t-1} @ W_hh^T and dz_t @ W_hh, the input projection x @ W_ih^T and the
@@ -179,19 +179,20 @@ def forward(const floating[:, :, ::1] x,      # (T, B, I)
 # ---------------------------------------------------------------------------
 
 cdef void _backward_cols(int B, int H, const floating* dz_next, const floating* W_hh,
-                         const floating* W_pk, floating* carry, floating* dz_t,
-                         const floating* d_out_t,
+                         const floating* W_pk, floating* carry, const floating* d_h_n,
+                         floating* dz_t, const floating* d_out_t,
                          const floating* h_t, const int64_t* lengths, Py_ssize_t t,
                          bint relu, int c0, int c1) noexcept nogil:
     """One step back on hidden units [c0, c1).
 
     carry (B, H) is the gradient reaching h_t from later steps and from d_h_n;
     the rows that step t+1 consumed were zeroed, so adding dz_{t+1} @ W_hh (zero in
-    rows that ended before t+1) completes it: carry[:, c0:c1] += dz_next @ W_hh[:, c0:c1].
-    Then, if t >= 0, for rows still running at t:
+    rows that ended before t+1, whose carry stays d_h_n's: keep_ended) completes it:
+    carry[:, c0:c1] += dz_next @ W_hh[:, c0:c1]. Then, if t >= 0, for rows still
+    running at t:
     dz_t = (carry + d_out_t) * act'(h_t), and their carry is consumed (set to 0).
-    dz_next (B, H) or NULL (t = T-1), d_out_t (B, H) or NULL, h_t (B, H).
-    W_pk: W_hh packed for dz @ W_hh, or NULL (OpenBLAS)."""
+    dz_next (B, H) or NULL (t = T-1), d_out_t (B, H) or NULL, h_t (B, H), d_h_n
+    (B, H) or NULL. W_pk: W_hh packed for dz @ W_hh, or NULL (OpenBLAS)."""
     cdef int b, c
     cdef floating g, h
     cdef floating* cr
@@ -203,6 +204,8 @@ cdef void _backward_cols(int B, int H, const floating* dz_next, const floating* 
     elif dz_next != NULL:
         gemm(False, False, B, c1 - c0, H, <floating>1, dz_next, H, W_hh + c0, H,
              <floating>1, carry + c0, H)
+    if dz_next != NULL:
+        keep_ended(B, H, lengths, t, d_h_n, carry, c0, c1)
     if t < 0:
         return
     for b in range(B):
@@ -225,16 +228,17 @@ cdef void _backward_cols(int B, int H, const floating* dz_next, const floating* 
 
 
 cdef void _backward_rows(int b0, int b1, int B, int H, Py_ssize_t T, const floating* W_hh,
-                         const floating* W_pk, floating* carry, floating* dz,
-                         const floating* d_out, const floating* out, const int64_t* lengths,
-                         bint relu) noexcept nogil:
+                         const floating* W_pk, floating* carry, const floating* d_h_n,
+                         floating* dz, const floating* d_out, const floating* out,
+                         const int64_t* lengths, bint relu) noexcept nogil:
     """Every step back, t = T-1 .. -1, for batch rows [b0, b1) (their own
     sequences): _backward_cols on those rows and all H units; carry (B, H), dz,
-    out (T, B, H), d_out (T, B, H) or NULL, as in backward()."""
+    out (T, B, H), d_out (T, B, H) or NULL, d_h_n (B, H) or NULL, as in backward()."""
     cdef Py_ssize_t t, step = <Py_ssize_t>B * H, r0 = <Py_ssize_t>b0 * H
     for t in range(T - 1, -2, -1):      # t = -1: only the carry into dh0 (no dz, out rows)
         _backward_cols(b1 - b0, H, NULL if t == T - 1 else dz + (t + 1) * step + r0, W_hh, W_pk,
-                       carry + r0, NULL if t < 0 else dz + t * step + r0,
+                       carry + r0, NULL if d_h_n == NULL else d_h_n + r0,
+                       NULL if t < 0 else dz + t * step + r0,
                        NULL if (d_out == NULL or t < 0) else d_out + t * step + r0,
                        NULL if t < 0 else out + t * step + r0,
                        NULL if lengths == NULL else lengths + b0, t, relu, 0, H)
@@ -370,15 +374,15 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
                                  use_threads_if=nt_rows > 1):
                     _backward_rows(row_start(rb, B, n_run), row_start(rb + 1, B, n_run), B, H, T,
                                    Whh, Wpk,
-                                   carry, dzp, dop, outp, lens, relu)
+                                   carry, dhn, dzp, dop, outp, lens, relu)
             else:
                 with parallel(num_threads=nt, use_threads_if=nt > 1):
                     for t in range(T - 1, -2, -1):
                         dz_next = NULL if t == T - 1 else dzp + (t + 1) * step
                         do_t = NULL if (dop == NULL or t < 0) else dop + t * step
                         for blk in prange(n_cols, schedule='static'):
-                            _backward_cols(B, H, dz_next, Whh, Wpk, carry, dzp + t * step,
-                                           do_t, outp + t * step, lens, t, relu,
+                            _backward_cols(B, H, dz_next, Whh, Wpk, carry, dhn,
+                                           dzp + t * step, do_t, outp + t * step, lens, t, relu,
                                            blk * width, min((blk + 1) * width, H))
                         step_barrier()
 

@@ -23,7 +23,7 @@
 
 from cython cimport floating
 from libc.stdint cimport int64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_gemm
@@ -209,6 +209,25 @@ cdef inline void ungroup_gates(const floating* Wg, floating* W, int G, int H, in
     """The inverse of group_gates: W (G*H, K) in PyTorch's order from Wg (for the
     gradients of grouped weights)."""
     _gate_rows(Wg, W, G, H, K, U, False)
+
+
+cdef inline void keep_ended(int B, int H, const int64_t* lengths, Py_ssize_t t,
+                            const floating* d_h_n, floating* carry, int c0,
+                            int c1) noexcept nogil:
+    """After a backward step's carry[:, c0:c1] += dz_{t+1} @ W_hh: the rows whose
+    sequence ended before step t+1 took no step t+1 (their dz_{t+1} rows are 0),
+    so their carry is still d_h_n's (0 where d_h_n is NULL), whatever 0 times an Inf
+    or NaN of W_hh made of it. carry, d_h_n (B, H); lengths (B,) or NULL (none ended)."""
+    cdef int b
+    if lengths == NULL:
+        return
+    for b in range(B):
+        if t + 1 >= lengths[b]:
+            if d_h_n == NULL:
+                memset(carry + <Py_ssize_t>b * H + c0, 0, (c1 - c0) * sizeof(floating))
+            else:
+                memcpy(carry + <Py_ssize_t>b * H + c0, d_h_n + <Py_ssize_t>b * H + c0,
+                       (c1 - c0) * sizeof(floating))
 
 
 cdef inline void final_states(int B, int H, Py_ssize_t T, const int64_t* lengths,

@@ -142,6 +142,7 @@ def _backward(c, d_out, d_h_n):
             _gru.backward(a.x_for_grads(), d_out, d_h_n, a.h0, c.out, a.W_ih, a.W_hh, c.gates, c.hn,
                           a.lengths, dx, dh0, dW_ih, dW_hh, db_ih, db_hh,
                           effective_num_threads(), block_count(), step_gemm_mode())
+        a.zero_padding(dx)
     else:
         dx = np.zeros((T, B, I), dt)
         dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()

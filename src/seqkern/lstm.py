@@ -144,6 +144,7 @@ def _backward(cache, d_out, d_h_n, d_c_n):
             _lstm.backward(a.x_for_grads(), d_out, d_h_n, d_c_n, a.h0, a.c0, a.W_ih, a.W_hh,
                            a.lengths, cache.out, cache.gates, cache.cells, dx, dh0, dc0, dW_ih,
                            dW_hh, db, effective_num_threads(), block_count(), step_gemm_mode())
+        a.zero_padding(dx)
     else:
         dx = np.zeros((T, B, I), dt)
         dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()

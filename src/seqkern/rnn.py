@@ -129,6 +129,7 @@ def _backward(cache, d_out, d_h_n):
                           dx, dh0, dW_ih, dW_hh, db,
                           a.nonlinearity == "relu", effective_num_threads(), block_count(),
                           step_gemm_mode())
+        a.zero_padding(dx)
     else:
         dx, dW_ih, dW_hh = np.zeros((T, B, I), dt), np.zeros((H, I), dt), np.zeros((H, H), dt)
         dh0 = np.zeros((B, H), dt) if d_h_n is None else d_h_n.copy()

@@ -117,6 +117,7 @@ def _backward(c, d_out, d_h_n):
         if a.lengths is not None:
             dh_prev = np.where(live, dh_prev, dh)                      # h_t = h_{t-1}: pass through
         dh = dh_prev
+    a.zero_padding(dx)                  # (0 * an Inf of W_ih is NaN)
     return GRUGrads(dx, dh, dW_ih, dW_hh,
                     None if a.b_ih is None else db_ih,
                     None if a.b_hh is None else db_hh)

@@ -115,6 +115,7 @@ def _backward(cache, d_out, d_h_n, d_c_n):
             dh_prev = np.where(live, dh_prev, dh)                     # h_t = h_{t-1}: pass through
             dc_prev = np.where(live, dc_prev, dc)                     # c_t = c_{t-1}: pass through
         dh, dc = dh_prev, dc_prev
+    a.zero_padding(dx)                  # (0 * an Inf of W_ih is NaN)
     return LSTMGrads(dx, dh, dc, dW_ih, dW_hh,
                      None if a.b_ih is None else db,
                      None if a.b_hh is None else db.copy())
