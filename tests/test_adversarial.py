@@ -521,11 +521,12 @@ def test_nonfinite_weights_reach_no_gradient_through_padding(kind, dtype, mode):
     from seqkern._step_gemm import step_gemm
 
     # one step taken (or none): the Inf saturates that step's gates, so the
-    # gradients there are finite, and the other steps are padding
-    lengths = np.array([1, 0, 1])
-    T, B = 4, 3
-    for name in ("W_ih", "W_hh"):
-        args = recurrent_args(kind, dtype, T=T, B=B, I=3, H=4, seed=1)
+    # gradients there are finite, and the other steps are padding; batch 1 takes
+    # the kernels' one-row paths (the LSTM's interleaved one where packed)
+    T = 4
+    for name, lengths in (("W_ih", [1, 0, 1]), ("W_hh", [1, 0, 1]), ("W_hh", [1])):
+        lengths = np.array(lengths)
+        args = recurrent_args(kind, dtype, T=T, B=len(lengths), I=3, H=4, seed=1)
         i = arg_names(kind).index(name)
         args[i][0, 1] = np.inf
         with step_gemm(mode):
@@ -1096,6 +1097,55 @@ print("parent ok")
     assert "child exit code 0" in p.stdout and "parent ok" in p.stdout, p.stdout + p.stderr
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forks_while_a_thread_takes_and_frees_workspace_memory():
+    """200 forks while another thread takes and frees workspace arrays (the lists'
+    spin lock, taken by kernels without the GIL and by these calls with it): no
+    fork hangs the parent, and every child allocates from the workspace and exits.
+    (A lock held across fork deadlocked the parent: the forking thread waited for
+    the GIL, held by a thread spinning on that lock.)"""
+    code = """
+import os, threading, time
+import numpy as np
+from seqkern import _workspace
+
+stop = False
+
+
+def churn():
+    while not stop:
+        a = _workspace.empty((1 << 15,), np.float32)      # 128 KiB: from the lists
+        del a
+
+
+threading.Thread(target=churn, daemon=True).start()
+bad = 0
+for i in range(200):
+    pid = os.fork()
+    if pid == 0:
+        a = _workspace.empty((1 << 15,), np.float32)
+        a[:] = 1
+        del a
+        os._exit(0)
+    deadline = time.monotonic() + 10
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            bad += os.waitstatus_to_exitcode(status) != 0
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            bad += 1
+            break
+        time.sleep(0.001)
+stop = True
+print("bad children", bad)
+"""
+    p = run_python(code, timeout=120)
+    assert "bad children 0" in p.stdout, p.stdout + p.stderr
+
+
 @pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_kill"), reason="needs pthread_kill")
 def test_interrupted_pair_waits_for_its_other_half():
     """A KeyboardInterrupt while run_pair waits for its second task (a bidirectional
@@ -1107,8 +1157,6 @@ def test_interrupted_pair_waits_for_its_other_half():
 
     from seqkern.nn._parallel import run_pair
 
-    if seqkern.MAX_THREADS < 2:
-        pytest.skip("run_pair runs its tasks one after the other on one core")
     started, release, done = threading.Event(), threading.Event(), []
     main = threading.main_thread().ident
 
@@ -1125,13 +1173,17 @@ def test_interrupted_pair_waits_for_its_other_half():
         release.set()
 
     assert threading.current_thread() is threading.main_thread()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    th = threading.Thread(target=interrupter)
-    th.start()
-    with seqkern.threads(2), pytest.raises(KeyboardInterrupt):
-        run_pair(lambda: None, second)
-    assert done == [True]
-    th.join()
+    # (a process started in the background may ignore SIGINT)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        th = threading.Thread(target=interrupter)
+        th.start()
+        with seqkern.threads(2), pytest.raises(KeyboardInterrupt):
+            run_pair(lambda: None, second)
+        assert done == [True]
+        th.join()
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 @pytest.mark.parametrize("env_value", ["100000", str(2**31), str(2**64)])

@@ -262,20 +262,21 @@ cdef void _trim(size_t limit) noexcept nogil:
         free(p)
 
 
-def _hold_for_fork():
-    """Before fork: the lists' lock taken, so that a child never starts with the
-    lists half changed, or the lock held by a thread it does not have."""
-    with nogil:
-        sk_lock(&_lock)
-
-
-def _release_after_fork():
-    sk_unlock(&_lock)
+def _after_fork_in_child():
+    """A child forked while another thread held the lists' lock (or was changing
+    them) would wait on it for ever: the child starts with empty lists and the lock
+    free, forgetting the parent's blocks (their memory stays the parent's, shared
+    until written). Not a lock held across fork: the GIL-holding callers of sk_lock
+    would deadlock with a forking thread waiting for the GIL."""
+    global _lock, _held
+    _lock = 0
+    _n[0] = 0
+    _n[1] = 0
+    _held = 0
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_hold_for_fork, after_in_parent=_release_after_fork,
-                        after_in_child=_release_after_fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def clear():

@@ -51,18 +51,22 @@ def run_pair(f0, f1):
             r0 = f0()
     finally:
         _wait_through_interrupts(fut)
-    return r0, fut.result()      # f1's error raised here, f0's first
+        r1 = fut.result()    # f1's error raised (with f0's as its context) even when f0 raised
+    return r0, r1
 
 
 def _wait_through_interrupts(fut):
-    """Wait until ``fut`` is done, even through a KeyboardInterrupt (raised after
-    the wait): f1 writes into the layer's gradients, which must not change once
-    run_pair's caller has its exception."""
+    """Wait until ``fut`` is done, even through a KeyboardInterrupt, raised after
+    the wait: f1 writes into the layer's gradients, which must not change once
+    run_pair's caller has its exception. A second KeyboardInterrupt stops the wait."""
     interrupted = None
-    while not fut.done():
+    while True:
         try:
             wait([fut])
+            break
         except KeyboardInterrupt as e:
+            if interrupted is not None:
+                raise
             interrupted = e
     if interrupted is not None:
         raise interrupted
