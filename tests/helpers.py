@@ -433,3 +433,23 @@ RECURRENT = [RNN_TANH, RNN_RELU, LSTM, GRU]
 ATTENTION = [Attention("own"), Attention("blas")]
 KERNELS = RECURRENT + ATTENTION
 IMPLS = {"kernel": seqkern, "reference": ref}
+
+# For code run in a fresh interpreter that forks: wait_child(pid, seconds) waits for
+# the child at most that long and gives its exit code, or None where it hung (it is
+# then killed).
+WAIT_CHILD = """
+import os as _os
+import time as _time
+
+
+def wait_child(pid, seconds=10):
+    deadline = _time.monotonic() + seconds
+    while _time.monotonic() < deadline:
+        done, status = _os.waitpid(pid, _os.WNOHANG)
+        if done:
+            return _os.waitstatus_to_exitcode(status)
+        _time.sleep(0.002)
+    _os.kill(pid, 9)
+    _os.waitpid(pid, 0)
+    return None
+"""

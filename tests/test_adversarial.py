@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import seqkern
 from seqkern import reference as ref
 
-from helpers import DTYPES, tol
+from helpers import DTYPES, WAIT_CHILD, tol
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(seqkern.__file__)))
@@ -617,14 +617,26 @@ def test_large_weights_saturate_as_the_reference(kind, dtype):
 # 6. Sizes past the kernels' int limit, on zero-page memory maps
 # ---------------------------------------------------------------------------
 
-# Inside a probe: float32 zeros as read-only maps of sparse files in ``folder`` (no
-# memory, no disk, and not counted against RLIMIT_DATA).
+# Inside a probe: zeros(*shape), float32 zeros as read-only maps of sparse files in
+# ``folder`` (no memory, no disk, and not counted against RLIMIT_DATA), and
+# outcome(call), what a call did, as a string.
 SPARSE_ZEROS = """
 
 # The machine would not map an input that large (seen under QEMU's user-mode
 # emulation, whose own bookkeeping of a guest's maps counts against RLIMIT_DATA).
 class Unmappable(Exception):
     pass
+
+
+def outcome(call):
+    # what call() did: "returned", "unmappable: ...", or "<its error>: <message>"
+    try:
+        call()
+        return "returned"
+    except Unmappable as e:
+        return f"unmappable: {e}"
+    except BaseException as e:
+        return f"{type(e).__name__}: {e}"
 
 
 def zeros(*shape):
@@ -710,15 +722,7 @@ cases = {
     "reference attention D": lambda: ref.attention_forward(zeros(1, 1, 1, BIG),
                                                            zeros(1, 1, 1, BIG), small(1, 1, 1, 1)),
 }
-results = {}
-for name, call in cases.items():
-    try:
-        call()
-        results[name] = "returned"
-    except Unmappable as e:
-        results[name] = f"unmappable: {e}"
-    except BaseException as e:
-        results[name] = f"{type(e).__name__}: {e}"
+results = {name: outcome(call) for name, call in cases.items()}
 print(json.dumps(results))
 """
 
@@ -798,13 +802,7 @@ results = {}
 
 
 def check(name, call):
-    try:
-        call()
-        results[name] = "returned"
-    except Unmappable as e:
-        results[name] = f"unmappable: {e}"
-    except BaseException as e:
-        results[name] = f"{type(e).__name__}: {e}"
+    results[name] = outcome(call)
     _workspace.clear()
     try:                        # nothing of the failed call's scratch is left
         np.empty(ROOM - (300 << 20), np.uint8)
@@ -1059,7 +1057,7 @@ def run_all():
 def test_kernels_run_in_a_child_forked_after_threaded_calls():
     """After calls on several threads, a forked child runs every kernel (on one
     thread: libgomp's pool does not survive fork; the child used to hang)."""
-    code = KERNEL_CALLS + """
+    code = KERNEL_CALLS + WAIT_CHILD + """
 import os, sys, time, traceback
 
 with seqkern.threads(2):
@@ -1079,17 +1077,8 @@ if pid == 0:
         traceback.print_exc()
     finally:
         os._exit(status)
-deadline = time.monotonic() + 30
-while time.monotonic() < deadline:
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        print("child exit code", os.waitstatus_to_exitcode(status))
-        break
-    time.sleep(0.02)
-else:
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    print("child hung")
+code = wait_child(pid, 30)
+print("child hung" if code is None else f"child exit code {code}")
 run_all()                                   # and the parent goes on
 print("parent ok")
 """
@@ -1104,7 +1093,7 @@ def test_forks_while_a_thread_takes_and_frees_workspace_memory():
     fork hangs the parent, and every child allocates from the workspace and exits.
     (A lock held across fork deadlocked the parent: the forking thread waited for
     the GIL, held by a thread spinning on that lock.)"""
-    code = """
+    code = WAIT_CHILD + """
 import os, threading, time
 import numpy as np
 from seqkern import _workspace
@@ -1127,18 +1116,7 @@ for i in range(200):
         a[:] = 1
         del a
         os._exit(0)
-    deadline = time.monotonic() + 10
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            bad += os.waitstatus_to_exitcode(status) != 0
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            bad += 1
-            break
-        time.sleep(0.001)
+    bad += wait_child(pid) != 0
 stop = True
 print("bad children", bad)
 """

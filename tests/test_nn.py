@@ -12,7 +12,7 @@ import pytest
 
 import seqkern
 from seqkern import nn, reference as ref
-from helpers import DTYPES, assert_close, numeric_grad
+from helpers import DTYPES, WAIT_CHILD, assert_close, numeric_grad
 from seqkern.nn import _rnn
 
 # The wavefront's sizes as shipped; the tests below run it on small problems, with
@@ -944,7 +944,7 @@ def test_child_forked_while_a_thread_runs_layers():
     """A child forked while another thread is inside the layers' BLAS guard (or
     holds its lock) runs the layers: the guard's lock and depth start afresh in the
     child (it used to wait for ever on the lock)."""
-    code = """
+    code = WAIT_CHILD + """
 import os, sys, threading, time
 import numpy as np
 from seqkern import nn
@@ -965,18 +965,7 @@ for i in range(20):
     if pid == 0:
         ok = np.array_equal(lin.forward(x)[0], want)
         os._exit(0 if ok else 1)
-    deadline = time.monotonic() + 10
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            bad += os.waitstatus_to_exitcode(status) != 0
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            bad += 1
-            break
-        time.sleep(0.01)
+    bad += wait_child(pid) != 0
 stop.set()
 t.join()
 print("bad children", bad)
