@@ -1133,8 +1133,12 @@ def test_interrupted_pair_waits_for_its_other_half():
     import signal
     import time
 
+    from seqkern._threads import effective_num_threads
     from seqkern.nn._parallel import run_pair
 
+    with seqkern.threads(2):
+        if effective_num_threads() < 2:
+            pytest.skip("one kernel thread (no OpenMP): run_pair runs its tasks in turn")
     started, release, done = threading.Event(), threading.Event(), []
     main = threading.main_thread().ident
 
