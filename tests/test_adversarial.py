@@ -486,6 +486,18 @@ def test_attention_zero_sizes(dtype, sizes):
 # 4. NaN and Inf in inputs, weights and states propagate as in the reference
 # ---------------------------------------------------------------------------
 
+def assert_same_nonfinite(got, want, dtype, where):
+    """Each got[j] is NaN, +Inf, -Inf or finite exactly where want[j] is (the
+    reference, in float64), the finite ones close."""
+    for j, (g, w) in enumerate(zip(got, want)):
+        at = f"{where}: result {j}"
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=at + " NaN")
+        np.testing.assert_array_equal(np.isposinf(g), np.isposinf(w), err_msg=at + " +Inf")
+        np.testing.assert_array_equal(np.isneginf(g), np.isneginf(w), err_msg=at + " -Inf")
+        fin = np.isfinite(w)
+        close([g[fin]], [w[fin].astype(g.dtype)], dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("kind", list(GATES))
@@ -500,13 +512,7 @@ def test_nonfinite_placement(kind, value, dtype):
         got = run_recurrent(seqkern, kind, args)
         with np.errstate(all="ignore"):
             want = run_recurrent(ref, kind, [a.astype(np.float64) for a in args])
-        for j, (g, w) in enumerate(zip(got, want)):
-            where = f"{name}={value}: result {j}"
-            np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=where + " NaN")
-            np.testing.assert_array_equal(np.isposinf(g), np.isposinf(w), err_msg=where + " +Inf")
-            np.testing.assert_array_equal(np.isneginf(g), np.isneginf(w), err_msg=where + " -Inf")
-            fin = np.isfinite(w)
-            close([g[fin]], [w[fin].astype(g.dtype)], dtype)
+        assert_same_nonfinite(got, want, dtype, f"{name}={value}")
 
 
 @pytest.mark.parametrize("mode", ["auto", "blas", "packed"])
@@ -541,12 +547,32 @@ def test_nonfinite_weights_reach_no_gradient_through_padding(kind, dtype, mode):
         n_states = 2 if kind == "lstm" else 1
         weights = np.concatenate([w.ravel() for w in want[n_out + 1 + n_states:]])
         assert np.isfinite(weights).any(), name      # (the kernels' were all NaN)
-        for j, (g, w) in enumerate(zip(got, want)):
-            where = f"{name}=inf: result {j}"
-            np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=where + " NaN")
-            np.testing.assert_array_equal(np.isinf(g), np.isinf(w), err_msg=where + " Inf")
-            fin = np.isfinite(w)
-            close([g[fin]], [w[fin].astype(g.dtype)], dtype)
+        assert_same_nonfinite(got, want, dtype, f"{name}=inf, lengths {lengths}")
+
+
+@pytest.mark.parametrize("mode", ["auto", "blas", "packed"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", list(GATES))
+def test_nonfinite_state_of_an_empty_sequence_reaches_no_weight_gradient(kind, dtype, mode):
+    """A sequence of length 0 takes no step: its h0 (here NaN, or Inf) meets no weight,
+    so the weight gradients stay finite, as in the reference, and its dh0 is d_h_n's;
+    the kernels and the reference made dW_hh NaN through 0 * NaN in dz_0^T h0."""
+    from seqkern._step_gemm import step_gemm
+
+    for value, lengths in ((np.nan, [3, 0, 2]), (np.inf, [0])):
+        args = recurrent_args(kind, dtype, T=3, B=len(lengths), I=3, H=4, seed=2)
+        args[1][list(lengths).index(0), 1] = value               # h0 of the empty sequence
+        with step_gemm(mode):
+            got = run_recurrent(seqkern, kind, args, lengths=np.array(lengths))
+        with np.errstate(all="ignore"):
+            want = run_recurrent(ref, kind, [a.astype(np.float64) for a in args],
+                                 lengths=np.array(lengths))
+        n_grads = 7 if kind == "lstm" else 6         # dx, the states', the weights', the biases'
+        assert_same_nonfinite(got[-n_grads:], want[-n_grads:], dtype,
+                              f"h0 = {value}, lengths {lengths}, gradients")
+        n_states = 2 if kind == "lstm" else 1
+        weights = want[-n_grads + 1 + n_states:]
+        assert np.isfinite(np.concatenate([w.ravel() for w in weights])).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

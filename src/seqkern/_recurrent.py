@@ -119,6 +119,29 @@ class RecurrentArgs:
         x[pad] = 0
         return x
 
+    def h0_for_grads(self):
+        """h0 as the backward reads it for dW_hh = sum_t dz_t^T h_{t-1}: a sequence of
+        length 0 takes no step (its dz_t are 0) and its h0 must add nothing, not even
+        0 * NaN; where such an h0 row holds a NaN or an Inf, a copy of h0 with those
+        rows zeroed, else h0 itself. (No step of a running sequence reads them.)"""
+        L = self.lengths
+        if L is None or not self.h0.size or L.min() > 0:
+            return self.h0
+        empty = L == 0
+        if np.isfinite(self.h0[empty]).all():
+            return self.h0
+        h0 = self.h0.copy()
+        h0[empty] = 0
+        return h0
+
+    def live_rows(self, t, h):
+        """h (B, ...) with the rows of the sequences that take no step t zeroed: in a
+        product with their dz_t, which is 0, they must add nothing, not even 0 * NaN
+        (the references' h_{t-1} in dW_hh; the kernels: h0_for_grads)."""
+        if self.lengths is None:
+            return h
+        return np.where((t < self.lengths)[:, None], h, 0)
+
     def zero_padding(self, dx):
         """dx (T, B, I), the gradient of x, with the steps past each sequence's length
         set to 0 in place, and returned: no step read x there (PyTorch's packed

@@ -111,7 +111,7 @@ def _backward(c, d_out, d_h_n):
         dx[t] = dgi @ a.W_ih                                           # x W_ih^T
         dW_ih += dgi.T @ xg[t]
         db_ih += dgi.sum(axis=0)                                       # + b_ih
-        dW_hh += dgh.T @ h                                             # h W_hh^T
+        dW_hh += dgh.T @ a.live_rows(t, h)                             # h W_hh^T
         db_hh += dgh.sum(axis=0)                                       # + b_hh
         dh_prev = dgh @ a.W_hh + g * z                                 # through W_hh and z * h
         if a.lengths is not None:

@@ -108,7 +108,7 @@ def _backward(cache, d_out, d_h_n, d_c_n):
             dz = np.where(live, dz, 0)                                # finished: no step taken
         dx[t] = dz @ a.W_ih                                           # x_t W_ih^T
         dW_ih += dz.T @ xg[t]
-        dW_hh += dz.T @ hs[t]                                         # h_{t-1} W_hh^T
+        dW_hh += dz.T @ a.live_rows(t, hs[t])                         # h_{t-1} W_hh^T
         db += dz.sum(axis=0)                                          # + b_ih + b_hh
         dh_prev = dz @ a.W_hh
         if a.lengths is not None:
