@@ -59,9 +59,10 @@ from libc.string cimport memcpy, memset
 from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_gemm, pk_gemm_dir, pk_pack_nn, pk_pack_nt, pk_size
 from seqkern._workspace cimport scratch_alloc, scratch_free
-from seqkern._step cimport (PACK_MIN_ROWS, final_states, group_gates, keep_ended, loop_threads,
-                            n_blocks, packs, project_block, project_rows, row_blocks, row_start,
-                            run_blocks, step_barrier, ungroup_gates, unit_block)
+from seqkern._step cimport (PACK_MIN_ROWS, copy_or_zero, final_states, group_gates, keep_ended,
+                            loop_threads, n_blocks, packs, project_block, project_rows,
+                            row_blocks, row_start, run_blocks, step_barrier, ungroup_gates,
+                            unit_block)
 
 cdef extern from "_gru_cell.h" nogil:
     void sk_gru_fwd_row_f(int w, float* gr, float* gz, float* gn, const float* qr,
@@ -667,10 +668,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
     t = 0
     try:
         with nogil:
-            if dhn == NULL:
-                memset(carry, 0, step * sizeof(floating))
-            else:
-                memcpy(carry, dhn, step * sizeof(floating))
+            copy_or_zero(carry, dhn, step)
             memset(dWih, 0, <size_t>G * I * sizeof(floating))
             memset(dWhh, 0, <size_t>G * H * sizeof(floating))
             memset(dbi, 0, G * sizeof(floating))

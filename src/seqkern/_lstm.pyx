@@ -49,9 +49,10 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from seqkern._blas cimport gemm
-from seqkern._step cimport (ROW_BLOCK, final_states, group_gates, interleaves, keep_ended,
-                            loop_threads, n_blocks, packs, project_block, project_rows,
-                            row_blocks, row_start, run_blocks, step_barrier, unit_block)
+from seqkern._step cimport (ROW_BLOCK, copy_or_zero, final_states, group_gates, interleaves,
+                            keep_ended, loop_threads, n_blocks, packs, project_block,
+                            project_rows, row_blocks, row_start, run_blocks, step_barrier,
+                            unit_block)
 from seqkern._packed_gemm cimport (SK_PK_SIDE_ROWS, SK_PK_VBYTES, pk_alloc_nt, pk_gemm,
                                    pk_gemm_dir, pk_gemv_side, pk_pack_nn, pk_pack_side,
                                    pk_size)
@@ -809,14 +810,8 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
             if not ok:
                 with gil:
                     raise MemoryError("lstm_backward: no memory for the kernel's scratch")
-            if dhn == NULL:
-                memset(carry_h, 0, step * sizeof(floating))
-            else:
-                memcpy(carry_h, dhn, step * sizeof(floating))
-            if dcn == NULL:
-                memset(carry_c, 0, step * sizeof(floating))
-            else:
-                memcpy(carry_c, dcn, step * sizeof(floating))
+            copy_or_zero(carry_h, dhn, step)
+            copy_or_zero(carry_c, dcn, step)
             memset(dbp, 0, G * sizeof(floating))
             if Wpk != NULL and kh > 0:
                 pk_pack_nn(kh, H, Whh, H, Wpk)

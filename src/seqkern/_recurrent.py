@@ -104,40 +104,32 @@ class RecurrentArgs:
         b = self.b_ih if self.b_hh is None else self.b_hh
         return np.zeros(self.G, self.dtype) if b is None else b.copy()
 
+    def _padding(self):
+        """(T, B) booleans, True at the steps past each sequence's length; None where
+        there are none."""
+        L = self.lengths
+        if L is None or not self.T * self.B or L.min() >= self.T:
+            return None
+        return np.arange(self.T)[:, None] >= L
+
     def x_for_grads(self):
         """x as the backward reads it for dW_ih = sum_t dz_t^T x_t: the steps past each
         sequence's length have dz_t = 0 and their x (padding) must add nothing, not even
         0 * NaN, as with PyTorch's packed sequences; where such a step holds a NaN or
         an Inf, a copy of x with those steps zeroed, else x itself."""
-        L = self.lengths
-        if L is None or not self.x.size or L.min() >= self.T:
-            return self.x
-        pad = np.arange(self.T)[:, None] >= L                     # (T, B)
-        if np.isfinite(self.x[pad]).all():
+        pad = self._padding()
+        if pad is None or not self.x.size or np.isfinite(self.x[pad]).all():
             return self.x
         x = self.x.copy()
         x[pad] = 0
         return x
 
-    def h0_for_grads(self):
-        """h0 as the backward reads it for dW_hh = sum_t dz_t^T h_{t-1}: a sequence of
-        length 0 takes no step (its dz_t are 0) and its h0 must add nothing, not even
-        0 * NaN; where such an h0 row holds a NaN or an Inf, a copy of h0 with those
-        rows zeroed, else h0 itself. (No step of a running sequence reads them.)"""
-        L = self.lengths
-        if L is None or not self.h0.size or L.min() > 0:
-            return self.h0
-        empty = L == 0
-        if np.isfinite(self.h0[empty]).all():
-            return self.h0
-        h0 = self.h0.copy()
-        h0[empty] = 0
-        return h0
-
     def live_rows(self, t, h):
-        """h (B, ...) with the rows of the sequences that take no step t zeroed: in a
-        product with their dz_t, which is 0, they must add nothing, not even 0 * NaN
-        (the references' h_{t-1} in dW_hh; the kernels: h0_for_grads)."""
+        """h (B, ...) with the rows of the sequences that take no step t zeroed (a new
+        array; h itself without lengths): in a product with their dz_t, which is 0,
+        they must add nothing, not even 0 * NaN. The h_{t-1} of dW_hh = sum_t dz_t^T
+        h_{t-1}: the references' at every step, the kernels' h0 (t = 0: the sequences
+        of length 0, whose h0 no step reads)."""
         if self.lengths is None:
             return h
         return np.where((t < self.lengths)[:, None], h, 0)
@@ -147,9 +139,9 @@ class RecurrentArgs:
         set to 0 in place, and returned: no step read x there (PyTorch's packed
         sequences give 0), though dz_t @ W_ih with dz_t = 0 is NaN where W_ih holds
         an Inf or a NaN."""
-        L = self.lengths
-        if L is not None and dx.size and L.min() < self.T:
-            dx[np.arange(self.T)[:, None] >= L] = 0
+        pad = self._padding()
+        if pad is not None:
+            dx[pad] = 0
         return dx
 
     def seq_grad(self, name, g):

@@ -29,15 +29,15 @@ from cython cimport floating
 include "_build_info.pxi"
 from cython.parallel cimport prange, parallel
 from libc.stdint cimport int64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 
 from seqkern._blas cimport gemm
 from seqkern._packed_gemm cimport pk_alloc_nn, pk_alloc_nt, pk_gemm, pk_gemm_dir
 from seqkern._workspace cimport scratch_alloc, scratch_free
 from seqkern._activations cimport tanh_
-from seqkern._step cimport (ROW_BLOCK, W_BLOCK, final_states, keep_ended, loop_threads,
-                            n_blocks, packs, project_rows, row_blocks, row_start, run_blocks,
-                            step_barrier, unit_block)
+from seqkern._step cimport (ROW_BLOCK, W_BLOCK, copy_or_zero, final_states, keep_ended,
+                            loop_threads, n_blocks, packs, project_rows, row_blocks, row_start,
+                            run_blocks, step_barrier, unit_block)
 
 # The products with the weights (see _step.pxd): packed on _packed_gemm.h are the
 # per-step h_{t-1} @ W_hh^T and dz_t @ W_hh, the input projection x @ W_ih^T and the
@@ -360,10 +360,7 @@ def backward(const floating[:, :, ::1] x,        # (T, B, I)  from the forward
             if dzp == NULL or (packed and (Wpk == NULL or Xpk == NULL)):
                 with gil:
                     raise MemoryError("rnn_backward: no memory for the kernel's scratch")
-            if dhn == NULL:
-                memset(carry, 0, <size_t>B * H * sizeof(floating))
-            else:
-                memcpy(carry, dhn, <size_t>B * H * sizeof(floating))
+            copy_or_zero(carry, dhn, step)
             memset(&dW_ih[0, 0], 0, <size_t>H * I * sizeof(floating))
             memset(&dW_hh[0, 0], 0, <size_t>H * H * sizeof(floating))
 

@@ -211,6 +211,14 @@ cdef inline void ungroup_gates(const floating* Wg, floating* W, int G, int H, in
     _gate_rows(Wg, W, G, H, K, U, False)
 
 
+cdef inline void copy_or_zero(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    """dst[0:n] := src[0:n], or 0 where src is NULL (a gradient given or None)."""
+    if src == NULL:
+        memset(dst, 0, n * sizeof(floating))
+    else:
+        memcpy(dst, src, n * sizeof(floating))
+
+
 cdef inline void keep_ended(int B, int H, const int64_t* lengths, Py_ssize_t t,
                             const floating* d_h_n, floating* carry, int c0,
                             int c1) noexcept nogil:
@@ -219,15 +227,13 @@ cdef inline void keep_ended(int B, int H, const int64_t* lengths, Py_ssize_t t,
     so their carry is still d_h_n's (0 where d_h_n is NULL), whatever 0 times an Inf
     or NaN of W_hh made of it. carry, d_h_n (B, H); lengths (B,) or NULL (none ended)."""
     cdef int b
+    cdef Py_ssize_t r
     if lengths == NULL:
         return
     for b in range(B):
         if t + 1 >= lengths[b]:
-            if d_h_n == NULL:
-                memset(carry + <Py_ssize_t>b * H + c0, 0, (c1 - c0) * sizeof(floating))
-            else:
-                memcpy(carry + <Py_ssize_t>b * H + c0, d_h_n + <Py_ssize_t>b * H + c0,
-                       (c1 - c0) * sizeof(floating))
+            r = <Py_ssize_t>b * H + c0
+            copy_or_zero(carry + r, NULL if d_h_n == NULL else d_h_n + r, c1 - c0)
 
 
 cdef inline void final_states(int B, int H, Py_ssize_t T, const int64_t* lengths,

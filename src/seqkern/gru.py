@@ -139,8 +139,8 @@ def _backward(c, d_out, d_h_n):
         db_ih = np.empty(3 * H, dt)
         db_hh = np.empty(3 * H, dt)
         with blas_single_thread():
-            _gru.backward(a.x_for_grads(), d_out, d_h_n, a.h0_for_grads(), c.out, a.W_ih, a.W_hh, c.gates, c.hn,
-                          a.lengths, dx, dh0, dW_ih, dW_hh, db_ih, db_hh,
+            _gru.backward(a.x_for_grads(), d_out, d_h_n, a.live_rows(0, a.h0), c.out, a.W_ih,
+                          a.W_hh, c.gates, c.hn, a.lengths, dx, dh0, dW_ih, dW_hh, db_ih, db_hh,
                           effective_num_threads(), block_count(), step_gemm_mode())
         a.zero_padding(dx)
     else:

@@ -141,9 +141,10 @@ def _backward(cache, d_out, d_h_n, d_c_n):
         dW_ih, dW_hh = _workspace.empty((4 * H, I), dt), _workspace.empty((4 * H, H), dt)
         db = np.empty(4 * H, dt)
         with blas_single_thread():
-            _lstm.backward(a.x_for_grads(), d_out, d_h_n, d_c_n, a.h0_for_grads(), a.c0, a.W_ih, a.W_hh,
-                           a.lengths, cache.out, cache.gates, cache.cells, dx, dh0, dc0, dW_ih,
-                           dW_hh, db, effective_num_threads(), block_count(), step_gemm_mode())
+            _lstm.backward(a.x_for_grads(), d_out, d_h_n, d_c_n, a.live_rows(0, a.h0), a.c0,
+                           a.W_ih, a.W_hh, a.lengths, cache.out, cache.gates, cache.cells, dx, dh0,
+                           dc0, dW_ih, dW_hh, db, effective_num_threads(), block_count(),
+                           step_gemm_mode())
         a.zero_padding(dx)
     else:
         dx = np.zeros((T, B, I), dt)

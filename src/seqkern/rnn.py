@@ -125,8 +125,8 @@ def _backward(cache, d_out, d_h_n):
         dW_hh = _workspace.empty((H, H), dt)
         db = np.empty(H, dt)
         with blas_single_thread():
-            _rnn.backward(a.x_for_grads(), d_out, d_h_n, a.h0_for_grads(), out, a.W_ih, a.W_hh, a.lengths,
-                          dx, dh0, dW_ih, dW_hh, db,
+            _rnn.backward(a.x_for_grads(), d_out, d_h_n, a.live_rows(0, a.h0), out, a.W_ih,
+                          a.W_hh, a.lengths, dx, dh0, dW_ih, dW_hh, db,
                           a.nonlinearity == "relu", effective_num_threads(), block_count(),
                           step_gemm_mode())
         a.zero_padding(dx)
