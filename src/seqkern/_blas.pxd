@@ -21,28 +21,47 @@ cdef inline void _rank_k_update(bint trans_a, int m, int n, int k, floating alph
                                 const floating* a, int lda, const floating* b, int ldb,
                                 floating beta, floating* c, int ldc) noexcept nogil:
     """gemm's C := alpha * op(A) @ B + beta * C for B (k, n) row-major (not
-    transposed), row by row of C: c_i := beta c_i (0 where beta == 0, not 0 * c_i),
-    then c_i += (alpha op(A)[i, p]) b_p for p = 0 .. k-1, in order. alpha == 0 reads
-    neither A nor B, as BLAS."""
-    cdef int i, j, p
-    cdef floating s
+    transposed), row by row of C: c_i := beta c_i (not 0 * c_i where beta == 0: the
+    first product is written over it), then c_i += (alpha op(A)[i, p]) b_p for p =
+    0 .. k-1, in order. alpha == 0 reads neither A nor B, as BLAS."""
+    cdef int i, j, p, p0
     cdef floating* ci
-    cdef const floating* bp
     if alpha == 0:
         k = 0
     for i in range(m):
         ci = c + <Py_ssize_t>i * ldc
-        if beta == 0:
+        p0 = 0
+        if beta == 0 and k > 0:             # c_i := the first product (no pass of 0s)
+            _row_times(alpha * _a_at(trans_a, a, lda, i, 0), b, n, ci)
+            p0 = 1
+        elif beta == 0:
             for j in range(n):
                 ci[j] = 0
         elif beta != 1:
             for j in range(n):
                 ci[j] *= beta
-        for p in range(k):
-            s = alpha * (a[<Py_ssize_t>p * lda + i] if trans_a else a[<Py_ssize_t>i * lda + p])
-            bp = b + <Py_ssize_t>p * ldb
-            for j in range(n):
-                ci[j] += s * bp[j]
+        for p in range(p0, k):
+            _row_add(alpha * _a_at(trans_a, a, lda, i, p), b + <Py_ssize_t>p * ldb, n, ci)
+
+
+cdef inline floating _a_at(bint trans_a, const floating* a, int lda, int i,
+                           int p) noexcept nogil:
+    """op(A)[i, p]: A (m, k), or (k, m) when trans_a, row stride lda."""
+    return a[<Py_ssize_t>p * lda + i] if trans_a else a[<Py_ssize_t>i * lda + p]
+
+
+cdef inline void _row_times(floating s, const floating* b, int n, floating* c) noexcept nogil:
+    """c[0:n] := s b[0:n]."""
+    cdef int j
+    for j in range(n):
+        c[j] = s * b[j]
+
+
+cdef inline void _row_add(floating s, const floating* b, int n, floating* c) noexcept nogil:
+    """c[0:n] += s b[0:n]."""
+    cdef int j
+    for j in range(n):
+        c[j] += s * b[j]
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
